@@ -1,0 +1,1 @@
+"""The ``tether`` command: reads configuration and secrets once, passes typed values down."""
