@@ -1,0 +1,533 @@
+"""Secure element backed by a PKCS#11 token (SoftHSM2 in development, vendor modules later).
+
+Keys are generated inside the token as sensitive, non-extractable, sign-only token objects;
+the device certificate is stored next to the key as a ``CKO_CERTIFICATE`` with the same
+``CKA_LABEL`` and ``CKA_ID``. ``CKA_ID`` is the key's RFC 5280 subject key identifier
+(SHA-1 of the public key bits), the convention most PKCS#11 tools follow.
+
+Two PKCS#11 facts shape this module:
+
+* A module is loaded and ``C_Initialize``\\ d once per process, and login state is per
+  application and token: ``C_Logout`` on one session logs out every session on that token.
+  So sessions are shared per (module, slot) with a reference count; a second ``open`` of the
+  same token checks the PIN against the one that opened it.
+* Many modules (SoftHSM2 among them) read their slot list at ``C_Initialize``: a token
+  initialised later is invisible until the module is re-initialised. When a token is not
+  found and this process holds no session on that module, the module is re-initialised
+  once and the lookup retried. Re-initialising ends every session on the module in the
+  process, including ones opened by other libraries through python-pkcs11.
+* Another library (awscrt) may have initialised the module first; python-pkcs11 cannot
+  load it then, so the module is "borrowed" (see ``_borrow_initialised_module``) and never
+  re-initialised by Tether.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import threading
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote
+
+import pkcs11
+import pkcs11.exceptions as p11
+from asn1crypto.core import Integer
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from pkcs11 import (
+    Attribute,
+    CertificateType,
+    KeyType,
+    Mechanism,
+    MechanismFlag,
+    ObjectClass,
+    _pkcs11,  # the extension type itself, see _borrow_initialised_module
+)
+from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
+
+from tether.secure_element.base import (
+    SecureElementSigner,
+    check_certificate_matches,
+    require_p256,
+    validate_digest,
+    validate_label,
+)
+from tether.secure_element.errors import (
+    ElementClosedError,
+    KeyNotFoundError,
+    LabelInUseError,
+    Pkcs11ModuleError,
+    TokenNotFoundError,
+    TokenNotReadyError,
+    TokenOperationError,
+    UnsupportedKeyError,
+    WrongPinError,
+    map_pkcs11_error,
+)
+
+P256_PARAMS = encode_named_curve_parameters("secp256r1")
+_RAW_SIGNATURE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class Pkcs11Config:
+    """Where a token is and how to log in: module path, token label, user PIN (never shown)."""
+
+    module: str
+    token_label: str
+    pin: str = field(repr=False)
+
+
+@dataclass
+class _SharedSession:
+    session: Any  # pkcs11.Session; python-pkcs11's own class is untyped at runtime
+    pin_digest: bytes
+    users: int
+
+
+# Process-wide PKCS#11 state: see the module docstring for why sessions are shared.
+_LOCK = threading.RLock()
+_SESSIONS: dict[tuple[str, int], _SharedSession] = {}
+_LIBS: dict[str, Any] = {}
+_BORROWED: set[str] = set()  # modules C_Initialize'd by another library in this process
+
+
+def _pin_digest(pin: str) -> bytes:
+    return hashlib.sha256(pin.encode("utf-8")).digest()
+
+
+def _load_module(module: str) -> Any:
+    lib = _LIBS.get(module)
+    if lib is not None:
+        return lib
+    try:
+        lib = pkcs11.lib(module)
+    except p11.PKCS11Error as exc:
+        # python-pkcs11 has no class for CKR_CRYPTOKI_ALREADY_INITIALIZED, only this message.
+        if "already initialized" not in str(exc):
+            raise Pkcs11ModuleError(
+                f"Cannot load the PKCS#11 module {module!r}: {exc}. Give the path of the "
+                "vendor's PKCS#11 shared library (SoftHSM2: /usr/lib/softhsm/libsofthsm2.so)."
+            ) from exc
+        lib = _borrow_initialised_module(module)
+    _LIBS[module] = lib
+    return lib
+
+
+def _borrow_initialised_module(module: str) -> Any:
+    """Use a module another library in this process (e.g. awscrt) already initialised.
+
+    python-pkcs11 insists on calling C_Initialize itself and fails when someone else did it
+    first. Its extension type loads the function list in ``__cinit__`` and initialises only in
+    ``__init__``, so constructing it without ``__init__`` gives a working handle on the
+    already-initialised module. Such a module is never re-initialised (that would pull it
+    away from its owner).
+    """
+    try:
+        lib = _pkcs11.lib.__new__(_pkcs11.lib, module)
+    except p11.PKCS11Error as exc:  # pragma: no cover - it loaded a moment ago
+        raise Pkcs11ModuleError(f"Cannot load the PKCS#11 module {module!r}: {exc}.") from exc
+    _BORROWED.add(module)
+    return lib
+
+
+def _module_in_use(module: str) -> bool:
+    return any(key[0] == module for key in _SESSIONS)
+
+
+def _find_token(lib: Any, module: str, token_label: str) -> Any:
+    for attempt in range(2):
+        try:
+            return lib.get_token(token_label=token_label)
+        except p11.NoSuchToken as exc:
+            if attempt == 0 and not _module_in_use(module) and module not in _BORROWED:
+                # Pick up tokens initialised since C_Initialize (see module docstring).
+                try:
+                    lib.reinitialize()
+                except p11.PKCS11Error as reinit_exc:
+                    raise map_pkcs11_error(reinit_exc, "rescan the token slots") from reinit_exc
+                continue
+            hint = (
+                " (the module is in use in this process, so tokens initialised since it was "
+                "loaded may not be visible until it is released or the process restarts)"
+                if _module_in_use(module) or module in _BORROWED
+                else ""
+            )
+            raise TokenNotFoundError(
+                f"No token labelled {token_label!r} in {module!r}{hint}. List the tokens "
+                "with `pkcs11-tool --module ... --list-token-slots` and check the label."
+            ) from exc
+        except p11.MultipleTokensReturned as exc:
+            raise TokenNotReadyError(
+                f"More than one token is labelled {token_label!r} in {module!r}; give each "
+                "token a unique label."
+            ) from exc
+        except p11.PKCS11Error as exc:
+            raise map_pkcs11_error(exc, f"look up token {token_label!r}") from exc
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _acquire_session(config: Pkcs11Config) -> tuple[tuple[str, int], Any]:
+    with _LOCK:
+        lib = _load_module(config.module)
+        token = _find_token(lib, config.module, config.token_label)
+        key = (config.module, int(token.slot.slot_id))
+        shared = _SESSIONS.get(key)
+        if shared is not None:
+            if not hmac.compare_digest(shared.pin_digest, _pin_digest(config.pin)):
+                raise WrongPinError(
+                    f"The PIN for token {config.token_label!r} differs from the one this "
+                    "process logged in with. Check the PIN."
+                )
+            shared.users += 1
+            return key, shared.session
+        try:
+            session = token.open(user_pin=config.pin, rw=True)
+        except p11.UserAlreadyLoggedIn:
+            # Another library in this process (e.g. awscrt) logged in to this token; login
+            # state is shared, so an unauthenticated session is already a user session.
+            try:
+                session = token.open(rw=True)
+            except p11.PKCS11Error as exc:
+                raise map_pkcs11_error(exc, f"open token {config.token_label!r}") from exc
+        except p11.PKCS11Error as exc:
+            raise map_pkcs11_error(exc, f"log in to token {config.token_label!r}") from exc
+        _SESSIONS[key] = _SharedSession(session, _pin_digest(config.pin), 1)
+        return key, session
+
+
+def _release_session(key: tuple[str, int]) -> None:
+    with _LOCK:
+        shared = _SESSIONS.get(key)
+        if shared is None:
+            return
+        shared.users -= 1
+        if shared.users > 0:
+            return
+        del _SESSIONS[key]
+        # Closing is best effort: the token may be gone, which is the same outcome.
+        with contextlib.suppress(p11.PKCS11Error):
+            shared.session.close()
+
+
+class Pkcs11SecureElement:
+    """A ``SecureElement`` whose keys live in a PKCS#11 token and never leave it.
+
+    Open with ``Pkcs11SecureElement.open(module, token_label, pin)`` (or ``from_config``),
+    use as a context manager, and close it: the login is shared per token in the process.
+    """
+
+    def __init__(self, config: Pkcs11Config, session_key: tuple[str, int], session: Any) -> None:
+        """Internal: use ``open`` or ``from_config``."""
+        self._config = config
+        self._session_key = session_key
+        self._session: Any = session
+        self._closed = False
+
+    @classmethod
+    def open(cls, module: str, token_label: str, pin: str) -> Self:
+        """Log in to the token labelled ``token_label`` in the PKCS#11 library ``module``.
+
+        Raises ``Pkcs11ModuleError`` (module missing or not loadable), ``TokenNotFoundError``,
+        ``WrongPinError`` or ``PinLockedError``.
+        """
+        return cls.from_config(Pkcs11Config(module=module, token_label=token_label, pin=pin))
+
+    @classmethod
+    def from_config(cls, config: Pkcs11Config) -> Self:
+        """Like ``open``, from a ``Pkcs11Config``."""
+        session_key, session = _acquire_session(config)
+        return cls(config, session_key, session)
+
+    @property
+    def is_emulator(self) -> bool:
+        return False
+
+    @property
+    def token_label(self) -> str:
+        """The label of the token this element is logged in to."""
+        return self._config.token_label
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            _release_session(self._session_key)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _live_session(self) -> Any:
+        if self._closed:
+            raise ElementClosedError(
+                f"The secure element on token {self.token_label!r} is closed; open it again."
+            )
+        return self._session
+
+    # -- object lookup -----------------------------------------------------------------
+
+    def _objects(self, attrs: dict[Attribute, Any], action: str) -> list[Any]:
+        try:
+            return list(self._live_session().get_objects(attrs))
+        except p11.PKCS11Error as exc:
+            raise map_pkcs11_error(exc, action) from exc
+
+    def _private_key_or_none(self, label: str) -> Any | None:
+        found = self._objects(
+            {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: label},
+            f"look up key {label!r}",
+        )
+        if len(found) > 1:
+            raise TokenNotReadyError(
+                f"Token {self.token_label!r} holds {len(found)} private keys labelled "
+                f"{label!r}; Tether needs labels to be unique. Remove the duplicates."
+            )
+        return found[0] if found else None
+
+    def _private_key(self, label: str) -> Any:
+        key = self._private_key_or_none(validate_label(label))
+        if key is None:
+            raise KeyNotFoundError(
+                f"No key labelled {label!r} in token {self.token_label!r}. Generate it first "
+                "or check the label (see labels())."
+            )
+        try:
+            key_type = key[Attribute.KEY_TYPE]
+            params = key[Attribute.EC_PARAMS] if key_type == KeyType.EC else None
+        except p11.PKCS11Error as exc:
+            raise map_pkcs11_error(exc, f"read the attributes of key {label!r}") from exc
+        if params != P256_PARAMS:
+            raise UnsupportedKeyError(
+                f"The key labelled {label!r} in token {self.token_label!r} is not an ECDSA "
+                "P-256 key; Tether only uses P-256."
+            )
+        return key
+
+    def _public_key_from_object(self, obj: Any, label: str) -> ec.EllipticCurvePublicKey:
+        try:
+            der = encode_ec_public_key(obj)
+            key = serialization.load_der_public_key(der)
+        except (p11.PKCS11Error, ValueError) as exc:
+            raise TokenOperationError(
+                f"Cannot read the public key labelled {label!r} from token "
+                f"{self.token_label!r}: {exc}."
+            ) from exc
+        return require_p256(key, f"labelled {label!r} in token {self.token_label!r}")
+
+    def _certificate_objects(self, label: str) -> list[Any]:
+        return self._objects(
+            {
+                Attribute.CLASS: ObjectClass.CERTIFICATE,
+                Attribute.CERTIFICATE_TYPE: CertificateType.X_509,
+                Attribute.LABEL: label,
+            },
+            f"look up the certificate of {label!r}",
+        )
+
+    # -- SecureElement -----------------------------------------------------------------
+
+    def generate_key(self, label: str) -> ec.EllipticCurvePublicKey:
+        """Generate a P-256 key pair inside the token under ``label``.
+
+        The private key is a token object with CKA_SENSITIVE, not CKA_EXTRACTABLE, private,
+        and sign-only (no decrypt, unwrap, derive). Raises ``LabelInUseError`` if any object
+        carries the label; if a step after generation fails, both halves are destroyed.
+        """
+        validate_label(label)
+        session = self._live_session()
+        if self._objects({Attribute.LABEL: label}, f"check label {label!r}"):
+            raise LabelInUseError(
+                f"Token {self.token_label!r} already has an object labelled {label!r}; "
+                "nothing was generated. Use another label or delete the old key first."
+            )
+        try:
+            public, private = session.generate_keypair(
+                KeyType.EC,
+                store=True,
+                label=label,
+                capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
+                public_template={
+                    Attribute.EC_PARAMS: P256_PARAMS,
+                    Attribute.PRIVATE: False,
+                    Attribute.DERIVE: False,
+                },
+                private_template={
+                    Attribute.PRIVATE: True,
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False,
+                    Attribute.SIGN: True,
+                    Attribute.SIGN_RECOVER: False,
+                    Attribute.DECRYPT: False,
+                    Attribute.UNWRAP: False,
+                    Attribute.DERIVE: False,
+                },
+            )
+        except p11.PKCS11Error as exc:
+            raise map_pkcs11_error(exc, f"generate key {label!r}") from exc
+        try:
+            key = self._public_key_from_object(public, label)
+            key_id = x509.SubjectKeyIdentifier.from_public_key(key).digest
+            public[Attribute.ID] = key_id
+            private[Attribute.ID] = key_id
+        except BaseException as exc:
+            self._destroy_quietly([public, private])
+            if isinstance(exc, p11.PKCS11Error):
+                raise map_pkcs11_error(exc, f"set the id of key {label!r}") from exc
+            raise
+        return key
+
+    def public_key(self, label: str) -> ec.EllipticCurvePublicKey:
+        """The public half of the key under ``label``, from its public key object.
+
+        Falls back to the stored certificate when the token keeps no public key object
+        (some tokens only store the private half). ``KeyNotFoundError`` if neither exists.
+        """
+        validate_label(label)
+        publics = self._objects(
+            {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.LABEL: label},
+            f"look up public key {label!r}",
+        )
+        if publics:
+            return self._public_key_from_object(publics[0], label)
+        self._private_key(label)  # KeyNotFoundError when there is no key at all
+        cert = self.certificate(label)
+        if cert is None:
+            raise KeyNotFoundError(
+                f"Key {label!r} in token {self.token_label!r} has neither a public key object "
+                "nor a certificate, so its public key cannot be read. Re-create the key."
+            )
+        return require_p256(cert.public_key(), f"in the certificate labelled {label!r}")
+
+    def sign_digest(self, label: str, digest: bytes) -> bytes:
+        """Sign a 32-byte SHA-256 ``digest`` with CKM_ECDSA in the token; DER signature out."""
+        validate_digest(digest)
+        private = self._private_key(label)
+        try:
+            raw = private.sign(digest, mechanism=Mechanism.ECDSA)
+        except p11.PKCS11Error as exc:
+            raise map_pkcs11_error(exc, f"sign with key {label!r}") from exc
+        if len(raw) != _RAW_SIGNATURE_SIZE:
+            raise TokenOperationError(
+                f"Token {self.token_label!r} returned a {len(raw)}-byte ECDSA signature; a "
+                "P-256 signature is 64 bytes (r||s). The module is not behaving per PKCS#11."
+            )
+        r = int.from_bytes(raw[:32], "big")
+        s = int.from_bytes(raw[32:], "big")
+        return encode_dss_signature(r, s)
+
+    def signer(self, label: str) -> SecureElementSigner:
+        """A ``Signer`` over the key (e.g. an issuing CA key); valid while this element is open."""
+        self._private_key(label)
+        return SecureElementSigner(self, label)
+
+    def store_certificate(self, label: str, cert: x509.Certificate) -> None:
+        """Store ``cert`` as the X.509 certificate object of the key, replacing an old one.
+
+        Refuses (``CertificateMismatchError``) a certificate for another public key. The new
+        object is created before the old one is destroyed, so the key is never left with
+        no certificate; if destroying the old one fails, the new one is removed again.
+        """
+        private = self._private_key(label)
+        check_certificate_matches(label, self.public_key(label), cert)
+        old = self._certificate_objects(label)
+        try:
+            key_id = private[Attribute.ID]
+        except p11.PKCS11Error as exc:
+            raise map_pkcs11_error(exc, f"read the id of key {label!r}") from exc
+        attrs = {
+            Attribute.CLASS: ObjectClass.CERTIFICATE,
+            Attribute.CERTIFICATE_TYPE: CertificateType.X_509,
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: False,
+            Attribute.LABEL: label,
+            Attribute.ID: key_id,
+            Attribute.SUBJECT: cert.subject.public_bytes(),
+            Attribute.ISSUER: cert.issuer.public_bytes(),
+            Attribute.SERIAL_NUMBER: Integer(cert.serial_number).dump(),
+            Attribute.VALUE: cert.public_bytes(serialization.Encoding.DER),
+        }
+        try:
+            new = self._live_session().create_object(attrs)
+        except p11.PKCS11Error as exc:
+            raise map_pkcs11_error(exc, f"store the certificate of {label!r}") from exc
+        try:
+            for obj in old:
+                obj.destroy()
+        except p11.PKCS11Error as exc:
+            self._destroy_quietly([new])
+            raise map_pkcs11_error(exc, f"replace the certificate of {label!r}") from exc
+
+    def certificate(self, label: str) -> x509.Certificate | None:
+        """The certificate stored with the key, or None; ``KeyNotFoundError`` if no such key."""
+        validate_label(label)
+        certs = self._certificate_objects(label)
+        if not certs:
+            self._private_key(label)
+            return None
+        try:
+            der = certs[0][Attribute.VALUE]
+            return x509.load_der_x509_certificate(der)
+        except p11.PKCS11Error as exc:
+            raise map_pkcs11_error(exc, f"read the certificate of {label!r}") from exc
+        except ValueError as exc:
+            raise TokenOperationError(
+                f"The certificate object labelled {label!r} in token {self.token_label!r} is "
+                "not valid DER; store the certificate again."
+            ) from exc
+
+    def labels(self) -> list[str]:
+        """Labels of all private keys in the token, sorted."""
+        keys = self._objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY}, "list keys")
+        try:
+            return sorted({key[Attribute.LABEL] for key in keys})
+        except p11.PKCS11Error as exc:
+            raise map_pkcs11_error(exc, "list keys") from exc
+
+    def delete(self, label: str) -> None:
+        """Destroy the key pair and certificate under ``label``; ``KeyNotFoundError`` if absent."""
+        private = self._private_key(label)
+        others = self._certificate_objects(label) + self._objects(
+            {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.LABEL: label},
+            f"look up public key {label!r}",
+        )
+        try:
+            # Certificate and public key first: a failure leaves the key usable, not orphaned.
+            for obj in [*others, private]:
+                obj.destroy()
+        except p11.PKCS11Error as exc:
+            raise map_pkcs11_error(exc, f"delete key {label!r}") from exc
+
+    def describe_key(self, label: str) -> str:
+        """The RFC 7512 PKCS#11 URI of the private key (token, object, id; no PIN, no module).
+
+        Usable as-is by OpenSSL's pkcs11 engine and awscrt once a PIN is supplied.
+        """
+        private = self._private_key(label)
+        try:
+            key_id = private[Attribute.ID]
+        except p11.PKCS11Error as exc:
+            raise map_pkcs11_error(exc, f"read the id of key {label!r}") from exc
+        token = quote(self.token_label, safe="")
+        pct_id = "".join(f"%{byte:02x}" for byte in key_id)
+        return f"pkcs11:token={token};object={quote(label, safe='')};id={pct_id};type=private"
+
+    @staticmethod
+    def _destroy_quietly(objects: list[Any]) -> None:
+        for obj in objects:
+            # Cleanup after a failure: report the original error, not this one.
+            with contextlib.suppress(p11.PKCS11Error):
+                obj.destroy()

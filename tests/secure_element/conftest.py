@@ -1,0 +1,106 @@
+"""Fixtures for the secure element tests: real SoftHSM2 tokens and real emulator directories.
+
+``element`` is parametrised over both backends so that one behavioural test proves both;
+``snapshot`` reads the backing store from outside (``pkcs11-tool`` for a token, the files for
+the emulator) to show that a refused operation changed nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.softhsm import Token
+from tether.secure_element import EmulatedSecureElement, Pkcs11SecureElement, SecureElement
+
+EMULATOR_PASSPHRASE = "correct horse battery staple"
+
+
+def token_objects(token: Token) -> str:
+    """Every object in ``token`` as listed by pkcs11-tool (a client this project did not write)."""
+    return subprocess.run(
+        ["pkcs11-tool", "--module", token.module, "--token-label", token.label,
+         "--login", "--pin", token.pin, "--list-objects"],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout  # fmt: skip
+
+
+def directory_state(directory: Path) -> dict[str, str]:
+    """Name -> SHA-256 of every file in ``directory``."""
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.iterdir())
+        if p.is_file()
+    }
+
+
+@dataclass
+class Backend:
+    """One opened secure element plus a way to look at its store from outside."""
+
+    kind: str
+    element: SecureElement
+    snapshot: Callable[[], object]
+    token: Token | None = None
+    directory: Path | None = None
+
+
+@pytest.fixture(params=["pkcs11", "emulator"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """An open, empty secure element of each kind; closed after the test."""
+    if request.param == "pkcs11":
+        token: Token = request.getfixturevalue("token")
+        element: SecureElement = Pkcs11SecureElement.open(token.module, token.label, token.pin)
+        result = Backend("pkcs11", element, lambda: token_objects(token), token=token)
+    else:
+        directory = tmp_path / "se"
+        element = EmulatedSecureElement.open(directory, EMULATOR_PASSPHRASE)
+        result = Backend(
+            "emulator", element, lambda: directory_state(directory), directory=directory
+        )
+    with element:
+        yield result
+
+
+@pytest.fixture
+def element(backend: Backend) -> SecureElement:
+    return backend.element
+
+
+@dataclass(frozen=True)
+class DeviceCA:
+    """A throwaway CA (software key) that issues device certificates for the tests."""
+
+    key: ec.EllipticCurvePrivateKey
+    name: x509.Name
+
+    def issue(self, public_key: ec.EllipticCurvePublicKey, serial: str) -> x509.Certificate:
+        now = datetime.datetime.now(datetime.UTC)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, serial)]))
+            .issuer_name(self.name)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(self.key, hashes.SHA256())
+        )
+
+
+@pytest.fixture(scope="session")
+def device_ca() -> DeviceCA:
+    return DeviceCA(
+        ec.generate_private_key(ec.SECP256R1()),
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Tether test CA")]),
+    )

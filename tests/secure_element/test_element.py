@@ -1,0 +1,211 @@
+"""The SecureElement contract, run against both backends (a SoftHSM2 token and the emulator)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+from tests.secure_element.conftest import Backend, DeviceCA
+from tether.errors import ConflictError, InvalidInputError, NotFoundError
+from tether.pki.signer import Signer
+from tether.secure_element import SecureElement
+from tether.secure_element.base import spki_der
+from tether.secure_element.errors import (
+    CertificateMismatchError,
+    ElementClosedError,
+    InvalidDigestError,
+    InvalidLabelError,
+    KeyNotFoundError,
+    LabelInUseError,
+)
+
+
+def test_is_emulator_says_which_backend(backend: Backend) -> None:
+    assert backend.element.is_emulator is (backend.kind == "emulator")
+    assert isinstance(backend.element, SecureElement)
+
+
+def test_generate_key_returns_p256_public_key_that_public_key_reads_back(
+    element: SecureElement,
+) -> None:
+    generated = element.generate_key("device")
+    assert isinstance(generated.curve, ec.SECP256R1)
+    assert spki_der(element.public_key("device")) == spki_der(generated)
+    assert element.labels() == ["device"]
+
+
+def test_two_keys_are_distinct_and_listed_sorted(element: SecureElement) -> None:
+    b = element.generate_key("b-key")
+    a = element.generate_key("a-key")
+    assert spki_der(a) != spki_der(b)
+    assert element.labels() == ["a-key", "b-key"]
+
+
+def test_sign_digest_verifies_with_the_public_key(element: SecureElement) -> None:
+    public = element.generate_key("device")
+    digest = hashlib.sha256(b"challenge").digest()
+    signature = element.sign_digest("device", digest)
+    public.verify(signature, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+    with pytest.raises(InvalidSignature):
+        public.verify(signature, b"other data", ec.ECDSA(hashes.SHA256()))
+
+
+def test_signer_satisfies_protocol_and_signs_verifiable_data(element: SecureElement) -> None:
+    public = element.generate_key("ca-key")
+    signer = element.signer("ca-key")
+    assert isinstance(signer, Signer)
+    assert spki_der(signer.public_key()) == spki_der(public)
+    data = b"to-be-signed certificate bytes" * 10
+    signature = signer.sign(data)
+    public.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+    # ECDSA is randomised: two signatures differ and both verify.
+    assert signer.sign(data) != signature
+
+
+def test_store_and_read_certificate(element: SecureElement, device_ca: DeviceCA) -> None:
+    public = element.generate_key("device")
+    assert element.certificate("device") is None
+    cert = device_ca.issue(public, "SN-1")
+    element.store_certificate("device", cert)
+    assert element.certificate("device") == cert
+    assert spki_der(element.certificate("device").public_key()) == spki_der(public)  # type: ignore[union-attr,arg-type]
+
+
+def test_store_certificate_replaces_the_old_one(
+    element: SecureElement, device_ca: DeviceCA
+) -> None:
+    public = element.generate_key("device")
+    element.store_certificate("device", device_ca.issue(public, "SN-1"))
+    renewed = device_ca.issue(public, "SN-1")
+    element.store_certificate("device", renewed)
+    assert element.certificate("device") == renewed
+    assert element.labels() == ["device"]
+
+
+def test_delete_removes_key_and_certificate(element: SecureElement, device_ca: DeviceCA) -> None:
+    public = element.generate_key("device")
+    element.store_certificate("device", device_ca.issue(public, "SN-1"))
+    element.delete("device")
+    assert element.labels() == []
+    with pytest.raises(KeyNotFoundError):
+        element.public_key("device")
+    # The label is free again.
+    element.generate_key("device")
+
+
+# -- refusals: each a specific error, and the store is unchanged --------------------------
+
+
+def test_label_in_use_is_refused_and_changes_nothing(backend: Backend) -> None:
+    element = backend.element
+    first = element.generate_key("device")
+    before = backend.snapshot()
+    with pytest.raises(LabelInUseError) as info:
+        element.generate_key("device")
+    assert isinstance(info.value, ConflictError)
+    assert info.value.code == "se_label_in_use"
+    assert backend.snapshot() == before
+    assert spki_der(element.public_key("device")) == spki_der(first)
+
+
+def test_mismatching_certificate_is_refused_and_changes_nothing(
+    backend: Backend, device_ca: DeviceCA
+) -> None:
+    element = backend.element
+    public = element.generate_key("device")
+    good = device_ca.issue(public, "SN-1")
+    element.store_certificate("device", good)
+    other_key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    before = backend.snapshot()
+    with pytest.raises(CertificateMismatchError) as info:
+        element.store_certificate("device", device_ca.issue(other_key, "SN-1"))
+    assert isinstance(info.value, InvalidInputError)
+    assert info.value.code == "se_certificate_mismatch"
+    assert backend.snapshot() == before
+    assert element.certificate("device") == good
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda e: e.public_key("absent"),
+        lambda e: e.sign_digest("absent", bytes(32)),
+        lambda e: e.signer("absent"),
+        lambda e: e.certificate("absent"),
+        lambda e: e.delete("absent"),
+        lambda e: e.describe_key("absent"),
+    ],
+    ids=["public_key", "sign_digest", "signer", "certificate", "delete", "describe_key"],
+)
+def test_absent_label_is_key_not_found(backend: Backend, call: object) -> None:
+    backend.element.generate_key("present")
+    before = backend.snapshot()
+    with pytest.raises(KeyNotFoundError) as info:
+        call(backend.element)  # type: ignore[operator]
+    assert isinstance(info.value, NotFoundError)
+    assert info.value.code == "se_key_not_found"
+    assert "absent" in info.value.message
+    assert backend.snapshot() == before
+
+
+def test_store_certificate_for_absent_key_is_refused(backend: Backend, device_ca: DeviceCA) -> None:
+    before = backend.snapshot()
+    cert = device_ca.issue(ec.generate_private_key(ec.SECP256R1()).public_key(), "SN-1")
+    with pytest.raises(KeyNotFoundError):
+        backend.element.store_certificate("absent", cert)
+    assert backend.snapshot() == before
+
+
+@pytest.mark.parametrize("label", ["", "-starts-with-dash", "has space", "a/b", "../x", "x" * 65])
+def test_invalid_label_is_refused_before_touching_the_store(backend: Backend, label: str) -> None:
+    before = backend.snapshot()
+    with pytest.raises(InvalidLabelError) as info:
+        backend.element.generate_key(label)
+    assert info.value.code == "se_invalid_label"
+    assert backend.snapshot() == before
+
+
+@pytest.mark.parametrize("digest", [b"", bytes(31), bytes(33), bytes(64)])
+def test_digest_of_wrong_size_is_refused(element: SecureElement, digest: bytes) -> None:
+    element.generate_key("device")
+    with pytest.raises(InvalidDigestError) as info:
+        element.sign_digest("device", digest)
+    assert info.value.code == "se_invalid_digest"
+
+
+def test_closed_element_refuses_use(backend: Backend) -> None:
+    backend.element.generate_key("device")
+    backend.element.close()
+    with pytest.raises(ElementClosedError) as info:
+        backend.element.public_key("device")
+    assert info.value.code == "se_closed"
+    backend.element.close()  # closing twice is harmless
+
+
+def test_certificate_value_is_an_x509_certificate(
+    element: SecureElement, device_ca: DeviceCA
+) -> None:
+    public = element.generate_key("device")
+    element.store_certificate("device", device_ca.issue(public, "SN-7"))
+    cert = element.certificate("device")
+    assert isinstance(cert, x509.Certificate)
+    assert cert.subject.rfc4514_string() == "CN=SN-7"
+
+
+def test_describe_key_names_the_store_and_no_secret(backend: Backend) -> None:
+    backend.element.generate_key("device")
+    location = backend.element.describe_key("device")
+    if backend.kind == "pkcs11":
+        assert backend.token is not None
+        assert location.startswith(f"pkcs11:token={backend.token.label};object=device;id=%")
+        assert location.endswith(";type=private")
+        assert backend.token.pin not in location
+    else:
+        assert location.startswith("emulator:")
+        assert location.endswith("device.key.pem")
