@@ -1,9 +1,140 @@
-"""The `tether device` commands (placeholder until the component lands)."""
+"""The `tether device` commands: connect a device to the cloud over mutual TLS and MQTT 5.
+
+The CLI reads the PIN (environment or file, never an argument) and the options once, builds
+typed values and hands them to ``tether.device``; it renders ``--explain`` with Rich.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from tether.cli.secrets import read_secret
+from tether.device.config import CloudEndpoint, DeviceIdentity, FileKey, KeySource, Pkcs11Key
+from tether.device.connection import DeviceClient
+from tether.device.explain import ExplainStep, explain_steps
+from tether.device.preflight import probe_server
+from tether.errors import InvalidInputError
+
+PIN_ENV = "TETHER_PKCS11_PIN"
+
+
+def _key_source(
+    key: Path | None,
+    module: str | None,
+    token: str | None,
+    key_label: str | None,
+    pin_file: Path | None,
+) -> KeySource:
+    pkcs11_given = [v is not None for v in (module, token, key_label)]
+    if key is not None and any(pkcs11_given):
+        raise InvalidInputError("give either --key or the PKCS#11 options, not both")
+    if key is not None:
+        return FileKey(key)
+    if not all(pkcs11_given):
+        raise InvalidInputError(
+            "no device key: give --key FILE, or --pkcs11-module, --token and --key-label"
+        )
+    assert module is not None and token is not None and key_label is not None
+    pin = read_secret("PKCS#11 user PIN", env_var=PIN_ENV, file=pin_file)
+    return Pkcs11Key(module=module, token_label=token, key_label=key_label, pin=pin)
+
+
+def render_steps(console: Console, steps: list[ExplainStep]) -> None:
+    """Print each step as a two-column table."""
+    for step in steps:
+        table = Table(
+            title=f"({step.number}) {step.title}", title_justify="left", show_header=False
+        )
+        table.add_column("fact", style="bold", no_wrap=True)
+        table.add_column("value", overflow="fold")
+        for label, value in step.facts.items():
+            # Text, not markup: values are data (a fingerprint's ":CD:" is not an emoji code).
+            table.add_row(Text(label), Text(value))
+        console.print(table)
+
+
+def connect(
+    cert: Annotated[
+        Path, typer.Option("--cert", help="Device certificate (PEM); its CN is the serial.")
+    ],
+    ca: Annotated[Path, typer.Option("--ca", help="The pinned cloud CA (PEM); the only trust.")],
+    host: Annotated[str, typer.Option("--host", help="Cloud host name or address.")],
+    key: Annotated[
+        Path | None, typer.Option("--key", help="Private key file (software emulator).")
+    ] = None,
+    pkcs11_module: Annotated[
+        str | None, typer.Option("--pkcs11-module", help="PKCS#11 module path.")
+    ] = None,
+    token: Annotated[str | None, typer.Option("--token", help="PKCS#11 token label.")] = None,
+    key_label: Annotated[
+        str | None, typer.Option("--key-label", help="Private key label in the token.")
+    ] = None,
+    pin_file: Annotated[
+        Path | None,
+        typer.Option("--pin-file", help=f"File holding the PKCS#11 PIN (else ${PIN_ENV})."),
+    ] = None,
+    port: Annotated[int, typer.Option("--port", help="Cloud MQTT port.")] = 8883,
+    server_name: Annotated[
+        str | None,
+        typer.Option(
+            "--server-name", help="Name the server certificate must carry (default: --host)."
+        ),
+    ] = None,
+    publish: Annotated[
+        str | None, typer.Option("--publish", help="Topic to publish to (QoS 1).")
+    ] = None,
+    message: Annotated[str, typer.Option("--message", help="Payload for --publish.")] = "",
+    subscribe: Annotated[
+        str | None, typer.Option("--subscribe", help="Topic filter to subscribe to.")
+    ] = None,
+    count: Annotated[
+        int, typer.Option("--count", min=1, help="Messages to wait for with --subscribe.")
+    ] = 1,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds per step.")] = 10.0,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Show the five handshake steps.")
+    ] = False,
+) -> None:
+    """Connect as the device in --cert, trusting only --ca; optionally publish or subscribe."""
+    source = _key_source(key, pkcs11_module, token, key_label, pin_file)
+    identity = DeviceIdentity.load(cert, source)
+    endpoint = CloudEndpoint(host=host, port=port, pinned_ca=ca, server_name=server_name)
+    console = Console(highlight=False, emoji=False, markup=False)
+    server = None
+    if explain:
+        server = probe_server(identity, endpoint, timeout)
+        server.require_trusted(endpoint)
+    with DeviceClient(identity, endpoint) as client:
+        verdict = client.connect(timeout)
+        if explain and server is not None and client.key_facts is not None:
+            render_steps(
+                console, explain_steps(identity, endpoint, server, client.key_facts, verdict)
+            )
+        console.print(
+            f"connected as {verdict.client_id}: CONNACK {verdict.reason_name} "
+            f"({verdict.reason_code})"
+        )
+        if subscribe is not None:
+            granted = client.subscribe(subscribe, qos=1, timeout=timeout)
+            console.print(f"subscribed to {subscribe}: SUBACK {', '.join(granted.reason_names)}")
+        if publish is not None:
+            ack = client.publish(publish, message, qos=1, timeout=timeout)
+            console.print(f"published to {publish}: PUBACK {ack.reason_name} ({ack.reason_code})")
+        if subscribe is not None:
+            for _ in range(count):
+                received = client.receive(timeout)
+                text = received.payload.decode("utf-8", errors="replace")
+                console.print(f"received on {received.topic}: {text}")
 
 
 def register(root: typer.Typer) -> None:
-    """Add this group's commands to the root app."""
+    """Add the `device` group to the root app."""
+    group = typer.Typer(help="The device agent: mutual TLS and MQTT 5 to the cloud.")
+    group.command("connect")(connect)
+    root.add_typer(group, name="device")

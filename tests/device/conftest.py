@@ -1,0 +1,175 @@
+"""Fixtures for the device agent: a test PKI, real mosquitto brokers, device identities."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.device.broker import Broker, start_broker
+from tests.device.pki import Issued, issue_device, issue_server, make_ca
+from tests.softhsm import Token
+
+
+@dataclass(frozen=True)
+class DevicePKI:
+    """Paths of the generated PKI; the device CA issues devices, the cloud CA the server."""
+
+    root: Path
+    device_ca: Issued
+    client_ca_bundle: Path  # root + device CA: what mosquitto trusts for clients
+    cloud_ca: Path  # the CA the device pins
+    server_cert: Path
+    server_key: Path
+    rogue_ca: Path
+    rogue_server_cert: Path
+    rogue_server_key: Path
+    device_cert: Path
+    device_key: Path
+    other_key: Path  # a valid P-256 key that belongs to no certificate here
+    misnamed_server_cert: Path  # from the pinned CA, but for another name and address
+    misnamed_server_key: Path
+    subscriber_cert: Path  # a second device, for mosquitto_sub
+    subscriber_key: Path
+
+
+def _pem(issued: Issued) -> bytes:
+    return issued.certificate.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> DevicePKI:
+    d = tmp_path_factory.mktemp("device-pki")
+    root = make_ca("Tether Test Root")
+    device_ca = make_ca("Tether Test Device CA", root)
+    cloud = make_ca("Tether Test Cloud CA")
+    rogue = make_ca("Rogue CA")
+    (d / "client-ca.pem").write_bytes(_pem(root) + _pem(device_ca))
+    root_path, _ = root.write(d, "root")
+    cloud_path, _ = cloud.write(d, "cloud-ca")
+    rogue_path, _ = rogue.write(d, "rogue-ca")
+    server_cert, server_key = issue_server(cloud).write(d, "server")
+    rogue_cert, rogue_key = issue_server(rogue).write(d, "rogue-server")
+    device_cert, device_key = issue_device(device_ca, "SN-FILE-0001").write(d, "device")
+    other = Issued(device_ca.certificate, ec.generate_private_key(ec.SECP256R1()))
+    _, other_key = other.write(d, "other")
+    misnamed_cert, misnamed_key = issue_server(cloud, "elsewhere.test", "10.9.9.9").write(
+        d, "misnamed-server"
+    )
+    sub_cert, sub_key = issue_device(device_ca, "SN-SUB-0001").write(d, "subscriber")
+    assert server_key and rogue_key and device_key and other_key and misnamed_key and sub_key
+    return DevicePKI(
+        root=root_path,
+        device_ca=device_ca,
+        client_ca_bundle=d / "client-ca.pem",
+        cloud_ca=cloud_path,
+        server_cert=server_cert,
+        server_key=server_key,
+        rogue_ca=rogue_path,
+        rogue_server_cert=rogue_cert,
+        rogue_server_key=rogue_key,
+        device_cert=device_cert,
+        device_key=device_key,
+        other_key=other_key,
+        misnamed_server_cert=misnamed_cert,
+        misnamed_server_key=misnamed_key,
+        subscriber_cert=sub_cert,
+        subscriber_key=sub_key,
+    )
+
+
+@pytest.fixture(scope="module")
+def broker(pki: DevicePKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """Mosquitto with the server certificate from the cloud CA (the one the device pins)."""
+    b = start_broker(
+        tmp_path_factory.mktemp("broker"),
+        client_ca=pki.client_ca_bundle,
+        server_cert=pki.server_cert,
+        server_key=pki.server_key,
+    )
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def rogue_broker(pki: DevicePKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """Mosquitto whose server certificate comes from the rogue CA."""
+    b = start_broker(
+        tmp_path_factory.mktemp("rogue-broker"),
+        client_ca=pki.client_ca_bundle,
+        server_cert=pki.rogue_server_cert,
+        server_key=pki.rogue_server_key,
+    )
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def misnamed_broker(pki: DevicePKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """Mosquitto with a server certificate from the pinned CA but for another host name."""
+    b = start_broker(
+        tmp_path_factory.mktemp("misnamed-broker"),
+        client_ca=pki.client_ca_bundle,
+        server_cert=pki.misnamed_server_cert,
+        server_key=pki.misnamed_server_key,
+    )
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def tls13_broker(pki: DevicePKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """Mosquitto that accepts TLS 1.3 only: whoever connects to it speaks TLS 1.3."""
+    b = start_broker(
+        tmp_path_factory.mktemp("tls13-broker"),
+        client_ca=pki.client_ca_bundle,
+        server_cert=pki.server_cert,
+        server_key=pki.server_key,
+        tls_version="tlsv1.3",
+    )
+    yield b
+    b.stop()
+
+
+@dataclass(frozen=True)
+class TokenDevice:
+    """A device whose key was generated inside a SoftHSM2 token, with its certificate."""
+
+    token: Token
+    key_label: str
+    serial: str
+    cert: Path
+
+
+@pytest.fixture
+def token_device(token: Token, pki: DevicePKI, tmp_path: Path) -> TokenDevice:
+    """Generate the key in the token with pkcs11-tool, certify its public key with the device CA."""
+    label = "device-key"
+    subprocess.run(
+        [
+            "pkcs11-tool", "--module", token.module, "--token-label", token.label,
+            "--login", "--pin", token.pin, "--keypairgen", "--key-type", "EC:prime256v1",
+            "--label", label, "--id", "01",
+        ],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    # Read the public half with pkcs11-tool (a subprocess): it stays out of this process's
+    # PKCS#11 state, and it is a tool no one here wrote.
+    pub_der = tmp_path / "token-pub.der"
+    subprocess.run(
+        [
+            "pkcs11-tool", "--module", token.module, "--token-label", token.label,
+            "--read-object", "--type", "pubkey", "--label", label, "-o", str(pub_der),
+        ],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    public_key = serialization.load_der_public_key(pub_der.read_bytes())
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    serial = "SN-HSM-0001"
+    cert, _ = issue_device(pki.device_ca, serial, public_key).write(tmp_path, "token-device")
+    return TokenDevice(token=token, key_label=label, serial=serial, cert=cert)
