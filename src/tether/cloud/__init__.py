@@ -1,0 +1,1 @@
+"""The cloud side of Tether: registry, gateway and API (one process by default)."""

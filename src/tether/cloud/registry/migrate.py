@@ -1,0 +1,74 @@
+"""Alembic, configured in code: an installed Tether migrates its own registry.
+
+There is no alembic.ini to ship or find; the script location is the ``migrations`` folder
+next to this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import Connection, Engine
+
+from tether.cloud.registry.engine import BEGIN_OPTION
+from tether.cloud.registry.errors import SchemaVersionError
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def alembic_config() -> Config:
+    """An Alembic Config pointing at the packaged migrations (``%`` escaped for configparser)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    return config
+
+
+def _script_directory() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def _known(revision: str) -> bool:
+    try:
+        return _script_directory().get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+def head_revision() -> str:
+    """The newest revision the code knows."""
+    head = _script_directory().get_current_head()
+    if head is None:  # pragma: no cover - the package always ships revisions
+        raise RuntimeError("the registry migrations have no head revision")
+    return head
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The revision the database is at (``None`` for an empty database)."""
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the database to head in one transaction; a database at head is left alone.
+
+    Raises SchemaVersionError when the database is at a revision the code does not know.
+
+    On SQLite the transaction begins IMMEDIATE, so two processes opening a new registry at
+    once migrate one after the other instead of both creating tables.
+    """
+    with engine.execution_options(**{BEGIN_OPTION: "IMMEDIATE"}).begin() as connection:
+        current = current_revision(connection)
+        if current == head_revision():
+            return
+        if current is not None and not _known(current):
+            raise SchemaVersionError(
+                f"The registry database is at schema revision {current!r}, which this version "
+                "of Tether does not know (was it opened by a newer release?); upgrade Tether."
+            )
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")

@@ -1,0 +1,1 @@
+"""Alembic migrations of the registry, packaged so an installed Tether migrates itself."""

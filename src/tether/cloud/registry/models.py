@@ -1,0 +1,161 @@
+"""ORM tables of the registry (SQLAlchemy 2 typed declarative); private to the package.
+
+The schema itself is owned by the Alembic migrations in ``migrations/versions``; these
+classes must describe the same tables (a test compares them). Enum columns are plain
+strings with CHECK constraints, so SQLite and PostgreSQL store the same thing. There is
+deliberately no column for a private key anywhere.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+from tether.cloud.registry.records import CARole, CAStatus, CertState, DeviceStatus, Provisioning
+
+# Stable constraint names, so migrations on SQLite and PostgreSQL name things the same way.
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Store naive UTC, hand back aware UTC: the same on SQLite and PostgreSQL."""
+
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Refuse naive datetimes (their zone is a guess) and normalise to UTC."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the registry; pass an aware UTC datetime")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Attach UTC to what the database returns."""
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+def _values_check(column: str, enum: type[StrEnum]) -> str:
+    values = ", ".join(f"'{member.value}'" for member in enum)
+    return f"{column} IN ({values})"
+
+
+class Base(DeclarativeBase):
+    """Declarative base with the shared naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class CAModel(Base):
+    """A registered CA certificate."""
+
+    __tablename__ = "cas"
+    __table_args__ = (
+        CheckConstraint(_values_check("role", CARole), name="role"),
+        CheckConstraint(_values_check("status", CAStatus), name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    subject: Mapped[str] = mapped_column(Text)
+    subject_key_id: Mapped[bytes | None] = mapped_column(LargeBinary(64), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    allow_auto_registration: Mapped[bool] = mapped_column(Boolean)
+    not_before: Mapped[datetime] = mapped_column(UTCDateTime)
+    not_after: Mapped[datetime] = mapped_column(UTCDateTime)
+    pem: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DeviceModel(Base):
+    """A registered device, keyed by its serial (the subject of its certificates)."""
+
+    __tablename__ = "devices"
+    __table_args__ = (
+        CheckConstraint(_values_check("status", DeviceStatus), name="status"),
+        CheckConstraint(_values_check("provisioning", Provisioning), name="provisioning"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    serial: Mapped[str] = mapped_column(String(128), unique=True)
+    status: Mapped[str] = mapped_column(String(16))
+    provisioning: Mapped[str] = mapped_column(String(16))
+    first_seen: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CertificateModel(Base):
+    """A certificate the registry knows, with its lifecycle state.
+
+    Serial numbers are unique per issuer (RFC 5280 4.1.2.2): that is what a CRL names, and
+    vendor factory CAs may well count from 1, so a global constraint would refuse valid
+    certificates.
+    """
+
+    __tablename__ = "certificates"
+    __table_args__ = (
+        UniqueConstraint("issuer_id", "serial_number", name="uq_certificates_issuer_serial"),
+        CheckConstraint(_values_check("state", CertState), name="state"),
+        Index("ix_certificates_issuer_state", "issuer_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    serial_number: Mapped[str] = mapped_column(String(48))
+    subject: Mapped[str] = mapped_column(Text)
+    issuer_id: Mapped[int] = mapped_column(ForeignKey("cas.id", ondelete="RESTRICT"))
+    device_id: Mapped[int | None] = mapped_column(
+        ForeignKey("devices.id", ondelete="RESTRICT"), index=True
+    )
+    not_before: Mapped[datetime] = mapped_column(UTCDateTime)
+    not_after: Mapped[datetime] = mapped_column(UTCDateTime)
+    state: Mapped[str] = mapped_column(String(16))
+    revocation_reason: Mapped[str | None] = mapped_column(String(32))
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    pem: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    issuer: Mapped[CAModel] = relationship(lazy="joined", innerjoin=True)
+    device: Mapped[DeviceModel | None] = relationship(lazy="joined")
+
+
+class AuditModel(Base):
+    """One append-only audit row; the database refuses UPDATE and DELETE (see migration)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(200), index=True)
+    details: Mapped[str] = mapped_column(Text)

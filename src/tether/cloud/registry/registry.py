@@ -1,0 +1,1062 @@
+"""The registry service: CAs, devices, certificates and the append-only audit log.
+
+Sync by design (the async gateway calls it in a worker thread). Every mutating method runs
+in one transaction that also writes its audit row, so a change without its audit row (or
+the reverse) cannot be committed. Methods either succeed completely or raise a TetherError
+and change nothing. Nothing here prints or reads the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from sqlalchemy import Engine, case, func, literal, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session
+
+from tether.cloud.registry import migrate
+from tether.cloud.registry.engine import (
+    BEGIN_OPTION,
+    create_registry_engine,
+    parse_url,
+    safe_url,
+)
+from tether.cloud.registry.errors import (
+    AutoRegistrationPolicyError,
+    CAExistsError,
+    CANotRegisteredError,
+    CAStateError,
+    CertificateExistsError,
+    CertificateIssuerMismatchError,
+    CertificateNotFoundError,
+    CertificateStateError,
+    ConcurrentChangeError,
+    DatabaseUnavailableError,
+    DeviceExistsError,
+    DeviceNotFoundError,
+    InvalidRegistryInputError,
+    NotACAError,
+)
+from tether.cloud.registry.models import (
+    AuditModel,
+    CAModel,
+    CertificateModel,
+    DeviceModel,
+    UTCDateTime,
+)
+from tether.cloud.registry.records import (
+    AuditEntry,
+    CARecord,
+    CARole,
+    CAStatus,
+    CertificateRecord,
+    CertState,
+    ConnectionVerdict,
+    DetailValue,
+    DeviceRecord,
+    DeviceStatus,
+    Page,
+    Provisioning,
+    VerdictCode,
+)
+
+_T = TypeVar("_T")
+
+MAX_PAGE_SIZE = 1000
+_SERIAL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_ACTION_RE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+_FINGERPRINT_RE = re.compile(r"[0-9a-f]{64}")
+_AUTO_REGISTRATION_ROLES = frozenset({CARole.DEVICE, CARole.FACTORY})
+
+
+def certificate_fingerprint(cert: x509.Certificate) -> str:
+    """The registry's key for a certificate: lowercase hex SHA-256 of its DER."""
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def device_serial_from_certificate(cert: x509.Certificate) -> str:
+    """The subject CN of a device certificate: a fallback when the caller has no serial.
+
+    Raises InvalidRegistryInputError when there is not exactly one CN.
+    """
+    cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    if len(cns) != 1 or not isinstance(cns[0].value, str):
+        raise InvalidRegistryInputError(
+            "The certificate subject has no single common name to take the device serial "
+            "from; pass the device serial explicitly."
+        )
+    return _check_serial(cns[0].value)
+
+
+class Registry:
+    """The registry on one database. Thread-safe: share one instance per process.
+
+    Use :meth:`open`; close with :meth:`close` (or use it as a context manager).
+    """
+
+    def __init__(self, engine: Engine, *, display_url: str) -> None:
+        """Wrap an engine that is already migrated (see :meth:`open`)."""
+        self._engine = engine
+        self._write_engine = engine.execution_options(**{BEGIN_OPTION: "IMMEDIATE"})
+        self._display_url = display_url
+        self._clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str, *, busy_timeout_s: float = 5.0) -> Registry:
+        """Open the registry at ``url`` and upgrade its schema to head.
+
+        ``url`` is ``sqlite:///path.db`` (the file is created; its directory must exist) or
+        ``postgresql+psycopg://user:pass@host/db``. Raises DatabaseURLError for a bad URL and
+        DatabaseUnavailableError (a StorageError; the message masks the password) when the
+        database cannot be reached or migrated.
+        """
+        parsed = parse_url(url)
+        display = safe_url(parsed)
+        engine = create_registry_engine(parsed, busy_timeout_s=busy_timeout_s)
+        try:
+            migrate.upgrade(engine)
+        except DBAPIError as exc:
+            engine.dispose()
+            raise DatabaseUnavailableError(
+                f"Cannot open the registry database {display}: {_db_reason(exc)}. "
+                "Check that it is reachable and writable."
+            ) from exc
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine, display_url=display)
+
+    def close(self) -> None:
+        """Release all connections; the registry cannot be used afterwards."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Registry:
+        """Use the registry as a context manager that closes it."""
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        """Close the registry."""
+        self.close()
+
+    @property
+    def url(self) -> str:
+        """The database URL with its password masked."""
+        return self._display_url
+
+    # -- CAs -------------------------------------------------------------------------------
+
+    def register_ca(
+        self,
+        cert: x509.Certificate,
+        *,
+        role: CARole,
+        allow_auto_registration: bool = False,
+        actor: str,
+    ) -> CARecord:
+        """Register a CA certificate (not its key: the registry never holds one).
+
+        Raises NotACAError unless basicConstraints says CA, AutoRegistrationPolicyError when
+        auto-registration is asked for a server or service CA, CAExistsError when it is
+        already registered.
+        """
+        actor = _check_actor(actor)
+        role = CARole(role)
+        try:
+            is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            is_ca = False
+        if not is_ca:
+            raise NotACAError(
+                f"{cert.subject.rfc4514_string()} is not a CA certificate (basicConstraints "
+                "CA:TRUE is missing); register the issuing CA, not a leaf."
+            )
+        if allow_auto_registration and role not in _AUTO_REGISTRATION_ROLES:
+            raise AutoRegistrationPolicyError(
+                f"Only device and factory CAs may let unknown devices self-register, not a "
+                f"{role.value} CA; register it without auto-registration."
+            )
+        fingerprint = certificate_fingerprint(cert)
+        now = self._clock()
+        with self._write() as session:
+            if session.scalar(select(CAModel.id).where(CAModel.fingerprint == fingerprint)):
+                raise CAExistsError(f"The CA {fingerprint} is already registered.")
+            model = CAModel(
+                fingerprint=fingerprint,
+                subject=cert.subject.rfc4514_string(),
+                subject_key_id=_subject_key_id(cert),
+                role=role.value,
+                status=CAStatus.ACTIVE.value,
+                allow_auto_registration=allow_auto_registration,
+                not_before=cert.not_valid_before_utc,
+                not_after=cert.not_valid_after_utc,
+                pem=cert.public_bytes(Encoding.PEM).decode("ascii"),
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(model)
+            self._flush(session, lambda: CAExistsError(f"The CA {fingerprint} is registered."))
+            _audit(
+                session,
+                now,
+                actor,
+                "ca.register",
+                fingerprint,
+                {
+                    "subject": model.subject,
+                    "role": role.value,
+                    "allow_auto_registration": allow_auto_registration,
+                },
+            )
+            return _ca_record(model)
+
+    def get_ca(self, fingerprint: str) -> CARecord:
+        """The CA with this SHA-256 fingerprint. Raises CANotRegisteredError."""
+        fingerprint = _check_fingerprint(fingerprint)
+        with self._read() as session:
+            return _ca_record(_load_ca(session, fingerprint))
+
+    def find_ca_by_subject_key_id(self, ski: bytes) -> CARecord | None:
+        """The CA whose subject key identifier is ``ski`` (a leaf's authority key id).
+
+        Several registrations may share a key (a renewed CA certificate); an active one wins,
+        then the newest.
+        """
+        with self._read() as session:
+            model = session.scalars(
+                select(CAModel)
+                .where(CAModel.subject_key_id == bytes(ski))
+                .order_by(
+                    case((CAModel.status == CAStatus.ACTIVE.value, 0), else_=1),
+                    CAModel.id.desc(),
+                )
+                .limit(1)
+            ).first()
+            return None if model is None else _ca_record(model)
+
+    def list_cas(self, *, status: CAStatus | None = None) -> list[CARecord]:
+        """All registered CAs (optionally only those with ``status``), oldest first."""
+        stmt = select(CAModel).order_by(CAModel.id)
+        if status is not None:
+            stmt = stmt.where(CAModel.status == CAStatus(status).value)
+        with self._read() as session:
+            return [_ca_record(m) for m in session.scalars(stmt)]
+
+    def set_ca_status(self, fingerprint: str, status: CAStatus, *, actor: str) -> CARecord:
+        """Activate, deactivate or revoke a CA. Revocation is final (CAStateError after it).
+
+        Setting the status it already has changes nothing and writes no audit row.
+        """
+        actor = _check_actor(actor)
+        status = CAStatus(status)
+        fingerprint = _check_fingerprint(fingerprint)
+        now = self._clock()
+        with self._write() as session:
+            model = _load_ca(session, fingerprint)
+            old = CAStatus(model.status)
+            if old == status:
+                return _ca_record(model)
+            if old == CAStatus.REVOKED:
+                raise CAStateError(
+                    f"The CA {fingerprint} is revoked and stays revoked; register a new CA."
+                )
+            model.status = status.value
+            model.updated_at = now
+            _audit(session, now, actor, "ca.status", fingerprint, {"from": old, "to": status.value})
+            return _ca_record(model)
+
+    def set_ca_auto_registration(self, fingerprint: str, allow: bool, *, actor: str) -> CARecord:
+        """Allow or forbid unknown devices under this CA to self-register on first connect.
+
+        Raises AutoRegistrationPolicyError for server and service CAs.
+        """
+        actor = _check_actor(actor)
+        fingerprint = _check_fingerprint(fingerprint)
+        now = self._clock()
+        with self._write() as session:
+            model = _load_ca(session, fingerprint)
+            if allow and CARole(model.role) not in _AUTO_REGISTRATION_ROLES:
+                raise AutoRegistrationPolicyError(
+                    f"Only device and factory CAs may let unknown devices self-register, not "
+                    f"a {model.role} CA."
+                )
+            if model.allow_auto_registration == allow:
+                return _ca_record(model)
+            model.allow_auto_registration = allow
+            model.updated_at = now
+            _audit(session, now, actor, "ca.auto_registration", fingerprint, {"allow": allow})
+            return _ca_record(model)
+
+    # -- devices ---------------------------------------------------------------------------
+
+    def add_device(self, serial: str, *, provisioning: Provisioning, actor: str) -> DeviceRecord:
+        """Register an enabled device. Raises DeviceExistsError on a duplicate serial."""
+        actor = _check_actor(actor)
+        serial = _check_serial(serial)
+        provisioning = Provisioning(provisioning)
+        now = self._clock()
+
+        def exists() -> DeviceExistsError:
+            return DeviceExistsError(f"A device with serial {serial!r} is already registered.")
+
+        with self._write() as session:
+            if session.scalar(select(DeviceModel.id).where(DeviceModel.serial == serial)):
+                raise exists()
+            model = _new_device(serial, provisioning, now)
+            session.add(model)
+            self._flush(session, exists)
+            _audit(session, now, actor, "device.add", serial, {"provisioning": provisioning.value})
+            return _device_record(model)
+
+    def get_device(self, serial: str) -> DeviceRecord:
+        """The device with this serial. Raises DeviceNotFoundError."""
+        serial = _check_serial(serial)
+        with self._read() as session:
+            return _device_record(_load_device(session, serial))
+
+    def set_device_status(self, serial: str, status: DeviceStatus, *, actor: str) -> DeviceRecord:
+        """Enable or disable a device; a disabled device is refused at the next handshake.
+
+        Setting the status it already has changes nothing and writes no audit row.
+        """
+        actor = _check_actor(actor)
+        serial = _check_serial(serial)
+        status = DeviceStatus(status)
+        now = self._clock()
+        with self._write() as session:
+            model = _load_device(session, serial)
+            old = model.status
+            if old == status.value:
+                return _device_record(model)
+            model.status = status.value
+            model.updated_at = now
+            _audit(session, now, actor, "device.status", serial, {"from": old, "to": status.value})
+            return _device_record(model)
+
+    def list_devices(
+        self,
+        *,
+        search: str | None = None,
+        status: DeviceStatus | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> Page[DeviceRecord]:
+        """Devices ordered by serial; ``search`` matches any part of the serial, literally."""
+        _check_page(offset, limit)
+        stmt = select(DeviceModel)
+        if search:
+            escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            stmt = stmt.where(DeviceModel.serial.like(f"%{escaped}%", escape="\\"))
+        if status is not None:
+            stmt = stmt.where(DeviceModel.status == DeviceStatus(status).value)
+        with self._read() as session:
+            return _page(session, stmt, DeviceModel.serial, _device_record, offset, limit)
+
+    def touch_device(self, serial: str, at: datetime) -> None:
+        """Record that the device connected at ``at`` (aware). Not audited: hot path.
+
+        ``first_seen`` is set once; ``last_seen`` only moves forward, so late callers from
+        other threads cannot move it back. Raises DeviceNotFoundError.
+        """
+        serial = _check_serial(serial)
+        if at.tzinfo is None:
+            raise InvalidRegistryInputError("touch_device needs an aware datetime (UTC).")
+        at_value = literal(at, type_=UTCDateTime())
+        stmt = (
+            update(DeviceModel)
+            .where(DeviceModel.serial == serial)
+            .values(
+                first_seen=func.coalesce(DeviceModel.first_seen, at_value),
+                last_seen=case(
+                    (DeviceModel.last_seen.is_(None), at_value),
+                    (DeviceModel.last_seen < at_value, at_value),
+                    else_=DeviceModel.last_seen,
+                ),
+            )
+            .execution_options(synchronize_session=False)
+        )
+        with self._write() as session:
+            if session.execute(stmt).rowcount == 0:  # type: ignore[attr-defined]
+                raise DeviceNotFoundError(f"No device with serial {serial!r} is registered.")
+
+    # -- certificates ----------------------------------------------------------------------
+
+    def add_certificate(
+        self,
+        cert: x509.Certificate,
+        *,
+        device_serial: str | None,
+        issuer_fingerprint: str,
+        state: CertState = CertState.ACTIVE,
+        actor: str,
+    ) -> CertificateRecord:
+        """Record a certificate the CA ``issuer_fingerprint`` signed, for a device or none.
+
+        The signature is checked against the registered CA (CertificateIssuerMismatchError).
+        Raises CANotRegisteredError, DeviceNotFoundError, CertificateExistsError (same
+        certificate, or same serial number under the same issuer), and refuses ``revoked``
+        as a starting state (use :meth:`revoke_certificate`).
+        """
+        actor = _check_actor(actor)
+        issuer_fingerprint = _check_fingerprint(issuer_fingerprint)
+        state = CertState(state)
+        if state == CertState.REVOKED:
+            raise InvalidRegistryInputError(
+                "A certificate cannot be added as revoked; add it, then revoke it with a reason."
+            )
+        serial = None if device_serial is None else _check_serial(device_serial)
+        now = self._clock()
+        with self._write() as session:
+            ca = _load_ca(session, issuer_fingerprint)
+            _check_issued_by(cert, ca)
+            device = None if serial is None else _load_device(session, serial)
+            model = self._insert_certificate(session, cert, ca, device, state, now)
+            _audit(
+                session,
+                now,
+                actor,
+                "certificate.add",
+                model.fingerprint,
+                {
+                    "serial_number": model.serial_number,
+                    "issuer": issuer_fingerprint,
+                    "device": serial,
+                    "state": state.value,
+                },
+            )
+            return _cert_record(model)
+
+    def get_certificate(self, fingerprint: str) -> CertificateRecord:
+        """The certificate with this SHA-256 fingerprint. Raises CertificateNotFoundError."""
+        fingerprint = _check_fingerprint(fingerprint)
+        with self._read() as session:
+            return _cert_record(_load_cert(session, fingerprint))
+
+    def list_certificates(
+        self,
+        *,
+        device_serial: str | None = None,
+        issuer_fingerprint: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> Page[CertificateRecord]:
+        """Certificates in the order they were added, optionally of one device or issuer."""
+        _check_page(offset, limit)
+        stmt = select(CertificateModel)
+        if device_serial is not None:
+            serial = _check_serial(device_serial)
+            stmt = stmt.where(
+                CertificateModel.device_id
+                == select(DeviceModel.id).where(DeviceModel.serial == serial).scalar_subquery()
+            )
+        if issuer_fingerprint is not None:
+            issuer = _check_fingerprint(issuer_fingerprint)
+            stmt = stmt.where(
+                CertificateModel.issuer_id
+                == select(CAModel.id).where(CAModel.fingerprint == issuer).scalar_subquery()
+            )
+        with self._read() as session:
+            return _page(session, stmt, CertificateModel.id, _cert_record, offset, limit)
+
+    def set_certificate_state(
+        self, fingerprint: str, state: CertState, *, actor: str
+    ) -> CertificateRecord:
+        """Move a certificate between pending, active and inactive.
+
+        Revocation goes through :meth:`revoke_certificate` and is final
+        (CertificateStateError). Setting the current state changes nothing, no audit row.
+        """
+        actor = _check_actor(actor)
+        fingerprint = _check_fingerprint(fingerprint)
+        state = CertState(state)
+        if state == CertState.REVOKED:
+            raise InvalidRegistryInputError(
+                "Use revoke_certificate to revoke: a revocation needs a reason."
+            )
+        now = self._clock()
+        with self._write() as session:
+            model = _load_cert(session, fingerprint)
+            old = model.state
+            if old == CertState.REVOKED.value:
+                raise CertificateStateError(
+                    f"The certificate {fingerprint} is revoked and stays revoked; issue a new one."
+                )
+            if old == state.value:
+                return _cert_record(model)
+            model.state = state.value
+            model.updated_at = now
+            _audit(
+                session, now, actor, "certificate.state", fingerprint, {"from": old, "to": state}
+            )
+            return _cert_record(model)
+
+    def revoke_certificate(
+        self, fingerprint: str, *, reason: x509.ReasonFlags, actor: str
+    ) -> CertificateRecord:
+        """Revoke a certificate; once this returns the revocation is committed and durable.
+
+        Raises CertificateNotFoundError, CertificateStateError when already revoked, and
+        InvalidRegistryInputError for ``remove_from_crl`` (a delta-CRL code, not a reason).
+        """
+        actor = _check_actor(actor)
+        fingerprint = _check_fingerprint(fingerprint)
+        reason = x509.ReasonFlags(reason)
+        if reason == x509.ReasonFlags.remove_from_crl:
+            raise InvalidRegistryInputError(
+                "removeFromCRL is not a revocation reason; revocation is final."
+            )
+        now = self._clock()
+        with self._write() as session:
+            model = _load_cert(session, fingerprint)
+            if model.state == CertState.REVOKED.value:
+                raise CertificateStateError(
+                    f"The certificate {fingerprint} was already revoked at "
+                    f"{model.revoked_at:%Y-%m-%d %H:%M:%SZ} ({model.revocation_reason})."
+                )
+            old = model.state
+            model.state = CertState.REVOKED.value
+            model.revocation_reason = reason.value
+            model.revoked_at = now
+            model.updated_at = now
+            _audit(
+                session,
+                now,
+                actor,
+                "certificate.revoke",
+                fingerprint,
+                {"reason": reason.value, "from": old, "serial_number": model.serial_number},
+            )
+            return _cert_record(model)
+
+    def revoked_certificates(self, issuer_fingerprint: str) -> list[CertificateRecord]:
+        """Every revoked certificate the CA issued, in revocation order (CRL input).
+
+        Raises CANotRegisteredError.
+        """
+        issuer_fingerprint = _check_fingerprint(issuer_fingerprint)
+        with self._read() as session:
+            ca = _load_ca(session, issuer_fingerprint)
+            models = session.scalars(
+                select(CertificateModel)
+                .where(
+                    CertificateModel.issuer_id == ca.id,
+                    CertificateModel.state == CertState.REVOKED.value,
+                )
+                .order_by(CertificateModel.revoked_at, CertificateModel.id)
+            )
+            return [_cert_record(m) for m in models]
+
+    # -- just-in-time registration ---------------------------------------------------------
+
+    def register_device_just_in_time(
+        self,
+        cert: x509.Certificate,
+        *,
+        device_serial: str,
+        issuer_fingerprint: str,
+        actor: str = "gateway",
+    ) -> tuple[DeviceRecord, CertificateRecord]:
+        """Register an unknown device and its certificate on first connect, atomically.
+
+        Only under an active CA that allows auto-registration (CAStateError,
+        AutoRegistrationPolicyError otherwise), and only for a certificate that CA signed.
+        Idempotent: if the certificate is already registered for this device, the existing
+        records come back and nothing is written, also when two connections race. An existing
+        device keeps its status (a disabled device stays disabled) and gains the certificate.
+        """
+        actor = _check_actor(actor)
+        serial = _check_serial(device_serial)
+        issuer_fingerprint = _check_fingerprint(issuer_fingerprint)
+        fingerprint = certificate_fingerprint(cert)
+        # A concurrent registration can win between our read and our insert on PostgreSQL
+        # (READ COMMITTED); the unique constraints catch it and the retry sees its rows.
+        for attempt in range(3):
+            try:
+                return self._jit_once(cert, serial, issuer_fingerprint, fingerprint, actor)
+            except _JITRaceError:
+                if attempt == 2:
+                    raise DatabaseUnavailableError(
+                        f"Just-in-time registration of {serial!r} kept conflicting with "
+                        "concurrent writes; retry the connection."
+                    ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _jit_once(
+        self, cert: x509.Certificate, serial: str, issuer: str, fingerprint: str, actor: str
+    ) -> tuple[DeviceRecord, CertificateRecord]:
+        now = self._clock()
+        with self._write() as session:
+            ca = _load_ca(session, issuer)
+            if ca.status != CAStatus.ACTIVE.value:
+                raise CAStateError(f"The CA {issuer} is {ca.status}; it cannot admit devices.")
+            if not ca.allow_auto_registration:
+                raise AutoRegistrationPolicyError(
+                    f"The CA {issuer} does not allow unknown devices to self-register; "
+                    "register the device first or allow auto-registration on the CA."
+                )
+            _check_issued_by(cert, ca)
+            existing = session.scalars(
+                select(CertificateModel).where(CertificateModel.fingerprint == fingerprint)
+            ).first()
+            if existing is not None:
+                if existing.device is None or existing.device.serial != serial:
+                    raise CertificateExistsError(
+                        f"The certificate {fingerprint} is registered for another device."
+                    )
+                return _device_record(existing.device), _cert_record(existing)
+            device = session.scalars(
+                select(DeviceModel).where(DeviceModel.serial == serial)
+            ).first()
+            created = device is None
+            if device is None:
+                device = _new_device(serial, Provisioning.JIT, now)
+                session.add(device)
+            try:
+                model = self._insert_certificate(session, cert, ca, device, CertState.ACTIVE, now)
+            except (_DuplicateFingerprintError, IntegrityError) as exc:
+                # We checked for this certificate above: a concurrent registration won. Under
+                # READ COMMITTED (PostgreSQL) its commit is visible now; retry to return it.
+                raise _JITRaceError from exc
+            _audit(
+                session,
+                now,
+                actor,
+                "device.register_jit",
+                serial,
+                {"certificate": fingerprint, "issuer": issuer, "device_created": created},
+            )
+            return _device_record(device), _cert_record(model)
+
+    # -- audit -----------------------------------------------------------------------------
+
+    def audit(
+        self,
+        *,
+        actor: str,
+        action: str,
+        target: str,
+        details: Mapping[str, DetailValue] | None = None,
+    ) -> AuditEntry:
+        """Append one audit row for an action taken outside the registry (e.g. a login).
+
+        ``action`` is a lowercase dotted name like ``api.login_failed``; ``details`` values
+        are str, int, bool or None.
+        """
+        actor = _check_actor(actor)
+        if not _ACTION_RE.fullmatch(action):
+            raise InvalidRegistryInputError(
+                f"Audit action {action!r} must be a lowercase dotted name (a-z, 0-9, . _ -)."
+            )
+        if not target or len(target) > 200:
+            raise InvalidRegistryInputError("An audit target must be 1 to 200 characters.")
+        now = self._clock()
+        with self._write() as session:
+            return _audit_entry(_audit(session, now, actor, action, target, details or {}))
+
+    def list_audit(
+        self, *, offset: int = 0, limit: int = 50, target: str | None = None
+    ) -> Page[AuditEntry]:
+        """Audit entries, newest first, optionally only those about ``target``."""
+        _check_page(offset, limit)
+        stmt = select(AuditModel)
+        if target is not None:
+            stmt = stmt.where(AuditModel.target == target)
+        with self._read() as session:
+            return _page(session, stmt, AuditModel.id.desc(), _audit_entry, offset, limit)
+
+    # -- the gateway's question ------------------------------------------------------------
+
+    def check_connection(
+        self, *, cert_fingerprint: str, device_serial: str, issuer_fingerprint: str
+    ) -> ConnectionVerdict:
+        """May this certificate (already TLS-verified) connect as this device? One query.
+
+        Checks, in order: the issuer is a registered, active CA; the certificate is known
+        under it, active and bound to this device (or unknown, and the CA allows JIT); the
+        device exists and is enabled. Read-only; raises only for malformed input or a
+        database failure.
+        """
+        fingerprint = _check_fingerprint(cert_fingerprint)
+        serial = _check_serial(device_serial)
+        issuer = _check_fingerprint(issuer_fingerprint)
+        cert_q = select(CertificateModel).where(CertificateModel.fingerprint == fingerprint)
+        cert_sub = cert_q.subquery()
+        stmt = select(
+            select(CAModel.status).where(CAModel.fingerprint == issuer).scalar_subquery(),
+            select(CAModel.allow_auto_registration)
+            .where(CAModel.fingerprint == issuer)
+            .scalar_subquery(),
+            select(cert_sub.c.state).scalar_subquery(),
+            select(CAModel.fingerprint)
+            .join(cert_sub, cert_sub.c.issuer_id == CAModel.id)
+            .scalar_subquery(),
+            select(DeviceModel.serial)
+            .join(cert_sub, cert_sub.c.device_id == DeviceModel.id)
+            .scalar_subquery(),
+            select(DeviceModel.status).where(DeviceModel.serial == serial).scalar_subquery(),
+        )
+        with self._read() as session:
+            row = session.execute(stmt).one()
+        ca_status, ca_jit, cert_state, cert_issuer, cert_device, device_status = row
+        return _verdict(
+            ca_status,
+            bool(ca_jit),
+            cert_state,
+            cert_issuer,
+            cert_device,
+            device_status,
+            issuer,
+            serial,
+        )
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        try:
+            with Session(self._engine, expire_on_commit=False) as session, session.begin():
+                yield session
+        except DBAPIError as exc:
+            raise self._unavailable(exc) from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        try:
+            with Session(self._write_engine, expire_on_commit=False) as session, session.begin():
+                yield session
+        except IntegrityError as exc:
+            # The methods check constraints first; reaching here means a concurrent writer.
+            raise ConcurrentChangeError(
+                "A concurrent change to the registry conflicted with this one; nothing was "
+                "changed, retry."
+            ) from exc
+        except DBAPIError as exc:
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: DBAPIError) -> DatabaseUnavailableError:
+        return DatabaseUnavailableError(
+            f"The registry database {self._display_url} failed: {_db_reason(exc)}. "
+            "Nothing was changed; check the database and retry."
+        )
+
+    @staticmethod
+    def _flush(session: Session, conflict: Callable[[], Exception]) -> None:
+        try:
+            session.flush()
+        except IntegrityError as exc:
+            raise conflict() from exc
+
+    def _insert_certificate(
+        self,
+        session: Session,
+        cert: x509.Certificate,
+        ca: CAModel,
+        device: DeviceModel | None,
+        state: CertState,
+        now: datetime,
+    ) -> CertificateModel:
+        fingerprint = certificate_fingerprint(cert)
+        serial_number = _serial_hex(cert)
+        if session.scalar(
+            select(CertificateModel.id).where(CertificateModel.fingerprint == fingerprint)
+        ):
+            raise _DuplicateFingerprintError(
+                f"The certificate {fingerprint} is already registered."
+            )
+        if session.scalar(
+            select(CertificateModel.id).where(
+                CertificateModel.issuer_id == ca.id,
+                CertificateModel.serial_number == serial_number,
+            )
+        ):
+            raise CertificateExistsError(
+                f"The CA {ca.fingerprint} already has a certificate with serial number "
+                f"{serial_number}; serial numbers must be unique per issuer."
+            )
+        model = CertificateModel(
+            fingerprint=fingerprint,
+            serial_number=serial_number,
+            subject=cert.subject.rfc4514_string(),
+            issuer=ca,
+            device=device,
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+            state=state.value,
+            revocation_reason=None,
+            revoked_at=None,
+            pem=cert.public_bytes(Encoding.PEM).decode("ascii"),
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(model)
+        session.flush()
+        return model
+
+
+class _DuplicateFingerprintError(CertificateExistsError):
+    """The certificate itself (not just its serial number) is already registered."""
+
+
+class _JITRaceError(Exception):
+    """A unique constraint fired under a concurrent writer; the caller retries or reports."""
+
+
+# -- helpers (module-private) ----------------------------------------------------------------
+
+
+def _db_reason(exc: DBAPIError) -> str:
+    # The driver message, first line only: never the SQL statement or its parameters.
+    return str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+
+
+def _check_actor(actor: str) -> str:
+    if not isinstance(actor, str) or not actor.strip() or len(actor) > 200:
+        raise InvalidRegistryInputError(
+            "Every change needs an actor (who did it): 1 to 200 characters."
+        )
+    return actor
+
+
+def _check_serial(serial: str) -> str:
+    if not isinstance(serial, str) or not _SERIAL_RE.fullmatch(serial):
+        raise InvalidRegistryInputError(
+            f"Device serial {serial!r} is not valid: use 1 to 128 characters of A-Z, a-z, "
+            "0-9 and . _ : - , starting with a letter or digit."
+        )
+    return serial
+
+
+def _check_fingerprint(fingerprint: str) -> str:
+    normalized = (
+        fingerprint.replace(":", "").strip().lower() if isinstance(fingerprint, str) else ""
+    )
+    if not _FINGERPRINT_RE.fullmatch(normalized):
+        raise InvalidRegistryInputError(
+            f"{fingerprint!r} is not a SHA-256 fingerprint: give 64 hex digits (colons allowed)."
+        )
+    return normalized
+
+
+def _check_page(offset: int, limit: int) -> None:
+    if offset < 0 or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise InvalidRegistryInputError(
+            f"Page offset must be >= 0 and limit between 1 and {MAX_PAGE_SIZE}."
+        )
+
+
+def _check_issued_by(cert: x509.Certificate, ca: CAModel) -> None:
+    ca_cert = x509.load_pem_x509_certificate(ca.pem.encode("ascii"))
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise CertificateIssuerMismatchError(
+            f"The certificate {cert.subject.rfc4514_string()} was not signed by the CA "
+            f"{ca.fingerprint} ({ca.subject}); name its real issuer."
+        ) from exc
+
+
+def _check_details(details: Mapping[str, DetailValue]) -> str:
+    for key, value in details.items():
+        if not isinstance(key, str) or not (value is None or isinstance(value, str | int | bool)):
+            raise InvalidRegistryInputError(
+                f"Audit detail {key!r} must map a string to a str, int, bool or None."
+            )
+    return json.dumps(dict(details), sort_keys=True, separators=(",", ":"))
+
+
+def _serial_hex(cert: x509.Certificate) -> str:
+    if cert.serial_number <= 0:
+        raise InvalidRegistryInputError(
+            "The certificate's serial number is not positive (RFC 5280 4.1.2.2)."
+        )
+    return format(cert.serial_number, "x")
+
+
+def _subject_key_id(cert: x509.Certificate) -> bytes | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _new_device(serial: str, provisioning: Provisioning, now: datetime) -> DeviceModel:
+    return DeviceModel(
+        serial=serial,
+        status=DeviceStatus.ENABLED.value,
+        provisioning=provisioning.value,
+        first_seen=None,
+        last_seen=None,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def _audit(
+    session: Session,
+    now: datetime,
+    actor: str,
+    action: str,
+    target: str,
+    details: Mapping[str, DetailValue],
+) -> AuditModel:
+    row = AuditModel(
+        at=now, actor=actor, action=action, target=target, details=_check_details(details)
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def _load_ca(session: Session, fingerprint: str) -> CAModel:
+    model = session.scalars(select(CAModel).where(CAModel.fingerprint == fingerprint)).first()
+    if model is None:
+        raise CANotRegisteredError(
+            f"No CA with fingerprint {fingerprint} is registered; register it first."
+        )
+    return model
+
+
+def _load_device(session: Session, serial: str) -> DeviceModel:
+    model = session.scalars(select(DeviceModel).where(DeviceModel.serial == serial)).first()
+    if model is None:
+        raise DeviceNotFoundError(f"No device with serial {serial!r} is registered.")
+    return model
+
+
+def _load_cert(session: Session, fingerprint: str) -> CertificateModel:
+    model = session.scalars(
+        select(CertificateModel).where(CertificateModel.fingerprint == fingerprint)
+    ).first()
+    if model is None:
+        raise CertificateNotFoundError(
+            f"No certificate with fingerprint {fingerprint} is registered."
+        )
+    return model
+
+
+def _page(
+    session: Session,
+    stmt: Any,
+    order_by: Any,
+    convert: Callable[[Any], _T],
+    offset: int,
+    limit: int,
+) -> Page[_T]:
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    rows = session.scalars(stmt.order_by(order_by).offset(offset).limit(limit)).unique()
+    return Page(items=tuple(convert(m) for m in rows), total=total, offset=offset, limit=limit)
+
+
+def _ca_record(m: CAModel) -> CARecord:
+    return CARecord(
+        fingerprint=m.fingerprint,
+        subject=m.subject,
+        subject_key_id=m.subject_key_id,
+        role=CARole(m.role),
+        status=CAStatus(m.status),
+        allow_auto_registration=m.allow_auto_registration,
+        not_before=m.not_before,
+        not_after=m.not_after,
+        pem=m.pem,
+        created_at=m.created_at,
+        updated_at=m.updated_at,
+    )
+
+
+def _device_record(m: DeviceModel) -> DeviceRecord:
+    return DeviceRecord(
+        serial=m.serial,
+        status=DeviceStatus(m.status),
+        provisioning=Provisioning(m.provisioning),
+        first_seen=m.first_seen,
+        last_seen=m.last_seen,
+        created_at=m.created_at,
+        updated_at=m.updated_at,
+    )
+
+
+def _cert_record(m: CertificateModel) -> CertificateRecord:
+    return CertificateRecord(
+        fingerprint=m.fingerprint,
+        serial_number=m.serial_number,
+        subject=m.subject,
+        issuer_fingerprint=m.issuer.fingerprint,
+        device_serial=None if m.device is None else m.device.serial,
+        not_before=m.not_before,
+        not_after=m.not_after,
+        state=CertState(m.state),
+        revocation_reason=(
+            None if m.revocation_reason is None else x509.ReasonFlags(m.revocation_reason)
+        ),
+        revoked_at=m.revoked_at,
+        pem=m.pem,
+        created_at=m.created_at,
+        updated_at=m.updated_at,
+    )
+
+
+def _audit_entry(m: AuditModel) -> AuditEntry:
+    return AuditEntry(
+        id=m.id,
+        at=m.at,
+        actor=m.actor,
+        action=m.action,
+        target=m.target,
+        details=MappingProxyType(json.loads(m.details)),
+    )
+
+
+def _verdict(
+    ca_status: str | None,
+    ca_jit: bool,
+    cert_state: str | None,
+    cert_issuer: str | None,
+    cert_device: str | None,
+    device_status: str | None,
+    issuer: str,
+    serial: str,
+) -> ConnectionVerdict:
+    def deny(code: VerdictCode, reason: str) -> ConnectionVerdict:
+        return ConnectionVerdict(allowed=False, reason_code=code, reason=reason)
+
+    if ca_status is None:
+        return deny(VerdictCode.CA_NOT_REGISTERED, f"issuer {issuer} is not a registered CA")
+    if ca_status != CAStatus.ACTIVE.value:
+        return deny(VerdictCode.CA_INACTIVE, f"issuer {issuer} is {ca_status}")
+    if cert_state is None:
+        if not ca_jit:
+            return deny(
+                VerdictCode.CERTIFICATE_UNKNOWN,
+                "certificate is not registered and its CA does not allow auto-registration",
+            )
+        if device_status == DeviceStatus.DISABLED.value:
+            return deny(VerdictCode.DEVICE_DISABLED, "device is disabled")
+        return ConnectionVerdict(
+            allowed=True,
+            reason_code=VerdictCode.JIT_ALLOWED,
+            reason="unknown certificate under a CA that allows auto-registration",
+        )
+    if cert_issuer != issuer:
+        return deny(VerdictCode.CERTIFICATE_UNKNOWN, "certificate is registered under another CA")
+    if cert_state == CertState.REVOKED.value:
+        return deny(VerdictCode.CERTIFICATE_REVOKED, "certificate is revoked")
+    if cert_state != CertState.ACTIVE.value:
+        return deny(VerdictCode.CERTIFICATE_INACTIVE, f"certificate is {cert_state}")
+    if cert_device is None and device_status is None:
+        return deny(VerdictCode.DEVICE_UNKNOWN, f"no device {serial!r} is registered")
+    if cert_device != serial:
+        return deny(VerdictCode.DEVICE_MISMATCH, f"certificate is not bound to device {serial!r}")
+    if device_status == DeviceStatus.DISABLED.value:
+        return deny(VerdictCode.DEVICE_DISABLED, "device is disabled")
+    return ConnectionVerdict(allowed=True, reason_code=VerdictCode.OK, reason="ok")

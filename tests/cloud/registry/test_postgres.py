@@ -1,0 +1,137 @@
+"""The same registry on a real, throwaway PostgreSQL server (marker ``postgres``).
+
+The fixture starts its own server with initdb/pg_ctl from /usr/lib/postgresql/*/bin on a Unix
+socket in a temporary directory (no TCP port) and FAILS when PostgreSQL is not installed:
+CI installs the Debian ``postgresql`` package for this test.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from cryptography import x509
+from sqlalchemy import create_engine, text
+
+from tests.cloud.registry.pki import LocalCA
+from tether.cloud.registry import (
+    CARole,
+    CertState,
+    DeviceExistsError,
+    Provisioning,
+    Registry,
+    VerdictCode,
+)
+from tether.cloud.registry.models import Base
+
+pytestmark = pytest.mark.postgres
+
+
+def _run(cmd: list[str], as_user: str | None) -> None:
+    if as_user is not None:  # initdb refuses to run as root
+        cmd = ["runuser", "-u", as_user, "--", *cmd]
+    # No pipes: the server started by pg_ctl would inherit them and keep them open.
+    subprocess.run(
+        cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120
+    )
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not bins:
+        pytest.fail("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb)")
+    bindir = Path(bins[-1]).parent
+    as_user = "postgres" if os.geteuid() == 0 else None
+    base = Path(tempfile.mkdtemp(prefix="tether-pg-"))  # short path: socket names are limited
+    if as_user is not None:
+        shutil.chown(base, user=as_user)
+    data = base / "data"
+    _run(
+        [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "tether", "--no-sync"],
+        as_user,
+    )
+    options = f"-k {base} -c listen_addresses='' -c fsync=off"
+    pg_ctl = [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log")]
+    try:
+        _run([*pg_ctl, "-o", options, "-w", "-t", "60", "start"], as_user)
+        yield f"postgresql+psycopg://tether@/postgres?host={base}"
+    finally:
+        subprocess.run(
+            (["runuser", "-u", as_user, "--"] if as_user else [])
+            + [*pg_ctl, "-m", "immediate", "stop"],
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_registry_on_postgres(pg_url: str, device_ca: LocalCA, factory_ca: LocalCA) -> None:
+    with Registry.open(pg_url) as reg:
+        ca_fp = reg.register_ca(device_ca.cert, role=CARole.DEVICE, actor="a").fingerprint
+        jit_fp = reg.register_ca(
+            factory_ca.cert, role=CARole.FACTORY, allow_auto_registration=True, actor="a"
+        ).fingerprint
+        reg.add_device("d1", provisioning=Provisioning.CONSOLE, actor="a")
+        with pytest.raises(DeviceExistsError):
+            reg.add_device("d1", provisioning=Provisioning.CONSOLE, actor="a")
+        fp = reg.add_certificate(
+            device_ca.issue("d1"), device_serial="d1", issuer_fingerprint=ca_fp, actor="a"
+        ).fingerprint
+        verdict = reg.check_connection(
+            cert_fingerprint=fp, device_serial="d1", issuer_fingerprint=ca_fp
+        )
+        assert verdict.reason_code is VerdictCode.OK
+        reg.revoke_certificate(fp, reason=x509.ReasonFlags.key_compromise, actor="a")
+
+        cert = factory_ca.issue("jit-1")
+        results: list[object] = []
+        barrier = threading.Barrier(6)
+
+        def connect() -> None:
+            barrier.wait(timeout=10)
+            results.append(
+                reg.register_device_just_in_time(
+                    cert, device_serial="jit-1", issuer_fingerprint=jit_fp
+                )
+            )
+
+        threads = [threading.Thread(target=connect) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert len(results) == 6 and all(r == results[0] for r in results)
+        assert reg.list_devices().total == 2
+
+    with Registry.open(pg_url) as reg:  # re-open: idempotent migration, durable revocation
+        assert reg.get_certificate(fp).state is CertState.REVOKED
+        audit_total = reg.list_audit().total
+        assert audit_total == 6
+
+    engine = create_engine(pg_url)
+    try:
+        for statement in (
+            "UPDATE audit_log SET actor = 'x'",
+            "DELETE FROM audit_log",
+            "TRUNCATE audit_log",
+        ):
+            with engine.connect() as conn, pytest.raises(Exception, match="append-only"):
+                conn.execute(text(statement))
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM audit_log")).scalar() == audit_total
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+    finally:
+        engine.dispose()
