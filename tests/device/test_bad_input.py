@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,15 @@ from tether.device.errors import (
     DeviceFileNotFoundError,
     KeyCertificateMismatchError,
     NotConnectedError,
-    Pkcs11KeyNotFoundError,
-    Pkcs11TokenNotFoundError,
-    Pkcs11WrongPinError,
 )
-from tether.errors import AuthenticationError, InvalidInputError
+from tether.errors import AuthenticationError, ConfigurationError, InvalidInputError, NotFoundError
+from tether.secure_element.errors import (
+    InvalidLabelError,
+    KeyNotFoundError,
+    Pkcs11ModuleError,
+    TokenNotFoundError,
+    WrongPinError,
+)
 
 
 def test_missing_certificate_file(pki: DevicePKI, tmp_path: Path) -> None:
@@ -70,24 +75,51 @@ def test_wrong_pin(pki: DevicePKI, broker: Broker, token_device: TokenDevice) ->
     identity = DeviceIdentity.load(token_device.cert, token_key(token_device, pin="000000"))
     with pytest.raises(AuthenticationError) as info:
         DeviceClient(identity, endpoint(pki, broker)).connect(TIMEOUT)
-    assert isinstance(info.value, Pkcs11WrongPinError)
-    assert info.value.code == "pkcs11_wrong_pin"
+    assert isinstance(info.value, WrongPinError)
+    assert info.value.code == "se_wrong_pin"
     assert "000000" not in info.value.message and "000000" not in repr(identity)
 
 
 def test_wrong_key_label(pki: DevicePKI, broker: Broker, token_device: TokenDevice) -> None:
     identity = DeviceIdentity.load(token_device.cert, token_key(token_device, label="absent"))
-    with pytest.raises(Pkcs11KeyNotFoundError):
+    with pytest.raises(NotFoundError) as info:
         DeviceClient(identity, endpoint(pki, broker)).connect(TIMEOUT)
+    assert isinstance(info.value, KeyNotFoundError)
+    assert info.value.code == "se_key_not_found"
+    assert "absent" in info.value.message
 
 
 def test_wrong_token_label(pki: DevicePKI, broker: Broker, token_device: TokenDevice) -> None:
     key = token_key(token_device)
-    from dataclasses import replace
-
     identity = DeviceIdentity.load(token_device.cert, replace(key, token_label="no-such-token"))
-    with pytest.raises(Pkcs11TokenNotFoundError):
+    with pytest.raises(NotFoundError) as info:
         DeviceClient(identity, endpoint(pki, broker)).connect(TIMEOUT)
+    assert isinstance(info.value, TokenNotFoundError)
+    assert info.value.code == "se_token_not_found"
+    assert "no-such-token" in info.value.message
+
+
+def test_missing_pkcs11_module(
+    pki: DevicePKI, broker: Broker, token_device: TokenDevice, tmp_path: Path
+) -> None:
+    key = replace(token_key(token_device), module=str(tmp_path / "no-such-module.so"))
+    identity = DeviceIdentity.load(token_device.cert, key)
+    before = broker.log_text().count("New connection from")
+    with pytest.raises(ConfigurationError) as info:
+        DeviceClient(identity, endpoint(pki, broker)).connect(TIMEOUT)
+    assert isinstance(info.value, Pkcs11ModuleError)
+    assert info.value.code == "se_module_not_found"
+    assert broker.log_text().count("New connection from") == before  # nothing was sent
+
+
+def test_key_label_the_secure_element_cannot_address(
+    pki: DevicePKI, broker: Broker, token_device: TokenDevice
+) -> None:
+    identity = DeviceIdentity.load(token_device.cert, token_key(token_device, label="a/b"))
+    with pytest.raises(InvalidInputError) as info:
+        DeviceClient(identity, endpoint(pki, broker)).connect(TIMEOUT)
+    assert isinstance(info.value, InvalidLabelError)
+    assert info.value.code == "se_invalid_label"
 
 
 def test_token_key_that_does_not_match_the_certificate(

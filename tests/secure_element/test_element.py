@@ -11,10 +11,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from tests.secure_element.conftest import Backend, DeviceCA
+from tests.secure_element.conftest import EMULATOR_PASSPHRASE, Backend, DeviceCA
 from tether.errors import ConflictError, InvalidInputError, NotFoundError
 from tether.pki.signer import Signer
-from tether.secure_element import SecureElement
+from tether.secure_element import KeyProtection, SecureElement
 from tether.secure_element.base import spki_der
 from tether.secure_element.errors import (
     CertificateMismatchError,
@@ -140,8 +140,17 @@ def test_mismatching_certificate_is_refused_and_changes_nothing(
         lambda e: e.certificate("absent"),
         lambda e: e.delete("absent"),
         lambda e: e.describe_key("absent"),
+        lambda e: e.key_protection("absent"),
     ],
-    ids=["public_key", "sign_digest", "signer", "certificate", "delete", "describe_key"],
+    ids=[
+        "public_key",
+        "sign_digest",
+        "signer",
+        "certificate",
+        "delete",
+        "describe_key",
+        "key_protection",
+    ],
 )
 def test_absent_label_is_key_not_found(backend: Backend, call: object) -> None:
     backend.element.generate_key("present")
@@ -209,3 +218,31 @@ def test_describe_key_names_the_store_and_no_secret(backend: Backend) -> None:
     else:
         assert location.startswith("emulator:")
         assert location.endswith("device.key.pem")
+
+
+def test_key_protection_says_how_the_key_is_kept_and_changes_nothing(backend: Backend) -> None:
+    backend.element.generate_key("device")
+    before = backend.snapshot()
+    protection = backend.element.key_protection("device")
+    assert isinstance(protection, KeyProtection)
+    assert protection.location == backend.element.describe_key("device")
+    assert protection.is_emulator is (backend.kind == "emulator")
+    if backend.kind == "pkcs11":
+        assert protection.sensitive is True
+        assert protection.extractable is False
+        assert protection.always_sensitive is True
+        assert protection.never_extractable is True
+        assert protection.value_read_refused is True
+        assert protection.token_manufacturer == "SoftHSM project"
+        assert protection.token_model == "SoftHSM v2"
+        assert protection.token_serial
+        assert protection.cannot_leave
+        assert "sensitive and not extractable" in protection.summary
+    else:
+        assert protection.sensitive is None and protection.extractable is None
+        assert protection.value_read_refused is None and protection.token_model is None
+        assert not protection.cannot_leave
+        assert "passphrase-encrypted" in protection.summary
+        assert "not in a secure element" in protection.summary
+        assert EMULATOR_PASSPHRASE not in protection.summary
+    assert backend.snapshot() == before

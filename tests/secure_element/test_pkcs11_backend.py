@@ -387,6 +387,24 @@ def test_a_non_p256_key_under_the_label_is_refused(token: Token) -> None:
             element.public_key("p384")
 
 
+def test_key_protection_reports_an_extractable_key_as_unprotected(token: Token) -> None:
+    """The control for ``key_protection``: the flags are the token's, not constants."""
+    with raw_session(token) as session:
+        session.generate_keypair(
+            KeyType.EC, store=True, label="loose",
+            public_template={Attribute.EC_PARAMS: P256_PARAMS},
+            private_template={Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True},
+        )  # fmt: skip
+    with open_element(token) as element:
+        protection = element.key_protection("loose")
+    assert protection.sensitive is False
+    assert protection.extractable is True
+    assert protection.never_extractable is False
+    assert protection.value_read_refused is False
+    assert not protection.cannot_leave
+    assert protection.summary.startswith("WARNING")
+
+
 AWSCRT_FIRST = """
 import hashlib, sys
 from awscrt import io

@@ -33,15 +33,13 @@ from tether.device.errors import (
     ConnectionRefusedByCloudError,
     DeviceTimeoutError,
     NotConnectedError,
-    Pkcs11ModuleError,
-    Pkcs11OperationError,
-    Pkcs11WrongPinError,
     PublishRejectedError,
     SubscribeRejectedError,
 )
 from tether.device.keys import KeyFacts, check_key
 from tether.device.preflight import probe_server
 from tether.errors import InvalidInputError, TetherError
+from tether.secure_element.errors import Pkcs11ModuleError, TokenOperationError, WrongPinError
 
 DEFAULT_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
@@ -114,7 +112,7 @@ def _tls_options(identity: DeviceIdentity, endpoint: CloudEndpoint) -> io.TlsCon
             lib = io.Pkcs11Lib(file=key.module)
         except (AwsCrtError, RuntimeError) as exc:
             raise Pkcs11ModuleError(
-                f"awscrt cannot load the PKCS#11 module {key.module}: {exc}"
+                f"awscrt cannot load the PKCS#11 module {key.module}: {exc}; check --pkcs11-module"
             ) from exc
         options = io.TlsContextOptions.create_client_with_mtls_pkcs11(
             pkcs11_lib=lib,
@@ -136,9 +134,13 @@ def _context(identity: DeviceIdentity, endpoint: CloudEndpoint) -> io.ClientTlsC
         return io.ClientTlsContext(options)
     except AwsCrtError as exc:
         if "PIN_INCORRECT" in exc.name:
-            raise Pkcs11WrongPinError("the token refused the PIN (awscrt login)") from exc
+            raise WrongPinError(
+                "the token refused the PIN (awscrt login): check the token's user PIN"
+            ) from exc
         if "PKCS11" in exc.name:
-            raise Pkcs11OperationError(f"awscrt could not use the token: {exc.name}") from exc
+            raise TokenOperationError(
+                f"awscrt could not use the token: {exc.name}; check the token with pkcs11-tool"
+            ) from exc
         raise ConnectionFailedError(
             f"awscrt refused the TLS settings: {exc.name} ({exc.message}); check the "
             "certificate, key and pinned CA files"

@@ -1,17 +1,17 @@
 """Errors of the device agent, each under a category of ``tether.errors``.
 
-The ``code`` strings are stable; scripts and the CLI match on them.
+The ``code`` strings are stable; scripts and the CLI match on them. Token problems (module,
+token, PIN, key label) are ``tether.secure_element.errors`` classes: the device reaches its
+token through that package, and awscrt's own PKCS#11 failures are mapped onto the same codes.
 """
 
 from __future__ import annotations
 
 from tether.errors import (
-    AuthenticationError,
     ConfigurationError,
     InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
-    SecureElementError,
     TetherError,
 )
 
@@ -80,33 +80,3 @@ class SubscribeRejectedError(PermissionDeniedError):
     """The cloud refused a subscription (SUBACK failure reason code)."""
 
     code = "subscribe_rejected"
-
-
-class Pkcs11ModuleError(ConfigurationError):
-    """The PKCS#11 module cannot be loaded."""
-
-    code = "pkcs11_module_error"
-
-
-class Pkcs11TokenNotFoundError(NotFoundError):
-    """No token (or more than one) carries the given label."""
-
-    code = "pkcs11_token_not_found"
-
-
-class Pkcs11KeyNotFoundError(NotFoundError):
-    """The token has no private key (or more than one) with the given label."""
-
-    code = "pkcs11_key_not_found"
-
-
-class Pkcs11WrongPinError(AuthenticationError):
-    """The token refused the user PIN."""
-
-    code = "pkcs11_wrong_pin"
-
-
-class Pkcs11OperationError(SecureElementError):
-    """The token failed an operation (login, sign, attribute read) for another reason."""
-
-    code = "pkcs11_error"

@@ -8,18 +8,20 @@ request from any ``tether.pki.signer.Signer``.
 from __future__ import annotations
 
 from tether.secure_element.base import (
+    KeyProtection,
     SecureElement,
     SecureElementSigner,
     validate_digest,
     validate_label,
 )
-from tether.secure_element.csr import build_csr, validate_serial
+from tether.secure_element.csr import build_csr
 from tether.secure_element.emulator import EMULATOR_LOGGER, EmulatedSecureElement
 from tether.secure_element.pkcs11_backend import Pkcs11Config, Pkcs11SecureElement
 
 __all__ = [
     "EMULATOR_LOGGER",
     "EmulatedSecureElement",
+    "KeyProtection",
     "Pkcs11Config",
     "Pkcs11SecureElement",
     "SecureElement",
@@ -27,5 +29,4 @@ __all__ = [
     "build_csr",
     "validate_digest",
     "validate_label",
-    "validate_serial",
 ]

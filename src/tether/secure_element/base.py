@@ -8,6 +8,7 @@ key. No method returns private key material: that is the point of the package.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
@@ -84,6 +85,41 @@ def check_certificate_matches(
         )
 
 
+@dataclass(frozen=True)
+class KeyProtection:
+    """How one key is protected, as its store reports it: read-only facts, never key material.
+
+    ``location`` is ``describe_key``'s answer (a PKCS#11 URI or ``emulator:<path>``) and
+    ``summary`` one plain sentence for people. For a PKCS#11 key the flags are the token's
+    own ``CKA_SENSITIVE``, ``CKA_EXTRACTABLE``, ``CKA_ALWAYS_SENSITIVE`` and
+    ``CKA_NEVER_EXTRACTABLE`` (None where the token does not report one), and
+    ``value_read_refused`` says whether the token refused to return ``CKA_VALUE``. For the
+    emulator the flags are None: the key is a passphrase-encrypted file, and ``summary`` says so.
+    """
+
+    location: str
+    is_emulator: bool
+    summary: str
+    sensitive: bool | None = None
+    extractable: bool | None = None
+    always_sensitive: bool | None = None
+    never_extractable: bool | None = None
+    value_read_refused: bool | None = None
+    token_manufacturer: str | None = None
+    token_model: str | None = None
+    token_serial: str | None = None
+
+    @property
+    def cannot_leave(self) -> bool:
+        """True only for a token key that is sensitive, not extractable, and refused a read."""
+        return (
+            not self.is_emulator
+            and self.sensitive is True
+            and self.extractable is False
+            and self.value_read_refused is True
+        )
+
+
 @runtime_checkable
 class SecureElement(Protocol):
     """A store of P-256 keys that sign but never leave, with one certificate per key.
@@ -132,6 +168,10 @@ class SecureElement(Protocol):
 
     def describe_key(self, label: str) -> str:
         """Where the key lives, for records and logs (a PKCS#11 URI, no PIN); never secret."""
+        ...
+
+    def key_protection(self, label: str) -> KeyProtection:
+        """How the key is protected (token attributes, or the emulator's file); changes nothing."""
         ...
 
     def close(self) -> None:

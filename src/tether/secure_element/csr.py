@@ -9,39 +9,23 @@ is parsed and its signature checked by ``cryptography`` before it is returned.
 
 from __future__ import annotations
 
-import re
-
 from asn1crypto import algos, keys
 from asn1crypto import csr as asn1_csr
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 
+from tether.pki import validate_serial
 from tether.pki.signer import Signer
 from tether.secure_element.base import require_p256, spki_der
-from tether.secure_element.errors import InvalidSerialError, TokenOperationError
-
-# Same syntax as tether.pki will own (validate_serial); kept local until that exists.
-SERIAL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-def validate_serial(serial: str) -> str:
-    """Return ``serial`` if it is a valid device serial, else raise ``InvalidSerialError``.
-
-    Valid: 1-64 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit.
-    """
-    if not isinstance(serial, str) or SERIAL_PATTERN.fullmatch(serial) is None:
-        raise InvalidSerialError(
-            f"Invalid device serial {serial!r}: use 1-64 characters from A-Z a-z 0-9 . _ - "
-            "starting with a letter or digit."
-        )
-    return serial
+from tether.secure_element.errors import TokenOperationError
 
 
 def build_csr(signer: Signer, serial: str) -> x509.CertificateSigningRequest:
     """A PKCS#10 request for ``signer``'s P-256 key with subject CN=``serial``, signed by it.
 
     Works with any ``Signer`` (a token's, an emulator's, ``SoftwareSigner``). Raises
-    ``InvalidSerialError`` for a bad serial, ``UnsupportedKeyError`` for a non-P-256 key and
+    ``tether.pki``'s ``InvalidSerialError`` (``pki_invalid_serial``, the one serial syntax of
+    the project) for a bad serial, ``UnsupportedKeyError`` for a non-P-256 key and
     ``TokenOperationError`` if the signature does not verify with the signer's public key
     (a signer whose key and signature disagree).
     """

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from tether.errors import InvalidInputError
 from tether.secure_element.base import (
+    KeyProtection,
     SecureElementSigner,
     check_certificate_matches,
     require_p256,
@@ -370,6 +371,23 @@ class EmulatedSecureElement:
         if not path.exists():
             raise KeyNotFoundError(f"No key labelled {label!r} in the emulator {self._directory}.")
         return f"emulator:{path.resolve()}"
+
+    def key_protection(self, label: str) -> KeyProtection:
+        """The honest answer: the key is a passphrase-encrypted file on this host, no hardware.
+
+        The token flags stay None: there is no token to report them. Changes nothing.
+        """
+        location = self.describe_key(label)
+        return KeyProtection(
+            location=location,
+            is_emulator=True,
+            summary=(
+                f"EMULATED secure element: the key is a passphrase-encrypted PKCS#8 file "
+                f"({self._key_path(label).resolve()}) on this host, not in a secure element. "
+                "Anyone with the file and the passphrase has the key; use it only for a "
+                "quick start."
+            ),
+        )
 
     def delete(self, label: str) -> None:
         """Remove the key and certificate files under ``label``; ``KeyNotFoundError`` if absent."""

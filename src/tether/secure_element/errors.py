@@ -106,12 +106,6 @@ class InvalidDigestError(InvalidInputError):
     code = "se_invalid_digest"
 
 
-class InvalidSerialError(PolicyViolationError):
-    """A device serial that does not match Tether's serial syntax."""
-
-    code = "se_invalid_serial"
-
-
 class CertificateMismatchError(InvalidInputError):
     """A certificate whose public key is not the public half of the stored key."""
 

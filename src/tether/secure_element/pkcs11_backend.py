@@ -27,7 +27,7 @@ import contextlib
 import hashlib
 import hmac
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
@@ -51,6 +51,7 @@ from pkcs11 import (
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
 from tether.secure_element.base import (
+    KeyProtection,
     SecureElementSigner,
     check_certificate_matches,
     require_p256,
@@ -524,6 +525,66 @@ class Pkcs11SecureElement:
         token = quote(self.token_label, safe="")
         pct_id = "".join(f"%{byte:02x}" for byte in key_id)
         return f"pkcs11:token={token};object={quote(label, safe='')};id={pct_id};type=private"
+
+    def key_protection(self, label: str) -> KeyProtection:
+        """The token's own protection attributes of the private key, and whether it gives it up.
+
+        Reads CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_ALWAYS_SENSITIVE and CKA_NEVER_EXTRACTABLE
+        (None where the token does not report one) and asks for CKA_VALUE: a token that
+        refuses is the proof that the key cannot be read out. Changes nothing in the token.
+        """
+        location = self.describe_key(label)
+        private = self._private_key(label)
+        flags = {
+            attribute: self._optional_attribute(private, attribute, label)
+            for attribute in (
+                Attribute.SENSITIVE,
+                Attribute.EXTRACTABLE,
+                Attribute.ALWAYS_SENSITIVE,
+                Attribute.NEVER_EXTRACTABLE,
+            )
+        }
+        try:
+            private[Attribute.VALUE]
+            refused = False
+        except (p11.AttributeSensitive, p11.AttributeTypeInvalid):
+            refused = True
+        except p11.PKCS11Error as exc:
+            raise map_pkcs11_error(exc, f"check whether key {label!r} can be read") from exc
+        token = self._live_session().token
+        protection = KeyProtection(
+            location=location,
+            is_emulator=False,
+            summary="",
+            sensitive=flags[Attribute.SENSITIVE],
+            extractable=flags[Attribute.EXTRACTABLE],
+            always_sensitive=flags[Attribute.ALWAYS_SENSITIVE],
+            never_extractable=flags[Attribute.NEVER_EXTRACTABLE],
+            value_read_refused=refused,
+            token_manufacturer=str(token.manufacturer_id).strip(),
+            token_model=str(token.model).strip(),
+            token_serial=bytes(token.serial).decode("utf-8", errors="replace").strip(),
+        )
+        if protection.cannot_leave:
+            summary = (
+                f"The key is inside PKCS#11 token {self.token_label!r}, marked sensitive and "
+                "not extractable; the token refused to return its value."
+            )
+        else:
+            summary = (
+                f"WARNING: the key in PKCS#11 token {self.token_label!r} is not fully protected "
+                f"(sensitive={protection.sensitive}, extractable={protection.extractable}, "
+                f"value read refused={refused}); generate a new key inside the token."
+            )
+        return replace(protection, summary=summary)
+
+    def _optional_attribute(self, obj: Any, attribute: Attribute, label: str) -> bool | None:
+        try:
+            return bool(obj[attribute])
+        except p11.AttributeTypeInvalid:
+            return None
+        except p11.PKCS11Error as exc:
+            raise map_pkcs11_error(exc, f"read {attribute.name} of key {label!r}") from exc
 
     @staticmethod
     def _destroy_quietly(objects: list[Any]) -> None:
