@@ -1,0 +1,106 @@
+"""Cut a byte stream into MQTT packets with a bounded buffer, and decode them with ``mqtt5``.
+
+The codec (``mqtt5.read``) decodes a packet from a buffer but cannot tell "incomplete" from
+"malformed" (both can raise ``IndexError``) and would need the whole packet buffered first.
+So the framer reads only the fixed header (type byte + variable byte integer, spec 2.1.4),
+refuses a packet bigger than the advertised maximum *before* buffering its body, and hands the
+codec exactly one complete packet. The buffer therefore never holds more than one partial
+packet (< ``max_packet_size``) plus the last chunk read.
+"""
+
+from __future__ import annotations
+
+import mqtt5
+
+from tether.cloud.gateway.errors import MalformedPacketError, PacketTooLargeError
+
+_MAX_LENGTH_BYTES = 4  # the variable byte integer of the remaining length (spec 1.5.5)
+
+
+class PacketFramer:
+    """Accumulates received bytes and yields complete packets, one at a time.
+
+    Use: ``feed(chunk)``, then call ``next_packet()`` until it returns ``None``. It raises
+    ``PacketTooLargeError`` or ``MalformedPacketError`` as soon as a header proves the stream
+    bad; after an error the framer must be discarded (the connection is closed).
+    """
+
+    def __init__(self, max_packet_size: int) -> None:
+        if max_packet_size < 2:
+            raise ValueError("max_packet_size must be at least 2 bytes")
+        self.max_packet_size = max_packet_size
+        self._buffer = bytearray()
+        self._offset = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held that are not yet part of a returned packet."""
+        return len(self._buffer) - self._offset
+
+    def feed(self, data: bytes) -> None:
+        """Append received bytes (callers read in bounded chunks)."""
+        if self._offset:
+            # Compact lazily: one copy per feed, not one per packet.
+            del self._buffer[: self._offset]
+            self._offset = 0
+        self._buffer += data
+
+    def next_frame(self) -> bytes | None:
+        """The next complete packet's bytes, or ``None`` if more bytes are needed."""
+        start = self._offset
+        available = len(self._buffer) - start
+        if available < 2:
+            return None
+        remaining = 0
+        multiplier = 1
+        index = 1
+        while True:
+            if index > _MAX_LENGTH_BYTES:
+                raise MalformedPacketError(
+                    "The packet's remaining length is longer than 4 bytes; the peer does not "
+                    "speak MQTT 5.",
+                )
+            if index >= available:
+                return None
+            byte = self._buffer[start + index]
+            remaining += (byte & 0x7F) * multiplier
+            multiplier *= 128
+            index += 1
+            if not byte & 0x80:
+                break
+        total = index + remaining
+        if total > self.max_packet_size:
+            raise PacketTooLargeError(
+                f"The peer sent a {total}-byte packet; the maximum is {self.max_packet_size} "
+                "bytes (advertised in CONNACK). Send smaller messages.",
+            )
+        if available < total:
+            return None
+        self._offset = start + total
+        return bytes(self._buffer[start : start + total])
+
+    def next_packet(self) -> mqtt5.Packet | None:
+        """The next complete packet decoded, or ``None`` if more bytes are needed."""
+        frame = self.next_frame()
+        return None if frame is None else decode(frame)
+
+
+def decode(frame: bytes) -> mqtt5.Packet:
+    """Decode exactly one complete packet; anything else is ``MalformedPacketError``."""
+    try:
+        packet, consumed = mqtt5.read(memoryview(frame))
+    except Exception as exc:  # the codec raises ValueError, IndexError, UnicodeDecodeError...
+        raise MalformedPacketError(
+            f"The peer sent a malformed MQTT 5 packet ({exc}).",
+        ) from exc
+    except BaseException as exc:
+        # A Rust panic in the codec surfaces as pyo3's PanicException, a BaseException.
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise MalformedPacketError("The peer sent a packet the MQTT 5 codec cannot read.") from exc
+    if consumed != len(frame):
+        raise MalformedPacketError(
+            "The packet's remaining length does not match its content; the peer's packet is "
+            "malformed.",
+        )
+    return packet

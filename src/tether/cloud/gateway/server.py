@@ -1,0 +1,425 @@
+"""The listener: TCP accept, TLS handshake, the authority's verdict, then an MQTT session.
+
+The gateway runs its own accept loop and does each TLS handshake with
+``loop.connect_accepted_socket(..., ssl=...)`` in the connection's task, so that a failed
+handshake is raised here and logged with a stable code (the peer did not present a
+certificate, its CA is not registered, it offered TLS 1.1 or only CBC suites...) instead of
+vanishing inside the event loop as it does with ``create_server(ssl=...)``. (Upgrading a plain
+stream with ``start_tls`` races with the ClientHello on uvloop: the plain stream may read it.)
+One deadline (``connect_timeout``) covers handshake, verdict and CONNECT. The table of live
+sessions lets an administrator drop every session of a revoked identity at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import ssl
+from collections.abc import Callable
+
+import uvloop
+from cryptography import x509
+from mqtt5 import ConnAckReasonCode, DisconnectReasonCode
+
+from tether.cloud.gateway.broker import Broker
+from tether.cloud.gateway.errors import GatewayConfigurationError
+from tether.cloud.gateway.identity import (
+    BAD_CREDENTIAL_CODES,
+    HandshakeRefused,
+    Identity,
+    IdentityAuthority,
+    certificate_fingerprint,
+)
+from tether.cloud.gateway.policy import DefaultPolicy, TopicPolicy
+from tether.cloud.gateway.session import (
+    CLOSE_TIMEOUT,
+    READ_CHUNK,
+    PacketStream,
+    Session,
+    close_writer,
+    log_event,
+    refuse_connect,
+)
+from tether.cloud.gateway.settings import GatewaySettings
+from tether.cloud.gateway.tls import build_server_context
+
+logger = logging.getLogger("tether.gateway")
+
+# OpenSSL X509_V_ERR_* codes a client certificate can fail with, mapped to refusal codes.
+_VERIFY_CODES = {
+    2: "ca_not_registered",  # unable to get issuer certificate
+    7: "certificate_signature_invalid",
+    9: "certificate_not_yet_valid",
+    10: "certificate_expired",
+    18: "ca_not_registered",  # self-signed leaf
+    19: "ca_not_registered",  # self-signed certificate in chain
+    20: "ca_not_registered",  # unable to get local issuer certificate
+    21: "ca_not_registered",  # unable to verify the first certificate
+    26: "profile_violation",  # unsupported certificate purpose (not clientAuth)
+}
+# OpenSSL reason strings for handshake failures that are not certificate verification.
+_TLS_REASONS = {
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no_client_certificate",
+    "UNSUPPORTED_PROTOCOL": "tls_version_refused",
+    "WRONG_VERSION_NUMBER": "tls_version_refused",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "tls_version_refused",
+    "NO_SHARED_CIPHER": "tls_no_shared_cipher",
+    "NO_SHARED_GROUPS": "tls_no_shared_cipher",
+    "HTTP_REQUEST": "tls_not_tls",
+}
+
+
+def _tls_refusal(exc: ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _VERIFY_CODES.get(exc.verify_code, "certificate_verify_failed")
+    return _TLS_REASONS.get(exc.reason or "", "tls_handshake_failed")
+
+
+def _peer_name(address: object) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return str(address)
+
+
+def _listen(host: str, port: int, *, backlog: int, reuse_port: bool) -> socket.socket:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = infos[0]
+    listener = socket.create_server(
+        address[:2], family=family, backlog=backlog, reuse_port=reuse_port
+    )
+    listener.setblocking(False)
+    return listener
+
+
+class Gateway:
+    """The MQTT 5 mutual-TLS gateway: one listener, its sessions, and the routing between them.
+
+    ``start`` binds and returns the port; ``stop`` closes the listener and every session. The
+    authority is asked once per connection, after the TLS handshake. All methods must be
+    called on the event loop the gateway was started on.
+    """
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        authority: IdentityAuthority,
+        *,
+        policy: TopicPolicy | None = None,
+    ) -> None:
+        self.settings = settings
+        self.authority = authority
+        self.policy: TopicPolicy = policy or DefaultPolicy()
+        self.broker = Broker()
+        self._ssl_context: ssl.SSLContext | None = None
+        self._listener: socket.socket | None = None
+        self._accept_task: asyncio.Task[None] | None = None
+        self._live: set[Session] = set()  # authorized, CONNECT pending or accepted
+        self._by_name: dict[tuple[str, str], Session] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    @property
+    def port(self) -> int:
+        """The bound port (after ``start``)."""
+        if self._listener is None:
+            raise GatewayConfigurationError(
+                "The gateway is not started; call start() first.", code="gateway_not_started"
+            )
+        return int(self._listener.getsockname()[1])
+
+    async def start(self) -> int:
+        """Build the TLS context from the authority's CAs, bind, and return the bound port.
+
+        Raises ``GatewayConfigurationError`` for unreadable credentials or a port in use.
+        """
+        self.reload_trust()
+        try:
+            self._listener = _listen(
+                self.settings.host,
+                self.settings.port,
+                backlog=self.settings.backlog,
+                reuse_port=self.settings.reuse_port,
+            )
+        except OSError as exc:
+            raise GatewayConfigurationError(
+                f"Cannot listen on {self.settings.host}:{self.settings.port} ({exc}); choose "
+                "another port or stop the process using it.",
+                code="gateway_bind_failed",
+            ) from exc
+        self._accept_task = asyncio.get_running_loop().create_task(
+            self._accept_loop(self._listener)
+        )
+        port = self.port
+        logger.info(
+            "gateway listening on %s:%d",
+            self.settings.host,
+            port,
+            extra={"tether_code": "gateway_listening"},
+        )
+        return port
+
+    async def stop(self) -> None:
+        """Close the listener, send DISCONNECT 0x8B to every session, wait for all to end."""
+        self._stopping = True
+        logger.info(
+            "gateway stopping: %d live sessions",
+            len(self._live),
+            extra={"tether_code": "gateway_stopping"},
+        )
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accept_task
+        if self._listener is not None:
+            self._listener.close()
+        for session in list(self._live):
+            session.disconnect(DisconnectReasonCode.SERVER_SHUTTING_DOWN, "server shutting down")
+        tasks = list(self._tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT + 1)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=CLOSE_TIMEOUT)
+
+    def reload_trust(self) -> None:
+        """Rebuild the TLS context from ``authority.trusted_ca_certificates()``.
+
+        New handshakes use the new trust at once; live sessions are not touched (drop them with
+        ``drop_sessions`` if a CA was removed). Reads the server certificate and key files again
+        (small local files; a brief blocking read). Raises ``GatewayConfigurationError``.
+        """
+        self._ssl_context = build_server_context(
+            certificate_chain=self.settings.certificate_chain,
+            private_key=self.settings.private_key,
+            trusted_cas=list(self.authority.trusted_ca_certificates()),
+        )
+
+    async def drop_sessions(self, predicate: Callable[[Identity], bool], *, reason: str) -> int:
+        """Disconnect (0x98 Administrative action) every live session whose identity matches.
+
+        Includes connections authorized but still waiting for CONNECT. Returns how many were
+        dropped, after they have closed (bounded wait).
+        """
+        targets = [session for session in self._live if predicate(session.identity)]
+        for session in targets:
+            log_event(
+                logging.WARNING,
+                "session_dropped",
+                f"dropped by administrative action: {reason}",
+                peer=session.peer,
+                identity=session.identity.name,
+            )
+            session.disconnect(DisconnectReasonCode.ADMINISTRATIVE_ACTION, reason)
+        await asyncio.gather(*(session.wait_closed(CLOSE_TIMEOUT + 1) for session in targets))
+        return len(targets)
+
+    def sessions(self) -> list[Identity]:
+        """The identities of sessions whose CONNECT was accepted and that are still open."""
+        return [session.identity for session in self._live if session.connected]
+
+    # -- per connection ----------------------------------------------------------------------
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                connection, address = await loop.sock_accept(listener)
+            except OSError as exc:
+                # Out of file descriptors and the like: say so, back off, keep serving.
+                logger.error(
+                    "[gateway_accept_failed] accept failed: %s",
+                    exc,
+                    extra={"tether_code": "gateway_accept_failed"},
+                )
+                await asyncio.sleep(0.1)
+                continue
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = loop.create_task(self._handle_connection(connection, _peer_name(address)))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handle_connection(self, connection: socket.socket, peer: str) -> None:
+        deadline = asyncio.get_running_loop().time() + self.settings.connect_timeout
+        session: Session | None = None
+        writer: asyncio.StreamWriter | None = None
+        try:
+            if self._stopping or self._ssl_context is None:
+                connection.close()
+                return
+            opened = await self._tls_handshake(connection, peer, deadline)
+            if opened is None:
+                return
+            reader, writer, leaf = opened
+            stream = PacketStream(reader, self.settings.max_packet_size)
+            identity = await self._authorize(leaf, stream, writer, peer, deadline)
+            if identity is None:
+                return
+            session = Session(
+                identity=identity,
+                peer=peer,
+                stream=stream,
+                writer=writer,
+                settings=self.settings,
+                broker=self.broker,
+                policy=self.policy,
+            )
+            self._live.add(session)
+            await session.run(connect_deadline=deadline, on_connected=self._register)
+        except Exception:
+            logger.exception(
+                "[gateway_internal_error] %s: connection handler failed",
+                peer,
+                extra={"tether_code": "gateway_internal_error", "peer": peer, "identity": None},
+            )
+        finally:
+            if session is not None:
+                self._live.discard(session)
+                key = (session.identity.kind.value, session.identity.name)
+                if self._by_name.get(key) is session:
+                    del self._by_name[key]
+            if writer is not None:
+                await close_writer(writer)
+
+    async def _tls_handshake(
+        self, connection: socket.socket, peer: str, deadline: float
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, x509.Certificate] | None:
+        """TLS on an accepted socket; failures are logged with a refusal code here.
+
+        ``connect_accepted_socket`` hands the socket to the TLS protocol before any byte is
+        read, and raises the handshake error to us (a server made with ``ssl=`` would only
+        close the connection, leaving no reason to log).
+        """
+        context = self._ssl_context
+        assert context is not None
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=READ_CHUNK, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        try:
+            async with asyncio.timeout_at(deadline):
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: protocol,
+                    connection,
+                    ssl=context,
+                    ssl_handshake_timeout=max(deadline - loop.time(), 0.1),
+                )
+        except ssl.SSLError as exc:
+            code = _tls_refusal(exc)
+            detail = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+            log_event(logging.WARNING, code, f"TLS handshake refused: {detail}", peer=peer)
+            return None
+        except TimeoutError:
+            log_event(
+                logging.WARNING, "tls_handshake_timeout", "no TLS handshake in time", peer=peer
+            )
+            return None
+        except (OSError, EOFError) as exc:
+            log_event(logging.INFO, "tls_handshake_aborted", f"peer went away ({exc})", peer=peer)
+            return None
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if der is None:
+            # Unreachable with CERT_REQUIRED; kept so a context change can never let one in.
+            log_event(logging.WARNING, "no_client_certificate", "no client certificate", peer=peer)
+            await close_writer(writer)
+            return None
+        leaf = x509.load_der_x509_certificate(der)
+        cipher = ssl_object.cipher()
+        log_event(
+            logging.INFO,
+            "tls_established",
+            f"{ssl_object.version()} {cipher[0] if cipher else '?'}; client certificate "
+            f"subject={leaf.subject.rfc4514_string()!r} issuer={leaf.issuer.rfc4514_string()!r} "
+            f"sha256={certificate_fingerprint(leaf)}",
+            peer=peer,
+        )
+        return reader, writer, leaf
+
+    async def _authorize(
+        self,
+        leaf: x509.Certificate,
+        stream: PacketStream,
+        writer: asyncio.StreamWriter,
+        peer: str,
+        deadline: float,
+    ) -> Identity | None:
+        try:
+            async with asyncio.timeout_at(deadline):
+                identity = await self.authority.authorize(leaf)
+        except HandshakeRefused as exc:
+            log_event(logging.WARNING, exc.code, f"authority refused: {exc.message}", peer=peer)
+            reason = (
+                ConnAckReasonCode.BAD_USER_NAME_OR_PASSWORD
+                if exc.code in BAD_CREDENTIAL_CODES
+                else ConnAckReasonCode.NOT_AUTHORIZED
+            )
+            await refuse_connect(
+                stream, writer, reason=reason, reason_str=exc.code, deadline=deadline
+            )
+            return None
+        except TimeoutError:
+            log_event(logging.WARNING, "authority_timeout", "no verdict in time", peer=peer)
+            return None
+        except Exception as exc:
+            logger.exception(
+                "[authority_error] %s: the identity authority failed",
+                peer,
+                extra={"tether_code": "authority_error", "peer": peer, "identity": None},
+            )
+            await refuse_connect(
+                stream,
+                writer,
+                reason=ConnAckReasonCode.SERVER_UNAVAILABLE,
+                reason_str=f"authority unavailable ({type(exc).__name__})",
+                deadline=deadline,
+            )
+            return None
+        log_event(
+            logging.INFO,
+            "handshake_authorized",
+            f"authority accepted {identity.kind.value} {identity.name!r}",
+            peer=peer,
+            identity=identity.name,
+        )
+        return identity
+
+    def _register(self, session: Session) -> None:
+        key = (session.identity.kind.value, session.identity.name)
+        previous = self._by_name.get(key)
+        if previous is not None and previous is not session:
+            log_event(
+                logging.INFO,
+                "session_taken_over",
+                f"a new connection from {session.peer} took over this session",
+                peer=previous.peer,
+                identity=previous.identity.name,
+            )
+            previous.disconnect(DisconnectReasonCode.SESSION_TAKEN_OVER, "session taken over")
+        self._by_name[key] = session
+
+
+def run(
+    settings: GatewaySettings,
+    authority: IdentityAuthority,
+    *,
+    policy: TopicPolicy | None = None,
+) -> None:
+    """Serve on a uvloop event loop until SIGINT or SIGTERM, then stop cleanly (blocking)."""
+
+    async def serve() -> None:
+        gateway = Gateway(settings, authority, policy=policy)
+        await gateway.start()
+        stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stopped.set)
+        try:
+            await stopped.wait()
+        finally:
+            await gateway.stop()
+
+    uvloop.run(serve())
