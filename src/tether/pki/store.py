@@ -190,7 +190,7 @@ def _read_limited(path: Path, what: str) -> bytes:
     return data
 
 
-def _create_directory(target: Path, files: dict[str, tuple[bytes, int]]) -> None:
+def create_directory(target: Path, files: dict[str, tuple[bytes, int]]) -> None:
     """Write ``files`` (name -> (data, mode)) into a new directory ``target``, all or nothing."""
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise CaDirectoryExistsError(
@@ -442,7 +442,7 @@ def init_root(
     files = _ca_files(
         "root", root.certificate, encrypt_private_key(key, passphrase), crl, None, None
     )
-    _create_directory(path, files)
+    create_directory(path, files)
     return CaDirectory.open(path)
 
 
@@ -477,5 +477,5 @@ def init_issuing(
     files = _ca_files(
         "issuing", cert, encrypt_private_key(key, passphrase), crl, role, root.certificate
     )
-    _create_directory(path, files)
+    create_directory(path, files)
     return CaDirectory.open(path)

@@ -675,6 +675,22 @@ class Registry:
         with self._read() as session:
             return _page(session, stmt, AuditModel.id.desc(), _audit_entry, offset, limit)
 
+    def audit_after(self, after_id: int, *, limit: int = 500) -> list[AuditEntry]:
+        """Audit entries with ``id > after_id``, oldest first: a feed to follow changes.
+
+        The gateway tails this to drop live sessions when a certificate is revoked, a device
+        disabled or a CA deactivated, whichever process made the change.
+        """
+        _check_page(0, limit)
+        stmt = select(AuditModel).where(AuditModel.id > after_id).order_by(AuditModel.id)
+        with self._read() as session:
+            return [_audit_entry(m) for m in session.scalars(stmt.limit(limit))]
+
+    def last_audit_id(self) -> int:
+        """The id of the newest audit entry (0 for an empty log): where a feed starts."""
+        with self._read() as session:
+            return session.scalar(select(func.max(AuditModel.id))) or 0
+
     # -- the gateway's question ------------------------------------------------------------
 
     def check_connection(

@@ -1,0 +1,124 @@
+"""The registry-backed identity authority: the cloud's verdict on every connection.
+
+TLS has already proved that the peer holds the key of a certificate chaining to one of the
+CAs this authority handed the TLS layer. What remains is step (5) of the handshake story: does
+the certificate fit the profile, is its issuer a registered and active CA that really signed
+it, is the certificate known and not revoked (or unknown, under a factory CA that lets new
+units register on first contact), and is the device enabled. Only then does the gateway see
+an ``Identity``.
+
+A service identity (a back-end application) is a certificate from a registered *service* CA;
+it is kept in the registry like a device (so it can be disabled and revoked the same way) and
+the gateway's policy gives it the service's rights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Sequence
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from tether.cloud.gateway.identity import (
+    HandshakeRefused,
+    Identity,
+    IdentityKind,
+    check_client_profile,
+    subject_name,
+)
+from tether.cloud.registry import CARole, CAStatus, Registry, VerdictCode
+from tether.errors import StorageError
+from tether.pki import sha256_fingerprint
+
+CLIENT_ROLES = frozenset({CARole.DEVICE, CARole.FACTORY, CARole.SERVICE})
+
+
+class RegistryAuthority:
+    """``IdentityAuthority`` over a ``Registry``; the registry is the single source of truth."""
+
+    def __init__(self, registry: Registry, *, actor: str = "gateway") -> None:
+        self.registry = registry
+        self.actor = actor
+
+    def trusted_ca_certificates(self) -> Sequence[x509.Certificate]:
+        """The active registered client CAs (device, factory, service): what TLS accepts."""
+        return [
+            record.certificate()
+            for record in self.registry.list_cas(status=CAStatus.ACTIVE)
+            if record.role in CLIENT_ROLES
+        ]
+
+    async def authorize(self, leaf: x509.Certificate) -> Identity:
+        """The verdict for one verified client certificate (registry calls run in a thread)."""
+        return await asyncio.to_thread(self.authorize_sync, leaf)
+
+    def authorize_sync(self, leaf: x509.Certificate) -> Identity:
+        """``authorize`` for callers without an event loop. Raises ``HandshakeRefused``.
+
+        A registry that cannot be reached refuses the connection (fail closed).
+        """
+        try:
+            return self._authorize(leaf)
+        except StorageError as exc:
+            raise HandshakeRefused(
+                f"The registry is unreachable, so no identity can be checked: {exc.message}",
+                code="registry_unavailable",
+            ) from exc
+
+    def _authorize(self, leaf: x509.Certificate) -> Identity:
+        now = dt.datetime.now(dt.UTC)
+        check_client_profile(leaf, now=now)
+        name = subject_name(leaf)
+        ca = self._issuer_of(leaf)
+        if ca.role is CARole.SERVER:
+            raise HandshakeRefused(
+                f"{ca.subject} issues server certificates, not client identities.",
+                code="profile_violation",
+            )
+        fingerprint = sha256_fingerprint(leaf)
+        verdict = self.registry.check_connection(
+            cert_fingerprint=fingerprint, device_serial=name, issuer_fingerprint=ca.fingerprint
+        )
+        if not verdict.allowed:
+            raise HandshakeRefused(verdict.reason, code=verdict.reason_code.value)
+        if verdict.reason_code is VerdictCode.JIT_ALLOWED:
+            self.registry.register_device_just_in_time(
+                leaf, device_serial=name, issuer_fingerprint=ca.fingerprint, actor=self.actor
+            )
+        self.registry.touch_device(name, now)
+        kind = IdentityKind.SERVICE if ca.role is CARole.SERVICE else IdentityKind.DEVICE
+        return Identity(
+            kind=kind,
+            name=name,
+            certificate_fingerprint=fingerprint,
+            issuer=ca.certificate().subject.rfc4514_string(),
+        )
+
+    def _issuer_of(self, leaf: x509.Certificate):  # noqa: ANN202 - CARecord, kept private
+        """The registered CA that signed ``leaf``, found by key id and checked by signature."""
+        try:
+            aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        except x509.ExtensionNotFound:
+            aki = None
+        ca = (
+            self.registry.find_ca_by_subject_key_id(aki.key_identifier)
+            if aki is not None and aki.key_identifier
+            else None
+        )
+        if ca is None:
+            raise HandshakeRefused(
+                f"No registered CA issued the certificate of {leaf.subject.rfc4514_string()} "
+                f"(issuer {leaf.issuer.rfc4514_string()}); register its CA first.",
+                code="ca_not_registered",
+            )
+        try:
+            leaf.verify_directly_issued_by(ca.certificate())
+        except (InvalidSignature, ValueError, TypeError) as exc:
+            raise HandshakeRefused(
+                f"The certificate claims {ca.subject} as issuer but its signature does not "
+                "verify with that CA's key.",
+                code="certificate_signature_invalid",
+            ) from exc
+        return ca

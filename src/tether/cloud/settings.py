@@ -1,0 +1,97 @@
+"""The cloud's data directory and its typed settings, read once at start-up.
+
+Layout of a data directory made by ``tether cloud init`` (mode 0700)::
+
+    cloud.json         settings: database URL, gateway address and limits
+    server.chain.pem   the gateway's certificate followed by its server issuing CA
+    server.key.pem     the gateway's private key, mode 0600, unencrypted so the service can
+                       start unattended (protect the directory; an HSM-held server key is a
+                       production option the settings leave room for)
+    pinned-ca.pem      the CA devices pin to authenticate the cloud (the root certificate)
+    registry.db        the SQLite registry (when no PostgreSQL URL is configured)
+
+The root private key is never here: the cloud only ever receives the root *certificate*.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tether.cloud.gateway import GatewaySettings
+from tether.errors import ConfigurationError
+
+SETTINGS_FILE = "cloud.json"
+SERVER_CHAIN = "server.chain.pem"
+SERVER_KEY = "server.key.pem"
+PINNED_CA = "pinned-ca.pem"
+SQLITE_FILE = "registry.db"
+
+
+@dataclass(frozen=True)
+class GatewayOptions:
+    """The gateway settings kept in ``cloud.json`` (file paths are implied by the layout)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8883
+    connect_timeout: float = 10.0
+    max_packet_size: int = 256 * 1024
+    max_keep_alive: int = 1200
+
+
+@dataclass(frozen=True)
+class CloudSettings:
+    """Everything ``tether cloud serve`` needs, resolved against the data directory."""
+
+    data_dir: Path
+    database_url: str
+    gateway: GatewayOptions = field(default_factory=GatewayOptions)
+
+    @property
+    def server_chain(self) -> Path:
+        return self.data_dir / SERVER_CHAIN
+
+    @property
+    def server_key(self) -> Path:
+        return self.data_dir / SERVER_KEY
+
+    @property
+    def pinned_ca(self) -> Path:
+        return self.data_dir / PINNED_CA
+
+    def gateway_settings(self, **overrides: Any) -> GatewaySettings:
+        """The gateway's own settings object, with the data directory's certificate files."""
+        options = replace(self.gateway, **overrides)
+        return GatewaySettings(
+            certificate_chain=self.server_chain,
+            private_key=self.server_key,
+            **asdict(options),
+        )
+
+    @staticmethod
+    def default_database_url(data_dir: Path) -> str:
+        return f"sqlite:///{(data_dir / SQLITE_FILE).resolve()}"
+
+    def to_json(self) -> bytes:
+        """The content of ``cloud.json``."""
+        data = {"version": 1, "database_url": self.database_url, "gateway": asdict(self.gateway)}
+        return (json.dumps(data, indent=2) + "\n").encode()
+
+    @classmethod
+    def load(cls, data_dir: Path) -> CloudSettings:
+        """Read ``cloud.json``; a missing or damaged file is a ``ConfigurationError``."""
+        path = data_dir / SETTINGS_FILE
+        try:
+            raw = json.loads(path.read_text())
+            gateway = GatewayOptions(**raw.get("gateway", {}))
+            url = str(raw["database_url"])
+        except FileNotFoundError:
+            raise ConfigurationError(
+                f"{data_dir} is not a Tether cloud data directory (no {SETTINGS_FILE}); "
+                "create one with `tether cloud init`"
+            ) from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigurationError(f"{path} is damaged: {exc}") from None
+        return cls(data_dir=data_dir, database_url=url, gateway=gateway)

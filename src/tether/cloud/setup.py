@@ -1,0 +1,75 @@
+"""``tether cloud init``: a data directory with a server identity, a pinned CA and a registry."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from tether.cloud.registry import Registry
+from tether.cloud.settings import (
+    PINNED_CA,
+    SERVER_CHAIN,
+    SERVER_KEY,
+    SETTINGS_FILE,
+    CloudSettings,
+    GatewayOptions,
+)
+from tether.errors import InvalidInputError
+from tether.pki import IssuingCA, Role, generate_key
+from tether.pki.store import create_directory, pem
+
+
+def init_data_dir(
+    data_dir: Path,
+    *,
+    server_ca: IssuingCA,
+    pinned_ca: bytes,
+    dns_names: Sequence[str] = ("localhost",),
+    ip_addresses: Sequence[str] = ("127.0.0.1",),
+    database_url: str | None = None,
+    gateway: GatewayOptions | None = None,
+) -> CloudSettings:
+    """Create the cloud's data directory, all or nothing, and migrate its registry.
+
+    ``server_ca`` (role server) signs a fresh gateway certificate for ``dns_names`` and
+    ``ip_addresses``; ``pinned_ca`` is the PEM certificate devices pin (normally the root).
+    An existing non-empty ``data_dir`` is refused, never overwritten.
+    """
+    if server_ca.role is not Role.SERVER:
+        raise InvalidInputError(
+            f"the gateway certificate must come from a server issuing CA, not a {server_ca.role} "
+            "CA: make one with `tether ca issue-intermediate --role server`",
+            code="wrong_ca_role",
+        )
+    try:
+        addresses = [ipaddress.ip_address(value) for value in ip_addresses]
+    except ValueError as exc:
+        raise InvalidInputError(f"not an IP address: {exc}") from None
+    key = generate_key()
+    certificate = server_ca.issue_server_certificate(
+        key.public_key(), dns_names=list(dns_names), ip_addresses=addresses
+    )
+    settings = CloudSettings(
+        data_dir=data_dir,
+        database_url=database_url or CloudSettings.default_database_url(data_dir),
+        gateway=gateway or GatewayOptions(),
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    create_directory(
+        data_dir,
+        {
+            SETTINGS_FILE: (settings.to_json(), 0o644),
+            SERVER_CHAIN: (pem(certificate) + pem(server_ca.certificate), 0o644),
+            SERVER_KEY: (key_pem, 0o600),
+            PINNED_CA: (pinned_ca, 0o644),
+        },
+    )
+    Registry.open(settings.database_url).close()
+    return settings
