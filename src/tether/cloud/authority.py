@@ -59,8 +59,18 @@ class RegistryAuthority:
 
         A registry that cannot be reached refuses the connection (fail closed).
         """
+        return self.authorize_at_position(leaf)[1]
+
+    def authorize_at_position(self, leaf: x509.Certificate) -> tuple[int, Identity]:
+        """``authorize_sync`` plus the audit position read *before* the verdict.
+
+        Every registry change up to that position is reflected in the verdict; a change after
+        it may not be, so a caller following the audit log (``CloudService``) re-checks the
+        identity against the changes after it. Raises ``HandshakeRefused``.
+        """
         try:
-            return self._authorize(leaf)
+            position = self.registry.last_audit_id()
+            return position, self._authorize(leaf)
         except StorageError as exc:
             raise HandshakeRefused(
                 f"The registry is unreachable, so no identity can be checked: {exc.message}",

@@ -15,11 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
 
 from tether.cloud.authority import RegistryAuthority
-from tether.cloud.gateway import Gateway, GatewaySettings, Identity
-from tether.cloud.registry import AuditEntry, CAStatus, Registry
+from tether.cloud.gateway import Gateway, GatewaySettings, HandshakeRefused, Identity
+from tether.cloud.registry import AuditEntry, CAStatus, Registry, VerdictCode
 from tether.errors import TetherError
 
 log = logging.getLogger("tether.cloud")
@@ -27,23 +30,54 @@ log = logging.getLogger("tether.cloud")
 DEFAULT_POLL_INTERVAL = 0.01
 
 
-def _ended_sessions(entry: AuditEntry, registry: Registry) -> Callable[[Identity], bool] | None:
+@dataclass(frozen=True)
+class _Ending:
+    """A registry change that ends sessions: its audit id, refusal code and which identities."""
+
+    audit_id: int
+    code: str
+    matches: Callable[[Identity], bool]
+
+
+def _ended_sessions(entry: AuditEntry, registry: Registry) -> _Ending | None:
     """Which live sessions an audit entry ends, or None if it ends none."""
     details = entry.details
-    if entry.action == "certificate.revoke" or (
-        entry.action == "certificate.state" and details.get("to") != "active"
-    ):
-        return lambda identity: identity.certificate_fingerprint == entry.target
+    target = entry.target
+    if entry.action == "certificate.revoke":
+        return _Ending(
+            entry.id,
+            VerdictCode.CERTIFICATE_REVOKED.value,
+            lambda identity: identity.certificate_fingerprint == target,
+        )
+    if entry.action == "certificate.state" and details.get("to") != "active":
+        return _Ending(
+            entry.id,
+            VerdictCode.CERTIFICATE_INACTIVE.value,
+            lambda identity: identity.certificate_fingerprint == target,
+        )
     if entry.action == "device.status" and details.get("to") == "disabled":
-        return lambda identity: identity.name == entry.target
+        return _Ending(
+            entry.id, VerdictCode.DEVICE_DISABLED.value, lambda identity: identity.name == target
+        )
     if entry.action == "ca.status" and details.get("to") != CAStatus.ACTIVE.value:
-        issuer = registry.get_ca(entry.target).certificate().subject.rfc4514_string()
-        return lambda identity: identity.issuer == issuer
+        issuer = registry.get_ca(target).certificate().subject.rfc4514_string()
+        return _Ending(
+            entry.id, VerdictCode.CA_INACTIVE.value, lambda identity: identity.issuer == issuer
+        )
     return None
 
 
 class CloudService:
-    """One cloud process: a ``Gateway`` trusting what a ``Registry`` says, kept in step with it."""
+    """One cloud process: a ``Gateway`` trusting what a ``Registry`` says, kept in step with it.
+
+    The gateway's authority is the service itself: it asks the ``RegistryAuthority`` and then
+    closes the race between a verdict read from the registry and a change the feed applied
+    while that verdict was in flight. The authority notes the audit position it read *before*
+    its verdict; when the verdict comes back to the event loop, every change the feed has
+    already applied after that position is checked against the new identity. Changes the feed
+    has not applied yet will find the session in the gateway's table, since the gateway
+    registers the session without yielding to the loop after ``authorize`` returns.
+    """
 
     def __init__(
         self,
@@ -54,10 +88,55 @@ class CloudService:
     ) -> None:
         self.registry = registry
         self.authority = RegistryAuthority(registry)
-        self.gateway = Gateway(gateway_settings, self.authority)
+        self.gateway = Gateway(gateway_settings, self)
         self.poll_interval = poll_interval
         self._follower: asyncio.Task[None] | None = None
         self._last_seen = 0
+        self._in_flight: dict[int, int] = {}  # handshake number -> feed position at its start
+        self._next_handshake = 0
+        self._recent: list[_Ending] = []  # endings applied while handshakes were in flight
+
+    # -- IdentityAuthority, for the gateway ------------------------------------------------
+
+    def trusted_ca_certificates(self) -> Sequence[x509.Certificate]:
+        """The active registered client CAs (what TLS accepts)."""
+        return self.authority.trusted_ca_certificates()
+
+    async def authorize(self, leaf: x509.Certificate) -> Identity:
+        """The registry's verdict, re-checked against changes applied while it was read.
+
+        Raises ``HandshakeRefused`` (``registry_unavailable`` when the registry is down, or the
+        code of the change that ended the identity: ``certificate_revoked``,
+        ``device_disabled``, ``ca_inactive``...).
+        """
+        handshake = self._next_handshake
+        self._next_handshake += 1
+        self._in_flight[handshake] = self._last_seen
+        try:
+            position, identity = await asyncio.to_thread(self.authority.authorize_at_position, leaf)
+        finally:
+            del self._in_flight[handshake]
+        ended = next(
+            (e for e in self._recent if e.audit_id > position and e.matches(identity)), None
+        )
+        self._forget_old_endings()
+        if ended is not None:
+            raise HandshakeRefused(
+                f"{identity.kind.value} {identity.name!r} was refused by a registry change "
+                f"(audit entry {ended.audit_id}) made while its handshake was checked.",
+                code=ended.code,
+            )
+        return identity
+
+    def _forget_old_endings(self) -> None:
+        """Keep only endings that a handshake still in flight may not have seen."""
+        if not self._in_flight:
+            self._recent.clear()
+            return
+        oldest = min(self._in_flight.values())
+        self._recent = [ending for ending in self._recent if ending.audit_id > oldest]
+
+    # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> int:
         """Start the gateway and the registry feed; returns the gateway's port."""
@@ -80,13 +159,17 @@ class CloudService:
         entries = await asyncio.to_thread(self.registry.audit_after, self._last_seen)
         dropped = 0
         for entry in entries:
-            self._last_seen = entry.id
             if entry.action.startswith("ca."):
                 self.gateway.reload_trust()
-            ends = await asyncio.to_thread(_ended_sessions, entry, self.registry)
-            if ends is not None:
+            ending = await asyncio.to_thread(_ended_sessions, entry, self.registry)
+            self._last_seen = entry.id
+            if ending is not None:
+                # Noted before the drop picks its targets: a verdict that lands after this
+                # line sees the ending; one that landed before is a live session and dropped.
+                if self._in_flight:
+                    self._recent.append(ending)
                 dropped += await self.gateway.drop_sessions(
-                    ends, reason=f"{entry.action} {entry.target} by {entry.actor}"
+                    ending.matches, reason=f"{entry.action} {entry.target} by {entry.actor}"
                 )
         return dropped
 
@@ -97,6 +180,9 @@ class CloudService:
             except TetherError as exc:
                 # The registry is unreachable: new handshakes already fail closed; keep trying.
                 log.error("cannot read registry changes (%s): %s", exc.code, exc.message)
+            except Exception:
+                # A bug must not silently end revocation for the life of the process.
+                log.exception("applying registry changes failed; retrying")
             await asyncio.sleep(self.poll_interval)
 
 

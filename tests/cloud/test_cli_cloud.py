@@ -1,0 +1,199 @@
+"""``tether cloud`` as an operator runs it: real subprocesses, a real data directory, real peers."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from mqtt5 import DisconnectReasonCode
+
+from tests.cloud.conftest import TIMEOUT, Cloud, CloudPKI
+from tests.cloud.gateway.harness import wait_for_log
+from tether.cloud.registry import CertState, Registry
+from tether.cloud.settings import CloudSettings
+from tether.pki import Role, sha256_fingerprint
+from tether.pki.store import CaDirectory, init_issuing, init_root
+
+TETHER = str(Path(sys.executable).with_name("tether"))
+PASSPHRASE = "correct horse battery staple 42"
+EXIT_TETHER_ERROR = 3
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(TETHER_CA_PASSPHRASE=PASSPHRASE, COLUMNS="400", PYTHONUNBUFFERED="1")
+    return env
+
+
+def tether(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TETHER, *map(str, args)], capture_output=True, text=True, timeout=60, env=_env()
+    )
+
+
+@pytest.fixture(scope="module")
+def ca_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A root and a server and a device issuing CA directory, as the ceremony makes them."""
+    base = tmp_path_factory.mktemp("ceremony")
+    root = init_root(base / "root", PASSPHRASE, common_name="CLI Root CA")
+    dirs = {"root": base / "root"}
+    for role in (Role.SERVER, Role.DEVICE):
+        path = base / role.value
+        init_issuing(
+            path, root, PASSPHRASE, PASSPHRASE, common_name=f"CLI {role.value} CA", role=role
+        )
+        dirs[role.value] = path
+    return dirs
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def test_init_register_serve_and_a_real_mqtt_client(
+    ca_dirs: dict[str, Path], cloud_pki: CloudPKI, tmp_path: Path
+) -> None:
+    data = tmp_path / "cloud"
+    done = tether("cloud", "init", data, "--server-ca", ca_dirs["server"])
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert stat.S_IMODE((data / "server.key.pem").stat().st_mode) == 0o600
+    assert (data / "pinned-ca.pem").read_bytes() == (ca_dirs["root"] / "ca.crt.pem").read_bytes()
+    assert {p.name for p in data.iterdir()} >= {
+        "cloud.json",
+        "server.chain.pem",
+        "server.key.pem",
+        "pinned-ca.pem",
+        "registry.db",
+    }
+    assert not any("key" in p.name and p.name != "server.key.pem" for p in data.iterdir())
+
+    device_ca_cert = ca_dirs["device"] / "ca.crt.pem"
+    done = tether("cloud", "register-ca", data, device_ca_cert, "--role", "device", "--allow-jit")
+    assert done.returncode == 0, done.stderr
+    assert "registered" in done.stdout
+
+    # A device certificate of that CA (made here with the CA directory's key).
+    device_ca = CaDirectory.open(ca_dirs["device"]).issuing(PASSPHRASE)
+    identity = CloudPKI.device(cloud_pki, device_ca, "CLI-000001", tmp_path / "device")
+
+    server = subprocess.Popen(
+        [TETHER, "cloud", "serve", str(data), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()  # blocks until ready (or EOF if serve died)
+        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        assert match, f"serve printed {line!r}"
+        port = match.group(1)
+        published = subprocess.run(
+            [
+                "mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-V", "mqttv5",
+                "-i", "CLI-000001", "-q", "1", "-t", "devices/CLI-000001/telemetry", "-m", "hi",
+                "--cafile", str(data / "pinned-ca.pem"),
+                "--cert", str(identity.cert_path), "--key", str(identity.key_path),
+            ],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert published.returncode == 0, published.stderr
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=20) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+    # The device registered itself just in time and was seen.
+    with Registry.open(CloudSettings.load(data).database_url) as registry:
+        device = registry.get_device("CLI-000001")
+        assert device.last_seen is not None
+    listed = tether("cloud", "devices", data)
+    assert listed.returncode == 0 and "CLI-000001" in listed.stdout
+
+
+def test_init_into_a_non_empty_directory_is_refused_and_changes_nothing(
+    ca_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    data = tmp_path / "cloud"
+    data.mkdir()
+    (data / "notes.txt").write_text("keep me")
+    before = _snapshot(data)
+    done = tether("cloud", "init", data, "--server-ca", ca_dirs["server"])
+    assert done.returncode == EXIT_TETHER_ERROR
+    assert "error" in done.stderr
+    assert _snapshot(data) == before
+
+
+def test_init_with_a_device_ca_as_server_ca_is_refused(
+    ca_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    done = tether("cloud", "init", tmp_path / "cloud", "--server-ca", ca_dirs["device"])
+    assert done.returncode == EXIT_TETHER_ERROR
+    assert "wrong_ca_role" in done.stderr
+    assert not (tmp_path / "cloud").exists()
+
+
+def test_register_ca_refuses_a_leaf_and_garbage(cloud: Cloud, tmp_path: Path) -> None:
+    leaf = cloud.pki.device(cloud.pki.device_ca, "CLI-000002", tmp_path)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n")
+    before = [ca.fingerprint for ca in cloud.registry.list_cas()]
+    data = cloud.settings.data_dir
+    for path, code in ((leaf.cert_path, "not_a_ca_certificate"), (garbage, "pki_malformed_input")):
+        done = tether("cloud", "register-ca", data, path, "--role", "device")
+        assert done.returncode == EXIT_TETHER_ERROR, (path, done.stdout, done.stderr)
+        assert f"({code})" in done.stderr
+    assert [ca.fingerprint for ca in cloud.registry.list_cas()] == before
+
+
+def test_revoke_of_an_unknown_certificate_exits_3(cloud: Cloud, tmp_path: Path) -> None:
+    stranger = cloud.pki.device(cloud.pki.device_ca, "CLI-000003", tmp_path)
+    last = cloud.registry.last_audit_id()
+    done = tether("cloud", "revoke", cloud.settings.data_dir, stranger.cert_path)
+    assert done.returncode == EXIT_TETHER_ERROR
+    assert "error" in done.stderr
+    assert cloud.registry.last_audit_id() == last
+
+
+def test_revoke_with_an_unknown_reason_exits_3_and_changes_nothing(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    device = cloud.console_device("CLI-000004")
+    done = tether("cloud", "revoke", cloud.settings.data_dir, device.cert_path, "--reason", "bored")
+    assert done.returncode == EXIT_TETHER_ERROR
+    record = cloud.registry.get_certificate(sha256_fingerprint(device.certificate))
+    assert record.state is CertState.ACTIVE
+
+
+def test_cli_revoke_drops_the_live_session_of_a_running_cloud(
+    cloud: Cloud, caplog: pytest.LogCaptureFixture
+) -> None:
+    device = cloud.console_device("CLI-000005")
+    live = cloud.paho(device, "CLI-000005")
+    try:
+        done = tether("cloud", "revoke", cloud.settings.data_dir, device.cert_path)
+        assert done.returncode == 0, done.stderr
+        finished = time.monotonic()
+        reason = live.disconnects.get(timeout=TIMEOUT)
+        assert time.monotonic() - finished < 2.0
+        assert reason.value == DisconnectReasonCode.ADMINISTRATIVE_ACTION
+        record = cloud.registry.get_certificate(sha256_fingerprint(device.certificate))
+        assert record.revocation_reason is x509.ReasonFlags.key_compromise
+        assert wait_for_log(caplog, "session_dropped").identity == "CLI-000005"
+        # paho reconnects by itself: the revoked certificate is refused at once.
+        wait_for_log(caplog, "certificate_revoked")
+        disable = tether("cloud", "disable", cloud.settings.data_dir, "CLI-000005")
+        assert disable.returncode == 0 and "disabled" in disable.stdout
+    finally:
+        live.client.loop_stop()
