@@ -1,0 +1,17 @@
+"""Errors of the demo's own set-up (the story's steps report their outcomes as results)."""
+
+from __future__ import annotations
+
+from tether.errors import ConfigurationError, ConflictError
+
+
+class DemoWorkspaceError(ConflictError):
+    """The ``--keep`` directory exists and is not empty: the demo never mixes old files in."""
+
+    code = "demo_workspace_not_empty"
+
+
+class DemoSetupError(ConfigurationError):
+    """The demo could not prepare its secure element (SoftHSM2 token initialisation failed)."""
+
+    code = "demo_setup_failed"

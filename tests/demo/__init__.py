@@ -1,0 +1,1 @@
+"""Tests of ``tether demo``: the whole story, run for real."""
