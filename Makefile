@@ -14,8 +14,8 @@ test: system-deps venv lint
 	$(BIN)/pytest
 
 lint: venv
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests $(wildcard bench)
+	$(BIN)/ruff format --check src tests $(wildcard bench)
 
 system-deps:
 	./scripts/install-system-deps
