@@ -47,6 +47,26 @@ class _OncePerMessage(logging.Filter):
         return True
 
 
+def check_element_choice(
+    *, pkcs11_module: str | None, token: str | None, emulator: Path | None
+) -> None:
+    """Refuse an ambiguous or incomplete choice of secure element, before any secret is read."""
+    if (pkcs11_module is None) == (emulator is None):
+        raise InvalidInputError(
+            "choose one secure element: --pkcs11-module with --token, or --emulator DIR",
+            code="factory_choose_secure_element",
+        )
+    if pkcs11_module is not None and token is None:
+        raise InvalidInputError(
+            "--pkcs11-module needs --token (the token label)", code="factory_token_missing"
+        )
+    if emulator is not None and token is not None:
+        raise InvalidInputError(
+            "--token names a PKCS#11 token; it does not go with --emulator",
+            code="factory_choose_secure_element",
+        )
+
+
 def open_secure_element(
     *,
     pkcs11_module: str | None,
@@ -56,10 +76,7 @@ def open_secure_element(
     emulator_passphrase_file: Path | None,
 ) -> SecureElement:
     """The secure element the options name: a PKCS#11 token or the software emulator."""
-    if (pkcs11_module is None) == (emulator is None):
-        raise InvalidInputError(
-            "choose one secure element: --pkcs11-module with --token, or --emulator DIR"
-        )
+    check_element_choice(pkcs11_module=pkcs11_module, token=token, emulator=emulator)
     if emulator is not None:
         logger = logging.getLogger(EMULATOR_LOGGER)
         logger.addFilter(_OncePerMessage())
@@ -69,10 +86,8 @@ def open_secure_element(
             file=emulator_passphrase_file,
         )
         return EmulatedSecureElement.open(emulator, passphrase)
-    if token is None:
-        raise InvalidInputError("--pkcs11-module needs --token (the token label)")
     pin = read_secret("token PIN", env_var="TETHER_PKCS11_PIN", file=pin_file)
-    assert pkcs11_module is not None
+    assert pkcs11_module is not None and token is not None  # check_element_choice
     return Pkcs11SecureElement.open(pkcs11_module, token, pin)
 
 
@@ -97,7 +112,12 @@ def provision(
     TETHER_EMULATOR_PASSPHRASE. The private keys never leave the secure element.
     """
     if (serial is None) == (count is None):
-        raise InvalidInputError("give either --serial (one unit) or --count (a line of units)")
+        raise InvalidInputError(
+            "give either --serial (one unit) or --count (a line of units)",
+            code="factory_serial_or_count",
+        )
+    # Usage mistakes are refused before the CA key or the token is opened.
+    check_element_choice(pkcs11_module=pkcs11_module, token=token, emulator=emulator)
     ca_dir = CaDirectory.open(ca)
     passphrase = read_secret(
         "factory CA passphrase", env_var="TETHER_CA_PASSPHRASE", file=ca_passphrase_file

@@ -40,7 +40,9 @@ class ManufacturingRecord:
             data["made_at"] = datetime.fromisoformat(data["made_at"])
             return cls(**data)
         except (ValueError, TypeError, KeyError) as exc:
-            raise InvalidInputError(f"not a manufacturing record: {exc}") from exc
+            raise InvalidInputError(
+                f"not a manufacturing record: {exc}", code="factory_log_corrupt"
+            ) from exc
 
 
 class ManufacturingLog:
@@ -61,7 +63,9 @@ class ManufacturingLog:
                 os.close(fd)
         except OSError as exc:
             raise StorageError(
-                f"cannot append to the manufacturing log {self.path}: {exc}"
+                f"cannot append to the manufacturing log {self.path}: {exc}; check that its "
+                "directory exists and is writable",
+                code="factory_log_unwritable",
             ) from exc
 
     def __iter__(self) -> Iterator[ManufacturingRecord]:
@@ -74,7 +78,11 @@ class ManufacturingLog:
                 try:
                     yield ManufacturingRecord.from_json(line)
                 except InvalidInputError as exc:
-                    raise InvalidInputError(f"{self.path}:{number}: {exc.message}") from exc
+                    raise InvalidInputError(
+                        f"{self.path}:{number}: {exc.message}; repair or restore the log "
+                        "before making more units",
+                        code="factory_log_corrupt",
+                    ) from exc
 
     def serials(self) -> set[str]:
         """Every serial the log records, to refuse making the same device twice."""

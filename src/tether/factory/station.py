@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 
-from tether.errors import ConflictError, InvalidInputError, PolicyViolationError
+from tether.errors import ConflictError, InvalidInputError, PolicyViolationError, TetherError
 from tether.factory.records import ManufacturingLog, ManufacturingRecord
 from tether.pki import IssuingCA, Role, sha256_fingerprint, validate_serial
 from tether.secure_element import SecureElement, build_csr
@@ -87,8 +87,12 @@ class FactoryStation:
                 made_at=datetime.now(UTC),
             )
             self.log.append(record)
-        except BaseException:
-            element.delete(serial)
+        except BaseException as exc:
+            try:
+                element.delete(serial)
+            except TetherError as cleanup:
+                # Report the failure that stopped the unit; say what was left behind.
+                exc.add_note(f"the key {serial!r} could not be removed: {cleanup.message}")
             raise
         self._made.add(serial)
         return ProvisionedDevice(certificate=certificate, record=record)
@@ -111,7 +115,10 @@ class FactoryStation:
     def next_serials(self, prefix: str, count: int, *, width: int = 6) -> list[str]:
         """``count`` serials ``<prefix><number>`` continuing after the highest one in the log."""
         if count < 1:
-            raise InvalidInputError("the count of units to make must be at least 1")
+            raise InvalidInputError(
+                f"the count of units to make must be at least 1, not {count}",
+                code="factory_bad_count",
+            )
         pattern = re.compile(re.escape(prefix) + r"(\d+)$")
         highest = max(
             (int(m.group(1)) for s in self._made if (m := pattern.match(s))),

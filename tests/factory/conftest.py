@@ -1,0 +1,136 @@
+"""Fixtures for the factory station tests: a real CA hierarchy on disk and real secure elements.
+
+The CA directories are made once per session with ``tether.pki.store`` (the same layout the
+CLI reads); ``unit_store`` is parametrised over a fresh SoftHSM2 token and a fresh emulator
+directory, and ``state()`` reads the store from outside (``pkcs11-tool`` for a token, the
+files for the emulator) so a refused operation can be shown to have changed nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.softhsm import SoftHSM, Token
+from tether.pki import Role
+from tether.pki.store import CaDirectory, init_issuing, init_root
+from tether.secure_element import EmulatedSecureElement, Pkcs11SecureElement, SecureElement
+
+ROOT_PASSPHRASE = "factory test root passphrase"
+CA_PASSPHRASE = "factory test CA passphrase"
+EMULATOR_PASSPHRASE = "factory test emulator passphrase"
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A root, a factory issuing CA and a device-role issuing CA, each in its own directory."""
+
+    root: CaDirectory
+    factory: CaDirectory
+    device: CaDirectory
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    base = tmp_path_factory.mktemp("factory-pki")
+    root = init_root(base / "root", ROOT_PASSPHRASE, common_name="Factory Test Root")
+    factory = init_issuing(
+        base / "factory", root, ROOT_PASSPHRASE, CA_PASSPHRASE,
+        common_name="Factory Test Factory CA", role=Role.FACTORY,
+    )  # fmt: skip
+    device = init_issuing(
+        base / "device", root, ROOT_PASSPHRASE, CA_PASSPHRASE,
+        common_name="Factory Test Device CA", role=Role.DEVICE,
+    )  # fmt: skip
+    return Pki(root=root, factory=factory, device=device)
+
+
+def token_objects(token: Token) -> str:
+    """Every object in ``token`` as pkcs11-tool (a client this project did not write) lists it."""
+    return subprocess.run(
+        ["pkcs11-tool", "--module", token.module, "--token-label", token.label,
+         "--login", "--pin", token.pin, "--list-objects"],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout  # fmt: skip
+
+
+def directory_state(directory: Path) -> dict[str, str]:
+    """Name -> SHA-256 of every file in ``directory`` (hidden temporaries included)."""
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.iterdir())
+        if p.is_file()
+    }
+
+
+@dataclass
+class UnitStore:
+    """An open secure element standing in for the units' chips, and its outside view."""
+
+    kind: str
+    element: SecureElement
+    outside: Callable[[], object]
+    token: Token | None = None
+    directory: Path | None = None
+
+    def state(self) -> tuple[list[str], object]:
+        """The labels the element reports and the store as seen from outside."""
+        return self.element.labels(), self.outside()
+
+
+@pytest.fixture(params=["pkcs11", "emulator"])
+def unit_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UnitStore]:
+    """A fresh, open secure element of each kind; closed after the test."""
+    if request.param == "pkcs11":
+        token: Token = request.getfixturevalue("token")
+        element: SecureElement = Pkcs11SecureElement.open(token.module, token.label, token.pin)
+        store = UnitStore("pkcs11", element, lambda: token_objects(token), token=token)
+    else:
+        directory = tmp_path / "emulator"
+        element = EmulatedSecureElement.open(directory, EMULATOR_PASSPHRASE)
+        store = UnitStore(
+            "emulator", element, lambda: directory_state(directory), directory=directory
+        )
+    with element:
+        yield store
+
+
+def file_state(path: Path) -> bytes | None:
+    """The bytes of ``path``, or None when it does not exist."""
+    return path.read_bytes() if path.exists() else None
+
+
+def cli_env(softhsm: SoftHSM, **secrets: str) -> dict[str, str]:
+    """An environment for ``python -m tether``: SoftHSM's config, the secrets, a wide console.
+
+    Variables inherited from the caller that would supply a secret are dropped, so each test
+    says exactly which secrets the command gets.
+    """
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TETHER_PKCS11_PIN", "TETHER_CA_PASSPHRASE", "TETHER_EMULATOR_PASSPHRASE")
+    }
+    env.update(SOFTHSM2_CONF=str(softhsm.conf), COLUMNS="200", **secrets)
+    return env
+
+
+def tether(
+    *args: str | Path, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a subprocess (stdin closed: a missing secret fails, never prompts)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tether", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
