@@ -19,6 +19,13 @@ Two PKCS#11 facts shape this module:
 * Another library (awscrt) may have initialised the module first; python-pkcs11 cannot
   load it then, so the module is "borrowed" (see ``_borrow_initialised_module``) and never
   re-initialised by Tether.
+* SoftHSM's file object store reads every object in the token on each object search, so a
+  search gets slower as the token fills (a factory line keeps thousands of keys in one
+  token). The handles of objects found or made are therefore kept per shared session (see
+  ``_KeyObjects``): a factory unit costs one search, the "is the label free?" check. The
+  cache assumes this process is the only one changing the labels it works on while it holds
+  the session; an object another process removed is noticed when the token calls its handle
+  invalid, and looked up afresh once.
 """
 
 from __future__ import annotations
@@ -27,9 +34,10 @@ import contextlib
 import hashlib
 import hmac
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 from urllib.parse import quote
 
 import pkcs11
@@ -50,6 +58,7 @@ from pkcs11 import (
 )
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
+from tether.errors import TetherError
 from tether.secure_element.base import (
     KeyProtection,
     SecureElementSigner,
@@ -73,6 +82,7 @@ from tether.secure_element.errors import (
 
 P256_PARAMS = encode_named_curve_parameters("secp256r1")
 _RAW_SIGNATURE_SIZE = 64
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -85,10 +95,30 @@ class Pkcs11Config:
 
 
 @dataclass
+class _KeyObjects:
+    """The token objects under one label, as this process last found or made them.
+
+    ``private`` is a validated P-256 private key; ``publics`` and ``certificates`` (X.509
+    only) are every such object carrying the label. ``key_id`` and ``public_key`` are filled
+    in when first read. Only ever built from a search or a generation in this session.
+    """
+
+    private: Any
+    publics: list[Any]
+    certificates: list[Any]
+    key_id: bytes | None = None
+    public_key: ec.EllipticCurvePublicKey | None = None
+
+
+@dataclass
 class _SharedSession:
     session: Any  # pkcs11.Session; python-pkcs11's own class is untyped at runtime
     pin_digest: bytes
     users: int
+    # Label -> objects found or made through this session (see the module docstring). Shared
+    # by every element on the token, so a delete through one is seen by the others; dropped
+    # with the session, so handles never outlive the login they were found under.
+    keys: dict[str, _KeyObjects] = field(default_factory=dict)
 
 
 # Process-wide PKCS#11 state: see the module docstring for why sessions are shared.
@@ -173,7 +203,7 @@ def _find_token(lib: Any, module: str, token_label: str) -> Any:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _acquire_session(config: Pkcs11Config) -> tuple[tuple[str, int], Any]:
+def _acquire_session(config: Pkcs11Config) -> tuple[tuple[str, int], _SharedSession]:
     with _LOCK:
         lib = _load_module(config.module)
         token = _find_token(lib, config.module, config.token_label)
@@ -186,7 +216,7 @@ def _acquire_session(config: Pkcs11Config) -> tuple[tuple[str, int], Any]:
                     "process logged in with. Check the PIN."
                 )
             shared.users += 1
-            return key, shared.session
+            return key, shared
         try:
             session = token.open(user_pin=config.pin, rw=True)
         except p11.UserAlreadyLoggedIn:
@@ -198,8 +228,9 @@ def _acquire_session(config: Pkcs11Config) -> tuple[tuple[str, int], Any]:
                 raise map_pkcs11_error(exc, f"open token {config.token_label!r}") from exc
         except p11.PKCS11Error as exc:
             raise map_pkcs11_error(exc, f"log in to token {config.token_label!r}") from exc
-        _SESSIONS[key] = _SharedSession(session, _pin_digest(config.pin), 1)
-        return key, session
+        shared = _SharedSession(session, _pin_digest(config.pin), 1)
+        _SESSIONS[key] = shared
+        return key, shared
 
 
 def _release_session(key: tuple[str, int]) -> None:
@@ -223,11 +254,14 @@ class Pkcs11SecureElement:
     use as a context manager, and close it: the login is shared per token in the process.
     """
 
-    def __init__(self, config: Pkcs11Config, session_key: tuple[str, int], session: Any) -> None:
+    def __init__(
+        self, config: Pkcs11Config, session_key: tuple[str, int], shared: _SharedSession
+    ) -> None:
         """Internal: use ``open`` or ``from_config``."""
         self._config = config
         self._session_key = session_key
-        self._session: Any = session
+        self._shared = shared
+        self._session: Any = shared.session
         self._closed = False
 
     @classmethod
@@ -242,8 +276,8 @@ class Pkcs11SecureElement:
     @classmethod
     def from_config(cls, config: Pkcs11Config) -> Self:
         """Like ``open``, from a ``Pkcs11Config``."""
-        session_key, session = _acquire_session(config)
-        return cls(config, session_key, session)
+        session_key, shared = _acquire_session(config)
+        return cls(config, session_key, shared)
 
     @property
     def is_emulator(self) -> bool:
@@ -287,25 +321,89 @@ class Pkcs11SecureElement:
         except p11.PKCS11Error as exc:
             raise map_pkcs11_error(exc, action) from exc
 
-    def _private_key_or_none(self, label: str) -> Any | None:
-        found = self._objects(
-            {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: label},
-            f"look up key {label!r}",
-        )
-        if len(found) > 1:
+    def _cache(self) -> dict[str, _KeyObjects]:
+        self._live_session()  # a closed element answers nothing, not even from the cache
+        return self._shared.keys
+
+    def _forget(self, label: str) -> None:
+        self._shared.keys.pop(label, None)
+
+    def _search(self, label: str) -> _KeyObjects | None:
+        """Every object labelled ``label``, in one search; None if no private key has it.
+
+        ``TokenNotReadyError`` for duplicate private keys, ``UnsupportedKeyError`` for a key
+        that is not P-256. The result is cached for the rest of the session.
+        """
+        found = self._objects({Attribute.LABEL: label}, f"look up key {label!r}")
+        privates = [obj for obj in found if obj.object_class == ObjectClass.PRIVATE_KEY]
+        if len(privates) > 1:
             raise TokenNotReadyError(
-                f"Token {self.token_label!r} holds {len(found)} private keys labelled "
+                f"Token {self.token_label!r} holds {len(privates)} private keys labelled "
                 f"{label!r}; Tether needs labels to be unique. Remove the duplicates."
             )
-        return found[0] if found else None
+        if not privates:
+            return None
+        self._require_p256_private(privates[0], label)
+        try:
+            certificates = [
+                obj
+                for obj in found
+                if obj.object_class == ObjectClass.CERTIFICATE
+                and obj[Attribute.CERTIFICATE_TYPE] == CertificateType.X_509
+            ]
+        except p11.PKCS11Error as exc:
+            raise map_pkcs11_error(exc, f"look up the certificate of {label!r}") from exc
+        entry = _KeyObjects(
+            private=privates[0],
+            publics=[obj for obj in found if obj.object_class == ObjectClass.PUBLIC_KEY],
+            certificates=certificates,
+        )
+        if entry.publics:
+            # Best effort: public_key() reports a bad public object itself, with its own error.
+            with contextlib.suppress(TetherError):
+                entry.public_key = self._public_key_from_object(entry.publics[0], label)
+        self._shared.keys[label] = entry
+        return entry
 
-    def _private_key(self, label: str) -> Any:
-        key = self._private_key_or_none(validate_label(label))
-        if key is None:
+    def _key(self, label: str) -> _KeyObjects:
+        """The objects of the P-256 key under ``label``; ``KeyNotFoundError`` if there is none."""
+        validate_label(label)
+        entry = self._cache().get(label) or self._search(label)
+        if entry is None:
             raise KeyNotFoundError(
                 f"No key labelled {label!r} in token {self.token_label!r}. Generate it first "
                 "or check the label (see labels())."
             )
+        return entry
+
+    def _with_key(self, label: str, use: Callable[[_KeyObjects], _T]) -> _T:
+        """``use(objects of label)``, again after a fresh search if a cached handle is stale.
+
+        ``use`` raises python-pkcs11 errors as they are; the caller maps them.
+        """
+        cached = label in self._shared.keys
+        entry = self._key(label)
+        try:
+            return use(entry)
+        except p11.ObjectHandleInvalid:
+            if not cached:
+                raise
+            # Removed by another process since this session found it: look again.
+            self._forget(label)
+            return use(self._key(label))
+
+    def _key_id(self, label: str) -> bytes:
+        def read(entry: _KeyObjects) -> bytes:
+            if entry.key_id is None:
+                entry.key_id = bytes(entry.private[Attribute.ID])
+            return entry.key_id
+
+        try:
+            return self._with_key(label, read)
+        except p11.PKCS11Error as exc:
+            raise map_pkcs11_error(exc, f"read the id of key {label!r}") from exc
+
+    def _require_p256_private(self, key: Any, label: str) -> None:
         try:
             key_type = key[Attribute.KEY_TYPE]
             params = key[Attribute.EC_PARAMS] if key_type == KeyType.EC else None
@@ -316,7 +414,6 @@ class Pkcs11SecureElement:
                 f"The key labelled {label!r} in token {self.token_label!r} is not an ECDSA "
                 "P-256 key; Tether only uses P-256."
             )
-        return key
 
     def _public_key_from_object(self, obj: Any, label: str) -> ec.EllipticCurvePublicKey:
         try:
@@ -350,11 +447,13 @@ class Pkcs11SecureElement:
         """
         validate_label(label)
         session = self._live_session()
+        # Always asked of the token (not the cache): the one search a factory unit costs.
         if self._objects({Attribute.LABEL: label}, f"check label {label!r}"):
             raise LabelInUseError(
                 f"Token {self.token_label!r} already has an object labelled {label!r}; "
                 "nothing was generated. Use another label or delete the old key first."
             )
+        self._forget(label)  # the token has nothing under it: any cached entry is stale
         try:
             public, private = session.generate_keypair(
                 KeyType.EC,
@@ -389,6 +488,11 @@ class Pkcs11SecureElement:
             if isinstance(exc, p11.PKCS11Error):
                 raise map_pkcs11_error(exc, f"set the id of key {label!r}") from exc
             raise
+        # What was just written, so that signing, storing the certificate and describing the
+        # key need no search: nothing else carried the label a moment ago.
+        self._shared.keys[label] = _KeyObjects(
+            private=private, publics=[public], certificates=[], key_id=key_id, public_key=key
+        )
         return key
 
     def public_key(self, label: str) -> ec.EllipticCurvePublicKey:
@@ -398,13 +502,16 @@ class Pkcs11SecureElement:
         (some tokens only store the private half). ``KeyNotFoundError`` if neither exists.
         """
         validate_label(label)
+        entry = self._cache().get(label)
+        if entry is not None and entry.public_key is not None:
+            return entry.public_key
         publics = self._objects(
             {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.LABEL: label},
             f"look up public key {label!r}",
         )
         if publics:
             return self._public_key_from_object(publics[0], label)
-        self._private_key(label)  # KeyNotFoundError when there is no key at all
+        self._key(label)  # KeyNotFoundError when there is no key at all
         cert = self.certificate(label)
         if cert is None:
             raise KeyNotFoundError(
@@ -416,9 +523,10 @@ class Pkcs11SecureElement:
     def sign_digest(self, label: str, digest: bytes) -> bytes:
         """Sign a 32-byte SHA-256 ``digest`` with CKM_ECDSA in the token; DER signature out."""
         validate_digest(digest)
-        private = self._private_key(label)
         try:
-            raw = private.sign(digest, mechanism=Mechanism.ECDSA)
+            raw = self._with_key(
+                label, lambda entry: entry.private.sign(digest, mechanism=Mechanism.ECDSA)
+            )
         except p11.PKCS11Error as exc:
             raise map_pkcs11_error(exc, f"sign with key {label!r}") from exc
         if len(raw) != _RAW_SIGNATURE_SIZE:
@@ -432,7 +540,7 @@ class Pkcs11SecureElement:
 
     def signer(self, label: str) -> SecureElementSigner:
         """A ``Signer`` over the key (e.g. an issuing CA key); valid while this element is open."""
-        self._private_key(label)
+        self._key(label)
         return SecureElementSigner(self, label)
 
     def store_certificate(self, label: str, cert: x509.Certificate) -> None:
@@ -442,13 +550,10 @@ class Pkcs11SecureElement:
         object is created before the old one is destroyed, so the key is never left with
         no certificate; if destroying the old one fails, the new one is removed again.
         """
-        private = self._private_key(label)
+        self._key(label)
         check_certificate_matches(label, self.public_key(label), cert)
-        old = self._certificate_objects(label)
-        try:
-            key_id = private[Attribute.ID]
-        except p11.PKCS11Error as exc:
-            raise map_pkcs11_error(exc, f"read the id of key {label!r}") from exc
+        key_id = self._key_id(label)
+        entry = self._key(label)
         attrs = {
             Attribute.CLASS: ObjectClass.CERTIFICATE,
             Attribute.CERTIFICATE_TYPE: CertificateType.X_509,
@@ -466,24 +571,43 @@ class Pkcs11SecureElement:
         except p11.PKCS11Error as exc:
             raise map_pkcs11_error(exc, f"store the certificate of {label!r}") from exc
         try:
-            for obj in old:
-                obj.destroy()
+            for obj in entry.certificates:
+                # Already gone (removed by another process) is what destroying wants.
+                with contextlib.suppress(p11.ObjectHandleInvalid):
+                    obj.destroy()
         except p11.PKCS11Error as exc:
+            self._forget(label)  # some old ones may be gone: let the next use search again
             self._destroy_quietly([new])
             raise map_pkcs11_error(exc, f"replace the certificate of {label!r}") from exc
+        entry.certificates = [new]
 
     def certificate(self, label: str) -> x509.Certificate | None:
         """The certificate stored with the key, or None; ``KeyNotFoundError`` if no such key."""
         validate_label(label)
+        entry = self._cache().get(label)
+        if entry is not None:
+            if not entry.certificates:
+                return None
+            try:
+                return self._parse_certificate(entry.certificates[0], label)
+            except p11.ObjectHandleInvalid:
+                self._forget(label)  # removed by another process: ask the token below
+            except p11.PKCS11Error as exc:
+                raise map_pkcs11_error(exc, f"read the certificate of {label!r}") from exc
         certs = self._certificate_objects(label)
         if not certs:
-            self._private_key(label)
+            self._key(label)
             return None
         try:
-            der = certs[0][Attribute.VALUE]
-            return x509.load_der_x509_certificate(der)
+            return self._parse_certificate(certs[0], label)
         except p11.PKCS11Error as exc:
             raise map_pkcs11_error(exc, f"read the certificate of {label!r}") from exc
+
+    def _parse_certificate(self, obj: Any, label: str) -> x509.Certificate:
+        """The certificate in ``obj``; python-pkcs11 errors are left to the caller."""
+        der = obj[Attribute.VALUE]
+        try:
+            return x509.load_der_x509_certificate(der)
         except ValueError as exc:
             raise TokenOperationError(
                 f"The certificate object labelled {label!r} in token {self.token_label!r} is "
@@ -500,14 +624,13 @@ class Pkcs11SecureElement:
 
     def delete(self, label: str) -> None:
         """Destroy the key pair and certificate under ``label``; ``KeyNotFoundError`` if absent."""
-        private = self._private_key(label)
-        others = self._certificate_objects(label) + self._objects(
-            {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.LABEL: label},
-            f"look up public key {label!r}",
-        )
+        validate_label(label)
+        self._forget(label)  # destroy what the token holds now, not what was cached
+        entry = self._key(label)
+        self._forget(label)
         try:
             # Certificate and public key first: a failure leaves the key usable, not orphaned.
-            for obj in [*others, private]:
+            for obj in [*entry.certificates, *entry.publics, entry.private]:
                 obj.destroy()
         except p11.PKCS11Error as exc:
             raise map_pkcs11_error(exc, f"delete key {label!r}") from exc
@@ -517,11 +640,7 @@ class Pkcs11SecureElement:
 
         Usable as-is by OpenSSL's pkcs11 engine and awscrt once a PIN is supplied.
         """
-        private = self._private_key(label)
-        try:
-            key_id = private[Attribute.ID]
-        except p11.PKCS11Error as exc:
-            raise map_pkcs11_error(exc, f"read the id of key {label!r}") from exc
+        key_id = self._key_id(label)
         token = quote(self.token_label, safe="")
         pct_id = "".join(f"%{byte:02x}" for byte in key_id)
         return f"pkcs11:token={token};object={quote(label, safe='')};id={pct_id};type=private"
@@ -533,8 +652,10 @@ class Pkcs11SecureElement:
         (None where the token does not report one) and asks for CKA_VALUE: a token that
         refuses is the proof that the key cannot be read out. Changes nothing in the token.
         """
+        validate_label(label)
+        self._forget(label)  # rare and about the token's truth: read it from a fresh search
         location = self.describe_key(label)
-        private = self._private_key(label)
+        private = self._key(label).private
         flags = {
             attribute: self._optional_attribute(private, attribute, label)
             for attribute in (
