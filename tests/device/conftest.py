@@ -12,8 +12,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.device.broker import Broker, start_broker
-from tests.device.pki import Issued, issue_device, issue_server, make_ca
+from tests.device.pki import Issued, issue_device, issue_server, make_hierarchy
 from tests.softhsm import Token
+from tether.pki import IssuingCA, Role, generate_key
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class DevicePKI:
     """Paths of the generated PKI; the device CA issues devices, the cloud CA the server."""
 
     root: Path
-    device_ca: Issued
+    device_ca: IssuingCA
     client_ca_bundle: Path  # root + device CA: what mosquitto trusts for clients
     cloud_ca: Path  # the CA the device pins
     server_cert: Path
@@ -45,20 +46,20 @@ def _pem(issued: Issued) -> bytes:
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> DevicePKI:
     d = tmp_path_factory.mktemp("device-pki")
-    root = make_ca("Tether Test Root")
-    device_ca = make_ca("Tether Test Device CA", root)
-    cloud = make_ca("Tether Test Cloud CA")
-    rogue = make_ca("Rogue CA")
-    (d / "client-ca.pem").write_bytes(_pem(root) + _pem(device_ca))
+    devices = make_hierarchy("Tether Test Root", "Tether Test Device CA", Role.DEVICE)
+    cloud = make_hierarchy("Tether Test Cloud CA", "Tether Test Server CA", Role.SERVER)
+    rogue = make_hierarchy("Rogue CA", "Rogue Server CA", Role.SERVER)
+    root, device_ca = devices.root_issued, devices.issuing
+    (d / "client-ca.pem").write_bytes(_pem(root) + _pem(Issued(device_ca.certificate, None)))
     root_path, _ = root.write(d, "root")
-    cloud_path, _ = cloud.write(d, "cloud-ca")
-    rogue_path, _ = rogue.write(d, "rogue-ca")
-    server_cert, server_key = issue_server(cloud).write(d, "server")
-    rogue_cert, rogue_key = issue_server(rogue).write(d, "rogue-server")
+    cloud_path, _ = cloud.root_issued.write(d, "cloud-ca")
+    rogue_path, _ = rogue.root_issued.write(d, "rogue-ca")
+    server_cert, server_key = issue_server(cloud.issuing).write(d, "server")
+    rogue_cert, rogue_key = issue_server(rogue.issuing).write(d, "rogue-server")
     device_cert, device_key = issue_device(device_ca, "SN-FILE-0001").write(d, "device")
-    other = Issued(device_ca.certificate, ec.generate_private_key(ec.SECP256R1()))
+    other = Issued(device_ca.certificate, generate_key())
     _, other_key = other.write(d, "other")
-    misnamed_cert, misnamed_key = issue_server(cloud, "elsewhere.test", "10.9.9.9").write(
+    misnamed_cert, misnamed_key = issue_server(cloud.issuing, "elsewhere.test", "10.9.9.9").write(
         d, "misnamed-server"
     )
     sub_cert, sub_key = issue_device(device_ca, "SN-SUB-0001").write(d, "subscriber")

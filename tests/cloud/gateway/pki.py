@@ -1,8 +1,14 @@
-"""A throw-away test PKI built with ``cryptography`` (tether.pki is written in parallel).
+"""The gateway tests' PKI, on ``tether.pki`` where the certificates are Tether-valid.
 
-root -> device issuing CA -> device leaves (CN = serial, clientAuth)
-     -> service issuing CA -> service leaves (CN = service name, clientAuth)
-     -> server issuing CA -> the gateway's certificate (127.0.0.1, localhost, serverAuth)
+root (tether.pki) -> device CA (CN only, raw: tests pin ``issuer == "CN=Tether Test Device
+                     CA"``) -> device leaves (CN = serial, clientAuth)
+                  -> service issuing CA (tether.pki) -> service leaf (tether.pki)
+                  -> server issuing CA (tether.pki) -> the gateway's certificate (localhost,
+                     127.0.0.1; the file holds the chain leaf + server CA)
+
+``make_ca``, ``issue_leaf`` and ``self_signed_leaf`` build the deliberately wrong or foreign
+certificates the refusal tests need (see ``tests.pki_factory``). Everything is generated per
+test session in a temporary directory; nothing is checked in.
 """
 
 from __future__ import annotations
@@ -13,11 +19,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
-NOW = dt.datetime.now(dt.UTC)
+from tests.pki_factory import (
+    NOW,
+    raw_ca,
+    raw_leaf,
+    server_certificate,
+    tether_issuing_ca,
+    tether_root,
+    write_certificates,
+    write_key,
+)
+from tests.pki_factory import self_signed_leaf as _self_signed
+from tether.pki import Role, generate_key
+
+__all__ = [
+    "DEVICE_SERIAL",
+    "NOW",
+    "OTHER_SERIAL",
+    "SERVICE_NAME",
+    "GatewayPKI",
+    "Issued",
+    "build_test_pki",
+    "issue_leaf",
+    "make_ca",
+    "self_signed_leaf",
+]
 
 
 @dataclass(frozen=True)
@@ -30,55 +59,25 @@ class Issued:
     key_path: Path
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _write(directory: Path, stem: str, certs: list[x509.Certificate], key) -> tuple[Path, Path]:
-    cert_path = directory / f"{stem}.pem"
-    key_path = directory / f"{stem}.key"
-    cert_path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path
+def _write(
+    directory: Path, stem: str, chain: list[x509.Certificate], key: ec.EllipticCurvePrivateKey
+) -> Issued:
+    cert_path = write_certificates(directory / f"{stem}.pem", chain)
+    key_path = write_key(directory / f"{stem}.key", key)
+    return Issued(chain[0], key, cert_path, key_path)
 
 
 def make_ca(
     directory: Path, common_name: str, issuer: Issued | None = None, *, stem: str | None = None
 ) -> Issued:
-    """A CA certificate: self-signed root when ``issuer`` is None, else an issuing CA."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    signer_key = issuer.key if issuer else key
-    issuer_name = issuer.certificate.subject if issuer else _name(common_name)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(hours=1))
-        .not_valid_after(NOW + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None if not issuer else 0), True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), True
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+    """A CN-only CA: self-signed when ``issuer`` is None (foreign, look-alike), else under it."""
+    certificate, key = raw_ca(
+        common_name,
+        issuer=issuer.certificate if issuer else None,
+        issuer_key=issuer.key if issuer else None,
+        path_length=0 if issuer else None,
     )
-    if issuer:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), False
-        )
-    certificate = builder.sign(signer_key, hashes.SHA256())
-    cert_path, key_path = _write(
-        directory, stem or common_name.replace(" ", "_"), [certificate], key
-    )
-    return Issued(certificate, key, cert_path, key_path)
+    return _write(directory, stem or common_name.replace(" ", "_"), [certificate], key)
 
 
 def issue_leaf(
@@ -94,63 +93,42 @@ def issue_leaf(
     client_auth: bool = True,
     authority_key: ec.EllipticCurvePublicKey | None = None,
 ) -> Issued:
-    """A leaf signed by ``ca`` (``issuer_name`` overrides the issuer to forge a certificate)."""
-    key = key or ec.generate_private_key(ec.SECP256R1())
+    """A leaf signed by ``ca``, unchecked (``issuer_name`` overrides the issuer to forge one).
+
+    For valid device leaves under the CN-only device CA and for every malformed variant
+    (any name, P-384 ``key``, expired ``not_after``, no clientAuth, forged issuer).
+    """
+    key = key or generate_key()
     usages = [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
     if client_auth and not server:
         usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
     if not usages:
         usages.append(ExtendedKeyUsageOID.CODE_SIGNING)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(issuer_name or ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(hours=1))
-        .not_valid_after(not_after or NOW + dt.timedelta(days=7))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, False, False, False, False), True
+    san = (
+        x509.SubjectAlternativeName(
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
         )
-        .add_extension(x509.ExtendedKeyUsage(usages), False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                authority_key or ca.key.public_key()
-            ),
-            False,
-        )
+        if server
+        else None
     )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            False,
-        )
-    certificate = builder.sign(ca.key, hashes.SHA256())
+    certificate = raw_leaf(
+        issuer_name or ca.certificate.subject,
+        ca.key,
+        common_name,
+        key.public_key(),
+        usages=usages,
+        not_after=not_after or NOW + dt.timedelta(days=7),
+        san=san,
+        authority_key=authority_key,
+    )
     chain = [certificate, ca.certificate] if server else [certificate]
-    cert_path, key_path = _write(directory, stem or common_name, chain, key)
-    return Issued(certificate, key, cert_path, key_path)
+    return _write(directory, stem or common_name, chain, key)
 
 
 def self_signed_leaf(directory: Path, common_name: str, *, stem: str) -> Issued:
     """A self-signed clientAuth certificate carrying ``common_name`` (an impostor)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(_name(common_name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(hours=1))
-        .not_valid_after(NOW + dt.timedelta(days=7))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = _write(directory, stem, [certificate], key)
-    return Issued(certificate, key, cert_path, key_path)
+    certificate, key = _self_signed(common_name)
+    return _write(directory, stem, [certificate], key)
 
 
 @dataclass(frozen=True)
@@ -175,18 +153,22 @@ SERVICE_NAME = "telemetry-ingest"
 
 def build_test_pki(directory: Path) -> GatewayPKI:
     """Generate the whole test PKI under ``directory``."""
-    root = make_ca(directory, "Tether Test Root", stem="root")
-    device_ca = make_ca(directory, "Tether Test Device CA", root, stem="device_ca")
-    service_ca = make_ca(directory, "Tether Test Service CA", root, stem="service_ca")
-    server_ca = make_ca(directory, "Tether Test Server CA", root, stem="server_ca")
+    root, root_key = tether_root("Tether Test Root")
+    root_issued = _write(directory, "root", [root.certificate], root_key)
+    device_ca = make_ca(directory, "Tether Test Device CA", root_issued, stem="device_ca")
+    service_ca, service_ca_key = tether_issuing_ca(root, "Tether Test Service CA", Role.SERVICE)
+    server_ca, server_ca_key = tether_issuing_ca(root, "Tether Test Server CA", Role.SERVER)
+    server_cert, server_key = server_certificate(server_ca, "localhost", "127.0.0.1")
+    service_key = generate_key()
+    service_cert = service_ca.issue_service_certificate(service_key.public_key(), name=SERVICE_NAME)
     return GatewayPKI(
         directory=directory,
-        root=root,
+        root=root_issued,
         device_ca=device_ca,
-        service_ca=service_ca,
-        server_ca=server_ca,
-        server=issue_leaf(directory, server_ca, "gateway.test", server=True, stem="server"),
+        service_ca=_write(directory, "service_ca", [service_ca.certificate], service_ca_key),
+        server_ca=_write(directory, "server_ca", [server_ca.certificate], server_ca_key),
+        server=_write(directory, "server", [server_cert, server_ca.certificate], server_key),
         device=issue_leaf(directory, device_ca, DEVICE_SERIAL),
         other_device=issue_leaf(directory, device_ca, OTHER_SERIAL),
-        service=issue_leaf(directory, service_ca, SERVICE_NAME),
+        service=_write(directory, SERVICE_NAME, [service_cert], service_key),
     )

@@ -1,21 +1,20 @@
-"""A tiny local test PKI made with cryptography (tether.pki is built in parallel).
+"""The registry tests' CAs: raw on purpose, from the shared builders in ``tests.pki_factory``.
 
-Keys are made per test run, in memory; nothing secret is checked in.
+The registry stores whatever chains to a registered CA, and these tests pin things
+``tether.pki`` does not let a caller choose: a bare-CN CA subject (``record.subject ==
+"CN=Test Device CA"``) and the certificate serial number (duplicate serial tests). For a
+registry test with real Tether CAs see ``test_with_tether_pki.py``. Keys are made per run.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+from tests.pki_factory import raw_ca, raw_leaf
+from tether.pki import generate_key
 
 
 @dataclass(frozen=True)
@@ -27,36 +26,21 @@ class LocalCA:
 
     @classmethod
     def create(cls, cn: str, *, issuer: LocalCA | None = None) -> LocalCA:
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.now(UTC)
-        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(cn))
-            .issuer_name(_name(cn) if issuer is None else issuer.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(days=365))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(ski, critical=False)
+        """A CN-only CA: self-signed root when ``issuer`` is None, else an issuing CA under it."""
+        cert, key = raw_ca(
+            cn,
+            issuer=issuer.cert if issuer else None,
+            issuer_key=issuer.key if issuer else None,
+            path_length=0 if issuer else None,
         )
-        signer = key if issuer is None else issuer.key
-        return cls(builder.sign(signer, hashes.SHA256()), key)
+        return cls(cert, key)
 
     def issue(self, serial: str, *, serial_number: int | None = None) -> x509.Certificate:
-        """A device certificate for ``serial`` (subject CN = serial, clientAuth)."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.now(UTC)
-        return (
-            x509.CertificateBuilder()
-            .subject_name(_name(serial))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number() if serial_number is None else serial_number)
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .sign(self.key, hashes.SHA256())
+        """A device certificate for ``serial`` (subject CN = serial, clientAuth, fresh key)."""
+        return raw_leaf(
+            self.cert.subject,
+            self.key,
+            serial,
+            generate_key().public_key(),
+            serial_number=serial_number,
         )
