@@ -548,8 +548,18 @@ class Session:
         for topic_filter in packet.topic_filters:
             pattern = topic_filter.pattern
             if not is_valid_topic_filter(pattern):
+                self._log(
+                    logging.WARNING,
+                    "mqtt_topic_filter_invalid",
+                    f"SUBSCRIBE to {pattern!r} refused: not a valid topic filter",
+                )
                 codes.append(mqtt5.SubAckReasonCode.TOPIC_FILTER_INVALID)
             elif is_shared_subscription(pattern):
+                self._log(
+                    logging.WARNING,
+                    "mqtt_shared_subscriptions_unsupported",
+                    f"SUBSCRIBE to {pattern!r} refused: shared subscriptions are not supported",
+                )
                 codes.append(mqtt5.SubAckReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
             elif not self._policy.may_subscribe(self.identity, pattern):
                 self._log(
