@@ -112,13 +112,21 @@ def cli_env() -> dict[str, str]:
 
 
 class ServeProcess:
-    """``tether cloud serve DATA --port 0`` in a subprocess; ``port`` once it listens."""
+    """``tether cloud serve`` (any free ports) in a subprocess; ``port`` once it listens."""
 
     def __init__(self, data_dir: Path, log_path: Path, *, log_level: str = "WARNING") -> None:
         self.log_file = log_path.open("ab")
         self.process = subprocess.Popen(
             tether_command(
-                "cloud", "serve", str(data_dir), "--port", "0", "--log-level", log_level
+                "cloud",
+                "serve",
+                str(data_dir),
+                "--port",
+                "0",
+                "--api-port",
+                "0",
+                "--log-level",
+                log_level,
             ),
             stdout=subprocess.PIPE,
             stderr=self.log_file,

@@ -33,6 +33,7 @@ from tether.pki.store import (
     pem,
     write_new_file,
 )
+from tether.pki.verification import issue_verification_certificate
 
 ROOT_ENV = "TETHER_ROOT_PASSPHRASE"
 CA_ENV = "TETHER_CA_PASSPHRASE"
@@ -280,3 +281,24 @@ def revoke_cmd(
         f"[green]revoked[/] {cert.subject.rfc4514_string()} (serial {cert.serial_number:x}); "
         f"CRL now lists {len(crl)} -> {ca_dir / 'crl.pem'}"
     )
+
+
+@ca_app.command("verification-cert")
+def verification_cert_cmd(
+    ca_dir: Annotated[Path, typer.Option("--ca", help="The CA directory to prove you hold.")],
+    code: Annotated[str, typer.Option("--code", help="The cloud's registration code.")],
+    out: Annotated[Path, typer.Option("--out", help="Verification certificate (PEM, new).")],
+    validity_minutes: Annotated[
+        int, typer.Option("--validity-minutes", help="Lifetime (at most 1440).")
+    ] = 60,
+    passphrase_file: CaPassphraseFile = None,
+) -> None:
+    """Sign a short-lived CN=<code> leaf with the CA key: proof of possession for the cloud."""
+    ca_directory = CaDirectory.open(ca_dir)
+    ensure_absent(out)  # before any secret is read
+    signer = ca_directory.signer(_passphrase(ca_directory, passphrase_file))
+    cert = issue_verification_certificate(
+        ca_directory.certificate, signer, code, validity=timedelta(minutes=validity_minutes)
+    )
+    write_new_file(out, pem(cert))
+    _show("verification certificate", cert, out)

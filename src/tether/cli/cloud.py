@@ -1,4 +1,8 @@
-"""``tether cloud``: set up, feed and run the cloud (registry + gateway).
+"""``tether cloud``: set up, feed and run the cloud (registry + gateway + admin API).
+
+``init`` creates the first admin credential ("admin") and prints its token once; only its
+scrypt hash is stored. ``admin add NAME`` makes more. ``serve`` runs the gateway and the
+HTTPS admin API in one process, on one uvloop event loop.
 
 The commands that change the registry (register a CA, disable a device, revoke a
 certificate) work on the registry directly and land in its audit log with the operator as
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+from datetime import timedelta
 from pathlib import Path
 
 import typer
@@ -19,15 +24,22 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from tether.cli.secrets import read_secret
+from tether.cloud.admin import IssuedAdminToken, create_admin
+from tether.cloud.api import AdminOperations, ApiServer, check_online_ca, create_app
 from tether.cloud.registry import CARole, DeviceStatus, Registry
 from tether.cloud.service import CloudService, serve_until_signalled
-from tether.cloud.settings import CloudSettings, GatewayOptions
+from tether.cloud.settings import ApiOptions, CloudSettings, GatewayOptions
 from tether.cloud.setup import init_data_dir
 from tether.errors import InvalidInputError
-from tether.pki import load_certificate, sha256_fingerprint
+from tether.pki import Role, load_certificate, sha256_fingerprint
 from tether.pki.store import CaDirectory, pem
 
-app = typer.Typer(help="Run the cloud: registry, mutual-TLS MQTT 5 gateway.", no_args_is_help=True)
+app = typer.Typer(
+    help="Run the cloud: registry, mutual-TLS MQTT 5 gateway, HTTPS admin API.",
+    no_args_is_help=True,
+)
+admin_app = typer.Typer(help="Admin credentials for the API.", no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
 console = Console(highlight=False)
 
 DataDir = typer.Argument(..., help="The cloud's data directory (made by `tether cloud init`).")
@@ -62,8 +74,28 @@ def init(
     database_url: str | None = typer.Option(
         None, help="PostgreSQL URL (postgresql+psycopg://...); default a SQLite file inside."
     ),
+    device_ca: Path | None = typer.Option(
+        None,
+        help="The online device issuing CA directory the API signs with (console devices, "
+        "CSRs); its passphrase is asked at serve time.",
+    ),
+    api_host: str = typer.Option("127.0.0.1", help="Address the admin API listens on."),
+    api_port: int = typer.Option(8443, help="Admin API port (HTTPS)."),
 ) -> None:
-    """Create a data directory: gateway certificate, pinned CA for devices, empty registry."""
+    """Create a data directory: gateway certificate, pinned CA, registry, first admin token."""
+    online = None
+    if device_ca is not None:
+        online_dir = CaDirectory.open(device_ca)
+        if online_dir.kind != "issuing" or online_dir.metadata.role not in (
+            Role.DEVICE,
+            Role.FACTORY,
+        ):
+            raise InvalidInputError(
+                f"{device_ca} is not a device issuing CA directory; make one with "
+                "`tether ca issue-intermediate --role device`",
+                code="wrong_ca_role",
+            )
+        online = online_dir.certificate
     ca_dir = CaDirectory.open(server_ca)
     passphrase = read_secret(
         "server CA passphrase", env_var="TETHER_CA_PASSPHRASE", file=ca_passphrase_file
@@ -76,10 +108,47 @@ def init(
         ip_addresses=ip,
         database_url=database_url,
         gateway=GatewayOptions(host=host, port=port),
+        api=ApiOptions(
+            host=api_host,
+            port=api_port,
+            device_ca=None if device_ca is None else str(device_ca.resolve()),
+        ),
+        online_device_ca=online,
+        actor=_actor(),
     )
+    with Registry.open(settings.database_url) as registry:
+        issued = create_admin(registry, "admin", actor=_actor())
+        url = registry.url
     console.print(f"[green]cloud data directory ready[/] at {data_dir}")
     console.print(f"  devices pin: {settings.pinned_ca}")
-    console.print(f"  registry:    {Registry.open(settings.database_url).url}")
+    console.print(f"  registry:    {url}")
+    _print_token(issued)
+
+
+def _print_token(issued: IssuedAdminToken) -> None:
+    console.print(f"  admin {issued.name!r} token (shown once, only its hash is kept):")
+    # Plain print, no markup: the token must come out exactly, for copy and paste or a script.
+    typer.echo(issued.token)
+
+
+@admin_app.command("add")
+def admin_add(
+    data_dir: Path = DataDir,
+    name: str = typer.Argument(..., help="The new admin's name (a-z, 0-9, . _ -)."),
+) -> None:
+    """Create another admin credential; its token is printed once."""
+    with _registry(data_dir) as registry:
+        issued = create_admin(registry, name, actor=_actor())
+    _print_token(issued)
+
+
+@admin_app.command("list")
+def admin_list(data_dir: Path = DataDir) -> None:
+    """List the admins (names only: tokens are never stored)."""
+    with _registry(data_dir) as registry:
+        admins = registry.list_admins()
+    for record in admins:
+        console.print(f"{record.name}  created {record.created_at:%Y-%m-%d %H:%M:%SZ}")
 
 
 @app.command("register-ca")
@@ -160,9 +229,13 @@ def revoke(
 def serve(
     data_dir: Path = DataDir,
     port: int | None = typer.Option(None, help="Override the gateway port (0: any free port)."),
+    api_port: int | None = typer.Option(None, help="Override the API port (0: any free port)."),
+    device_ca_passphrase_file: Path | None = typer.Option(
+        None, help="File with the online device CA's passphrase (else TETHER_CA_PASSPHRASE)."
+    ),
     log_level: str = typer.Option("INFO", help="Log level for the gateway's log."),
 ) -> None:
-    """Run the gateway until interrupted (Ctrl-C or SIGTERM)."""
+    """Run the gateway and the admin API until interrupted (Ctrl-C or SIGTERM)."""
     logging.basicConfig(
         level=log_level.upper(),
         format="%(message)s",
@@ -171,16 +244,48 @@ def serve(
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter, not service news
     settings = CloudSettings.load(data_dir)
     overrides = {} if port is None else {"port": port}
+    online = None
+    if settings.api.device_ca is not None:
+        passphrase = read_secret(
+            "online device CA passphrase",
+            env_var="TETHER_CA_PASSPHRASE",
+            file=device_ca_passphrase_file,
+        )
+        online = CaDirectory.open(Path(settings.api.device_ca)).issuing(passphrase)
     registry = Registry.open(settings.database_url)
-    service = CloudService(registry, settings.gateway_settings(**overrides))
-
-    def ready(bound: int) -> None:
-        console.print(
-            f"[green]gateway[/] listening on {settings.gateway.host}:{bound} "
-            f"(registry {registry.url})"
+    try:
+        if online is not None:
+            check_online_ca(registry, online)
+        service = CloudService(registry, settings.gateway_settings(**overrides))
+        operations = AdminOperations(
+            registry,
+            root_certificate=load_certificate(settings.pinned_ca.read_bytes()),
+            online_ca=online,
+            registration_code_ttl=timedelta(seconds=settings.api.registration_code_ttl),
+        )
+        api = ApiServer(
+            create_app(
+                registry, root_certificate=operations.root_certificate, operations=operations
+            ),
+            host=settings.api.host,
+            port=settings.api.port if api_port is None else api_port,
+            certificate_chain=settings.server_chain,
+            private_key=settings.server_key,
         )
 
-    try:
-        uvloop.run(serve_until_signalled(service, on_ready=ready))
+        def ready(bound: int) -> None:
+            console.print(
+                f"[green]gateway[/] listening on {settings.gateway.host}:{bound} "
+                f"(registry {registry.url})"
+            )
+
+        def api_ready(bound: int) -> None:
+            signing = "online device CA loaded" if online else "no online device CA"
+            console.print(
+                f"[green]admin API[/] on https://{settings.api.host}:{bound} ({signing}; "
+                f"OpenAPI at /openapi.json)"
+            )
+
+        uvloop.run(serve_until_signalled(service, on_ready=ready, api=api, on_api_ready=api_ready))
     finally:
         registry.close()

@@ -17,6 +17,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography import x509
 
@@ -186,10 +187,30 @@ class CloudService:
             await asyncio.sleep(self.poll_interval)
 
 
+class Companion(Protocol):
+    """Something that runs beside the gateway on its loop (the admin API's server)."""
+
+    async def start(self) -> int:
+        """Start serving; returns the bound port."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop serving."""
+        ...
+
+
 async def serve_until_signalled(
-    service: CloudService, *, on_ready: Callable[[int], None] | None = None
+    service: CloudService,
+    *,
+    on_ready: Callable[[int], None] | None = None,
+    api: Companion | None = None,
+    on_api_ready: Callable[[int], None] | None = None,
 ) -> None:
-    """Run ``service`` until SIGINT or SIGTERM, then stop it cleanly."""
+    """Run ``service`` (and ``api``, on the same loop) until SIGINT or SIGTERM, then stop.
+
+    The API starts after the gateway and stops before it, so an admin call never reaches a
+    process whose gateway is not following the registry.
+    """
     import signal
 
     stop = asyncio.Event()
@@ -197,9 +218,17 @@ async def serve_until_signalled(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     port = await service.start()
-    if on_ready is not None:
-        on_ready(port)
     try:
-        await stop.wait()
+        if on_ready is not None:
+            on_ready(port)
+        if api is not None:
+            api_port = await api.start()
+            if on_api_ready is not None:
+                on_api_ready(api_port)
+        try:
+            await stop.wait()
+        finally:
+            if api is not None:
+                await api.stop()
     finally:
         await service.stop()

@@ -2,7 +2,8 @@
 
 Layout of a data directory made by ``tether cloud init`` (mode 0700)::
 
-    cloud.json         settings: database URL, gateway address and limits
+    cloud.json         settings: database URL, gateway address and limits, admin API address
+                       and the path of the online device issuing CA (if any)
     server.chain.pem   the gateway's certificate followed by its server issuing CA
     server.key.pem     the gateway's private key, mode 0600, unencrypted so the service can
                        start unattended (protect the directory; an HSM-held server key is a
@@ -11,6 +12,11 @@ Layout of a data directory made by ``tether cloud init`` (mode 0700)::
     registry.db        the SQLite registry (when no PostgreSQL URL is configured)
 
 The root private key is never here: the cloud only ever receives the root *certificate*.
+The admin API (HTTPS, default port 8443) reuses the gateway's certificate and key. For console
+provisioning and CSR signing the cloud needs one *online* device issuing CA: ``api.device_ca``
+names its CA directory (outside the data directory; its key stays encrypted there and its
+passphrase is given at serve time, from TETHER_CA_PASSPHRASE or a file). Without it the API
+still runs, and those two calls answer 503 ``online_ca_not_configured``.
 """
 
 from __future__ import annotations
@@ -42,12 +48,23 @@ class GatewayOptions:
 
 
 @dataclass(frozen=True)
+class ApiOptions:
+    """The admin API settings kept in ``cloud.json`` (its TLS files are the gateway's)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8443
+    device_ca: str | None = None  # absolute path of the online device issuing CA directory
+    registration_code_ttl: int = 3600  # seconds a CA registration code stays valid
+
+
+@dataclass(frozen=True)
 class CloudSettings:
     """Everything ``tether cloud serve`` needs, resolved against the data directory."""
 
     data_dir: Path
     database_url: str
     gateway: GatewayOptions = field(default_factory=GatewayOptions)
+    api: ApiOptions = field(default_factory=ApiOptions)
 
     @property
     def server_chain(self) -> Path:
@@ -76,7 +93,12 @@ class CloudSettings:
 
     def to_json(self) -> bytes:
         """The content of ``cloud.json``."""
-        data = {"version": 1, "database_url": self.database_url, "gateway": asdict(self.gateway)}
+        data = {
+            "version": 1,
+            "database_url": self.database_url,
+            "gateway": asdict(self.gateway),
+            "api": asdict(self.api),
+        }
         return (json.dumps(data, indent=2) + "\n").encode()
 
     @classmethod
@@ -86,6 +108,7 @@ class CloudSettings:
         try:
             raw = json.loads(path.read_text())
             gateway = GatewayOptions(**raw.get("gateway", {}))
+            api = ApiOptions(**raw.get("api", {}))
             url = str(raw["database_url"])
         except FileNotFoundError:
             raise ConfigurationError(
@@ -94,4 +117,4 @@ class CloudSettings:
             ) from None
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigurationError(f"{path} is damaged: {exc}") from None
-        return cls(data_dir=data_dir, database_url=url, gateway=gateway)
+        return cls(data_dir=data_dir, database_url=url, gateway=gateway, api=api)

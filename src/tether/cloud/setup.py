@@ -6,14 +6,16 @@ import ipaddress
 from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tether.cloud.registry import Registry
+from tether.cloud.registry import CARole, Registry
 from tether.cloud.settings import (
     PINNED_CA,
     SERVER_CHAIN,
     SERVER_KEY,
     SETTINGS_FILE,
+    ApiOptions,
     CloudSettings,
     GatewayOptions,
 )
@@ -31,12 +33,17 @@ def init_data_dir(
     ip_addresses: Sequence[str] = ("127.0.0.1",),
     database_url: str | None = None,
     gateway: GatewayOptions | None = None,
+    api: ApiOptions | None = None,
+    online_device_ca: x509.Certificate | None = None,
+    actor: str = "cli:init",
 ) -> CloudSettings:
     """Create the cloud's data directory, all or nothing, and migrate its registry.
 
     ``server_ca`` (role server) signs a fresh gateway certificate for ``dns_names`` and
     ``ip_addresses``; ``pinned_ca`` is the PEM certificate devices pin (normally the root).
-    An existing non-empty ``data_dir`` is refused, never overwritten.
+    An existing non-empty ``data_dir`` is refused, never overwritten. ``online_device_ca``
+    (the certificate of the CA named by ``api.device_ca``) is registered as a device CA, so
+    the certificates the API issues are trusted by the gateway.
     """
     if server_ca.role is not Role.SERVER:
         raise InvalidInputError(
@@ -56,6 +63,7 @@ def init_data_dir(
         data_dir=data_dir,
         database_url=database_url or CloudSettings.default_database_url(data_dir),
         gateway=gateway or GatewayOptions(),
+        api=api or ApiOptions(),
     )
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -71,5 +79,7 @@ def init_data_dir(
             PINNED_CA: (pinned_ca, 0o644),
         },
     )
-    Registry.open(settings.database_url).close()
+    with Registry.open(settings.database_url) as registry:
+        if online_device_ca is not None:
+            registry.register_ca(online_device_ca, role=CARole.DEVICE, actor=actor)
     return settings

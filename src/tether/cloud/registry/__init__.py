@@ -5,6 +5,7 @@ migrates the database to the newest schema. Callers get frozen records, never OR
 """
 
 from tether.cloud.registry.errors import (
+    AdminExistsError,
     AutoRegistrationPolicyError,
     CAExistsError,
     CANotRegisteredError,
@@ -20,9 +21,11 @@ from tether.cloud.registry.errors import (
     DeviceNotFoundError,
     InvalidRegistryInputError,
     NotACAError,
+    RegistrationCodeError,
     SchemaVersionError,
 )
 from tether.cloud.registry.records import (
+    AdminRecord,
     AuditEntry,
     CARecord,
     CARole,
@@ -34,15 +37,20 @@ from tether.cloud.registry.records import (
     DeviceStatus,
     Page,
     Provisioning,
+    RegistrationCodeRecord,
     VerdictCode,
 )
 from tether.cloud.registry.registry import (
+    ROOT_CRL_ISSUER,
     Registry,
     certificate_fingerprint,
     device_serial_from_certificate,
 )
 
 __all__ = [
+    "ROOT_CRL_ISSUER",
+    "AdminExistsError",
+    "AdminRecord",
     "AuditEntry",
     "AutoRegistrationPolicyError",
     "CAExistsError",
@@ -69,6 +77,8 @@ __all__ = [
     "NotACAError",
     "Page",
     "Provisioning",
+    "RegistrationCodeError",
+    "RegistrationCodeRecord",
     "Registry",
     "SchemaVersionError",
     "VerdictCode",

@@ -109,3 +109,15 @@ class DatabaseUnavailableError(StorageError):
     """The database could not be reached or refused a read or write."""
 
     code = "database_unavailable"
+
+
+class AdminExistsError(ConflictError):
+    """An administrator with this name is already registered."""
+
+    code = "admin_exists"
+
+
+class RegistrationCodeError(PolicyViolationError):
+    """A CA registration code is unknown, already used or expired."""
+
+    code = "registration_code_invalid"

@@ -159,3 +159,40 @@ class AuditModel(Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(200), index=True)
     details: Mapped[str] = mapped_column(Text)
+
+
+class AdminModel(Base):
+    """An administrator of the API: a name and the scrypt hash of its token, never the token."""
+
+    __tablename__ = "admins"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    token_id: Mapped[str] = mapped_column(String(32), unique=True)
+    salt: Mapped[bytes] = mapped_column(LargeBinary(32))
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RegistrationCodeModel(Base):
+    """A single-use code a CA owner must sign into a verification certificate."""
+
+    __tablename__ = "registration_codes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class PublishedCRLModel(Base):
+    """A CRL uploaded by its issuer's owner (the root, or a CA whose key the cloud lacks)."""
+
+    __tablename__ = "published_crls"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(64), unique=True)
+    der: Mapped[bytes] = mapped_column(LargeBinary)
+    uploaded_at: Mapped[datetime] = mapped_column(UTCDateTime)

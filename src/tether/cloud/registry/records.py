@@ -178,3 +178,25 @@ class ConnectionVerdict:
     allowed: bool
     reason_code: VerdictCode
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AdminRecord:
+    """An API administrator: ``salt`` and ``token_hash`` are the scrypt inputs/outputs only."""
+
+    name: str
+    token_id: str
+    salt: bytes
+    token_hash: bytes
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationCodeRecord:
+    """A CA registration code: random, single use, valid until ``expires_at``."""
+
+    code: str
+    created_by: str
+    created_at: datetime
+    expires_at: datetime
+    used_at: datetime | None

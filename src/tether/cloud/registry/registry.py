@@ -32,6 +32,7 @@ from tether.cloud.registry.engine import (
     safe_url,
 )
 from tether.cloud.registry.errors import (
+    AdminExistsError,
     AutoRegistrationPolicyError,
     CAExistsError,
     CANotRegisteredError,
@@ -46,15 +47,20 @@ from tether.cloud.registry.errors import (
     DeviceNotFoundError,
     InvalidRegistryInputError,
     NotACAError,
+    RegistrationCodeError,
 )
 from tether.cloud.registry.models import (
+    AdminModel,
     AuditModel,
     CAModel,
     CertificateModel,
     DeviceModel,
+    PublishedCRLModel,
+    RegistrationCodeModel,
     UTCDateTime,
 )
 from tether.cloud.registry.records import (
+    AdminRecord,
     AuditEntry,
     CARecord,
     CARole,
@@ -67,6 +73,7 @@ from tether.cloud.registry.records import (
     DeviceStatus,
     Page,
     Provisioning,
+    RegistrationCodeRecord,
     VerdictCode,
 )
 
@@ -76,6 +83,8 @@ MAX_PAGE_SIZE = 1000
 _SERIAL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _ACTION_RE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 _FINGERPRINT_RE = re.compile(r"[0-9a-f]{64}")
+_ADMIN_NAME_RE = re.compile(r"[a-z][a-z0-9._-]{0,63}")
+ROOT_CRL_ISSUER = "root"
 _AUTO_REGISTRATION_ROLES = frozenset({CARole.DEVICE, CARole.FACTORY})
 
 
@@ -172,54 +181,10 @@ class Registry:
         already registered.
         """
         actor = _check_actor(actor)
-        role = CARole(role)
-        try:
-            is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-        except x509.ExtensionNotFound:
-            is_ca = False
-        if not is_ca:
-            raise NotACAError(
-                f"{cert.subject.rfc4514_string()} is not a CA certificate (basicConstraints "
-                "CA:TRUE is missing); register the issuing CA, not a leaf."
-            )
-        if allow_auto_registration and role not in _AUTO_REGISTRATION_ROLES:
-            raise AutoRegistrationPolicyError(
-                f"Only device and factory CAs may let unknown devices self-register, not a "
-                f"{role.value} CA; register it without auto-registration."
-            )
-        fingerprint = certificate_fingerprint(cert)
+        role = _check_ca_certificate(cert, CARole(role), allow_auto_registration)
         now = self._clock()
         with self._write() as session:
-            if session.scalar(select(CAModel.id).where(CAModel.fingerprint == fingerprint)):
-                raise CAExistsError(f"The CA {fingerprint} is already registered.")
-            model = CAModel(
-                fingerprint=fingerprint,
-                subject=cert.subject.rfc4514_string(),
-                subject_key_id=_subject_key_id(cert),
-                role=role.value,
-                status=CAStatus.ACTIVE.value,
-                allow_auto_registration=allow_auto_registration,
-                not_before=cert.not_valid_before_utc,
-                not_after=cert.not_valid_after_utc,
-                pem=cert.public_bytes(Encoding.PEM).decode("ascii"),
-                created_at=now,
-                updated_at=now,
-            )
-            session.add(model)
-            self._flush(session, lambda: CAExistsError(f"The CA {fingerprint} is registered."))
-            _audit(
-                session,
-                now,
-                actor,
-                "ca.register",
-                fingerprint,
-                {
-                    "subject": model.subject,
-                    "role": role.value,
-                    "allow_auto_registration": allow_auto_registration,
-                },
-            )
-            return _ca_record(model)
+            return _ca_record(_insert_ca(session, cert, role, allow_auto_registration, actor, now))
 
     def get_ca(self, fingerprint: str) -> CARecord:
         """The CA with this SHA-256 fingerprint. Raises CANotRegisteredError."""
@@ -638,6 +603,194 @@ class Registry:
             )
             return _device_record(device), _cert_record(model)
 
+    # -- admin API: provisioning, CA registration codes, admins, published CRLs ------------
+
+    def provision_device(
+        self,
+        serial: str,
+        cert: x509.Certificate,
+        *,
+        issuer_fingerprint: str,
+        provisioning: Provisioning,
+        actor: str,
+    ) -> tuple[DeviceRecord, CertificateRecord]:
+        """Register a new device and its first certificate in one transaction.
+
+        All or nothing: DeviceExistsError on a duplicate serial, plus every refusal of
+        :meth:`add_certificate`; a refusal leaves neither the device nor the certificate.
+        """
+        actor = _check_actor(actor)
+        serial = _check_serial(serial)
+        issuer_fingerprint = _check_fingerprint(issuer_fingerprint)
+        provisioning = Provisioning(provisioning)
+        now = self._clock()
+
+        def exists() -> DeviceExistsError:
+            return DeviceExistsError(f"A device with serial {serial!r} is already registered.")
+
+        with self._write() as session:
+            if session.scalar(select(DeviceModel.id).where(DeviceModel.serial == serial)):
+                raise exists()
+            ca = _load_ca(session, issuer_fingerprint)
+            _check_issued_by(cert, ca)
+            device = _new_device(serial, provisioning, now)
+            session.add(device)
+            self._flush(session, exists)
+            _audit(session, now, actor, "device.add", serial, {"provisioning": provisioning.value})
+            model = self._insert_certificate(session, cert, ca, device, CertState.ACTIVE, now)
+            _audit(
+                session,
+                now,
+                actor,
+                "certificate.add",
+                model.fingerprint,
+                {
+                    "serial_number": model.serial_number,
+                    "issuer": issuer_fingerprint,
+                    "device": serial,
+                    "state": CertState.ACTIVE.value,
+                },
+            )
+            return _device_record(device), _cert_record(model)
+
+    def create_registration_code(
+        self, code: str, *, expires_at: datetime, actor: str
+    ) -> RegistrationCodeRecord:
+        """Store a fresh CA registration code (the caller makes it random); audited.
+
+        ``code`` must look like a serial (it becomes a certificate CN).
+        """
+        actor = _check_actor(actor)
+        code = _check_serial(code)
+        if expires_at.tzinfo is None:
+            raise InvalidRegistryInputError("expires_at must be an aware datetime (UTC).")
+        now = self._clock()
+        with self._write() as session:
+            model = RegistrationCodeModel(
+                code=code, created_by=actor, created_at=now, expires_at=expires_at, used_at=None
+            )
+            session.add(model)
+            self._flush(
+                session, lambda: ConcurrentChangeError("That registration code exists; retry.")
+            )
+            _audit(
+                session,
+                now,
+                actor,
+                "ca.registration_code",
+                code,
+                {"expires_at": expires_at.isoformat()},
+            )
+            return _code_record(model)
+
+    def register_ca_with_code(
+        self,
+        cert: x509.Certificate,
+        *,
+        code: str,
+        role: CARole,
+        allow_auto_registration: bool = False,
+        actor: str,
+    ) -> CARecord:
+        """Register a CA and spend its registration code, in one transaction.
+
+        The caller has checked the proof of possession (a verification certificate with
+        CN=``code`` signed by ``cert``'s key). RegistrationCodeError when the code is unknown,
+        used or expired; the code stays unspent when registration is refused.
+        """
+        actor = _check_actor(actor)
+        role = _check_ca_certificate(cert, CARole(role), allow_auto_registration)
+        if not isinstance(code, str) or not _SERIAL_RE.fullmatch(code):
+            raise RegistrationCodeError("The registration code is not valid; ask for a new one.")
+        now = self._clock()
+        with self._write() as session:
+            row = session.scalars(
+                select(RegistrationCodeModel).where(RegistrationCodeModel.code == code)
+            ).first()
+            if row is None:
+                raise RegistrationCodeError(
+                    "Unknown registration code; ask the cloud for one (POST "
+                    "/api/v1/cas/registration-codes)."
+                )
+            if row.used_at is not None:
+                raise RegistrationCodeError(
+                    "This registration code was already used; ask for a new one."
+                )
+            if row.expires_at <= now:
+                raise RegistrationCodeError(
+                    f"This registration code expired at {row.expires_at:%Y-%m-%d %H:%M:%SZ}; "
+                    "ask for a new one."
+                )
+            row.used_at = now
+            model = _insert_ca(session, cert, role, allow_auto_registration, actor, now)
+            return _ca_record(model)
+
+    def add_admin(
+        self, name: str, *, token_id: str, salt: bytes, token_hash: bytes, actor: str
+    ) -> AdminRecord:
+        """Store an administrator's token hash (never the token). AdminExistsError on a dup."""
+        actor = _check_actor(actor)
+        if not isinstance(name, str) or not _ADMIN_NAME_RE.fullmatch(name):
+            raise InvalidRegistryInputError(
+                f"Admin name {name!r} is not valid: 1 to 64 characters of a-z, 0-9 and . _ -, "
+                "starting with a letter."
+            )
+        now = self._clock()
+
+        def exists() -> AdminExistsError:
+            return AdminExistsError(f"An admin named {name!r} already exists; pick another name.")
+
+        with self._write() as session:
+            if session.scalar(select(AdminModel.id).where(AdminModel.name == name)):
+                raise exists()
+            model = AdminModel(
+                name=name, token_id=token_id, salt=salt, token_hash=token_hash, created_at=now
+            )
+            session.add(model)
+            self._flush(session, exists)
+            _audit(session, now, actor, "admin.add", name, {})
+            return _admin_record(model)
+
+    def find_admin(self, token_id: str) -> AdminRecord | None:
+        """The administrator whose token carries ``token_id``, or None."""
+        with self._read() as session:
+            model = session.scalars(
+                select(AdminModel).where(AdminModel.token_id == token_id)
+            ).first()
+            return None if model is None else _admin_record(model)
+
+    def list_admins(self) -> list[AdminRecord]:
+        """Every administrator, oldest first."""
+        with self._read() as session:
+            return [_admin_record(m) for m in session.scalars(select(AdminModel).order_by("id"))]
+
+    def publish_crl(self, issuer: str, der: bytes, *, actor: str) -> None:
+        """Store (or replace) the CRL the cloud serves for ``issuer`` ("root" or a CA
+        fingerprint). The caller has verified its signature; audited."""
+        actor = _check_actor(actor)
+        if issuer != ROOT_CRL_ISSUER:
+            issuer = _check_fingerprint(issuer)
+        now = self._clock()
+        with self._write() as session:
+            if issuer != ROOT_CRL_ISSUER:
+                _load_ca(session, issuer)
+            model = session.scalars(
+                select(PublishedCRLModel).where(PublishedCRLModel.issuer == issuer)
+            ).first()
+            if model is None:
+                session.add(PublishedCRLModel(issuer=issuer, der=bytes(der), uploaded_at=now))
+            else:
+                model.der = bytes(der)
+                model.uploaded_at = now
+            _audit(session, now, actor, "crl.publish", issuer, {"bytes": len(der)})
+
+    def published_crl(self, issuer: str) -> bytes | None:
+        """The DER of the CRL uploaded for ``issuer``, or None."""
+        with self._read() as session:
+            return session.scalar(
+                select(PublishedCRLModel.der).where(PublishedCRLModel.issuer == issuer)
+            )
+
     # -- audit -----------------------------------------------------------------------------
 
     def audit(
@@ -906,6 +1059,65 @@ def _subject_key_id(cert: x509.Certificate) -> bytes | None:
         return None
 
 
+def _check_ca_certificate(cert: x509.Certificate, role: CARole, allow_jit: bool) -> CARole:
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise NotACAError(
+            f"{cert.subject.rfc4514_string()} is not a CA certificate (basicConstraints "
+            "CA:TRUE is missing); register the issuing CA, not a leaf."
+        )
+    if allow_jit and role not in _AUTO_REGISTRATION_ROLES:
+        raise AutoRegistrationPolicyError(
+            f"Only device and factory CAs may let unknown devices self-register, not a "
+            f"{role.value} CA; register it without auto-registration."
+        )
+    return role
+
+
+def _insert_ca(
+    session: Session,
+    cert: x509.Certificate,
+    role: CARole,
+    allow_auto_registration: bool,
+    actor: str,
+    now: datetime,
+) -> CAModel:
+    fingerprint = certificate_fingerprint(cert)
+    if session.scalar(select(CAModel.id).where(CAModel.fingerprint == fingerprint)):
+        raise CAExistsError(f"The CA {fingerprint} is already registered.")
+    model = CAModel(
+        fingerprint=fingerprint,
+        subject=cert.subject.rfc4514_string(),
+        subject_key_id=_subject_key_id(cert),
+        role=role.value,
+        status=CAStatus.ACTIVE.value,
+        allow_auto_registration=allow_auto_registration,
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        pem=cert.public_bytes(Encoding.PEM).decode("ascii"),
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(model)
+    Registry._flush(session, lambda: CAExistsError(f"The CA {fingerprint} is registered."))
+    _audit(
+        session,
+        now,
+        actor,
+        "ca.register",
+        fingerprint,
+        {
+            "subject": model.subject,
+            "role": role.value,
+            "allow_auto_registration": allow_auto_registration,
+        },
+    )
+    return model
+
+
 def _new_device(serial: str, provisioning: Provisioning, now: datetime) -> DeviceModel:
     return DeviceModel(
         serial=serial,
@@ -987,6 +1199,26 @@ def _ca_record(m: CAModel) -> CARecord:
         pem=m.pem,
         created_at=m.created_at,
         updated_at=m.updated_at,
+    )
+
+
+def _admin_record(m: AdminModel) -> AdminRecord:
+    return AdminRecord(
+        name=m.name,
+        token_id=m.token_id,
+        salt=m.salt,
+        token_hash=m.token_hash,
+        created_at=m.created_at,
+    )
+
+
+def _code_record(m: RegistrationCodeModel) -> RegistrationCodeRecord:
+    return RegistrationCodeRecord(
+        code=m.code,
+        created_by=m.created_by,
+        created_at=m.created_at,
+        expires_at=m.expires_at,
+        used_at=m.used_at,
     )
 
 

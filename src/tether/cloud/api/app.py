@@ -1,0 +1,370 @@
+"""The admin API: FastAPI routes over :class:`AdminOperations`, bearer-token authentication.
+
+Every route under ``/api/v1`` needs ``Authorization: Bearer <admin token>`` (401 otherwise)
+and answers ``Cache-Control: no-store``. Two things are public on purpose: the OpenAPI
+description (``/openapi.json``, ``/docs``) and the CRLs under ``/crl/`` (relying parties fetch
+CRLs without credentials; they are signed and hold nothing secret). Every change lands in the
+registry's audit log with the admin's name as actor. Errors leave as ``{"code", "message"}``
+with the status picked in :func:`tether.cloud.api.errors.status_for`.
+"""
+
+# No `from __future__ import annotations`: FastAPI resolves the route signatures at runtime,
+# and they use aliases local to create_app (Admin, Offset, Limit).
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Annotated, Any, TypeVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from tether import __version__
+from tether.cloud.admin import AdminCredentialError, authenticate
+from tether.cloud.api.console import console_router
+from tether.cloud.api.errors import status_for
+from tether.cloud.api.operations import AdminOperations
+from tether.cloud.api.schemas import (
+    AuditOut,
+    AuditPage,
+    CAOut,
+    CAStatusIn,
+    CertificateOut,
+    CertificatePage,
+    ConsoleBundleOut,
+    CrlIn,
+    CsrDeviceOut,
+    CsrIn,
+    DeviceDetailOut,
+    DeviceOut,
+    DevicePage,
+    ErrorOut,
+    NewDeviceIn,
+    RegisterCAIn,
+    RegistrationCodeOut,
+    RevokeIn,
+    WhoAmIOut,
+)
+from tether.cloud.registry import (
+    ROOT_CRL_ISSUER,
+    AdminRecord,
+    CAStatus,
+    DeviceStatus,
+    Registry,
+)
+from tether.errors import TetherError
+from tether.pki import IssuingCA
+from tether.pki.files import parse_reason
+
+T = TypeVar("T")
+CRL_MEDIA_TYPE = "application/pkix-crl"
+_bearer = HTTPBearer(auto_error=False, description="An admin token from `tether cloud init`.")
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut} for status in (400, 401, 404, 409, 422, 503)
+}
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    headers = {"Cache-Control": "no-store"}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="tether"'
+    return JSONResponse({"code": code, "message": message}, status_code=status, headers=headers)
+
+
+def create_app(
+    registry: Registry,
+    *,
+    root_certificate: x509.Certificate,
+    online_ca: IssuingCA | None = None,
+    operations: AdminOperations | None = None,
+) -> FastAPI:
+    """The admin API app for ``registry``; ``online_ca`` enables console/CSR provisioning."""
+    ops = operations or AdminOperations(
+        registry, root_certificate=root_certificate, online_ca=online_ca
+    )
+    app = FastAPI(
+        title="Tether admin API",
+        version=__version__,
+        description="Devices, certificates, CAs, CRLs and the audit log of a Tether cloud.",
+        responses=_ERRORS,
+    )
+
+    async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        # The registry and the PKI are synchronous: keep the event loop (and the gateway on
+        # it) free while they work.
+        return await asyncio.to_thread(partial(fn, *args, **kwargs))
+
+    async def admin(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> AdminRecord:
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise AdminCredentialError(
+                "The admin credential is missing or not valid; send `Authorization: Bearer "
+                "<token>` with a token from `tether cloud init` or `tether cloud admin add`."
+            )
+        return await run(authenticate, registry, credentials.credentials)
+
+    Admin = Annotated[AdminRecord, Depends(admin)]
+    Offset = Annotated[int, Query(ge=0)]
+    Limit = Annotated[int, Query(ge=1, le=1000)]
+
+    @app.exception_handler(TetherError)
+    async def _tether_error(_request: Request, exc: TetherError) -> JSONResponse:
+        return _error(status_for(exc), exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
+            for e in exc.errors()
+        )
+        return _error(422, "invalid_request", f"The request was refused: {problems}")
+
+    @app.middleware("http")
+    async def _no_store(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        if request.url.path.startswith("/api/"):
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+    # -- who am I --------------------------------------------------------------------------
+
+    @app.get("/api/v1/whoami", response_model=WhoAmIOut, tags=["admin"])
+    async def whoami(who: Admin) -> WhoAmIOut:
+        """The admin the credential belongs to."""
+        return WhoAmIOut(name=who.name)
+
+    # -- devices ---------------------------------------------------------------------------
+
+    @app.get("/api/v1/devices", response_model=DevicePage, tags=["devices"])
+    async def list_devices(
+        who: Admin,
+        search: Annotated[str | None, Query(max_length=128)] = None,
+        status: DeviceStatus | None = None,
+        offset: Offset = 0,
+        limit: Limit = 50,
+    ) -> DevicePage:
+        """Devices by serial; ``search`` matches any part of the serial."""
+        page = await run(
+            registry.list_devices, search=search, status=status, offset=offset, limit=limit
+        )
+        return DevicePage(
+            items=[DeviceOut.of(d) for d in page.items],
+            total=page.total,
+            offset=page.offset,
+            limit=page.limit,
+            next_offset=page.next_offset,
+        )
+
+    @app.post(
+        "/api/v1/devices",
+        status_code=201,
+        response_model=ConsoleBundleOut | CsrDeviceOut,
+        tags=["devices"],
+    )
+    async def create_device(who: Admin, body: NewDeviceIn) -> ConsoleBundleOut | CsrDeviceOut:
+        """Create a device: from its CSR (key stays on the device), or with a cloud-made key.
+
+        Without ``csr_pem`` the answer carries the private key, once (``key_escrow_warning``).
+        """
+        if body.csr_pem is not None:
+            device, cert = await run(
+                ops.create_csr_device, body.serial, body.csr_pem.encode(), actor=who.name
+            )
+            return CsrDeviceOut(
+                device=DeviceOut.of(device),
+                certificate=CertificateOut.of(cert),
+                root_ca_pem=ops.root_certificate.public_bytes(Encoding.PEM).decode("ascii"),
+            )
+        bundle = await run(ops.create_console_device, body.serial, actor=who.name)
+        return ConsoleBundleOut(
+            device=DeviceOut.of(bundle.device),
+            certificate=CertificateOut.of(bundle.certificate),
+            root_ca_pem=bundle.root_ca_pem,
+            certificate_pem=bundle.certificate_pem,
+            private_key_pem=bundle.private_key_pem,
+        )
+
+    @app.get("/api/v1/devices/{serial}", response_model=DeviceDetailOut, tags=["devices"])
+    async def get_device(who: Admin, serial: str) -> DeviceDetailOut:
+        """One device and its certificates."""
+        device = await run(registry.get_device, serial)
+        certs = await run(registry.list_certificates, device_serial=serial, limit=1000)
+        return DeviceDetailOut(
+            device=DeviceOut.of(device),
+            certificates=[CertificateOut.of(c) for c in certs.items],
+        )
+
+    @app.post(
+        "/api/v1/devices/{serial}/certificates",
+        status_code=201,
+        response_model=CertificateOut,
+        tags=["devices"],
+    )
+    async def sign_csr(who: Admin, serial: str, body: CsrIn) -> CertificateOut:
+        """Sign a CSR for a known device (the key stays on the device)."""
+        record = await run(ops.sign_csr, serial, body.csr_pem.encode(), actor=who.name)
+        return CertificateOut.of(record)
+
+    async def _set_status(serial: str, status: DeviceStatus, who: AdminRecord) -> DeviceOut:
+        return DeviceOut.of(await run(registry.set_device_status, serial, status, actor=who.name))
+
+    @app.post("/api/v1/devices/{serial}/disable", response_model=DeviceOut, tags=["devices"])
+    async def disable_device(who: Admin, serial: str) -> DeviceOut:
+        """Disable: the next handshake is refused and a live session is dropped."""
+        return await _set_status(serial, DeviceStatus.DISABLED, who)
+
+    @app.post("/api/v1/devices/{serial}/enable", response_model=DeviceOut, tags=["devices"])
+    async def enable_device(who: Admin, serial: str) -> DeviceOut:
+        """Enable a disabled device again."""
+        return await _set_status(serial, DeviceStatus.ENABLED, who)
+
+    # -- certificates ----------------------------------------------------------------------
+
+    @app.get("/api/v1/certificates", response_model=CertificatePage, tags=["certificates"])
+    async def list_certificates(
+        who: Admin,
+        device: Annotated[str | None, Query(max_length=128)] = None,
+        issuer: Annotated[str | None, Query(max_length=128)] = None,
+        offset: Offset = 0,
+        limit: Limit = 50,
+    ) -> CertificatePage:
+        """Certificates in the order they were added, optionally of one device or issuer."""
+        page = await run(
+            registry.list_certificates,
+            device_serial=device,
+            issuer_fingerprint=issuer,
+            offset=offset,
+            limit=limit,
+        )
+        return CertificatePage(
+            items=[CertificateOut.of(c) for c in page.items],
+            total=page.total,
+            offset=page.offset,
+            limit=page.limit,
+            next_offset=page.next_offset,
+        )
+
+    @app.get(
+        "/api/v1/certificates/{fingerprint}", response_model=CertificateOut, tags=["certificates"]
+    )
+    async def get_certificate(who: Admin, fingerprint: str) -> CertificateOut:
+        """One certificate by its SHA-256 fingerprint."""
+        return CertificateOut.of(await run(registry.get_certificate, fingerprint))
+
+    @app.post(
+        "/api/v1/certificates/{fingerprint}/revoke",
+        response_model=CertificateOut,
+        tags=["certificates"],
+    )
+    async def revoke_certificate(who: Admin, fingerprint: str, body: RevokeIn) -> CertificateOut:
+        """Revoke with a RFC 5280 reason: refused from the next handshake, session dropped."""
+        reason = parse_reason(body.reason) or x509.ReasonFlags.unspecified
+        record = await run(registry.revoke_certificate, fingerprint, reason=reason, actor=who.name)
+        return CertificateOut.of(record)
+
+    # -- CAs -------------------------------------------------------------------------------
+
+    @app.get("/api/v1/cas", response_model=list[CAOut], tags=["cas"])
+    async def list_cas(who: Admin, status: CAStatus | None = None) -> list[CAOut]:
+        """Registered CAs, oldest first."""
+        return [CAOut.of(r) for r in await run(registry.list_cas, status=status)]
+
+    @app.post(
+        "/api/v1/cas/registration-codes",
+        status_code=201,
+        response_model=RegistrationCodeOut,
+        tags=["cas"],
+    )
+    async def new_registration_code(who: Admin) -> RegistrationCodeOut:
+        """A single-use code the CA owner signs into a verification certificate."""
+        record = await run(ops.new_registration_code, actor=who.name)
+        return RegistrationCodeOut(
+            code=record.code,
+            expires_at=record.expires_at,
+            how_to=(
+                f"tether ca verification-cert --ca <CA directory> --code {record.code} "
+                "--out verification.pem; then POST /api/v1/cas with both certificates"
+            ),
+        )
+
+    @app.post("/api/v1/cas", status_code=201, response_model=CAOut, tags=["cas"])
+    async def register_ca(who: Admin, body: RegisterCAIn) -> CAOut:
+        """Register a CA whose owner proved possession of its key (verification certificate)."""
+        record = await run(
+            ops.register_ca,
+            body.certificate_pem.encode(),
+            body.verification_certificate_pem.encode(),
+            code=body.registration_code,
+            role=body.role,
+            allow_auto_registration=body.allow_auto_registration,
+            actor=who.name,
+        )
+        return CAOut.of(record)
+
+    @app.get("/api/v1/cas/{fingerprint}", response_model=CAOut, tags=["cas"])
+    async def get_ca(who: Admin, fingerprint: str) -> CAOut:
+        """One registered CA."""
+        return CAOut.of(await run(registry.get_ca, fingerprint))
+
+    @app.post("/api/v1/cas/{fingerprint}/status", response_model=CAOut, tags=["cas"])
+    async def set_ca_status(who: Admin, fingerprint: str, body: CAStatusIn) -> CAOut:
+        """Activate, deactivate or revoke a CA; leaving active cuts every device under it."""
+        record = await run(registry.set_ca_status, fingerprint, body.status, actor=who.name)
+        return CAOut.of(record)
+
+    @app.put("/api/v1/cas/{fingerprint}/crl", status_code=204, tags=["crl"])
+    async def upload_ca_crl(who: Admin, fingerprint: str, body: CrlIn) -> Response:
+        """Upload the CRL of a registered CA whose key the cloud does not hold."""
+        await run(ops.publish_crl, fingerprint, body.crl_pem.encode(), actor=who.name)
+        return Response(status_code=204)
+
+    @app.put("/api/v1/crl/root", status_code=204, tags=["crl"])
+    async def upload_root_crl(who: Admin, body: CrlIn) -> Response:
+        """Upload the root CRL the ceremony published (checked against the pinned root)."""
+        await run(ops.publish_crl, ROOT_CRL_ISSUER, body.crl_pem.encode(), actor=who.name)
+        return Response(status_code=204)
+
+    # -- audit -----------------------------------------------------------------------------
+
+    @app.get("/api/v1/audit", response_model=AuditPage, tags=["audit"])
+    async def list_audit(
+        who: Admin,
+        target: Annotated[str | None, Query(max_length=200)] = None,
+        offset: Offset = 0,
+        limit: Limit = 50,
+    ) -> AuditPage:
+        """The audit log, newest first."""
+        page = await run(registry.list_audit, target=target, offset=offset, limit=limit)
+        return AuditPage(
+            items=[AuditOut.of(e) for e in page.items],
+            total=page.total,
+            offset=page.offset,
+            limit=page.limit,
+            next_offset=page.next_offset,
+        )
+
+    app.include_router(console_router(registry, ops))
+
+    # -- public CRLs -----------------------------------------------------------------------
+
+    def _crl_response(der: bytes) -> Response:
+        return Response(der, media_type=CRL_MEDIA_TYPE, headers={"Cache-Control": "max-age=60"})
+
+    @app.get("/crl/root.crl", tags=["crl"], response_class=Response)
+    async def root_crl() -> Response:
+        """The root CRL (DER), as the ceremony published it. Public."""
+        return _crl_response(await run(ops.crl, ROOT_CRL_ISSUER))
+
+    @app.get("/crl/{fingerprint}.crl", tags=["crl"], response_class=Response)
+    async def ca_crl(fingerprint: str) -> Response:
+        """A registered CA's CRL (DER). Public."""
+        return _crl_response(await run(ops.crl, fingerprint))
+
+    return app

@@ -1,0 +1,291 @@
+"""The web console: server-rendered Jinja2 pages over the same operations as the API.
+
+Sign-in takes an admin token (checked like a bearer token) and opens a server-side session:
+the browser holds only a random session id in a ``Secure; HttpOnly; SameSite=Strict`` cookie
+scoped to ``/console``. Sessions live in this process's memory and end after
+``SESSION_LIFETIME`` or on sign-out; a restart signs everyone out (there is one API process).
+Every form carries the session's CSRF token, compared in constant time; the sign-in form uses
+a double-submit cookie since there is no session yet. Pages are ``Cache-Control: no-store``;
+the page that hands out a console key embeds the three files as ``data:`` links, so the key
+exists in that one response only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import RedirectResponse
+from fastapi.templating import Jinja2Templates
+
+from tether.cloud.admin import authenticate
+from tether.cloud.api.errors import status_for
+from tether.cloud.api.operations import AdminOperations
+from tether.cloud.api.schemas import KEY_ESCROW_WARNING
+from tether.cloud.registry import DeviceStatus, Registry
+from tether.errors import PermissionDeniedError, TetherError
+from tether.pki import sha256_fingerprint
+from tether.pki.files import REVOCATION_REASONS, parse_reason
+
+T = TypeVar("T")
+SESSION_COOKIE = "tether_session"
+LOGIN_COOKIE = "tether_login_csrf"
+SESSION_LIFETIME = 8 * 3600.0
+_MAX_SESSIONS = 10_000
+_templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
+
+
+class CSRFError(PermissionDeniedError):
+    """A console form came without the session's CSRF token."""
+
+    code = "csrf_token_invalid"
+
+
+@dataclass(frozen=True)
+class ConsoleSession:
+    """A signed-in admin: who, the form token, and when the session ends (monotonic)."""
+
+    admin: str
+    csrf_token: str
+    expires: float
+
+
+class _NotSignedIn(Exception):
+    """Internal: send the browser to the sign-in page."""
+
+
+def console_router(registry: Registry, ops: AdminOperations) -> APIRouter:
+    """The ``/console`` pages for ``registry``, acting through ``ops``."""
+    router = APIRouter(prefix="/console", include_in_schema=False)
+    sessions: dict[str, ConsoleSession] = {}
+
+    async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(partial(fn, *args, **kwargs))
+
+    def page(
+        request: Request,
+        name: str,
+        session: ConsoleSession | None,
+        status: int = 200,
+        **context: Any,
+    ) -> Response:
+        context.update(
+            admin=None if session is None else session.admin,
+            csrf_token=None if session is None else session.csrf_token,
+        )
+        response = _templates.TemplateResponse(request, name, context, status_code=status)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    def current(request: Request) -> ConsoleSession:
+        sid = request.cookies.get(SESSION_COOKIE, "")
+        session = sessions.get(sid)
+        if session is None or session.expires < time.monotonic():
+            sessions.pop(sid, None)
+            raise _NotSignedIn
+        return session
+
+    async def checked_form(request: Request, session: ConsoleSession) -> dict[str, str]:
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        if not hmac.compare_digest(form.get("csrf_token", ""), session.csrf_token):
+            raise CSRFError("The form's CSRF token is missing or stale; reload the page.")
+        return form
+
+    async def guarded(request: Request, action: Callable[[ConsoleSession], Any]) -> Response:
+        """Run a page action: sign-in redirect, or an error page for a refusal."""
+        try:
+            session = current(request)
+        except _NotSignedIn:
+            return RedirectResponse("/console/login", status_code=303)
+        try:
+            return await action(session)
+        except TetherError as exc:
+            return page(
+                request, "error.html", session, status_for(exc), code=exc.code, message=exc.message
+            )
+
+    @router.get("/login")
+    async def login_form(request: Request) -> Response:
+        token = secrets.token_urlsafe(32)
+        response = _templates.TemplateResponse(
+            request, "login.html", {"csrf_token": token, "admin": None, "error": None}
+        )
+        response.headers["Cache-Control"] = "no-store"
+        response.set_cookie(
+            LOGIN_COOKIE, token, secure=True, httponly=True, samesite="strict", path="/console"
+        )
+        return response
+
+    @router.post("/login")
+    async def login(request: Request) -> Response:
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        expected = request.cookies.get(LOGIN_COOKIE, "")
+        if not expected or not hmac.compare_digest(form.get("csrf_token", ""), expected):
+            return page(
+                request, "error.html", None, 403, code=CSRFError.code,
+                message="The sign-in form expired; reload the sign-in page.",
+            )  # fmt: skip
+        try:
+            admin = await run(authenticate, registry, form.get("token", "").strip())
+        except TetherError as exc:
+            fresh = secrets.token_urlsafe(32)
+            response = _templates.TemplateResponse(
+                request,
+                "login.html",
+                {"csrf_token": fresh, "admin": None, "error": exc.message},
+                status_code=status_for(exc),
+            )
+            response.set_cookie(
+                LOGIN_COOKIE, fresh, secure=True, httponly=True, samesite="strict", path="/console"
+            )
+            return response
+        now = time.monotonic()
+        for sid in [s for s, v in sessions.items() if v.expires < now]:
+            del sessions[sid]
+        if len(sessions) >= _MAX_SESSIONS:
+            sessions.pop(next(iter(sessions)))
+        sid = secrets.token_urlsafe(32)
+        sessions[sid] = ConsoleSession(
+            admin.name, secrets.token_urlsafe(32), now + SESSION_LIFETIME
+        )
+        response = RedirectResponse("/console/devices", status_code=303)
+        response.set_cookie(
+            SESSION_COOKIE, sid, secure=True, httponly=True, samesite="strict", path="/console"
+        )
+        response.delete_cookie(LOGIN_COOKIE, path="/console")
+        return response
+
+    @router.post("/logout")
+    async def logout(request: Request) -> Response:
+        async def action(session: ConsoleSession) -> Response:
+            await checked_form(request, session)
+            sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
+            response = RedirectResponse("/console/login", status_code=303)
+            response.delete_cookie(SESSION_COOKIE, path="/console")
+            return response
+
+        return await guarded(request, action)
+
+    @router.get("")
+    @router.get("/")
+    async def home() -> Response:
+        return RedirectResponse("/console/devices", status_code=303)
+
+    @router.get("/devices")
+    async def devices(request: Request, search: str | None = None, offset: int = 0) -> Response:
+        async def action(session: ConsoleSession) -> Response:
+            listing = await run(
+                registry.list_devices, search=search or None, offset=max(offset, 0), limit=50
+            )
+            return page(request, "devices.html", session, page=listing, search=search)
+
+        return await guarded(request, action)
+
+    @router.post("/devices")
+    async def create_device(request: Request) -> Response:
+        async def action(session: ConsoleSession) -> Response:
+            form = await checked_form(request, session)
+            bundle = await run(
+                ops.create_console_device, form.get("serial", "").strip(), actor=session.admin
+            )
+            serial = bundle.device.serial
+            files = [
+                ("root-ca.pem", bundle.root_ca_pem),
+                (f"{serial}.crt.pem", bundle.certificate_pem),
+                (f"{serial}.key.pem", bundle.private_key_pem),
+            ]
+            links = [
+                (name, "data:application/x-pem-file;base64,"
+                 + base64.b64encode(text.encode()).decode())
+                for name, text in files
+            ]  # fmt: skip
+            return page(
+                request, "created.html", session, 201,
+                serial=serial, files=links, warning=KEY_ESCROW_WARNING,
+            )  # fmt: skip
+
+        return await guarded(request, action)
+
+    @router.get("/devices/{serial}")
+    async def device(request: Request, serial: str) -> Response:
+        async def action(session: ConsoleSession) -> Response:
+            record = await run(registry.get_device, serial)
+            certs = await run(registry.list_certificates, device_serial=serial, limit=1000)
+            chain: list[tuple[str, str]] = []
+            if certs.items:
+                newest = certs.items[-1]
+                issuer = await run(registry.get_ca, newest.issuer_fingerprint)
+                chain = [(newest.subject, newest.fingerprint), (issuer.subject, issuer.fingerprint)]
+                root = ops.root_certificate
+                if issuer.certificate().issuer == root.subject:
+                    chain.append((root.subject.rfc4514_string(), sha256_fingerprint(root)))
+            return page(
+                request, "device.html", session,
+                device=record, certificates=certs.items, chain=chain, reasons=REVOCATION_REASONS,
+            )  # fmt: skip
+
+        return await guarded(request, action)
+
+    async def _set_status(request: Request, serial: str, status: DeviceStatus) -> Response:
+        async def action(session: ConsoleSession) -> Response:
+            await checked_form(request, session)
+            await run(registry.set_device_status, serial, status, actor=session.admin)
+            return RedirectResponse(f"/console/devices/{serial}", status_code=303)
+
+        return await guarded(request, action)
+
+    @router.post("/devices/{serial}/disable")
+    async def disable(request: Request, serial: str) -> Response:
+        return await _set_status(request, serial, DeviceStatus.DISABLED)
+
+    @router.post("/devices/{serial}/enable")
+    async def enable(request: Request, serial: str) -> Response:
+        return await _set_status(request, serial, DeviceStatus.ENABLED)
+
+    @router.post("/certificates/{fingerprint}/revoke")
+    async def revoke(request: Request, fingerprint: str) -> Response:
+        async def action(session: ConsoleSession) -> Response:
+            form = await checked_form(request, session)
+            reason = parse_reason(form.get("reason", "unspecified"))
+            record = await run(
+                registry.revoke_certificate, fingerprint, reason=reason, actor=session.admin
+            )
+            target = record.device_serial
+            url = f"/console/devices/{target}" if target else "/console/devices"
+            return RedirectResponse(url, status_code=303)
+
+        return await guarded(request, action)
+
+    @router.get("/cas")
+    async def cas(request: Request) -> Response:
+        async def action(session: ConsoleSession) -> Response:
+            return page(request, "cas.html", session, cas=await run(registry.list_cas))
+
+        return await guarded(request, action)
+
+    @router.get("/audit")
+    async def audit(request: Request, offset: int = 0) -> Response:
+        async def action(session: ConsoleSession) -> Response:
+            listing = await run(registry.list_audit, offset=max(offset, 0), limit=100)
+            rows = [
+                {"id": e.id, "at": e.at, "actor": e.actor, "action": e.action,
+                 "target": e.target, "details": dict(e.details)}
+                for e in listing.items
+            ]  # fmt: skip
+            return page(
+                request, "audit.html", session,
+                entries=rows, total=listing.total, next_offset=listing.next_offset,
+            )  # fmt: skip
+
+        return await guarded(request, action)
+
+    return router

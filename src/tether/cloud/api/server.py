@@ -1,0 +1,111 @@
+"""Serve the admin API over HTTPS on the cloud's event loop (uvicorn as a task, not a process).
+
+The API reuses the gateway's certificate and key from the data directory and listens on its
+own port. The socket is bound here, not by uvicorn, so a port in use is a clear
+ConfigurationError instead of uvicorn's ``sys.exit`` inside a task, and port 0 works. The
+cloud process owns SIGINT/SIGTERM; uvicorn's own signal capture is switched off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from tether.errors import ConfigurationError
+
+_START_TIMEOUT = 10.0
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to the process that embeds it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Do nothing: ``serve_until_signalled`` handles SIGINT and SIGTERM."""
+        yield
+
+
+class ApiServer:
+    """The admin API on ``host:port`` over TLS with ``certificate_chain`` and ``private_key``."""
+
+    def __init__(
+        self,
+        app: FastAPI,
+        *,
+        host: str,
+        port: int,
+        certificate_chain: Path,
+        private_key: Path,
+    ) -> None:
+        """Nothing is bound until :meth:`start`."""
+        self.host = host
+        self.port = port
+        self.config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            ssl_certfile=str(certificate_chain),
+            ssl_keyfile=str(private_key),
+            ssl_ciphers="ECDHE+AESGCM:ECDHE+CHACHA20",
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+        )
+        self._server = _EmbeddedServer(self.config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        """Bind, start serving on the running loop; returns the bound port."""
+        try:
+            self.config.load()
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(
+                f"the API cannot load the server certificate and key: {exc}"
+            ) from exc
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise ConfigurationError(
+                f"the API cannot listen on {self.host}:{self.port}: {exc.strerror}; "
+                "choose another api.port in cloud.json"
+            ) from exc
+        bound = int(sock.getsockname()[1])
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="tether-api")
+        deadline = asyncio.get_running_loop().time() + _START_TIMEOUT
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raise what stopped it
+                raise ConfigurationError("the API server stopped while starting")
+            if asyncio.get_running_loop().time() > deadline:
+                await self.stop()
+                raise ConfigurationError("the API server did not start in time")
+            await asyncio.sleep(0.01)
+        self.port = bound
+        return bound
+
+    async def stop(self) -> None:
+        """Stop accepting, let requests in flight finish, close the socket."""
+        if self._task is None:
+            return
+        self._server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout=10)
+        except TimeoutError:
+            self._server.force_exit = True
+            await self._task
+        finally:
+            self._task = None

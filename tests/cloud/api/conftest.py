@@ -1,0 +1,97 @@
+"""A running cloud with its admin API: gateway and API on one uvloop loop, real HTTPS.
+
+The API is served exactly as ``tether cloud serve`` serves it (``ApiServer`` on the gateway's
+event loop, the gateway's certificate from the data directory); tests talk to it with httpx
+over TLS pinned to the test root, on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.cloud.conftest import Cloud
+from tether.cloud.admin import create_admin
+from tether.cloud.api import AdminOperations, ApiServer, create_app
+from tether.cloud.registry import Registry
+
+ADMIN = "alice"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a refused call must leave as it was."""
+
+    devices: tuple[Any, ...]
+    certificates: tuple[Any, ...]
+    cas: tuple[Any, ...]
+    last_audit: int
+
+
+def snapshot(registry: Registry) -> Snapshot:
+    return Snapshot(
+        devices=registry.list_devices(limit=1000).items,
+        certificates=registry.list_certificates(limit=1000).items,
+        cas=tuple(registry.list_cas()),
+        last_audit=registry.last_audit_id(),
+    )
+
+
+@dataclass
+class Api:
+    """The cloud plus its API: ``http`` carries the admin token, ``anonymous`` none."""
+
+    cloud: Cloud
+    port: int
+    token: str
+    http: httpx.Client
+    anonymous: httpx.Client
+
+    @property
+    def registry(self) -> Registry:
+        return self.cloud.registry
+
+
+def pinned_context(cloud: Cloud) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(cloud.pki.root_path))
+    return context
+
+
+@pytest.fixture
+def api(cloud: Cloud) -> Iterator[Api]:
+    issued = create_admin(cloud.registry, ADMIN, actor="test:setup")
+    operations = AdminOperations(
+        cloud.registry,
+        root_certificate=cloud.pki.root.certificate,
+        online_ca=cloud.pki.device_ca,
+    )
+    server = ApiServer(
+        create_app(
+            cloud.registry, root_certificate=cloud.pki.root.certificate, operations=operations
+        ),
+        host="127.0.0.1",
+        port=0,
+        certificate_chain=cloud.settings.server_chain,
+        private_key=cloud.settings.server_key,
+    )
+    port = cloud.running.call(server.start())
+    base = f"https://127.0.0.1:{port}"
+    context = pinned_context(cloud)
+    http = httpx.Client(
+        base_url=base,
+        verify=context,
+        timeout=10.0,
+        headers={"Authorization": f"Bearer {issued.token}"},
+    )
+    anonymous = httpx.Client(base_url=base, verify=context, timeout=10.0)
+    try:
+        yield Api(cloud, port, issued.token, http, anonymous)
+    finally:
+        http.close()
+        anonymous.close()
+        cloud.running.call(server.stop(), timeout=15)

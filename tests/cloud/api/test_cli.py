@@ -1,0 +1,165 @@
+"""``tether cloud init`` / ``admin add`` / ``serve`` with the API, as an operator runs them."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tether.cloud.registry import CARole, Registry
+from tether.cloud.settings import CloudSettings
+from tether.device import CloudEndpoint, DeviceClient, DeviceIdentity, FileKey
+from tether.pki import Role, sha256_fingerprint
+from tether.pki.store import CaDirectory, init_issuing, init_root
+
+TETHER = str(Path(sys.executable).with_name("tether"))
+PASSPHRASE = "api cli passphrase 123"
+TOKEN_RE = re.compile(r"^tether_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$", re.MULTILINE)
+
+
+def _env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "TETHER_CA_PASSPHRASE": PASSPHRASE,
+        "COLUMNS": "400",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def tether(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TETHER, *map(str, args)], capture_output=True, text=True, timeout=60, env=_env()
+    )
+
+
+@pytest.fixture(scope="module")
+def ca_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("api-ceremony")
+    root = init_root(base / "root", PASSPHRASE, common_name="API CLI Root")
+    dirs = {"root": base / "root"}
+    for role in (Role.SERVER, Role.DEVICE):
+        init_issuing(
+            base / role.value,
+            root,
+            PASSPHRASE,
+            PASSPHRASE,
+            common_name=f"API {role.value}",
+            role=role,
+        )
+        dirs[role.value] = base / role.value
+    return dirs
+
+
+def _init(data: Path, ca_dirs: dict[str, Path]) -> str:
+    done = tether(
+        "cloud", "init", data, "--server-ca", ca_dirs["server"], "--device-ca", ca_dirs["device"]
+    )
+    assert done.returncode == 0, done.stderr
+    tokens = TOKEN_RE.findall(done.stdout)
+    assert len(tokens) == 1, done.stdout
+    return tokens[0]
+
+
+def test_init_makes_an_admin_and_registers_the_online_ca(
+    ca_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    token = _init(data, ca_dirs)
+    settings = CloudSettings.load(data)
+    assert settings.api.port == 8443
+    assert settings.api.device_ca == str(ca_dirs["device"].resolve())
+    with Registry.open(settings.database_url) as registry:
+        assert [a.name for a in registry.list_admins()] == ["admin"]
+        online = registry.get_ca(
+            sha256_fingerprint(CaDirectory.open(ca_dirs["device"]).certificate)
+        )
+        assert online.role is CARole.DEVICE
+    raw = b"".join(p.read_bytes() for p in data.iterdir() if p.is_file())
+    assert token.encode() not in raw and token.split("_", 2)[2].encode() not in raw
+
+    added = tether("cloud", "admin", "add", data, "bob")
+    assert added.returncode == 0, added.stderr
+    assert len(TOKEN_RE.findall(added.stdout)) == 1
+    again = tether("cloud", "admin", "add", data, "bob")
+    assert again.returncode == 3 and "admin_exists" in again.stderr
+    listed = tether("cloud", "admin", "list", data)
+    assert "admin" in listed.stdout and "bob" in listed.stdout
+
+
+def test_init_refuses_a_server_ca_as_the_online_device_ca(
+    ca_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    done = tether(
+        "cloud", "init", data, "--server-ca", ca_dirs["server"], "--device-ca", ca_dirs["server"]
+    )
+    assert done.returncode == 3 and "wrong_ca_role" in done.stderr
+    assert not data.exists()
+
+
+def _read_until(stream: object, pattern: str, deadline: float) -> re.Match[str]:
+    seen = []
+    while time.monotonic() < deadline:
+        line = stream.readline()  # type: ignore[attr-defined]
+        if not line:
+            break
+        seen.append(line)
+        match = re.search(pattern, line)
+        if match:
+            return match
+    raise AssertionError(f"no line matching {pattern!r}; saw {seen}")
+
+
+def test_serve_runs_gateway_and_api_in_one_process(
+    ca_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    token = _init(data, ca_dirs)
+    server = subprocess.Popen(
+        [TETHER, "cloud", "serve", str(data), "--port", "0", "--api-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        gateway_port = int(
+            _read_until(server.stdout, r"listening on 127\.0\.0\.1:(\d+)", deadline)[1]
+        )
+        api_port = int(_read_until(server.stdout, r"https://127\.0\.0\.1:(\d+)", deadline)[1])
+        context = ssl.create_default_context(cafile=str(data / "pinned-ca.pem"))
+        with httpx.Client(
+            base_url=f"https://127.0.0.1:{api_port}",
+            verify=context,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        ) as http:
+            assert http.get("/api/v1/whoami").json() == {"name": "admin"}
+            bundle = http.post("/api/v1/devices", json={"serial": "SERVE-1"})
+            assert bundle.status_code == 201, bundle.text
+            files = tmp_path / "device"
+            files.mkdir()
+            (files / "root.pem").write_text(bundle.json()["root_ca_pem"])
+            (files / "cert.pem").write_text(bundle.json()["certificate_pem"])
+            (files / "key.pem").write_text(bundle.json()["private_key_pem"])
+            endpoint = CloudEndpoint(
+                host="127.0.0.1", port=gateway_port, pinned_ca=files / "root.pem"
+            )
+            identity = DeviceIdentity.load(files / "cert.pem", FileKey(files / "key.pem"))
+            with DeviceClient(identity, endpoint) as device:
+                assert device.connect().reason_name == "SUCCESS"
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=20) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
