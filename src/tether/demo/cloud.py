@@ -1,7 +1,8 @@
 """The cloud, in-process: a ``CloudService`` on a uvloop event loop thread, and its log.
 
 The demo is synchronous (it plays the devices, the service and the operator); the cloud runs
-on its own event loop thread exactly as ``tether cloud serve`` runs it. The gateway's log is
+on its own event loop thread exactly as ``tether cloud serve`` runs it, the admin API
+(``ApiServer``) on the same loop as the gateway. The gateway's log is
 captured by a handler so the demo can show the refusal codes it logged, and so nothing of it
 reaches the terminal uninvited.
 """
@@ -19,6 +20,7 @@ from typing import Any, Self, TypeVar
 
 import uvloop
 
+from tether.cloud.api import ApiServer
 from tether.cloud.gateway import Identity
 from tether.cloud.service import CloudService
 
@@ -109,7 +111,10 @@ class LogCapture(logging.Handler):
 
 
 class CloudThread:
-    """A started ``CloudService`` on a uvloop loop in a daemon thread; ``close`` stops both."""
+    """A started ``CloudService`` (and admin API) on a uvloop loop in a daemon thread.
+
+    ``close`` stops the API, the service, then the loop.
+    """
 
     def __init__(self, service: CloudService) -> None:
         self.service = service
@@ -119,6 +124,7 @@ class CloudThread:
         )
         self.thread.start()
         self.port = 0
+        self.api: ApiServer | None = None
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = CALL_TIMEOUT_S) -> T:
         """Run ``coro`` on the cloud's loop and wait for its result."""
@@ -128,6 +134,12 @@ class CloudThread:
         """Start the gateway and the registry feed; returns the bound port."""
         self.port = self.call(self.service.start())
         return self.port
+
+    def start_api(self, server: ApiServer) -> int:
+        """Serve the admin API on the cloud's loop (next to the gateway); returns its port."""
+        port = self.call(server.start())
+        self.api = server
+        return port
 
     def sessions(self) -> list[Identity]:
         """The identities connected right now."""
@@ -142,8 +154,13 @@ class CloudThread:
         if self.loop.is_closed():
             return
         try:
-            if self.port:
-                self.call(self.service.stop())
+            try:
+                if self.api is not None:
+                    api, self.api = self.api, None
+                    self.call(api.stop())
+            finally:
+                if self.port:
+                    self.call(self.service.stop())
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)

@@ -15,3 +15,9 @@ class DemoSetupError(ConfigurationError):
     """The demo could not prepare its secure element (SoftHSM2 token initialisation failed)."""
 
     code = "demo_setup_failed"
+
+
+class DemoApiError(ConfigurationError):
+    """The demo's own admin API refused a call the story makes (its answer is in the message)."""
+
+    code = "demo_api_refused"

@@ -6,8 +6,9 @@ for steps 8-10 means a refusal. A step that raises is a failed step with the err
 observation; the steps after it are reported as not run (they depend on it). ``close()``
 stops every client, the cloud and the secure element; the CLI removes the workspace.
 
-Secrets: the CA passphrases, the emulator passphrase and the token PIN are random, held in
-memory only and never returned in full (a result shows at most a four-character hint).
+Secrets: the CA passphrases, the emulator passphrase, the token PIN and the admin API token
+are random, held in memory only and never returned in full (a result shows at most a
+four-character hint).
 """
 
 from __future__ import annotations
@@ -15,20 +16,26 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import secrets
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tether.cloud.admin import create_admin
+from tether.cloud.api import AdminOperations, ApiServer, create_app
 from tether.cloud.registry import CARole, Provisioning, Registry
 from tether.cloud.service import CloudService
 from tether.cloud.settings import CloudSettings, GatewayOptions
 from tether.cloud.setup import init_data_dir
 from tether.demo.cloud import CloudThread, LogCapture, LogEvent
+from tether.demo.errors import DemoApiError
 from tether.demo.peers import ImpostorServer, ServiceClient
 from tether.demo.results import StepResult
 from tether.demo.workspace import SoftHsmToken
@@ -44,6 +51,7 @@ from tether.pki.store import CaDirectory, init_issuing, init_root, pem
 from tether.secure_element import EmulatedSecureElement, Pkcs11SecureElement, SecureElement
 
 ACTOR = "demo:operator"
+ADMIN = "demo-admin"
 FACTORY_SERIAL = "TTH-000001"
 CONSOLE_SERIAL = "CON-000001"
 ROGUE_SERIAL = "TTH-666666"
@@ -61,9 +69,9 @@ CLIENT_REFUSAL_CODES = frozenset(
 STEP_TITLES: dict[int, tuple[str, str, str]] = {
     1: ("root", "Root ceremony", "an offline root CA with an encrypted key"),
     2: ("issuing", "Issuing CAs", "factory, device, service and server CAs signed by the root"),
-    3: ("cloud", "The cloud starts", "gateway listening; factory (JIT), device, service CAs"),
+    3: ("cloud", "The cloud starts", "gateway and API up; factory (JIT), device, service CAs"),
     4: ("factory", "A device made in the factory", "key generated in the secure element"),
-    5: ("console", "A console-style device", "certificate from the device CA, key in a file"),
+    5: ("console", "A device created in the console", "three files returned once, with a warning"),
     6: ("connect", "Both devices connect", "mutual TLS accepted, CONNACK SUCCESS for both"),
     7: ("message", "Telemetry up, a command down", "sender attributed; command delivered"),
     8: ("rogue", "A device from a rogue CA", "refused; the gateway logs why"),
@@ -128,6 +136,8 @@ class Demo:
         self._registry: Registry | None = None
         self._settings: CloudSettings | None = None
         self._cloud: CloudThread | None = None
+        self._api: httpx.Client | None = None
+        self._console_root: Path | None = None
         self._element: SecureElement | None = None
         self._identities: dict[str, DeviceIdentity] = {}
         self._clients: dict[str, DeviceClient] = {}
@@ -185,6 +195,8 @@ class Demo:
             with contextlib.suppress(Exception):
                 client.disconnect()
         self._clients.clear()
+        if self._api is not None:
+            self._api.close()
         if self._service is not None:
             with contextlib.suppress(Exception):
                 self._service.close()
@@ -218,6 +230,27 @@ class Demo:
 
     def _device_files(self, serial: str, certificate: x509.Certificate) -> Path:
         return _write(self.ws / "devices" / serial / "device.crt.pem", pem(certificate))
+
+    def _console_endpoint(self) -> CloudEndpoint:
+        """The console device's endpoint: pinned to the root file the API handed it."""
+        assert self._console_root is not None
+        return CloudEndpoint(
+            host="127.0.0.1", port=self._endpoint().port, pinned_ca=self._console_root
+        )
+
+    def _call_api(self, path: str, body: dict[str, Any], expected: int) -> dict[str, Any]:
+        """POST ``body`` to the admin API as the demo's administrator; its JSON answer.
+
+        DemoApiError when the answer is not ``expected`` (with the API's code and message).
+        """
+        assert self._api is not None
+        response = self._api.post(path, json=body)
+        if response.status_code != expected:
+            raise DemoApiError(
+                f"POST {path} answered {response.status_code}: {response.text[:300]}"
+            )
+        answer: dict[str, Any] = response.json()
+        return answer
 
     # -- 1. root ceremony ---------------------------------------------------------------
 
@@ -296,6 +329,28 @@ class Demo:
             )
         self._cloud = CloudThread(CloudService(registry, settings.gateway_settings()))
         port = self._cloud.start()
+        # The admin API, as `tether cloud serve` runs it: same loop, the gateway's certificate,
+        # the device CA online for console provisioning, one administrator token (in memory).
+        root_certificate = self._root.certificate
+        operations = AdminOperations(
+            registry, root_certificate=root_certificate, online_ca=self._ca(Role.DEVICE)
+        )
+        api_port = self._cloud.start_api(
+            ApiServer(
+                create_app(registry, root_certificate=root_certificate, operations=operations),
+                host="127.0.0.1",
+                port=0,
+                certificate_chain=settings.server_chain,
+                private_key=settings.server_key,
+            )
+        )
+        admin = create_admin(registry, ADMIN, actor=ACTOR)
+        self._api = httpx.Client(
+            base_url=f"https://127.0.0.1:{api_port}",
+            verify=ssl.create_default_context(cafile=str(settings.pinned_ca)),
+            timeout=self.options.timeout,
+            headers={"Authorization": f"Bearer {admin.token}"},
+        )
         registered = len(registry.list_cas())
         listening = self.log.wait_for({"gateway_listening"}, after=0, timeout=1.0) is not None
         # The cloud holds exactly one private key, its own; never the root's or a device's.
@@ -305,11 +360,13 @@ class Demo:
             if p.is_file() and b"PRIVATE KEY-----" in p.read_bytes()
         )
         return _Outcome(
-            f"gateway on 127.0.0.1:{port}; {registered} client CAs registered",
+            f"gateway on 127.0.0.1:{port}, API on {api_port}; {registered} client CAs registered",
             registered == 3 and listening and keys == [settings.server_key.name],
             (
                 f"gateway 127.0.0.1:{port} (MQTT 5 over mutual TLS, uvloop thread), "
                 "server certificate from the server CA",
+                f"admin API https://127.0.0.1:{api_port} on the same loop (device CA online for "
+                f"console provisioning); admin {ADMIN!r}, its token in memory only",
                 f"registry {settings.database_url.rsplit('/', 1)[-1]} (SQLite): factory CA "
                 "(just-in-time registration on), device CA, service CA",
                 f"private keys in the cloud's directory: {', '.join(keys)} only (root key stays "
@@ -379,39 +436,42 @@ class Demo:
             ),
         )
 
-    # -- 5. console-style device --------------------------------------------------------
+    # -- 5. console device ---------------------------------------------------------------
 
     def console_device(self) -> _Outcome:
-        """A certificate from the device CA for a key generated off the device (escrow risk)."""
-        assert self._registry is not None and self._settings is not None
-        device_ca = self._ca(Role.DEVICE)
-        private = generate_key()
-        certificate = device_ca.issue_device_certificate_for_key(
-            private.public_key(), CONSOLE_SERIAL
-        )
-        key_path = _write_key(self.ws / "devices" / CONSOLE_SERIAL / "device.key.pem", private)
-        certificate_path = self._device_files(CONSOLE_SERIAL, certificate)
-        self._registry.add_device(CONSOLE_SERIAL, provisioning=Provisioning.CONSOLE, actor=ACTOR)
-        record = self._registry.add_certificate(
-            certificate,
-            device_serial=CONSOLE_SERIAL,
-            issuer_fingerprint=sha256_fingerprint(device_ca.certificate),
-            actor=ACTOR,
-        )
+        """The console creates a device: the API makes its key and returns the files once."""
+        assert self._settings is not None
+        bundle = self._call_api("/api/v1/devices", {"serial": CONSOLE_SERIAL}, 201)
+        folder = self.ws / "devices" / CONSOLE_SERIAL
+        root_path = _write(folder / "root-ca.pem", bundle["root_ca_pem"].encode())
+        certificate_path = _write(folder / "device.crt.pem", bundle["certificate_pem"].encode())
+        key_bytes = bundle["private_key_pem"].encode()
+        key_path = _write(folder / "device.key.pem", key_bytes, 0o600)
+        self._console_root = root_path
         self._identities[CONSOLE_SERIAL] = DeviceIdentity.load(certificate_path, FileKey(key_path))
-        key_bytes = private_key_pem(private)
+        certificate = bundle["certificate"]
+        warning = str(bundle.get("key_escrow_warning", ""))
         stored = [p for p in self._settings.data_dir.rglob("*") if p.is_file()]
-        kept = any(key_bytes in p.read_bytes() for p in stored)
+        kept = any(key_bytes.strip() in p.read_bytes() for p in stored)
+        passed = (
+            not kept
+            and bool(warning)
+            and certificate["state"] == "active"
+            and bundle["device"]["provisioning"] == Provisioning.CONSOLE.value
+            and root_path.read_bytes() == self._settings.pinned_ca.read_bytes()
+        )
         return _Outcome(
-            "certificate registered; the cloud kept no copy of the key"
-            if not kept
-            else "the cloud's data directory holds the device key",
-            not kept and record.state == "active",
+            "201 Created: three files returned once, with a key escrow warning; "
+            + ("the cloud kept no copy of the key" if not kept else "the cloud KEPT the key"),
+            passed,
             (
-                "console-style: the key was generated off the device and handed over in a "
-                "file; whoever held it could have copied it (key escrow risk)",
-                f"{CONSOLE_SERIAL}: certificate sha256 {_short(record.fingerprint)} from the "
-                f"device CA, registered; key file {key_path.relative_to(self.ws)}",
+                f'POST /api/v1/devices {{"serial": "{CONSOLE_SERIAL}"}} as {ADMIN!r} '
+                "(bearer token, HTTPS pinned to the demo root)",
+                f"{CONSOLE_SERIAL}: certificate sha256 {_short(certificate['fingerprint'])} from "
+                f"the online device CA, registered ({bundle['device']['provisioning']}); "
+                f"files in {folder.relative_to(self.ws)}: root-ca.pem, device.crt.pem, "
+                "device.key.pem (0600)",
+                f"key_escrow_warning: {warning or 'MISSING'}",
             ),
         )
 
@@ -431,7 +491,7 @@ class Demo:
         assert first.key_facts is not None
         steps = explain_steps(identity, endpoint, server, first.key_facts, verdict)
         facts = {step.number: step.facts for step in steps}
-        second = DeviceClient(self._identities[CONSOLE_SERIAL], endpoint)
+        second = DeviceClient(self._identities[CONSOLE_SERIAL], self._console_endpoint())
         self._clients[CONSOLE_SERIAL] = second
         verdict2 = second.connect(timeout)
         connected = {i.name for i in self._cloud.sessions()}
@@ -453,7 +513,8 @@ class Demo:
                 f"(4) registry: CA registered, certificate unknown -> registered just in time "
                 f"({jit}); CONNACK {facts[4]['CONNACK reason code']}",
                 f"(5) {facts[5]['TLS version']} {facts[5]['cipher']}",
-                f"{CONSOLE_SERIAL} (key file, console-style): CONNACK {verdict2.reason_name}",
+                f"{CONSOLE_SERIAL} (its three files from the console): CONNACK "
+                f"{verdict2.reason_name}",
             ),
         )
 
@@ -596,8 +657,8 @@ class Demo:
         fingerprint = sha256_fingerprint(identity.load_certificate())
         mark = self.log.mark()
         started = time.perf_counter()
-        self._registry.revoke_certificate(
-            fingerprint, reason=x509.ReasonFlags.key_compromise, actor=ACTOR
+        revoked = self._call_api(
+            f"/api/v1/certificates/{fingerprint}/revoke", {"reason": "key_compromise"}, 200
         )
         dropped = self.log.wait_for(
             {"session_dropped"}, after=mark, identity=CONSOLE_SERIAL, timeout=LOG_WAIT_S
@@ -607,7 +668,7 @@ class Demo:
         self._clients.pop(CONSOLE_SERIAL).disconnect()  # stop its automatic reconnects
         mark = self.log.mark()
         refused: TetherError | None = None
-        client = DeviceClient(identity, self._endpoint())
+        client = DeviceClient(identity, self._console_endpoint())
         try:
             client.connect(REFUSAL_TIMEOUT_S)
         except TetherError as exc:
@@ -615,7 +676,13 @@ class Demo:
         finally:
             client.disconnect()
         reason = self.log.wait_for({"certificate_revoked"}, after=mark, timeout=LOG_WAIT_S)
-        passed = dropped is not None and not still and refused is not None and reason is not None
+        passed = (
+            revoked["state"] == "revoked"
+            and dropped is not None
+            and not still
+            and refused is not None
+            and reason is not None
+        )
         return _Outcome(
             f"dropped in {elapsed_ms:.0f} ms; reconnect refused "
             f"({reason.code if reason else 'no gateway reason'})"
@@ -623,8 +690,9 @@ class Demo:
             else "the live session was NOT dropped",
             passed,
             (
-                f"registry: {CONSOLE_SERIAL}'s certificate revoked (key_compromise) -> the "
-                f"cloud's feed dropped the live session in {elapsed_ms:.0f} ms "
+                f"POST /api/v1/certificates/{_short(fingerprint)}/revoke (key_compromise) -> "
+                f"{revoked['state']}; the cloud's feed dropped {CONSOLE_SERIAL}'s live session "
+                f"in {elapsed_ms:.0f} ms "
                 "(DISCONNECT 0x98 administrative action)",
                 f"reconnect: {refused.code if refused else 'ACCEPTED (wrong)'}; gateway log: "
                 + (reason.message if reason else "nothing"),
