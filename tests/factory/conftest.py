@@ -8,7 +8,6 @@ files for the emulator) so a refused operation can be shown to have changed noth
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.softhsm import SoftHSM, Token
+from tests.stores import directory_state, token_objects
 from tether.pki import Role
 from tether.pki.store import CaDirectory, init_issuing, init_root
 from tether.secure_element import EmulatedSecureElement, Pkcs11SecureElement, SecureElement
@@ -50,24 +50,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         common_name="Factory Test Device CA", role=Role.DEVICE,
     )  # fmt: skip
     return Pki(root=root, factory=factory, device=device)
-
-
-def token_objects(token: Token) -> str:
-    """Every object in ``token`` as pkcs11-tool (a client this project did not write) lists it."""
-    return subprocess.run(
-        ["pkcs11-tool", "--module", token.module, "--token-label", token.label,
-         "--login", "--pin", token.pin, "--list-objects"],
-        capture_output=True, text=True, check=True, timeout=30,
-    ).stdout  # fmt: skip
-
-
-def directory_state(directory: Path) -> dict[str, str]:
-    """Name -> SHA-256 of every file in ``directory`` (hidden temporaries included)."""
-    return {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.iterdir())
-        if p.is_file()
-    }
 
 
 @dataclass

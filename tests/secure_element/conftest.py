@@ -8,8 +8,6 @@ the emulator) to show that a refused operation changed nothing.
 from __future__ import annotations
 
 import datetime
-import hashlib
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,27 +19,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.softhsm import Token
+from tests.stores import directory_state, token_objects
 from tether.secure_element import EmulatedSecureElement, Pkcs11SecureElement, SecureElement
 
 EMULATOR_PASSPHRASE = "correct horse battery staple"
-
-
-def token_objects(token: Token) -> str:
-    """Every object in ``token`` as listed by pkcs11-tool (a client this project did not write)."""
-    return subprocess.run(
-        ["pkcs11-tool", "--module", token.module, "--token-label", token.label,
-         "--login", "--pin", token.pin, "--list-objects"],
-        capture_output=True, text=True, check=True, timeout=30,
-    ).stdout  # fmt: skip
-
-
-def directory_state(directory: Path) -> dict[str, str]:
-    """Name -> SHA-256 of every file in ``directory``."""
-    return {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.iterdir())
-        if p.is_file()
-    }
 
 
 @dataclass
