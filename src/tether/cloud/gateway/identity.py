@@ -21,11 +21,11 @@ from typing import Protocol, runtime_checkable
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
 
 from tether.errors import InvalidInputError, PermissionDeniedError
+from tether.pki.loading import sha256_fingerprint
 
 # A device serial or service name becomes a topic level (``devices/<serial>/...``), so it must
 # never contain MQTT separators or wildcards, and stay short enough to log.
@@ -98,9 +98,9 @@ class IdentityAuthority(Protocol):
         ...
 
 
-def certificate_fingerprint(certificate: x509.Certificate) -> str:
-    """SHA-256 over the DER certificate, lowercase hex without separators."""
-    return certificate.fingerprint(hashes.SHA256()).hex()
+# The registry's and the gateway's key for a certificate is the PKI's fingerprint: lowercase
+# hex SHA-256 of the DER. One definition, so the two can never disagree.
+certificate_fingerprint = sha256_fingerprint
 
 
 def subject_name(certificate: x509.Certificate) -> str:

@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import Engine, case, func, literal, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -76,6 +75,7 @@ from tether.cloud.registry.records import (
     RegistrationCodeRecord,
     VerdictCode,
 )
+from tether.pki.loading import sha256_fingerprint
 
 _T = TypeVar("_T")
 
@@ -88,9 +88,9 @@ ROOT_CRL_ISSUER = "root"
 _AUTO_REGISTRATION_ROLES = frozenset({CARole.DEVICE, CARole.FACTORY})
 
 
-def certificate_fingerprint(cert: x509.Certificate) -> str:
-    """The registry's key for a certificate: lowercase hex SHA-256 of its DER."""
-    return cert.fingerprint(hashes.SHA256()).hex()
+# The registry's and the gateway's key for a certificate is the PKI's fingerprint: lowercase
+# hex SHA-256 of the DER. One definition, so the two can never disagree.
+certificate_fingerprint = sha256_fingerprint
 
 
 def device_serial_from_certificate(cert: x509.Certificate) -> str:
