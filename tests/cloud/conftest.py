@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import queue
 import ssl
 import threading
 from collections.abc import Coroutine, Iterator
@@ -19,15 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import paho.mqtt.client as paho
 import pytest
 import uvloop
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.cloud.gateway.harness import PahoClient
+from tests.cloud.gateway.harness import PahoClient, paho_connect_pinned
 from tests.cloud.gateway.pki import Issued
 from tether.cloud.registry import CARole, Provisioning, Registry
 from tether.cloud.service import CloudService
@@ -207,32 +204,7 @@ class Cloud:
 
     def paho(self, identity: Issued, client_id: str) -> PahoClient:
         """A connected paho MQTT 5 client (the CONNACK must be a success)."""
-        client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=paho.MQTTv5,
-        )
-        client.tls_set(
-            ca_certs=str(self.pki.root_path),
-            certfile=str(identity.cert_path),
-            keyfile=str(identity.key_path),
-        )
-        wrapper = PahoClient(client)
-        client.on_connect = lambda _c, _u, _f, reason, _p: wrapper.connack.put(reason)
-        client.on_message = lambda _c, _u, message: wrapper.messages.put(message)
-        client.on_disconnect = lambda _c, _u, _f, reason, _p: wrapper.disconnects.put(reason)
-        client.on_subscribe = lambda _c, _u, _mid, codes, _p: wrapper.subacks.put(codes)
-        client.connect("127.0.0.1", self.port, keepalive=30)
-        client.loop_start()
-        try:
-            reason = wrapper.connack.get(timeout=TIMEOUT)
-        except queue.Empty:
-            client.loop_stop()
-            raise AssertionError("no CONNACK from the cloud") from None
-        if reason.is_failure:
-            client.loop_stop()
-            raise AssertionError(f"paho connect failed: {reason}")
-        return wrapper
+        return paho_connect_pinned(self.port, self.pki.root_path, identity, client_id)
 
 
 def start_cloud(

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import mqtt5
@@ -158,13 +159,18 @@ class PahoClient:
 
 def paho_connect(port: int, pki: GatewayPKI, identity: Issued, client_id: str) -> PahoClient:
     """Connect paho with ``identity``'s certificate and wait for the CONNACK."""
+    return paho_connect_pinned(port, pki.root.cert_path, identity, client_id)
+
+
+def paho_connect_pinned(port: int, ca_path: Path, identity: Issued, client_id: str) -> PahoClient:
+    """Connect paho trusting only ``ca_path``; a missing or failed CONNACK fails the test."""
     client = paho.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=paho.MQTTv5,
     )
     client.tls_set(
-        ca_certs=str(pki.root.cert_path),
+        ca_certs=str(ca_path),
         certfile=str(identity.cert_path),
         keyfile=str(identity.key_path),
     )
@@ -175,7 +181,11 @@ def paho_connect(port: int, pki: GatewayPKI, identity: Issued, client_id: str) -
     client.on_subscribe = lambda _c, _u, _mid, codes, _p: wrapper.subacks.put(codes)
     client.connect("127.0.0.1", port, keepalive=30)
     client.loop_start()
-    reason = wrapper.connack.get(timeout=TIMEOUT)
+    try:
+        reason = wrapper.connack.get(timeout=TIMEOUT)
+    except queue.Empty:
+        client.loop_stop()
+        raise AssertionError("no CONNACK from the server") from None
     if reason.is_failure:
         client.loop_stop()
         raise AssertionError(f"paho connect failed: {reason}")
