@@ -19,6 +19,7 @@ from tests.cloud.gateway.harness import RawClient, publish_properties, wait_for_
 from tests.softhsm import Token
 from tether.cloud.gateway.broker import SENDER_PROPERTY
 from tether.cloud.registry import CAStatus, DeviceStatus, Provisioning, Registry
+from tether.cloud.service import SEEN_FLUSH_INTERVAL
 from tether.device import CloudEndpoint, DeviceClient, DeviceIdentity, FileKey, Pkcs11Key
 from tether.factory import FactoryStation, ManufacturingLog
 from tether.pki import sha256_fingerprint
@@ -292,3 +293,19 @@ def test_an_unreachable_registry_fails_closed(
     record = wait_for_log(caplog, "registry_unavailable")
     assert "registry is unreachable" in record.getMessage()
     assert cloud.service.gateway.sessions() == []
+
+
+def test_last_seen_is_written_in_batches_while_the_service_runs(cloud: Cloud) -> None:
+    """A connection's "last seen" reaches the registry within the flush interval, not later."""
+    device = cloud.console_device("CON-000060")
+    client = RawClient(cloud.port, cloud.tls_context(device))
+    try:
+        connack = client.connect("CON-000060")
+        assert connack is not None and connack.reason_code == 0
+    finally:
+        client.close()
+    deadline = time.monotonic() + SEEN_FLUSH_INTERVAL * 3 + TIMEOUT
+    while cloud.registry.get_device("CON-000060").last_seen is None:
+        assert time.monotonic() < deadline, "last_seen was never written"
+        time.sleep(0.05)
+    assert cloud.registry.list_audit(target="CON-000060").total == 1  # device.add only

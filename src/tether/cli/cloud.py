@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -225,6 +226,22 @@ def revoke(
     console.print(f"[red]revoked[/] {record.fingerprint} ({reason})")
 
 
+def _configure_logging(level: str) -> None:
+    """Rich for a person at a terminal; one plain timestamped line per event otherwise.
+
+    A service's log usually goes to a file or the journal, where Rich's layout is noise and
+    its rendering costs more than the handshake it reports (see docs/benchmarks.md).
+    """
+    handler: logging.Handler
+    if sys.stderr.isatty():
+        handler = RichHandler(console=Console(stderr=True), show_path=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
 @app.command()
 def serve(
     data_dir: Path = DataDir,
@@ -236,11 +253,7 @@ def serve(
     log_level: str = typer.Option("INFO", help="Log level for the gateway's log."),
 ) -> None:
     """Run the gateway and the admin API until interrupted (Ctrl-C or SIGTERM)."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
-    )
+    _configure_logging(log_level)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter, not service news
     settings = CloudSettings.load(data_dir)
     overrides = {} if port is None else {"port": port}

@@ -7,6 +7,13 @@ it, is the certificate known and not revoked (or unknown, under a factory CA tha
 units register on first contact), and is the device enabled. Only then does the gateway see
 an ``Identity``.
 
+Two things are kept in memory because every handshake needs them and neither decides a
+verdict on its own: the registered CA certificates by key identifier (a certificate never
+changes; the CA's *status* is read by the verdict's query every time), and the "last seen"
+times of connected devices, written to the registry in one transaction per ``flush_seen``
+(the service flushes every second and at shutdown) instead of one commit per handshake. A
+crash can lose at most that second of "last seen" times; it is bookkeeping, not security.
+
 A service identity (a back-end application) is a certificate from a registered *service* CA;
 it is kept in the registry like a device (so it can be disabled and revoked the same way) and
 the gateway's policy gives it the service's rights.
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import threading
 from collections.abc import Sequence
 
 from cryptography import x509
@@ -28,7 +36,7 @@ from tether.cloud.gateway.identity import (
     check_client_profile,
     subject_name,
 )
-from tether.cloud.registry import CARole, CAStatus, Registry, VerdictCode
+from tether.cloud.registry import CARecord, CARole, CAStatus, Registry, VerdictCode
 from tether.errors import StorageError
 from tether.pki import sha256_fingerprint
 
@@ -41,6 +49,9 @@ class RegistryAuthority:
     def __init__(self, registry: Registry, *, actor: str = "gateway") -> None:
         self.registry = registry
         self.actor = actor
+        self._lock = threading.Lock()  # handshakes are checked on worker threads
+        self._cas: dict[bytes, tuple[CARecord, x509.Certificate, str]] = {}
+        self._seen: dict[str, dt.datetime] = {}
 
     def trusted_ca_certificates(self) -> Sequence[x509.Certificate]:
         """The active registered client CAs (device, factory, service): what TLS accepts."""
@@ -62,26 +73,48 @@ class RegistryAuthority:
         return self.authorize_at_position(leaf)[1]
 
     def authorize_at_position(self, leaf: x509.Certificate) -> tuple[int, Identity]:
-        """``authorize_sync`` plus the audit position read *before* the verdict.
+        """``authorize_sync`` plus the audit position the verdict was read at (one snapshot).
 
         Every registry change up to that position is reflected in the verdict; a change after
         it may not be, so a caller following the audit log (``CloudService``) re-checks the
         identity against the changes after it. Raises ``HandshakeRefused``.
         """
         try:
-            position = self.registry.last_audit_id()
-            return position, self._authorize(leaf)
+            return self._authorize(leaf)
         except StorageError as exc:
             raise HandshakeRefused(
                 f"The registry is unreachable, so no identity can be checked: {exc.message}",
                 code="registry_unavailable",
             ) from exc
 
-    def _authorize(self, leaf: x509.Certificate) -> Identity:
+    def forget_cas(self) -> None:
+        """Drop the CA cache (after a registry change to CAs; the next handshake reloads)."""
+        with self._lock:
+            self._cas.clear()
+
+    def flush_seen(self) -> int:
+        """Write the buffered "last seen" times in one transaction; returns how many.
+
+        On a registry failure the times are kept for the next flush (newest wins).
+        """
+        with self._lock:
+            seen, self._seen = self._seen, {}
+        if not seen:
+            return 0
+        try:
+            return self.registry.touch_devices(seen)
+        except StorageError:
+            with self._lock:
+                for serial, at in seen.items():
+                    if serial not in self._seen or self._seen[serial] < at:
+                        self._seen[serial] = at
+            raise
+
+    def _authorize(self, leaf: x509.Certificate) -> tuple[int, Identity]:
         now = dt.datetime.now(dt.UTC)
         check_client_profile(leaf, now=now)
         name = subject_name(leaf)
-        ca = self._issuer_of(leaf)
+        ca, _, issuer = self._issuer_of(leaf)
         if ca.role is CARole.SERVER:
             raise HandshakeRefused(
                 f"{ca.subject} issues server certificates, not client identities.",
@@ -97,38 +130,46 @@ class RegistryAuthority:
             self.registry.register_device_just_in_time(
                 leaf, device_serial=name, issuer_fingerprint=ca.fingerprint, actor=self.actor
             )
-        self.registry.touch_device(name, now)
+        with self._lock:
+            self._seen[name] = now
         kind = IdentityKind.SERVICE if ca.role is CARole.SERVICE else IdentityKind.DEVICE
-        return Identity(
-            kind=kind,
-            name=name,
-            certificate_fingerprint=fingerprint,
-            issuer=ca.certificate().subject.rfc4514_string(),
+        identity = Identity(
+            kind=kind, name=name, certificate_fingerprint=fingerprint, issuer=issuer
         )
+        return verdict.audit_position, identity
 
-    def _issuer_of(self, leaf: x509.Certificate):  # noqa: ANN202 - CARecord, kept private
-        """The registered CA that signed ``leaf``, found by key id and checked by signature."""
+    def _issuer_of(self, leaf: x509.Certificate) -> tuple[CARecord, x509.Certificate, str]:
+        """The registered CA that signed ``leaf`` (record, certificate, subject DN).
+
+        Found by key identifier (cached) and checked by signature on every call.
+        """
         try:
             aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
         except x509.ExtensionNotFound:
             aki = None
-        ca = (
-            self.registry.find_ca_by_subject_key_id(aki.key_identifier)
-            if aki is not None and aki.key_identifier
-            else None
-        )
-        if ca is None:
+        key_id = aki.key_identifier if aki is not None else None
+        with self._lock:
+            cached = self._cas.get(key_id) if key_id else None
+        if cached is None and key_id:
+            record = self.registry.find_ca_by_subject_key_id(key_id)
+            if record is not None:
+                certificate = record.certificate()
+                cached = (record, certificate, certificate.subject.rfc4514_string())
+                with self._lock:
+                    self._cas[key_id] = cached
+        if cached is None:
             raise HandshakeRefused(
                 f"No registered CA issued the certificate of {leaf.subject.rfc4514_string()} "
                 f"(issuer {leaf.issuer.rfc4514_string()}); register its CA first.",
                 code="ca_not_registered",
             )
+        ca, certificate, _ = cached
         try:
-            leaf.verify_directly_issued_by(ca.certificate())
+            leaf.verify_directly_issued_by(certificate)
         except (InvalidSignature, ValueError, TypeError) as exc:
             raise HandshakeRefused(
                 f"The certificate claims {ca.subject} as issuer but its signature does not "
                 "verify with that CA's key.",
                 code="certificate_signature_invalid",
             ) from exc
-        return ca
+        return cached

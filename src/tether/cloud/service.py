@@ -29,6 +29,7 @@ from tether.errors import TetherError
 log = logging.getLogger("tether.cloud")
 
 DEFAULT_POLL_INTERVAL = 0.01
+SEEN_FLUSH_INTERVAL = 1.0  # seconds between writes of the devices' "last seen" times
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class CloudService:
         self.gateway = Gateway(gateway_settings, self)
         self.poll_interval = poll_interval
         self._follower: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
         self._last_seen = 0
         self._in_flight: dict[int, int] = {}  # handshake number -> feed position at its start
         self._next_handshake = 0
@@ -144,16 +146,22 @@ class CloudService:
         self._last_seen = await asyncio.to_thread(self.registry.last_audit_id)
         port = await self.gateway.start()
         self._follower = asyncio.create_task(self._follow(), name="tether-registry-feed")
+        self._flusher = asyncio.create_task(self._flush_seen(), name="tether-last-seen")
         return port
 
     async def stop(self) -> None:
-        """Stop following the registry, then close the gateway and its sessions."""
-        if self._follower is not None:
-            self._follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follower
-            self._follower = None
+        """Stop following the registry, close the gateway, then write the last "last seen"."""
+        for task in (self._follower, self._flusher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._follower = self._flusher = None
         await self.gateway.stop()
+        try:
+            await asyncio.to_thread(self.authority.flush_seen)
+        except TetherError as exc:
+            log.error("cannot write last-seen times at shutdown (%s): %s", exc.code, exc.message)
 
     async def apply_changes(self) -> int:
         """Act on every registry change since the last call; returns the sessions dropped."""
@@ -161,6 +169,7 @@ class CloudService:
         dropped = 0
         for entry in entries:
             if entry.action.startswith("ca."):
+                self.authority.forget_cas()
                 self.gateway.reload_trust()
             ending = await asyncio.to_thread(_ended_sessions, entry, self.registry)
             self._last_seen = entry.id
@@ -185,6 +194,16 @@ class CloudService:
                 # A bug must not silently end revocation for the life of the process.
                 log.exception("applying registry changes failed; retrying")
             await asyncio.sleep(self.poll_interval)
+
+    async def _flush_seen(self) -> None:
+        while True:
+            await asyncio.sleep(SEEN_FLUSH_INTERVAL)
+            try:
+                await asyncio.to_thread(self.authority.flush_seen)
+            except TetherError as exc:
+                log.error("cannot write last-seen times (%s): %s", exc.code, exc.message)
+            except Exception:
+                log.exception("writing last-seen times failed; retrying")
 
 
 class Companion(Protocol):

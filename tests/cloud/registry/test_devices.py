@@ -127,3 +127,19 @@ def test_touch_unknown_or_naive_is_refused(registry: Registry) -> None:
     with pytest.raises(InvalidRegistryInputError):
         registry.touch_device("d1", datetime.now())  # naive on purpose
     assert registry.get_device("d1").last_seen is None
+
+
+def test_touch_devices_writes_a_batch_in_one_call_and_skips_unknown_serials(
+    registry: Registry,
+) -> None:
+    registry.add_device("d1", provisioning=Provisioning.CONSOLE, actor="a")
+    registry.add_device("d2", provisioning=Provisioning.CONSOLE, actor="a")
+    registry.touch_device("d2", datetime(2030, 1, 1, 13, 0, tzinfo=UTC))
+    t0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+    found = registry.touch_devices({"d1": t0, "d2": t0, "ghost": t0})
+    assert found == 2
+    assert registry.get_device("d1").last_seen == t0
+    assert registry.get_device("d2").last_seen == datetime(2030, 1, 1, 13, 0, tzinfo=UTC)
+    with pytest.raises(InvalidRegistryInputError):
+        registry.touch_devices({"d1": t0 + timedelta(hours=2), "d2": datetime.now()})
+    assert registry.get_device("d1").last_seen == t0  # a refused batch writes nothing

@@ -64,10 +64,14 @@ def create_registry_engine(url: URL, *, busy_timeout_s: float = 5.0) -> Engine:
     connect_args: dict[str, Any] = {}
     if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
         connect_args["connect_timeout"] = 10
-    if url.get_backend_name() == "sqlite":
+    sqlite = url.get_backend_name() == "sqlite"
+    if sqlite:
         connect_args["timeout"] = busy_timeout_s
     try:
-        engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+        # A pooled PostgreSQL connection may have been cut by a restart or a proxy: ping it
+        # before use. A SQLite "connection" is an open file; a ping would only cost a query
+        # on every handshake.
+        engine = create_engine(url, connect_args=connect_args, pool_pre_ping=not sqlite)
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
         raise DatabaseURLError(
             f"The driver for {safe_url(url)} is not installed; for PostgreSQL install "
@@ -95,7 +99,10 @@ def _configure_sqlite(engine: Engine, *, busy_timeout_ms: int) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        mode = connection.get_execution_options().get(BEGIN_OPTION, "DEFERRED")
+        options = connection.get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT":
+            return  # one statement on its own: SQLite runs it as its own transaction
+        mode = options.get(BEGIN_OPTION, "DEFERRED")
         if mode not in ("DEFERRED", "IMMEDIATE"):
             raise ValueError(f"unknown SQLite BEGIN mode {mode!r}")
         connection.exec_driver_sql(f"BEGIN {mode}")

@@ -172,12 +172,15 @@ class ConnectionVerdict:
 
     ``allowed`` is the only field the gateway must obey; ``reason_code`` is stable for logs
     and metrics, ``reason`` is for people. ``jit_allowed`` means: allowed, and the caller
-    must call ``register_device_just_in_time`` before accepting traffic.
+    must call ``register_device_just_in_time`` before accepting traffic. ``audit_position``
+    is the newest audit entry the verdict reflects (read in the same statement): a change
+    logged after it may not be reflected, so a caller following the log re-checks those.
     """
 
     allowed: bool
     reason_code: VerdictCode
     reason: str
+    audit_position: int = 0
 
 
 @dataclass(frozen=True, slots=True)

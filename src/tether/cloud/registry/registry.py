@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import Engine, case, func, literal, select, update
+from sqlalchemy import Engine, Select, String, bindparam, case, func, literal, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
@@ -117,6 +118,8 @@ class Registry:
         """Wrap an engine that is already migrated (see :meth:`open`)."""
         self._engine = engine
         self._write_engine = engine.execution_options(**{BEGIN_OPTION: "IMMEDIATE"})
+        # One read statement is its own snapshot: no BEGIN/ROLLBACK round around it.
+        self._single_statement_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._display_url = display_url
         self._clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
@@ -334,26 +337,40 @@ class Registry:
         ``first_seen`` is set once; ``last_seen`` only moves forward, so late callers from
         other threads cannot move it back. Raises DeviceNotFoundError.
         """
-        serial = _check_serial(serial)
-        if at.tzinfo is None:
-            raise InvalidRegistryInputError("touch_device needs an aware datetime (UTC).")
-        at_value = literal(at, type_=UTCDateTime())
-        stmt = (
-            update(DeviceModel)
-            .where(DeviceModel.serial == serial)
-            .values(
-                first_seen=func.coalesce(DeviceModel.first_seen, at_value),
-                last_seen=case(
-                    (DeviceModel.last_seen.is_(None), at_value),
-                    (DeviceModel.last_seen < at_value, at_value),
-                    else_=DeviceModel.last_seen,
-                ),
-            )
-            .execution_options(synchronize_session=False)
-        )
+        if self.touch_devices({serial: at}) == 0:
+            raise DeviceNotFoundError(f"No device with serial {serial!r} is registered.")
+
+    def touch_devices(self, seen: Mapping[str, datetime]) -> int:
+        """``touch_device`` for many devices in one transaction; returns how many were found.
+
+        The gateway batches its connections' sightings through this, so a burst of handshakes
+        costs one commit (one fsync on SQLite) instead of one each. Serials that are not
+        registered are skipped.
+        """
+        updates = []
+        for serial, at in seen.items():
+            if at.tzinfo is None:
+                raise InvalidRegistryInputError("touch_device needs an aware datetime (UTC).")
+            updates.append((_check_serial(serial), at))
+        found = 0
         with self._write() as session:
-            if session.execute(stmt).rowcount == 0:  # type: ignore[attr-defined]
-                raise DeviceNotFoundError(f"No device with serial {serial!r} is registered.")
+            for serial, at in updates:
+                at_value = literal(at, type_=UTCDateTime())
+                stmt = (
+                    update(DeviceModel)
+                    .where(DeviceModel.serial == serial)
+                    .values(
+                        first_seen=func.coalesce(DeviceModel.first_seen, at_value),
+                        last_seen=case(
+                            (DeviceModel.last_seen.is_(None), at_value),
+                            (DeviceModel.last_seen < at_value, at_value),
+                            else_=DeviceModel.last_seen,
+                        ),
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+                found += session.execute(stmt).rowcount  # type: ignore[attr-defined]
+        return found
 
     # -- certificates ----------------------------------------------------------------------
 
@@ -853,32 +870,24 @@ class Registry:
 
         Checks, in order: the issuer is a registered, active CA; the certificate is known
         under it, active and bound to this device (or unknown, and the CA allows JIT); the
-        device exists and is enabled. Read-only; raises only for malformed input or a
-        database failure.
+        device exists and is enabled. The same statement reads the audit log's position, so
+        the verdict and ``audit_position`` come from one snapshot. Read-only; raises only for
+        malformed input or a database failure. Runs on a plain connection, not an ORM
+        session: it is the one query every handshake waits for.
         """
         fingerprint = _check_fingerprint(cert_fingerprint)
         serial = _check_serial(device_serial)
         issuer = _check_fingerprint(issuer_fingerprint)
-        cert_q = select(CertificateModel).where(CertificateModel.fingerprint == fingerprint)
-        cert_sub = cert_q.subquery()
-        stmt = select(
-            select(CAModel.status).where(CAModel.fingerprint == issuer).scalar_subquery(),
-            select(CAModel.allow_auto_registration)
-            .where(CAModel.fingerprint == issuer)
-            .scalar_subquery(),
-            select(cert_sub.c.state).scalar_subquery(),
-            select(CAModel.fingerprint)
-            .join(cert_sub, cert_sub.c.issuer_id == CAModel.id)
-            .scalar_subquery(),
-            select(DeviceModel.serial)
-            .join(cert_sub, cert_sub.c.device_id == DeviceModel.id)
-            .scalar_subquery(),
-            select(DeviceModel.status).where(DeviceModel.serial == serial).scalar_subquery(),
-        )
-        with self._read() as session:
-            row = session.execute(stmt).one()
-        ca_status, ca_jit, cert_state, cert_issuer, cert_device, device_status = row
-        return _verdict(
+        try:
+            with self._single_statement_engine.connect() as connection:
+                row = connection.execute(
+                    _CHECK_CONNECTION,
+                    {"fingerprint": fingerprint, "issuer": issuer, "serial": serial},
+                ).one()
+        except DBAPIError as exc:
+            raise self._unavailable(exc) from exc
+        ca_status, ca_jit, cert_state, cert_issuer, cert_device, device_status, position = row
+        verdict = _verdict(
             ca_status,
             bool(ca_jit),
             cert_state,
@@ -888,6 +897,7 @@ class Registry:
             issuer,
             serial,
         )
+        return replace(verdict, audit_position=position or 0)
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -979,6 +989,33 @@ class _DuplicateFingerprintError(CertificateExistsError):
 
 class _JITRaceError(Exception):
     """A unique constraint fired under a concurrent writer; the caller retries or reports."""
+
+
+def _check_connection_statement() -> Select[Any]:
+    """``check_connection``'s one statement, built once (it runs on every handshake)."""
+    fingerprint = bindparam("fingerprint", type_=String)
+    issuer = bindparam("issuer", type_=String)
+    serial = bindparam("serial", type_=String)
+    cert_sub = select(CertificateModel).where(CertificateModel.fingerprint == fingerprint)
+    cert_sub = cert_sub.subquery()
+    return select(
+        select(CAModel.status).where(CAModel.fingerprint == issuer).scalar_subquery(),
+        select(CAModel.allow_auto_registration)
+        .where(CAModel.fingerprint == issuer)
+        .scalar_subquery(),
+        select(cert_sub.c.state).scalar_subquery(),
+        select(CAModel.fingerprint)
+        .join(cert_sub, cert_sub.c.issuer_id == CAModel.id)
+        .scalar_subquery(),
+        select(DeviceModel.serial)
+        .join(cert_sub, cert_sub.c.device_id == DeviceModel.id)
+        .scalar_subquery(),
+        select(DeviceModel.status).where(DeviceModel.serial == serial).scalar_subquery(),
+        select(func.max(AuditModel.id)).scalar_subquery(),
+    )
+
+
+_CHECK_CONNECTION = _check_connection_statement()
 
 
 # -- helpers (module-private) ----------------------------------------------------------------
