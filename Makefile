@@ -5,13 +5,17 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint system-deps venv clean
+.PHONY: demo test bench lint system-deps venv clean
 
 demo: system-deps venv
 	$(BIN)/tether demo
 
 test: system-deps venv lint
 	$(BIN)/pytest
+
+# Benchmarks (docs/benchmarks.md): minutes, not part of the tests; run on a quiet machine.
+bench: system-deps venv
+	$(BIN)/python -m bench
 
 lint: venv
 	$(BIN)/ruff check src tests $(wildcard bench)
@@ -25,7 +29,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,postgres]'
+	$(BIN)/pip install --quiet -e '.[test,postgres,bench]'
 	touch $(STAMP)
 
 clean:

@@ -1,20 +1,13 @@
 """The same registry on a real, throwaway PostgreSQL server (marker ``postgres``).
 
-The fixture starts its own server with initdb/pg_ctl from /usr/lib/postgresql/*/bin on a Unix
-socket in a temporary directory (no TCP port) and FAILS when PostgreSQL is not installed:
-CI installs the Debian ``postgresql`` package for this test.
+The fixture starts its own server (tests/postgres.py) and FAILS when PostgreSQL is not
+installed: CI installs the Debian ``postgresql`` package for this test.
 """
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -23,6 +16,7 @@ from cryptography import x509
 from sqlalchemy import create_engine, text
 
 from tests.cloud.registry.pki import LocalCA
+from tests.postgres import PostgresMissingError, throwaway_postgres
 from tether.cloud.registry import (
     CARole,
     CertState,
@@ -36,45 +30,13 @@ from tether.cloud.registry.models import Base
 pytestmark = pytest.mark.postgres
 
 
-def _run(cmd: list[str], as_user: str | None) -> None:
-    if as_user is not None:  # initdb refuses to run as root
-        cmd = ["runuser", "-u", as_user, "--", *cmd]
-    # No pipes: the server started by pg_ctl would inherit them and keep them open.
-    subprocess.run(
-        cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120
-    )
-
-
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not bins:
-        pytest.fail("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb)")
-    bindir = Path(bins[-1]).parent
-    as_user = "postgres" if os.geteuid() == 0 else None
-    base = Path(tempfile.mkdtemp(prefix="tether-pg-"))  # short path: socket names are limited
-    if as_user is not None:
-        shutil.chown(base, user=as_user)
-    data = base / "data"
-    _run(
-        [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "tether", "--no-sync"],
-        as_user,
-    )
-    options = f"-k {base} -c listen_addresses='' -c fsync=off"
-    pg_ctl = [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log")]
     try:
-        _run([*pg_ctl, "-o", options, "-w", "-t", "60", "start"], as_user)
-        yield f"postgresql+psycopg://tether@/postgres?host={base}"
-    finally:
-        subprocess.run(
-            (["runuser", "-u", as_user, "--"] if as_user else [])
-            + [*pg_ctl, "-m", "immediate", "stop"],
-            check=False,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=60,
-        )
-        shutil.rmtree(base, ignore_errors=True)
+        with throwaway_postgres() as url:
+            yield url
+    except PostgresMissingError as exc:
+        pytest.fail(str(exc))
 
 
 def test_registry_on_postgres(pg_url: str, device_ca: LocalCA, factory_ca: LocalCA) -> None:

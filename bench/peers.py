@@ -1,0 +1,141 @@
+"""The servers under test and the load generator that drives them, started for real.
+
+- Tether: ``tether cloud serve`` on a benchmark world (its log to a file, plain lines, INFO:
+  one line per handshake step, as in production).
+- Mosquitto: Debian's ``mosquitto`` with the same server certificate and key, trusting the same
+  device CA, ``require_certificate true``, ``use_identity_as_username true``,
+  ``set_tcp_nodelay true`` (Tether sets TCP_NODELAY too; without it Mosquitto's small writes
+  wait out a 40 ms delayed ACK) and its default connection logging.
+- The load generator: ``bench/loadgen.c``, built here with the system compiler and OpenSSL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.common import TETHER, process, wait_for_port
+from bench.world import World, free_port
+
+LOADGEN_SOURCE = Path(__file__).with_name("loadgen.c")
+
+
+@dataclass(frozen=True)
+class Server:
+    """A running server: its process id, port and log file."""
+
+    name: str
+    pid: int
+    port: int
+    log: Path
+
+
+def build_loadgen(work: Path) -> Path:
+    """Compile the load generator (gcc and libssl-dev come from scripts/system-packages.txt)."""
+    binary = work / "loadgen"
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise RuntimeError("no C compiler (cc/gcc) to build bench/loadgen.c; install gcc")
+    subprocess.run(
+        [compiler, "-O2", "-pthread", "-o", str(binary), str(LOADGEN_SOURCE), "-lssl", "-lcrypto"],
+        check=True,
+    )
+    return binary
+
+
+def run_loadgen(
+    binary: Path, port: int, identities: Path, *, threads: int, duration: float
+) -> dict:
+    """One timed run of full handshakes + CONNECT/CONNACK; the generator's JSON result."""
+    done = subprocess.run(
+        [str(binary), "connect", "--port", str(port), "--identities", str(identities),
+         "--threads", str(threads), "--duration", str(duration)],
+        capture_output=True, text=True, check=True, timeout=duration + 60,
+    )  # fmt: skip
+    return json.loads(done.stdout)
+
+
+@contextmanager
+def tether_server(world: World, *, log_level: str = "INFO") -> Iterator[Server]:
+    """``tether cloud serve`` on the world's data directory, until the block ends."""
+    log = world.base / "tether-serve.log"
+    port = world.settings.gateway.port
+    command = [str(TETHER), "cloud", "serve", str(world.settings.data_dir),
+               "--api-port", str(free_port()), "--log-level", log_level]  # fmt: skip
+    with process(command, log=log) as child:
+        wait_for_port(port, child=child)
+        yield Server("tether", child.pid, port, log)
+
+
+@contextmanager
+def mosquitto_server(world: World) -> Iterator[Server]:
+    """Debian Mosquitto configured like the gateway, until the block ends."""
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(mosquitto).exists():
+        raise RuntimeError("mosquitto is not installed; run scripts/install-system-deps")
+    port = free_port()
+    settings = world.settings
+    lines = [
+        "per_listener_settings false",
+        "persistence false",
+        "log_dest stdout",
+        "max_connections -1",
+        f"listener {port} 127.0.0.1",
+        f"cafile {world.client_ca_file}",
+        f"certfile {settings.server_chain}",
+        f"keyfile {settings.server_key}",
+        "require_certificate true",
+        "use_identity_as_username true",
+        "allow_anonymous false",
+        "set_tcp_nodelay true",
+    ]
+    if os.geteuid() == 0:
+        lines.insert(0, "user root")  # else it drops to 'mosquitto', who cannot read the key
+    config = world.base / "mosquitto.conf"
+    config.write_text("\n".join(lines) + "\n")
+    log = world.base / "mosquitto.log"
+    with process([mosquitto, "-c", str(config)], log=log) as child:
+        wait_for_port(port, child=child)
+        yield Server("mosquitto", child.pid, port, log)
+
+
+def mosquitto_version() -> str:
+    done = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True, check=False)
+    match = re.search(r"mosquitto version (\S+)", done.stdout + done.stderr)
+    return match.group(1) if match else "unknown"
+
+
+def openssl_speed(seconds: int = 1) -> dict[str, float]:
+    """ECDSA P-256 sign/s and verify/s and ECDH P-256 op/s on one core (``openssl speed``)."""
+    done = subprocess.run(
+        ["openssl", "speed", "-seconds", str(seconds), "ecdsap256", "ecdhp256"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    sign = verify = ecdh = None
+    for line in done.stdout.splitlines():
+        numbers = re.findall(r"[\d.]+", line.split(")", 1)[-1])
+        if "ecdsa (nistp256)" in line and len(numbers) >= 4:
+            sign, verify = float(numbers[2]), float(numbers[3])
+        elif "ecdh (nistp256)" in line and len(numbers) >= 2:
+            ecdh = float(numbers[1])
+    if sign is None or verify is None or ecdh is None:
+        raise RuntimeError(f"cannot read openssl speed output:\n{done.stdout}")
+    return {"sign": sign, "verify": verify, "ecdh": ecdh}
+
+
+def handshake_crypto_limit(speed: dict[str, float], cores: int) -> float:
+    """Server-side mutual-TLS handshakes/s if the machine did nothing but their P-256 math.
+
+    Per handshake the server signs once (CertificateVerify), makes one ephemeral key (a
+    fixed-base multiplication, costed as a signature), verifies twice (the client
+    certificate's signature and the client's CertificateVerify) and does one ECDH.
+    """
+    seconds = 2 / speed["sign"] + 2 / speed["verify"] + 1 / speed["ecdh"]
+    return cores / seconds
