@@ -108,6 +108,15 @@ def run(work: Path, repeats: int) -> Result:
     return result
 
 
+def _short(filename: str) -> str:
+    """A source path without this machine's prefixes (site-packages, the checkout, stdlib)."""
+    if "site-packages/" in filename:
+        return filename.split("site-packages/")[-1]
+    if "/src/" in filename:
+        return filename.split("/src/")[-1]
+    return "stdlib:" + Path(filename).name
+
+
 def python_heap_profile(
     world: World, loadgen: Path, rss_kib: float, count: int = 1_000
 ) -> list[str]:
@@ -160,7 +169,7 @@ def python_heap_profile(
     ]
     for diff in growth[:10]:
         frame = diff.traceback[0]
-        where = frame.filename.split("site-packages/")[-1].split("/src/")[-1]
+        where = _short(frame.filename)
         lines.append(f"{diff.size_diff / count:8.0f} B  {where}:{frame.lineno}")
     return lines
 
