@@ -25,11 +25,9 @@ only when a target was missed, so the sampler never disturbs the numbers it expl
 from __future__ import annotations
 
 import os
-import re
 import socket
 import ssl
 import statistics
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -40,7 +38,8 @@ import mqtt5
 from cryptography import x509
 from tests.cloud.gateway.harness import RawClient
 
-from bench.common import TETHER, Result, main, percentile, process, profile
+from bench.common import Result, main, percentile, profile
+from bench.peers import tether_server
 from bench.world import World, build_world
 from tether.cloud.registry import Registry
 from tether.pki import load_certificate, sha256_fingerprint
@@ -51,7 +50,6 @@ REFUSE_TIMEOUT = 5.0  # bound on the reconnect's handshake + CONNACK
 CONNECT_TIMEOUT = 5.0  # bound on the live session's handshake + CONNACK before the revoke
 GOAL_MS = 50.0
 ACTOR = "bench"
-LISTENING = re.compile(r"gateway\s+listening\s+on\s+[\d.]+:(\d+)")
 
 
 @dataclass(frozen=True)
@@ -94,15 +92,10 @@ def run(work: Path, repeats: int) -> Result:
     trials_figure = result.figure("trials", "trials per repeat", "count")
     failures_figure = result.figure("failures", "failed trials per repeat", "count")
 
-    log = work / "cloud.log"
-    command = [
-        str(TETHER), "cloud", "serve", str(world.settings.data_dir), "--port", "0",
-        "--api-port", "0",
-    ]  # fmt: skip
     everything: list[Trial] = []
     repeat_seconds: list[float] = []
-    with process(command, log=log) as server, Registry.open(world.settings.database_url) as reg:
-        port = _gateway_port(log, server)
+    with tether_server(world) as server, Registry.open(world.settings.database_url) as reg:
+        port = server.port
         context = _client_context(world, warm_up)
         # The first handshake pays for lazy imports and cold caches in the gateway; keep it
         # out of the figures.
@@ -165,19 +158,6 @@ def _devices(world: World) -> list[Device]:
             )
         )
     return devices
-
-
-def _gateway_port(log: Path, server: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
-    """The port the gateway printed; ``--port 0`` avoids racing another process for one."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = LISTENING.search(log.read_text(errors="replace")) if log.exists() else None
-        if found:
-            return int(found.group(1))
-        if server.poll() is not None:
-            raise RuntimeError(f"tether cloud serve exited with {server.returncode}; see {log}")
-        time.sleep(0.05)
-    raise TimeoutError(f"the gateway did not say where it listens within {timeout} s; see {log}")
 
 
 def _client_context(world: World, device: Device) -> ssl.SSLContext:
