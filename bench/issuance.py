@@ -478,7 +478,7 @@ def build(work: Path) -> Setup:
     settings = init_data_dir(
         work / "cloud",
         server_ca=server_ca,
-        pinned_ca=pem(root_dir.certificate),
+        root_ca=pem(root_dir.certificate),
         gateway=GatewayOptions(port=free_port()),
         api=ApiOptions(port=free_port(), device_ca=str(ca_dir.resolve())),
         online_device_ca=device_ca.certificate,

@@ -85,7 +85,7 @@ def build_world(
     settings = init_data_dir(
         base / "cloud",
         server_ca=server_ca,
-        pinned_ca=pem(root.certificate),
+        root_ca=pem(root.certificate),
         database_url=database_url,
         gateway=GatewayOptions(port=free_port()),
         api=ApiOptions(port=free_port()),

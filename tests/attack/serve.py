@@ -43,7 +43,7 @@ class Device:
 def make_data_dir(directory: Path, pki: CloudPKI) -> CloudSettings:
     """A cloud data directory with the device and service CAs registered."""
     settings = init_data_dir(
-        directory / "data", server_ca=pki.server_ca, pinned_ca=pem(pki.root.certificate)
+        directory / "data", server_ca=pki.server_ca, root_ca=pem(pki.root.certificate)
     )
     with Registry.open(settings.database_url) as registry:
         registry.register_ca(pki.device_ca.certificate, role=CARole.DEVICE, actor=ACTOR)

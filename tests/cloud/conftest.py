@@ -212,7 +212,7 @@ def start_cloud(
 ) -> tuple[CloudSettings, Registry, CloudThread]:
     """A data directory, a registry with the test CAs, and a started service."""
     settings = init_data_dir(
-        directory / "data", server_ca=pki.server_ca, pinned_ca=pem(pki.root.certificate)
+        directory / "data", server_ca=pki.server_ca, root_ca=pem(pki.root.certificate)
     )
     registry = Registry.open(settings.database_url)
     registry.register_ca(pki.device_ca.certificate, role=CARole.DEVICE, actor=ACTOR)

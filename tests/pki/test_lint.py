@@ -89,7 +89,10 @@ def test_role_mismatch_is_found(root: RootCA, server_ca: IssuingCA, device_ca: I
     from tether.pki.signing import sign_certificate
 
     cert = sign_certificate(builder, server_ca.signer)
-    assert codes(lint(cert, [server_ca.certificate, root.certificate])) == {"chain.role"}
+    assert codes(lint(cert, [server_ca.certificate, root.certificate])) == {
+        "chain.role",
+        "chain.eku",
+    }
 
 
 def _openssl(tmp_path: Path, *args: str) -> None:

@@ -104,7 +104,7 @@ def init(
     settings = init_data_dir(
         data_dir,
         server_ca=ca_dir.issuing(passphrase),
-        pinned_ca=pem(ca_dir.root_certificate()),
+        root_ca=pem(ca_dir.root_certificate()),
         dns_names=dns,
         ip_addresses=ip,
         database_url=database_url,
@@ -272,9 +272,10 @@ def serve(
         service = CloudService(registry, settings.gateway_settings(**overrides))
         operations = AdminOperations(
             registry,
-            root_certificate=load_certificate(settings.pinned_ca.read_bytes()),
+            root_certificate=settings.root_certificate(),
             online_ca=online,
             registration_code_ttl=timedelta(seconds=settings.api.registration_code_ttl),
+            pinned_ca=settings.pinned_ca.read_bytes(),
         )
         api = ApiServer(
             create_app(

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import threading
+import time
 from collections.abc import Sequence
 
 from cryptography import x509
@@ -36,11 +38,23 @@ from tether.cloud.gateway.identity import (
     check_client_profile,
     subject_name,
 )
-from tether.cloud.registry import CARecord, CARole, CAStatus, Registry, VerdictCode
-from tether.errors import StorageError
+from tether.cloud.registry import (
+    CARecord,
+    CARole,
+    CAStatus,
+    CertificateListedOnCRLError,
+    Registry,
+    SerialBoundError,
+    VerdictCode,
+)
+from tether.errors import StorageError, TetherError
 from tether.pki import sha256_fingerprint
 
 CLIENT_ROLES = frozenset({CARole.DEVICE, CARole.FACTORY, CARole.SERVICE})
+_BOUND_AUDIT_INTERVAL = 60.0  # seconds between audit rows for one (serial, CA) refusal
+_BOUND_AUDIT_ENTRIES = 10_000  # remembered pairs before the memory is reset
+
+log = logging.getLogger("tether.cloud")
 
 
 class RegistryAuthority:
@@ -52,6 +66,7 @@ class RegistryAuthority:
         self._lock = threading.Lock()  # handshakes are checked on worker threads
         self._cas: dict[bytes, tuple[CARecord, x509.Certificate, str]] = {}
         self._seen: dict[str, dt.datetime] = {}
+        self._bound_audited: dict[tuple[str, str], float] = {}
 
     def trusted_ca_certificates(self) -> Sequence[x509.Certificate]:
         """The active registered client CAs (device, factory, service): what TLS accepts."""
@@ -125,18 +140,59 @@ class RegistryAuthority:
             cert_fingerprint=fingerprint, device_serial=name, issuer_fingerprint=ca.fingerprint
         )
         if not verdict.allowed:
+            if verdict.reason_code is VerdictCode.SERIAL_BOUND_TO_OTHER_CA:
+                self._audit_bound_refusal(name, ca.fingerprint, fingerprint)
             raise HandshakeRefused(verdict.reason, code=verdict.reason_code.value)
         if verdict.reason_code is VerdictCode.JIT_ALLOWED:
-            self.registry.register_device_just_in_time(
-                leaf, device_serial=name, issuer_fingerprint=ca.fingerprint, actor=self.actor
-            )
+            try:
+                self.registry.register_device_just_in_time(
+                    leaf, device_serial=name, issuer_fingerprint=ca.fingerprint, actor=self.actor
+                )
+            except SerialBoundError as exc:  # a concurrent registration bound it first
+                self._audit_bound_refusal(name, ca.fingerprint, fingerprint)
+                raise HandshakeRefused(exc.message, code=exc.code) from exc
+            except CertificateListedOnCRLError as exc:
+                raise HandshakeRefused(exc.message, code=exc.code) from exc
         with self._lock:
             self._seen[name] = now
         kind = IdentityKind.SERVICE if ca.role is CARole.SERVICE else IdentityKind.DEVICE
         identity = Identity(
-            kind=kind, name=name, certificate_fingerprint=fingerprint, issuer=issuer
+            kind=kind,
+            name=name,
+            certificate_fingerprint=fingerprint,
+            issuer=issuer,
+            issuer_fingerprint=ca.fingerprint,
         )
         return verdict.audit_position, identity
+
+    def _audit_bound_refusal(self, serial: str, issuer: str, fingerprint: str) -> None:
+        """Audit a CA trying to vouch for a serial it does not own, at most once a minute each.
+
+        Only a holder of a registered CA's key can get this far, but such a holder can mint
+        certificates at will: the in-process bound keeps the audit log from becoming the
+        flood. The gateway logs every refusal regardless.
+        """
+        now = time.monotonic()
+        key = (serial, issuer)
+        with self._lock:
+            if now - self._bound_audited.get(key, -_BOUND_AUDIT_INTERVAL) < _BOUND_AUDIT_INTERVAL:
+                return
+            if len(self._bound_audited) >= _BOUND_AUDIT_ENTRIES:
+                self._bound_audited.clear()
+            self._bound_audited[key] = now
+        try:
+            self.registry.audit(
+                actor=self.actor,
+                action="connection.refused",
+                target=serial,
+                details={
+                    "code": VerdictCode.SERIAL_BOUND_TO_OTHER_CA.value,
+                    "issuer": issuer,
+                    "certificate": fingerprint,
+                },
+            )
+        except TetherError as exc:  # auditing a refusal must not turn it into an error
+            log.error("cannot audit a refused handshake (%s): %s", exc.code, exc.message)
 
     def _issuer_of(self, leaf: x509.Certificate) -> tuple[CARecord, x509.Certificate, str]:
         """The registered CA that signed ``leaf`` (record, certificate, subject DN).

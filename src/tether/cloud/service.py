@@ -41,7 +41,7 @@ class _Ending:
     matches: Callable[[Identity], bool]
 
 
-def _ended_sessions(entry: AuditEntry, registry: Registry) -> _Ending | None:
+def _ended_sessions(entry: AuditEntry) -> _Ending | None:
     """Which live sessions an audit entry ends, or None if it ends none."""
     details = entry.details
     target = entry.target
@@ -62,9 +62,19 @@ def _ended_sessions(entry: AuditEntry, registry: Registry) -> _Ending | None:
             entry.id, VerdictCode.DEVICE_DISABLED.value, lambda identity: identity.name == target
         )
     if entry.action == "ca.status" and details.get("to") != CAStatus.ACTIVE.value:
-        issuer = registry.get_ca(target).certificate().subject.rfc4514_string()
+        # By the CA's fingerprint, never its name: another CA may carry the same subject.
         return _Ending(
-            entry.id, VerdictCode.CA_INACTIVE.value, lambda identity: identity.issuer == issuer
+            entry.id,
+            VerdictCode.CA_INACTIVE.value,
+            lambda identity: identity.issuer_fingerprint == target,
+        )
+    if entry.action == "device.rebind":
+        # The serial now belongs to another CA: certificates from the old one stop here.
+        moved_to = details.get("to")
+        return _Ending(
+            entry.id,
+            VerdictCode.SERIAL_BOUND_TO_OTHER_CA.value,
+            lambda identity: identity.name == target and identity.issuer_fingerprint != moved_to,
         )
     return None
 
@@ -98,6 +108,7 @@ class CloudService:
         self._in_flight: dict[int, int] = {}  # handshake number -> feed position at its start
         self._next_handshake = 0
         self._recent: list[_Ending] = []  # endings applied while handshakes were in flight
+        self._trust_stale = False  # the last TLS trust reload failed; retried by the feed
 
     # -- IdentityAuthority, for the gateway ------------------------------------------------
 
@@ -170,8 +181,8 @@ class CloudService:
         for entry in entries:
             if entry.action.startswith("ca."):
                 self.authority.forget_cas()
-                self.gateway.reload_trust()
-            ending = await asyncio.to_thread(_ended_sessions, entry, self.registry)
+                self._reload_trust()
+            ending = _ended_sessions(entry)
             self._last_seen = entry.id
             if ending is not None:
                 # Noted before the drop picks its targets: a verdict that lands after this
@@ -183,9 +194,27 @@ class CloudService:
                 )
         return dropped
 
+    def _reload_trust(self) -> None:
+        """Rebuild the TLS trust store; a failure is logged and retried, never fatal.
+
+        The feed must go on to the next entry whatever happens here: a revocation behind a
+        CA change would otherwise wait for as long as the reload keeps failing. The verdict
+        path does not depend on the trust store (it asks the registry), so a stale store
+        only delays *admitting* a newly registered CA.
+        """
+        try:
+            self.gateway.reload_trust()
+        except Exception:
+            self._trust_stale = True
+            log.exception("rebuilding the TLS trust store failed; retrying with the next change")
+        else:
+            self._trust_stale = False
+
     async def _follow(self) -> None:
         while True:
             try:
+                if self._trust_stale:
+                    self._reload_trust()
                 await self.apply_changes()
             except TetherError as exc:
                 # The registry is unreachable: new handshakes already fail closed; keep trying.

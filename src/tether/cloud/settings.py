@@ -8,7 +8,14 @@ Layout of a data directory made by ``tether cloud init`` (mode 0700)::
     server.key.pem     the gateway's private key, mode 0600, unencrypted so the service can
                        start unattended (protect the directory; an HSM-held server key is a
                        production option the settings leave room for)
-    pinned-ca.pem      the CA devices pin to authenticate the cloud (the root certificate)
+    pinned-ca.pem      what devices pin to authenticate the cloud: the server issuing CA, then
+                       the root. Flash this file. Tether's agent anchors on the server CA
+                       alone; standard clients (mosquitto, openssl) build the chain to the
+                       root and refuse a server certificate under any other issuing CA
+                       because issuing CAs carry the EKU of their role. A server CA rollover
+                       adds the new server CA to this file before the gateway switches.
+    root-ca.pem        the root certificate (checks the root CRL; older data directories
+                       lack it and keep the root as the only certificate in pinned-ca.pem)
     registry.db        the SQLite registry (when no PostgreSQL URL is configured)
 
 The root private key is never here: the cloud only ever receives the root *certificate*.
@@ -26,6 +33,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from tether.cloud.gateway import GatewaySettings
 from tether.errors import ConfigurationError
 
@@ -33,6 +42,7 @@ SETTINGS_FILE = "cloud.json"
 SERVER_CHAIN = "server.chain.pem"
 SERVER_KEY = "server.key.pem"
 PINNED_CA = "pinned-ca.pem"
+ROOT_CA = "root-ca.pem"
 SQLITE_FILE = "registry.db"
 
 
@@ -77,6 +87,21 @@ class CloudSettings:
     @property
     def pinned_ca(self) -> Path:
         return self.data_dir / PINNED_CA
+
+    def root_certificate(self) -> x509.Certificate:
+        """The root certificate: ``root-ca.pem``, else the self-signed one in the pinned file."""
+        path = self.data_dir / ROOT_CA
+        try:
+            source = path if path.exists() else self.pinned_ca
+            certificates = x509.load_pem_x509_certificates(source.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(
+                f"cannot read the root certificate in {self.data_dir}: {exc}"
+            ) from None
+        roots = [c for c in certificates if c.issuer == c.subject]
+        if not roots:
+            raise ConfigurationError(f"{source} holds no self-signed root certificate")
+        return roots[-1]
 
     def gateway_settings(self, **overrides: Any) -> GatewaySettings:
         """The gateway's own settings object, with the data directory's certificate files."""

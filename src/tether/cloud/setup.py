@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from tether.cloud.registry import CARole, Registry
 from tether.cloud.settings import (
     PINNED_CA,
+    ROOT_CA,
     SERVER_CHAIN,
     SERVER_KEY,
     SETTINGS_FILE,
@@ -28,7 +29,7 @@ def init_data_dir(
     data_dir: Path,
     *,
     server_ca: IssuingCA,
-    pinned_ca: bytes,
+    root_ca: bytes,
     dns_names: Sequence[str] = ("localhost",),
     ip_addresses: Sequence[str] = ("127.0.0.1",),
     database_url: str | None = None,
@@ -40,7 +41,9 @@ def init_data_dir(
     """Create the cloud's data directory, all or nothing, and migrate its registry.
 
     ``server_ca`` (role server) signs a fresh gateway certificate for ``dns_names`` and
-    ``ip_addresses``; ``pinned_ca`` is the PEM certificate devices pin (normally the root).
+    ``ip_addresses``; ``root_ca`` is the root certificate (PEM). What devices pin is written
+    to ``pinned-ca.pem``: the server CA followed by the root, so standard clients can build
+    the chain while Tether's agent anchors on the server CA alone (``settings`` says why).
     An existing non-empty ``data_dir`` is refused, never overwritten. ``online_device_ca``
     (the certificate of the CA named by ``api.device_ca``) is registered as a device CA, so
     the certificates the API issues are trusted by the gateway.
@@ -76,7 +79,8 @@ def init_data_dir(
             SETTINGS_FILE: (settings.to_json(), 0o644),
             SERVER_CHAIN: (pem(certificate) + pem(server_ca.certificate), 0o644),
             SERVER_KEY: (key_pem, 0o600),
-            PINNED_CA: (pinned_ca, 0o644),
+            PINNED_CA: (pem(server_ca.certificate) + root_ca, 0o644),
+            ROOT_CA: (root_ca, 0o644),
         },
     )
     with Registry.open(settings.database_url) as registry:

@@ -308,7 +308,7 @@ class Demo:
         settings = init_data_dir(
             self.ws / "cloud",
             server_ca=self._ca(Role.SERVER),
-            pinned_ca=pem(self._root.certificate),
+            root_ca=pem(self._root.certificate),
             dns_names=("localhost",),
             ip_addresses=("127.0.0.1",),
             gateway=GatewayOptions(host="127.0.0.1", port=0),
@@ -333,7 +333,10 @@ class Demo:
         # the device CA online for console provisioning, one administrator token (in memory).
         root_certificate = self._root.certificate
         operations = AdminOperations(
-            registry, root_certificate=root_certificate, online_ca=self._ca(Role.DEVICE)
+            registry,
+            root_certificate=root_certificate,
+            online_ca=self._ca(Role.DEVICE),
+            pinned_ca=settings.pinned_ca.read_bytes(),
         )
         api_port = self._cloud.start_api(
             ApiServer(
@@ -443,7 +446,7 @@ class Demo:
         assert self._settings is not None
         bundle = self._call_api("/api/v1/devices", {"serial": CONSOLE_SERIAL}, 201)
         folder = self.ws / "devices" / CONSOLE_SERIAL
-        root_path = _write(folder / "root-ca.pem", bundle["root_ca_pem"].encode())
+        root_path = _write(folder / "pinned-ca.pem", bundle["pinned_ca_pem"].encode())
         certificate_path = _write(folder / "device.crt.pem", bundle["certificate_pem"].encode())
         key_bytes = bundle["private_key_pem"].encode()
         key_path = _write(folder / "device.key.pem", key_bytes, 0o600)

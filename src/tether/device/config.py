@@ -12,10 +12,11 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tether.device.errors import BadCertificateError, DeviceFileNotFoundError
-from tether.errors import InvalidInputError, PolicyViolationError
+from tether.errors import InvalidInputError, PolicyViolationError, TetherError
+from tether.pki.names import Role, role_of
 
 MAX_PEM_BYTES = 64 * 1024
 
@@ -66,6 +67,38 @@ def load_pem_certificates(path: Path, what: str) -> list[x509.Certificate]:
             "(-----BEGIN CERTIFICATE-----)"
         ) from exc
     return certificates
+
+
+def is_server_ca(certificate: x509.Certificate) -> bool:
+    """True for a CA that vouches for servers: ``OU=tether:server`` or EKU serverAuth only."""
+    try:
+        if role_of(certificate) is Role.SERVER:
+            return True
+    except TetherError:
+        pass
+    try:
+        purposes = list(certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        return False
+    return (
+        purposes == [ExtendedKeyUsageOID.SERVER_AUTH] and certificate.issuer != certificate.subject
+    )
+
+
+def load_trust_anchors(path: Path) -> list[x509.Certificate]:
+    """The CAs the device trusts for the cloud: the server CAs in the pinned file.
+
+    The pinned file (``DATA/pinned-ca.pem``) holds the server issuing CA(s) and the root,
+    so that any standard client (mosquitto, openssl) can build the chain. This agent trusts
+    only its server CAs as anchors: a server certificate from any other issuing CA of the
+    same root (factory, device, service) never verifies, even from a CA that carries no
+    extendedKeyUsage. A file without a server CA (an older data directory: the root alone)
+    is trusted as it is. Several server CAs may be pinned at once: that is how the server CA
+    is rolled over (README).
+    """
+    pinned = load_pem_certificates(path, "pinned CA file")
+    servers = [c for c in pinned if is_server_ca(c)]
+    return servers or pinned
 
 
 def certificate_serial(certificate: x509.Certificate, path: Path) -> str:

@@ -20,12 +20,13 @@ from typing import Self, TypeVar
 
 from awscrt import io, mqtt5
 from awscrt.exceptions import AwsCrtError
+from cryptography.hazmat.primitives import serialization
 
 from tether.device.config import (
     CloudEndpoint,
     DeviceIdentity,
     FileKey,
-    load_pem_certificates,
+    load_trust_anchors,
     read_small_file,
 )
 from tether.device.errors import (
@@ -100,8 +101,7 @@ class ReceivedMessage:
 
 
 def _tls_options(identity: DeviceIdentity, endpoint: CloudEndpoint) -> io.TlsContextOptions:
-    pinned = load_pem_certificates(endpoint.pinned_ca, "pinned CA file")
-    del pinned  # parsed only to refuse a bad file with a clear error before awscrt sees it
+    anchors = load_trust_anchors(endpoint.pinned_ca)
     key = identity.key
     if isinstance(key, FileKey):
         options = io.TlsContextOptions.create_client_with_mtls_from_path(
@@ -121,8 +121,12 @@ def _tls_options(identity: DeviceIdentity, endpoint: CloudEndpoint) -> io.TlsCon
             private_key_label=key.key_label,
             cert_file_contents=read_small_file(identity.certificate, "device certificate"),
         )
-    # The whole trust store is the pinned CA: the system store is never consulted.
-    options.override_default_trust_store(read_small_file(endpoint.pinned_ca, "pinned CA file"))
+    # The whole trust store is the pinned server CA: the system store is never consulted.
+    # s2n accepts an intermediate as a trust anchor, so a chain through any other issuing CA
+    # of the same root fails here.
+    options.override_default_trust_store(
+        b"".join(c.public_bytes(serialization.Encoding.PEM) for c in anchors)
+    )
     options.min_tls_ver = io.TlsVersion.TLSv1_2
     options.verify_peer = True
     return options

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from tether.device.config import CloudEndpoint, DeviceIdentity, load_pem_certificates
+from tether.device.config import CloudEndpoint, DeviceIdentity, load_trust_anchors
 from tether.device.connection import ConnectResult
 from tether.device.keys import KeyFacts
 from tether.device.preflight import ServerFacts
@@ -56,7 +56,7 @@ def explain_steps(
     verdict: ConnectResult,
 ) -> list[ExplainStep]:
     """Build the five steps from facts gathered by a real pre-flight and a real connection."""
-    pinned = load_pem_certificates(endpoint.pinned_ca, "pinned CA file")
+    pinned = load_trust_anchors(endpoint.pinned_ca)
     leaf = server.chain[0] if server.chain else None
     step1: dict[str, str] = {
         "pinned CA": ", ".join(c.subject.rfc4514_string() for c in pinned),

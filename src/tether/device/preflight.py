@@ -22,7 +22,7 @@ from tether.device.config import (
     CloudEndpoint,
     DeviceIdentity,
     FileKey,
-    load_pem_certificates,
+    load_trust_anchors,
 )
 from tether.device.errors import ConnectionFailedError, DeviceTimeoutError, ServerNotTrustedError
 
@@ -70,10 +70,11 @@ class ServerFacts:
 
 
 def _context(identity: DeviceIdentity, endpoint: CloudEndpoint) -> tuple[ssl.SSLContext, bool]:
-    pinned = load_pem_certificates(endpoint.pinned_ca, "pinned CA file")
+    pinned = load_trust_anchors(endpoint.pinned_ca)
     # SSLContext() (unlike create_default_context) loads no system certificates: the pinned
-    # CA is the whole trust store.
+    # server CA is the whole trust store, an intermediate accepted as anchor as awscrt does.
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_verify_locations(
         cadata="".join(c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in pinned)

@@ -55,6 +55,7 @@ from tether.pki.keys import generate_key, require_p256
 from tether.pki.loading import PARSE_ERRORS
 from tether.pki.names import (
     ROLE_OU_PREFIX,
+    ROLE_PURPOSE,
     Role,
     parse_role,
     role_of,
@@ -444,6 +445,7 @@ class RootCA:
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(_key_usage(ca=True), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ROLE_PURPOSE[role]]), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)
             .add_extension(_aki_from(self.certificate), critical=False)
         )

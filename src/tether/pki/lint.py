@@ -25,7 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorit
 
 from tether.errors import TetherError
 from tether.pki.loading import PARSE_ERRORS, sha256_fingerprint
-from tether.pki.names import SERIAL_PATTERN, Role, role_of
+from tether.pki.names import ROLE_PURPOSE, SERIAL_PATTERN, Role, role_of
 
 Severity = Literal["error", "warning", "info"]
 _T = TypeVar("_T", bound=x509.ExtensionType)
@@ -99,7 +99,7 @@ class _Linter:
     def add(self, severity: Severity, code: str, message: str) -> None:
         self.findings.append(Finding(severity, code, message, self.subject))
 
-    def run(self, *, primary: bool) -> list[Finding]:
+    def run(self, *, primary: bool, kind: str | None = None) -> list[Finding]:
         cert = self.cert
         self_issued = _same_name(cert, cert)
         try:
@@ -111,7 +111,7 @@ class _Linter:
         is_ca = bc is not None and bc.value.ca
         eku = _ext(exts, x509.ExtendedKeyUsage)
         eku_oids = list(eku.value) if eku is not None else []
-        kind = (
+        kind = kind or (
             ("root" if self_issued else "issuing")
             if is_ca
             else ("server" if ExtendedKeyUsageOID.SERVER_AUTH in eku_oids else "client")
@@ -227,6 +227,8 @@ class _Linter:
             return
         if not bc.critical:
             self.add("error", "basic_constraints.not_critical", "basicConstraints is not critical")
+        if kind in ("client", "server") and bc.value.ca:
+            self.add("error", "basic_constraints.leaf_is_ca", "an end entity must have CA:FALSE")
         if kind == "issuing" and bc.value.path_length != 0:
             self.add(
                 "error",
@@ -270,9 +272,12 @@ class _Linter:
     def _eku(self, exts: x509.Extensions, kind: str) -> None:
         eku = _ext(exts, x509.ExtendedKeyUsage)
         oids = list(eku.value) if eku is not None else []
-        if kind in ("root", "issuing"):
+        if kind == "root":
             if eku is not None:
-                self.add("warning", "eku.on_ca", "a Tether CA carries no extendedKeyUsage")
+                self.add("warning", "eku.on_ca", "a Tether root carries no extendedKeyUsage")
+            return
+        if kind == "issuing":
+            self._issuing_eku(oids if eku is not None else None)
             return
         if eku is None:
             self.add("error", "eku.missing", "extendedKeyUsage is missing")
@@ -289,6 +294,31 @@ class _Linter:
         if others:
             names = ", ".join(getattr(o, "_name", o.dotted_string) for o in others)
             self.add("warning", "eku.extra", f"unexpected purposes: {names}")
+
+    def _issuing_eku(self, oids: list[x509.ObjectIdentifier] | None) -> None:
+        """An issuing CA vouches for the one purpose of its role (``names.ROLE_PURPOSE``)."""
+        try:
+            role: Role | None = role_of(self.cert)
+        except TetherError:
+            role = None
+        if oids is None:
+            self.add(
+                "warning",
+                "eku.ca_missing",
+                "this issuing CA carries no extendedKeyUsage, so standard clients let it vouch "
+                "for any purpose (a client CA could mint a server certificate); issue a new "
+                "issuing CA with `tether ca issue-intermediate` (README: re-issuing a CA)",
+            )
+            return
+        if ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in oids:
+            self.add("error", "eku.any", "anyExtendedKeyUsage is not allowed on an issuing CA")
+        if role is not None and oids != [ROLE_PURPOSE[role]]:
+            wanted = ROLE_PURPOSE[role]._name
+            self.add(
+                "error",
+                "eku.ca_role",
+                f"a {role.value} issuing CA must carry exactly extendedKeyUsage {wanted}",
+            )
 
     def _key_ids(self, exts: x509.Extensions, kind: str, issuer: x509.Certificate | None) -> None:
         ski = _ext(exts, x509.SubjectKeyIdentifier)
@@ -353,6 +383,13 @@ class _Linter:
                     "not valid host names for RFC 5280 linters; use a fully qualified name",
                 )
             return
+        if _ext(exts, x509.SubjectAlternativeName) is not None:
+            self.add(
+                "error",
+                "san.on_client",
+                "a client certificate carries no subjectAltName: its identity is the subject "
+                "CN alone (no e-mail address, no second name to keep consistent)",
+            )
         if len(attrs) != 1 or attrs[0].oid != NameOID.COMMON_NAME:
             self.add(
                 "error",
@@ -386,6 +423,7 @@ class _Linter:
             if kind not in ("root", "issuing") and _same_name(issuer, issuer):
                 self.add("warning", "chain.leaf_from_root", "a leaf signed directly by a root")
             return
+        self._issuer_purpose(kind, issuer)
         try:
             role = role_of(issuer)
         except TetherError:
@@ -400,6 +438,38 @@ class _Linter:
                 "chain.role",
                 f"a {kind} certificate was issued by a {role.value} issuing CA",
             )
+
+    def _issuer_purpose(self, kind: str, issuer: x509.Certificate) -> None:
+        """A leaf's purpose must be one its issuing CA vouches for (when the CA says)."""
+        issuer_eku = _ext(issuer.extensions, x509.ExtendedKeyUsage)
+        if issuer_eku is None:
+            return
+        wanted = (
+            ExtendedKeyUsageOID.SERVER_AUTH if kind == "server" else ExtendedKeyUsageOID.CLIENT_AUTH
+        )
+        if wanted not in list(issuer_eku.value):
+            self.add(
+                "error",
+                "chain.eku",
+                f"the issuing CA's extendedKeyUsage does not include {wanted._name}: standard "
+                "verifiers refuse this certificate for that purpose",
+            )
+
+
+def client_violations(cert: x509.Certificate) -> list[Finding]:
+    """The profile errors of a client (device or service) certificate; ``[]`` when it fits.
+
+    The gateway asks this at every handshake, so the gate and ``tether lint`` apply the same
+    rules from this one module. Validity dates are left to the caller (an expired
+    certificate has its own refusal code) and so is the issuer (checked by signature
+    against the registry).
+    """
+    linter = _Linter(cert, [cert])
+    try:
+        findings = linter.run(primary=True, kind="client")
+    except PARSE_ERRORS as exc:
+        return [Finding("error", "certificate.unparseable", str(exc), linter.subject)]
+    return [f for f in findings if f.severity == "error"]
 
 
 def lint(cert: x509.Certificate, chain: Sequence[x509.Certificate] = ()) -> list[Finding]:

@@ -13,7 +13,7 @@ import re
 from enum import StrEnum
 
 from cryptography import x509
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tether.pki.errors import InvalidNameError, InvalidSerialError, NotATetherCaError
 
@@ -30,6 +30,17 @@ class Role(StrEnum):
     FACTORY = "factory"
     SERVER = "server"
     SERVICE = "service"
+
+
+# The one purpose (extendedKeyUsage) an issuing CA of each role vouches for. Standard verifiers
+# (OpenSSL, s2n, cryptography, mbedTLS) refuse a leaf whose issuing CA's EKU lacks the leaf's
+# purpose, so a client CA's key cannot mint a certificate that speaks for the cloud.
+ROLE_PURPOSE: dict[Role, x509.ObjectIdentifier] = {
+    Role.DEVICE: ExtendedKeyUsageOID.CLIENT_AUTH,
+    Role.FACTORY: ExtendedKeyUsageOID.CLIENT_AUTH,
+    Role.SERVICE: ExtendedKeyUsageOID.CLIENT_AUTH,
+    Role.SERVER: ExtendedKeyUsageOID.SERVER_AUTH,
+}
 
 
 def parse_role(value: str) -> Role:

@@ -36,6 +36,7 @@ from tether.cloud.api.schemas import (
     CertificateOut,
     CertificatePage,
     ConsoleBundleOut,
+    CrlEffectOut,
     CrlIn,
     CsrDeviceOut,
     CsrIn,
@@ -43,6 +44,7 @@ from tether.cloud.api.schemas import (
     DeviceOut,
     DevicePage,
     ErrorOut,
+    MoveDeviceIn,
     NewDeviceIn,
     RegisterCAIn,
     RegistrationCodeOut,
@@ -181,12 +183,14 @@ def create_app(
                 device=DeviceOut.of(device),
                 certificate=CertificateOut.of(cert),
                 root_ca_pem=ops.root_certificate.public_bytes(Encoding.PEM).decode("ascii"),
+                pinned_ca_pem=ops.pinned_ca_pem,
             )
         bundle = await run(ops.create_console_device, body.serial, actor=who.name)
         return ConsoleBundleOut(
             device=DeviceOut.of(bundle.device),
             certificate=CertificateOut.of(bundle.certificate),
             root_ca_pem=bundle.root_ca_pem,
+            pinned_ca_pem=bundle.pinned_ca_pem,
             certificate_pem=bundle.certificate_pem,
             private_key_pem=bundle.private_key_pem,
         )
@@ -224,6 +228,15 @@ def create_app(
     async def enable_device(who: Admin, serial: str) -> DeviceOut:
         """Enable a disabled device again."""
         return await _set_status(serial, DeviceStatus.ENABLED, who)
+
+    @app.post("/api/v1/devices/{serial}/ca", response_model=DeviceOut, tags=["devices"])
+    async def move_device(who: Admin, serial: str, body: MoveDeviceIn) -> DeviceOut:
+        """Move a device to another CA: from now on only that CA's certificates are accepted
+        for the serial (a serial belongs to one CA); live sessions under the old CA drop."""
+        record = await run(
+            registry.rebind_device, serial, ca_fingerprint=body.ca_fingerprint, actor=who.name
+        )
+        return DeviceOut.of(record)
 
     # -- certificates ----------------------------------------------------------------------
 
@@ -319,17 +332,19 @@ def create_app(
         record = await run(registry.set_ca_status, fingerprint, body.status, actor=who.name)
         return CAOut.of(record)
 
-    @app.put("/api/v1/cas/{fingerprint}/crl", status_code=204, tags=["crl"])
-    async def upload_ca_crl(who: Admin, fingerprint: str, body: CrlIn) -> Response:
-        """Upload the CRL of a registered CA whose key the cloud does not hold."""
-        await run(ops.publish_crl, fingerprint, body.crl_pem.encode(), actor=who.name)
-        return Response(status_code=204)
+    @app.put("/api/v1/cas/{fingerprint}/crl", response_model=CrlEffectOut, tags=["crl"])
+    async def upload_ca_crl(who: Admin, fingerprint: str, body: CrlIn) -> CrlEffectOut:
+        """Publish the CRL of a registered CA whose key the cloud does not hold; it takes
+        effect at once: every listed certificate is revoked and its session dropped."""
+        effect = await run(ops.publish_crl, fingerprint, body.crl_pem.encode(), actor=who.name)
+        return CrlEffectOut.of(effect)
 
-    @app.put("/api/v1/crl/root", status_code=204, tags=["crl"])
-    async def upload_root_crl(who: Admin, body: CrlIn) -> Response:
-        """Upload the root CRL the ceremony published (checked against the pinned root)."""
-        await run(ops.publish_crl, ROOT_CRL_ISSUER, body.crl_pem.encode(), actor=who.name)
-        return Response(status_code=204)
+    @app.put("/api/v1/crl/root", response_model=CrlEffectOut, tags=["crl"])
+    async def upload_root_crl(who: Admin, body: CrlIn) -> CrlEffectOut:
+        """Publish the root CRL the ceremony signed (checked against the pinned root); every
+        issuing CA it lists is revoked, and with it every device under that CA."""
+        crl = body.crl_pem.encode()
+        return CrlEffectOut.of(await run(ops.publish_crl, ROOT_CRL_ISSUER, crl, actor=who.name))
 
     # -- audit -----------------------------------------------------------------------------
 

@@ -199,7 +199,7 @@ def console_router(registry: Registry, ops: AdminOperations) -> APIRouter:
             )
             serial = bundle.device.serial
             files = [
-                ("root-ca.pem", bundle.root_ca_pem),
+                ("pinned-ca.pem", bundle.pinned_ca_pem),
                 (f"{serial}.crt.pem", bundle.certificate_pem),
                 (f"{serial}.key.pem", bundle.private_key_pem),
             ]

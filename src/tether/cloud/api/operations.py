@@ -38,6 +38,7 @@ from tether.cloud.registry import (
     CARole,
     CAStatus,
     CertificateRecord,
+    CRLEffect,
     DeviceRecord,
     Provisioning,
     RegistrationCodeRecord,
@@ -67,8 +68,34 @@ class ConsoleBundle:
     device: DeviceRecord
     certificate: CertificateRecord
     root_ca_pem: str
+    pinned_ca_pem: str  # what the device pins: the server CA, then the root
     certificate_pem: str
     private_key_pem: str
+
+
+def _crl_number(crl: x509.CertificateRevocationList) -> int | None:
+    try:
+        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _refuse_older(crl: x509.CertificateRevocationList, published: bytes | None) -> None:
+    """Refuse a CRL that would roll the served one back (a replayed or stale upload)."""
+    if published is None:
+        return
+    current = x509.load_der_x509_crl(published)
+    new_number, old_number = _crl_number(crl), _crl_number(current)
+    older = (
+        new_number < old_number
+        if new_number is not None and old_number is not None
+        else crl.last_update_utc < current.last_update_utc
+    )
+    if older:
+        raise CRLRejectedError(
+            "this CRL is older than the one already published (lower CRL number); upload the "
+            "newest CRL the CA signed"
+        )
 
 
 def load_crl(data: bytes) -> x509.CertificateRevocationList:
@@ -96,10 +123,16 @@ class AdminOperations:
         root_certificate: x509.Certificate,
         online_ca: IssuingCA | None,
         registration_code_ttl: timedelta = timedelta(hours=1),
+        pinned_ca: bytes | None = None,
     ) -> None:
-        """``online_ca`` must already be registered in ``registry`` (the API checks at start)."""
+        """``online_ca`` must already be registered in ``registry`` (the API checks at start).
+
+        ``pinned_ca`` is the data directory's ``pinned-ca.pem`` (server CA + root), handed to
+        every device the console makes; without it the root alone is handed out.
+        """
         self.registry = registry
         self.root_certificate = root_certificate
+        self.pinned_ca_pem = (pinned_ca or pem(root_certificate)).decode("ascii")
         self.online_ca = online_ca
         self.registration_code_ttl = registration_code_ttl
         self._online_fingerprint = (
@@ -140,6 +173,7 @@ class AdminOperations:
             device=device,
             certificate=record,
             root_ca_pem=pem(self.root_certificate).decode("ascii"),
+            pinned_ca_pem=self.pinned_ca_pem,
             certificate_pem=record.pem,
             private_key_pem=private_key_pem(key).decode("ascii"),
         )
@@ -203,8 +237,15 @@ class AdminOperations:
 
     # -- CRLs ------------------------------------------------------------------------------
 
-    def publish_crl(self, issuer: str, crl_pem: bytes, *, actor: str) -> None:
-        """Store the CRL the cloud serves for ``issuer`` ("root" or a registered CA)."""
+    def publish_crl(self, issuer: str, crl_pem: bytes, *, actor: str) -> CRLEffect:
+        """Store the CRL the cloud serves for ``issuer`` ("root" or a registered CA) and apply it.
+
+        A published CRL revokes: every registered certificate (or, for the root, every issuing
+        CA) it lists is revoked in the registry, refused at the next handshake and dropped if
+        live, exactly like a revocation through the API. A CRL that does not verify against
+        the CA, or is older than the one already published (lower CRL number), is refused
+        and changes nothing.
+        """
         crl = load_crl(crl_pem)
         if issuer == ROOT_CRL_ISSUER:
             issuer_cert = self.root_certificate
@@ -223,7 +264,8 @@ class AdminOperations:
                 f"this CRL was not signed by {issuer_cert.subject.rfc4514_string()}; upload "
                 "the CRL that CA published"
             )
-        self.registry.publish_crl(issuer, crl.public_bytes(Encoding.DER), actor=actor)
+        _refuse_older(crl, self.registry.published_crl(issuer))
+        return self.registry.apply_crl(issuer, crl, issuer_certificate=issuer_cert, actor=actor)
 
     def crl(self, issuer: str) -> bytes:
         """The DER CRL served for ``issuer`` ("root" or a registered CA's fingerprint)."""

@@ -14,6 +14,7 @@ from tether.cloud.registry import (
     CAStatus,
     CertificateRecord,
     CertState,
+    CRLEffect,
     DeviceRecord,
     DeviceStatus,
     Provisioning,
@@ -44,6 +45,7 @@ class DeviceOut(_Out):
     serial: str
     status: DeviceStatus
     provisioning: Provisioning
+    ca_fingerprint: str | None
     first_seen: datetime | None
     last_seen: datetime | None
     created_at: datetime
@@ -53,6 +55,7 @@ class DeviceOut(_Out):
         return cls(
             serial=r.serial,
             status=r.status,
+            ca_fingerprint=r.ca_fingerprint,
             provisioning=r.provisioning,
             first_seen=r.first_seen,
             last_seen=r.last_seen,
@@ -169,6 +172,7 @@ class ConsoleBundleOut(_Out):
     device: DeviceOut
     certificate: CertificateOut
     root_ca_pem: str
+    pinned_ca_pem: str  # flash this as the device's trust file: the server CA, then the root
     certificate_pem: str
     private_key_pem: str
     key_escrow_warning: str = KEY_ESCROW_WARNING
@@ -180,6 +184,7 @@ class CsrDeviceOut(_Out):
     device: DeviceOut
     certificate: CertificateOut
     root_ca_pem: str
+    pinned_ca_pem: str
 
 
 class CsrIn(BaseModel):
@@ -212,6 +217,28 @@ class RegisterCAIn(BaseModel):
 
 class CrlIn(BaseModel):
     crl_pem: Pem
+
+
+class CrlEffectOut(_Out):
+    """What a published CRL changed: the certificates and CAs it revoked just now."""
+
+    revoked_certificates: list[str]
+    revoked_cas: list[str]
+    not_registered: int
+
+    @classmethod
+    def of(cls, r: CRLEffect) -> CrlEffectOut:
+        return cls(
+            revoked_certificates=list(r.revoked_certificates),
+            revoked_cas=list(r.revoked_cas),
+            not_registered=r.not_registered,
+        )
+
+
+class MoveDeviceIn(BaseModel):
+    """The CA a device moves to (its SHA-256 fingerprint, lowercase hex)."""
+
+    ca_fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
 class WhoAmIOut(_Out):

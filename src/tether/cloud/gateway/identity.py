@@ -13,7 +13,6 @@ gateway's own tests); the registry provides the production one.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -21,15 +20,16 @@ from typing import Protocol, runtime_checkable
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
+from cryptography.x509.oid import NameOID
 
 from tether.errors import InvalidInputError, PermissionDeniedError
+from tether.pki.lint import client_violations
 from tether.pki.loading import sha256_fingerprint
+from tether.pki.names import SERIAL_PATTERN
 
 # A device serial or service name becomes a topic level (``devices/<serial>/...``), so it must
-# never contain MQTT separators or wildcards, and stay short enough to log.
-IDENTITY_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+# never contain MQTT separators or wildcards: the one serial grammar of the profile.
+IDENTITY_NAME_PATTERN = SERIAL_PATTERN
 
 # Refusal codes whose CONNACK is 0x86 "Bad User Name or Password": the credential itself is
 # bad. Every other refusal code is answered with 0x87 "Not authorized".
@@ -58,13 +58,15 @@ class Identity:
 
     ``name`` is the device serial (device) or the service name (service), taken from the
     certificate subject; ``certificate_fingerprint`` is the SHA-256 of the DER certificate in
-    lowercase hex (see :func:`certificate_fingerprint`); ``issuer`` is the issuer DN (RFC 4514).
+    lowercase hex (see :func:`certificate_fingerprint`); ``issuer`` is the issuer DN (RFC 4514)
+    and ``issuer_fingerprint`` the issuing CA certificate's fingerprint.
     """
 
     kind: IdentityKind
     name: str
     certificate_fingerprint: str
     issuer: str
+    issuer_fingerprint: str = ""  # the issuing CA's SHA-256 (what CA deactivation matches)
 
 
 class HandshakeRefused(PermissionDeniedError):
@@ -121,45 +123,28 @@ def subject_name(certificate: x509.Certificate) -> str:
     if not IDENTITY_NAME_PATTERN.fullmatch(name):
         raise HandshakeRefused(
             f"The certificate subject CN {name!r} is not a valid identity name (letters, "
-            "digits, '.', '_', ':', '-'; at most 128); issue a certificate with a valid serial.",
+            "digits, '.', '_', '-'; at most 64); issue a certificate with a valid serial.",
             code="profile_violation",
         )
     return name
 
 
 def check_client_profile(leaf: x509.Certificate, *, now: dt.datetime) -> None:
-    """Check a client certificate against the Tether profile.
+    """Check a client certificate against the Tether profile, the same rules as ``tether lint``.
 
-    ECDSA P-256 key, ECDSA-SHA256 signature, not a CA, extended key usage clientAuth, inside
-    its validity period, one well-formed subject CN. Raises ``HandshakeRefused`` with code
-    ``profile_violation``, ``certificate_expired`` or ``certificate_not_yet_valid``.
+    The rules live in ``tether.pki.lint`` (ECDSA P-256 key, ECDSA-SHA256 signature,
+    basicConstraints CA:FALSE, keyUsage critical with digitalSignature, extendedKeyUsage
+    clientAuth, subject exactly one CN holding a valid serial, no subjectAltName, key
+    identifiers); here they become a refusal. Raises ``HandshakeRefused`` with code
+    ``profile_violation`` (the finding codes in the message), ``certificate_expired`` or
+    ``certificate_not_yet_valid``.
     """
-    key = leaf.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+    violations = client_violations(leaf)
+    if violations:
+        details = "; ".join(f"{f.code}: {f.message}" for f in violations[:4])
         raise HandshakeRefused(
-            "The client certificate key is not ECDSA P-256; Tether devices use P-256 keys.",
-            code="profile_violation",
-        )
-    if leaf.signature_algorithm_oid != SignatureAlgorithmOID.ECDSA_WITH_SHA256:
-        raise HandshakeRefused(
-            "The client certificate is not signed with ECDSA-SHA256; reissue it from a Tether CA.",
-            code="profile_violation",
-        )
-    try:
-        constraints = leaf.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        constraints = None
-    if constraints is not None and constraints.ca:
-        raise HandshakeRefused(
-            "A CA certificate cannot be used as a client certificate.", code="profile_violation"
-        )
-    try:
-        usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        usages = None
-    if usages is None or ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
-        raise HandshakeRefused(
-            "The client certificate lacks extended key usage clientAuth; reissue it.",
+            f"The client certificate does not fit the Tether profile ({details}); issue it "
+            "again from a Tether CA and check it with `tether lint`.",
             code="profile_violation",
         )
     if now < leaf.not_valid_before_utc:
@@ -235,7 +220,7 @@ class StaticAuthority:
     async def authorize(self, leaf: x509.Certificate) -> Identity:
         """Profile, issuing CA (by signature), revocation, disabled names; in that order."""
         check_client_profile(leaf, now=dt.datetime.now(dt.UTC))
-        kind = self._issuing_kind(leaf)
+        kind, ca = self._issuing_kind(leaf)
         fingerprint = certificate_fingerprint(leaf)
         name = subject_name(leaf)
         if fingerprint in self._revoked:
@@ -253,9 +238,10 @@ class StaticAuthority:
             name=name,
             certificate_fingerprint=fingerprint,
             issuer=leaf.issuer.rfc4514_string(),
+            issuer_fingerprint=certificate_fingerprint(ca),
         )
 
-    def _issuing_kind(self, leaf: x509.Certificate) -> IdentityKind:
+    def _issuing_kind(self, leaf: x509.Certificate) -> tuple[IdentityKind, x509.Certificate]:
         for kind, cas in (
             (IdentityKind.DEVICE, self._device_cas),
             (IdentityKind.SERVICE, self._service_cas),
@@ -265,7 +251,7 @@ class StaticAuthority:
                     leaf.verify_directly_issued_by(ca)
                 except (ValueError, TypeError, InvalidSignature):
                     continue
-                return kind
+                return kind, ca
         raise HandshakeRefused(
             f"No registered CA issued the certificate of {leaf.subject.rfc4514_string()!r}; "
             "register its issuing CA first.",

@@ -121,3 +121,30 @@ class RegistrationCodeError(PolicyViolationError):
     """A CA registration code is unknown, already used or expired."""
 
     code = "registration_code_invalid"
+
+
+class SerialBoundError(ConflictError):
+    """The serial belongs to another CA: only the CA that first vouched for it may (invariant 11).
+
+    Moving a device to another CA is an explicit admin action (``rebind_device``).
+    """
+
+    code = "serial_bound_to_other_ca"
+
+
+class CertificateListedOnCRLError(PolicyViolationError):
+    """The certificate's serial number is on a CRL its issuer published: it is revoked."""
+
+    code = "certificate_revoked"
+
+
+class CRLApplicationError(InvalidInputError):
+    """A CRL does not belong to the CA it was uploaded for, or cannot be applied."""
+
+    code = "crl_invalid"
+
+
+class CARoleMismatchError(PolicyViolationError):
+    """A CA certificate does not fit the role it is being registered for."""
+
+    code = "ca_role_mismatch"

@@ -106,10 +106,15 @@ class DeviceModel(Base):
     serial: Mapped[str] = mapped_column(String(128), unique=True)
     status: Mapped[str] = mapped_column(String(16))
     provisioning: Mapped[str] = mapped_column(String(16))
+    # The CA this serial belongs to: the first CA that vouched for it (invariant 11). Only an
+    # explicit, audited rebind moves it; NULL until the device's first certificate.
+    ca_id: Mapped[int | None] = mapped_column(ForeignKey("cas.id", ondelete="RESTRICT"), index=True)
     first_seen: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    ca: Mapped[CAModel | None] = relationship(lazy="joined")
 
 
 class CertificateModel(Base):

@@ -14,6 +14,8 @@ from typing import Generic, TypeAlias, TypeVar
 
 from cryptography import x509
 
+from tether.pki.names import Role
+
 DetailValue: TypeAlias = str | int | bool | None
 
 T = TypeVar("T")
@@ -27,13 +29,8 @@ class CAStatus(StrEnum):
     REVOKED = "revoked"
 
 
-class CARole(StrEnum):
-    """What a registered CA is trusted for."""
-
-    DEVICE = "device"
-    FACTORY = "factory"
-    SERVER = "server"
-    SERVICE = "service"
+# What a registered CA is trusted for: the PKI's one role enum, not a copy of it.
+CARole = Role
 
 
 class DeviceStatus(StrEnum):
@@ -74,6 +71,7 @@ class VerdictCode(StrEnum):
     DEVICE_MISMATCH = "device_mismatch"
     DEVICE_DISABLED = "device_disabled"
     DEVICE_UNKNOWN = "device_unknown"
+    SERIAL_BOUND_TO_OTHER_CA = "serial_bound_to_other_ca"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +102,7 @@ class DeviceRecord:
     serial: str
     status: DeviceStatus
     provisioning: Provisioning
+    ca_fingerprint: str | None  # the CA the serial belongs to (None until its first cert)
     first_seen: datetime | None
     last_seen: datetime | None
     created_at: datetime
@@ -203,3 +202,16 @@ class RegistrationCodeRecord:
     created_at: datetime
     expires_at: datetime
     used_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CRLEffect:
+    """What applying a published CRL changed: newly revoked certificates and CAs (fingerprints).
+
+    ``not_registered`` counts listed serial numbers the registry holds no certificate for;
+    those stay refused because JIT and registration check the published CRL.
+    """
+
+    revoked_certificates: tuple[str, ...]
+    revoked_cas: tuple[str, ...]
+    not_registered: int

@@ -36,18 +36,22 @@ from tether.cloud.registry.errors import (
     AutoRegistrationPolicyError,
     CAExistsError,
     CANotRegisteredError,
+    CARoleMismatchError,
     CAStateError,
     CertificateExistsError,
     CertificateIssuerMismatchError,
+    CertificateListedOnCRLError,
     CertificateNotFoundError,
     CertificateStateError,
     ConcurrentChangeError,
+    CRLApplicationError,
     DatabaseUnavailableError,
     DeviceExistsError,
     DeviceNotFoundError,
     InvalidRegistryInputError,
     NotACAError,
     RegistrationCodeError,
+    SerialBoundError,
 )
 from tether.cloud.registry.models import (
     AdminModel,
@@ -68,6 +72,7 @@ from tether.cloud.registry.records import (
     CertificateRecord,
     CertState,
     ConnectionVerdict,
+    CRLEffect,
     DetailValue,
     DeviceRecord,
     DeviceStatus,
@@ -76,12 +81,13 @@ from tether.cloud.registry.records import (
     RegistrationCodeRecord,
     VerdictCode,
 )
+from tether.errors import TetherError
 from tether.pki.loading import sha256_fingerprint
+from tether.pki.names import ROLE_PURPOSE, SERIAL_PATTERN, Role, role_of
 
 _T = TypeVar("_T")
 
 MAX_PAGE_SIZE = 1000
-_SERIAL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _ACTION_RE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 _FINGERPRINT_RE = re.compile(r"[0-9a-f]{64}")
 _ADMIN_NAME_RE = re.compile(r"[a-z][a-z0-9._-]{0,63}")
@@ -403,6 +409,8 @@ class Registry:
             ca = _load_ca(session, issuer_fingerprint)
             _check_issued_by(cert, ca)
             device = None if serial is None else _load_device(session, serial)
+            if device is not None:
+                _bind(device, ca)
             model = self._insert_certificate(session, cert, ca, device, state, now)
             _audit(
                 session,
@@ -554,8 +562,10 @@ class Registry:
         Only under an active CA that allows auto-registration (CAStateError,
         AutoRegistrationPolicyError otherwise), and only for a certificate that CA signed.
         Idempotent: if the certificate is already registered for this device, the existing
-        records come back and nothing is written, also when two connections race. An existing
-        device keeps its status (a disabled device stays disabled) and gains the certificate.
+        records come back and nothing is written, also when two connections race. JIT only
+        creates a device; an existing one gains the certificate (a renewal) only if it belongs
+        to this CA, else SerialBoundError (invariant 11). A serial number on the CA's
+        published CRL is CertificateListedOnCRLError. The device keeps its status.
         """
         actor = _check_actor(actor)
         serial = _check_serial(device_serial)
@@ -604,6 +614,10 @@ class Registry:
             if device is None:
                 device = _new_device(serial, Provisioning.JIT, now)
                 session.add(device)
+            elif device.ca_id != ca.id:
+                # JIT only ever creates a device, or renews one under the CA it belongs to.
+                raise _bound_elsewhere(serial, device, ca)
+            _bind(device, ca)
             try:
                 model = self._insert_certificate(session, cert, ca, device, CertState.ACTIVE, now)
             except (_DuplicateFingerprintError, IntegrityError) as exc:
@@ -619,6 +633,115 @@ class Registry:
                 {"certificate": fingerprint, "issuer": issuer, "device_created": created},
             )
             return _device_record(device), _cert_record(model)
+
+    def rebind_device(self, serial: str, *, ca_fingerprint: str, actor: str) -> DeviceRecord:
+        """Move a device to another CA: the one explicit way a serial changes owner; audited.
+
+        From then on only certificates from the new CA are accepted for the serial; the old
+        CA's certificates are refused at the next handshake (``serial_bound_to_other_ca``) and
+        live sessions dropped by the change feed. The new CA must be an active client CA.
+        """
+        actor = _check_actor(actor)
+        serial = _check_serial(serial)
+        ca_fingerprint = _check_fingerprint(ca_fingerprint)
+        now = self._clock()
+        with self._write() as session:
+            device = _load_device(session, serial)
+            ca = _load_ca(session, ca_fingerprint)
+            if ca.status != CAStatus.ACTIVE.value or ca.role == CARole.SERVER.value:
+                raise CAStateError(
+                    f"A device can move only to an active client CA; {ca_fingerprint} is a "
+                    f"{ca.status} {ca.role} CA."
+                )
+            old = None if device.ca is None else device.ca.fingerprint
+            if old == ca.fingerprint:
+                return _device_record(device)
+            device.ca = ca
+            device.ca_id = ca.id
+            device.updated_at = now
+            details = {"from": old, "to": ca_fingerprint}
+            _audit(session, now, actor, "device.rebind", serial, details)
+            return _device_record(device)
+
+    def apply_crl(
+        self,
+        issuer: str,
+        crl: x509.CertificateRevocationList,
+        *,
+        issuer_certificate: x509.Certificate,
+        actor: str,
+    ) -> CRLEffect:
+        """Publish ``crl`` for ``issuer`` ("root" or a CA fingerprint) and make it take effect.
+
+        In one transaction: the CRL is stored (what ``/crl/`` serves), every registered
+        certificate it lists under that CA is revoked with the CRL's reason, and for the root
+        every registered issuing CA the root signed whose serial number it lists is revoked;
+        each change is audited like a revocation through the API (``source: crl``), so the
+        change feed drops live sessions. The CRL must be signed by ``issuer_certificate``
+        (CRLApplicationError otherwise, nothing changed). Serial numbers the registry holds
+        no certificate for stay refused: registration and JIT check the published CRL.
+        """
+        actor = _check_actor(actor)
+        if issuer != ROOT_CRL_ISSUER:
+            issuer = _check_fingerprint(issuer)
+        _check_crl_signer(crl, issuer_certificate)
+        der = crl.public_bytes(Encoding.DER)
+        listed = {entry.serial_number: _crl_reason(entry) for entry in crl}
+        now = self._clock()
+        revoked_certs: list[str] = []
+        revoked_cas: list[str] = []
+        matched = 0
+        with self._write() as session:
+            self._store_crl(session, issuer, der, now, actor)
+            if issuer == ROOT_CRL_ISSUER:
+                for ca in session.scalars(select(CAModel).order_by(CAModel.id)):
+                    ca_cert = x509.load_pem_x509_certificate(ca.pem.encode("ascii"))
+                    if ca_cert.serial_number not in listed or not _signed_by(
+                        ca_cert, issuer_certificate
+                    ):
+                        continue
+                    matched += 1
+                    if ca.status != CAStatus.REVOKED.value:
+                        old = ca.status
+                        ca.status = CAStatus.REVOKED.value
+                        ca.updated_at = now
+                        reason = listed[ca_cert.serial_number].value
+                        _audit(
+                            session, now, actor, "ca.status", ca.fingerprint,
+                            {"from": old, "to": CAStatus.REVOKED.value, "source": "crl",
+                             "reason": reason},
+                        )  # fmt: skip
+                        revoked_cas.append(ca.fingerprint)
+            else:
+                ca = _load_ca(session, issuer)
+                by_hex = {f"{number:x}": number for number in listed}
+                models = session.scalars(
+                    select(CertificateModel).where(
+                        CertificateModel.issuer_id == ca.id,
+                        CertificateModel.serial_number.in_(list(by_hex)),
+                    )
+                )
+                for model in models:
+                    matched += 1
+                    if model.state == CertState.REVOKED.value:
+                        continue
+                    reason = listed[by_hex[model.serial_number]]
+                    old = model.state
+                    model.state = CertState.REVOKED.value
+                    model.revocation_reason = reason.value
+                    model.revoked_at = now
+                    model.updated_at = now
+                    _audit(
+                        session, now, actor, "certificate.revoke", model.fingerprint,
+                        {"reason": reason.value, "from": old,
+                         "serial_number": model.serial_number, "source": "crl"},
+                    )  # fmt: skip
+                    revoked_certs.append(model.fingerprint)
+        return CRLEffect(
+            revoked_certificates=tuple(revoked_certs),
+            revoked_cas=tuple(revoked_cas),
+            not_registered=len(listed) - matched,
+        )
 
     # -- admin API: provisioning, CA registration codes, admins, published CRLs ------------
 
@@ -651,6 +774,7 @@ class Registry:
             ca = _load_ca(session, issuer_fingerprint)
             _check_issued_by(cert, ca)
             device = _new_device(serial, provisioning, now)
+            _bind(device, ca)
             session.add(device)
             self._flush(session, exists)
             _audit(session, now, actor, "device.add", serial, {"provisioning": provisioning.value})
@@ -717,7 +841,7 @@ class Registry:
         """
         actor = _check_actor(actor)
         role = _check_ca_certificate(cert, CARole(role), allow_auto_registration)
-        if not isinstance(code, str) or not _SERIAL_RE.fullmatch(code):
+        if not isinstance(code, str) or not SERIAL_PATTERN.fullmatch(code):
             raise RegistrationCodeError("The registration code is not valid; ask for a new one.")
         now = self._clock()
         with self._write() as session:
@@ -789,17 +913,21 @@ class Registry:
             issuer = _check_fingerprint(issuer)
         now = self._clock()
         with self._write() as session:
-            if issuer != ROOT_CRL_ISSUER:
-                _load_ca(session, issuer)
-            model = session.scalars(
-                select(PublishedCRLModel).where(PublishedCRLModel.issuer == issuer)
-            ).first()
-            if model is None:
-                session.add(PublishedCRLModel(issuer=issuer, der=bytes(der), uploaded_at=now))
-            else:
-                model.der = bytes(der)
-                model.uploaded_at = now
-            _audit(session, now, actor, "crl.publish", issuer, {"bytes": len(der)})
+            self._store_crl(session, issuer, bytes(der), now, actor)
+
+    @staticmethod
+    def _store_crl(session: Session, issuer: str, der: bytes, now: datetime, actor: str) -> None:
+        if issuer != ROOT_CRL_ISSUER:
+            _load_ca(session, issuer)
+        model = session.scalars(
+            select(PublishedCRLModel).where(PublishedCRLModel.issuer == issuer)
+        ).first()
+        if model is None:
+            session.add(PublishedCRLModel(issuer=issuer, der=der, uploaded_at=now))
+        else:
+            model.der = der
+            model.uploaded_at = now
+        _audit(session, now, actor, "crl.publish", issuer, {"bytes": len(der)})
 
     def published_crl(self, issuer: str) -> bytes | None:
         """The DER of the CRL uploaded for ``issuer``, or None."""
@@ -868,12 +996,12 @@ class Registry:
     ) -> ConnectionVerdict:
         """May this certificate (already TLS-verified) connect as this device? One query.
 
-        Checks, in order: the issuer is a registered, active CA; the certificate is known
-        under it, active and bound to this device (or unknown, and the CA allows JIT); the
-        device exists and is enabled. The same statement reads the audit log's position, so
-        the verdict and ``audit_position`` come from one snapshot. Read-only; raises only for
-        malformed input or a database failure. Runs on a plain connection, not an ORM
-        session: it is the one query every handshake waits for.
+        Checks, in order: the issuer is a registered, active CA; the serial belongs to that CA
+        (invariant 11); the certificate is known under it, active and bound to this device (or
+        unknown, and the CA allows JIT); the device exists and is enabled. The same statement
+        reads the audit log's position, so the verdict and ``audit_position`` come from one
+        snapshot. Read-only; raises only for malformed input or a database failure. Runs on a
+        plain connection, not an ORM session: it is the one query every handshake waits for.
         """
         fingerprint = _check_fingerprint(cert_fingerprint)
         serial = _check_serial(device_serial)
@@ -886,7 +1014,10 @@ class Registry:
                 ).one()
         except DBAPIError as exc:
             raise self._unavailable(exc) from exc
-        ca_status, ca_jit, cert_state, cert_issuer, cert_device, device_status, position = row
+        (
+            ca_status, ca_jit, cert_state, cert_issuer, cert_device, device_status, device_ca,
+            position,
+        ) = row  # fmt: skip
         verdict = _verdict(
             ca_status,
             bool(ca_jit),
@@ -896,6 +1027,7 @@ class Registry:
             device_status,
             issuer,
             serial,
+            device_ca=device_ca,
         )
         return replace(verdict, audit_position=position or 0)
 
@@ -963,6 +1095,18 @@ class Registry:
                 f"The CA {ca.fingerprint} already has a certificate with serial number "
                 f"{serial_number}; serial numbers must be unique per issuer."
             )
+        published = session.scalar(
+            select(PublishedCRLModel.der).where(PublishedCRLModel.issuer == ca.fingerprint)
+        )
+        if published is not None:
+            listed = x509.load_der_x509_crl(published).get_revoked_certificate_by_serial_number(
+                cert.serial_number
+            )
+            if listed is not None:
+                raise CertificateListedOnCRLError(
+                    f"The certificate's serial number {serial_number} is on the CRL its CA "
+                    f"{ca.fingerprint} published: it is revoked and cannot be registered."
+                )
         model = CertificateModel(
             fingerprint=fingerprint,
             serial_number=serial_number,
@@ -1011,6 +1155,10 @@ def _check_connection_statement() -> Select[Any]:
         .join(cert_sub, cert_sub.c.device_id == DeviceModel.id)
         .scalar_subquery(),
         select(DeviceModel.status).where(DeviceModel.serial == serial).scalar_subquery(),
+        select(CAModel.fingerprint)
+        .join(DeviceModel, DeviceModel.ca_id == CAModel.id)
+        .where(DeviceModel.serial == serial)
+        .scalar_subquery(),
         select(func.max(AuditModel.id)).scalar_subquery(),
     )
 
@@ -1035,7 +1183,7 @@ def _check_actor(actor: str) -> str:
 
 
 def _check_serial(serial: str) -> str:
-    if not isinstance(serial, str) or not _SERIAL_RE.fullmatch(serial):
+    if not isinstance(serial, str) or not SERIAL_PATTERN.fullmatch(serial):
         raise InvalidRegistryInputError(
             f"Device serial {serial!r} is not valid: use 1 to 128 characters of A-Z, a-z, "
             "0-9 and . _ : - , starting with a letter or digit."
@@ -1111,7 +1259,42 @@ def _check_ca_certificate(cert: x509.Certificate, role: CARole, allow_jit: bool)
             f"Only device and factory CAs may let unknown devices self-register, not a "
             f"{role.value} CA; register it without auto-registration."
         )
+    _check_role_fits(cert, role)
     return role
+
+
+def _check_role_fits(cert: x509.Certificate, role: CARole) -> None:
+    """Refuse a CA whose own certificate says it is for something else (nothing is written).
+
+    A root is never registered (it signs issuing CAs, not leaves); a Tether CA's
+    ``OU=tether:<role>`` must be the role asked for; an extendedKeyUsage, when present, must
+    include the role's purpose (``names.ROLE_PURPOSE``), so a server CA cannot become a
+    client CA. A third-party CA with neither OU nor EKU fits any client role.
+    """
+    subject = cert.subject.rfc4514_string()
+    if cert.issuer == cert.subject and _signed_by(cert, cert):
+        raise CARoleMismatchError(
+            f"{subject} is a self-signed root; register the issuing CA it signed, never the "
+            "root itself (a root vouches for CAs, not for devices or services)."
+        )
+    try:
+        own_role: Role | None = role_of(cert)
+    except TetherError:
+        own_role = None
+    if own_role is not None and own_role != role:
+        raise CARoleMismatchError(
+            f"{subject} is a {own_role.value} issuing CA (its OU says so); it cannot be "
+            f"registered as a {role.value} CA."
+        )
+    try:
+        purposes = list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        return
+    if ROLE_PURPOSE[role] not in purposes:
+        raise CARoleMismatchError(
+            f"{subject} may vouch only for {', '.join(p._name for p in purposes)} (its "
+            f"extendedKeyUsage), not for what a {role.value} CA issues."
+        )
 
 
 def _insert_ca(
@@ -1153,6 +1336,47 @@ def _insert_ca(
         },
     )
     return model
+
+
+def _bind(device: DeviceModel, ca: CAModel) -> None:
+    """Bind an unbound device to ``ca``; refuse a device that belongs to another CA."""
+    if device.ca_id is None and device.ca is None:
+        device.ca = ca
+        return
+    if (device.ca.id if device.ca is not None else device.ca_id) != ca.id:
+        raise _bound_elsewhere(device.serial, device, ca)
+
+
+def _bound_elsewhere(serial: str, device: DeviceModel, ca: CAModel) -> SerialBoundError:
+    owner = "no CA yet" if device.ca is None else f"the CA {device.ca.fingerprint}"
+    return SerialBoundError(
+        f"The serial {serial!r} belongs to {owner}, so the CA {ca.fingerprint} cannot vouch "
+        "for it; move the device explicitly (`tether cloud move-device`) if that is intended."
+    )
+
+
+def _crl_reason(entry: x509.RevokedCertificate) -> x509.ReasonFlags:
+    try:
+        reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+    except x509.ExtensionNotFound:
+        return x509.ReasonFlags.unspecified
+    return x509.ReasonFlags.unspecified if reason is x509.ReasonFlags.remove_from_crl else reason
+
+
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+def _check_crl_signer(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> None:
+    if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
+        raise CRLApplicationError(
+            f"The CRL is not signed by {issuer.subject.rfc4514_string()}; upload the CRL that "
+            "CA signed. Nothing was changed."
+        )
 
 
 def _new_device(serial: str, provisioning: Provisioning, now: datetime) -> DeviceModel:
@@ -1264,6 +1488,7 @@ def _device_record(m: DeviceModel) -> DeviceRecord:
         serial=m.serial,
         status=DeviceStatus(m.status),
         provisioning=Provisioning(m.provisioning),
+        ca_fingerprint=None if m.ca is None else m.ca.fingerprint,
         first_seen=m.first_seen,
         last_seen=m.last_seen,
         created_at=m.created_at,
@@ -1311,7 +1536,16 @@ def _verdict(
     device_status: str | None,
     issuer: str,
     serial: str,
+    *,
+    device_ca: str | None = None,
 ) -> ConnectionVerdict:
+    """The pure decision behind ``check_connection`` (testable without a database).
+
+    A serial belongs to the CA that first vouched for it: a device bound to another CA is
+    refused whatever this CA signed, and JIT only creates devices (an existing device is
+    renewed under JIT only by its own CA).
+    """
+
     def deny(code: VerdictCode, reason: str) -> ConnectionVerdict:
         return ConnectionVerdict(allowed=False, reason_code=code, reason=reason)
 
@@ -1319,6 +1553,13 @@ def _verdict(
         return deny(VerdictCode.CA_NOT_REGISTERED, f"issuer {issuer} is not a registered CA")
     if ca_status != CAStatus.ACTIVE.value:
         return deny(VerdictCode.CA_INACTIVE, f"issuer {issuer} is {ca_status}")
+    bound_elsewhere = device_status is not None and device_ca != issuer
+    if bound_elsewhere and (device_ca is not None or cert_state is None):
+        owner = "no CA (register its certificate explicitly)" if device_ca is None else device_ca
+        return deny(
+            VerdictCode.SERIAL_BOUND_TO_OTHER_CA,
+            f"device {serial!r} belongs to {owner}, not to issuer {issuer}",
+        )
     if cert_state is None:
         if not ca_jit:
             return deny(
