@@ -70,13 +70,14 @@ def test_a_leaf_is_not_a_ca(registry: Registry, device_ca: LocalCA, snapshot: Sn
 def test_server_ca_cannot_allow_auto_registration(
     registry: Registry, root_ca: LocalCA, snapshot: Snapshot
 ) -> None:
+    server_ca = LocalCA.create("Test Server CA", issuer=root_ca)
     before = snapshot()
     with pytest.raises(AutoRegistrationPolicyError):
         registry.register_ca(
-            root_ca.cert, role=CARole.SERVER, allow_auto_registration=True, actor="alice"
+            server_ca.cert, role=CARole.SERVER, allow_auto_registration=True, actor="alice"
         )
     assert snapshot() == before
-    server = registry.register_ca(root_ca.cert, role=CARole.SERVER, actor="alice")
+    server = registry.register_ca(server_ca.cert, role=CARole.SERVER, actor="alice")
     with pytest.raises(AutoRegistrationPolicyError) as info:
         registry.set_ca_auto_registration(server.fingerprint, True, actor="alice")
     assert info.value.code == "auto_registration_not_allowed"

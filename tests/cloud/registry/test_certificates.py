@@ -20,6 +20,7 @@ from tether.cloud.registry import (
     InvalidRegistryInputError,
     Provisioning,
     Registry,
+    SerialBoundError,
     certificate_fingerprint,
     device_serial_from_certificate,
 )
@@ -163,9 +164,7 @@ def test_list_certificates_filters_and_pages(
     extra = device_ca.issue("d0")
     registry.add_certificate(extra, device_serial="d0", issuer_fingerprint=ca_fp, actor="a")
     factory_fp = registry.register_ca(factory_ca.cert, role=CARole.FACTORY, actor="a").fingerprint
-    registry.add_certificate(
-        factory_ca.issue("d1"), device_serial="d1", issuer_fingerprint=factory_fp, actor="a"
-    )
+    _add(registry, factory_ca, factory_fp, "f1")
 
     page = registry.list_certificates(limit=4)
     assert (len(page.items), page.total, page.next_offset) == (4, 7, 4)
@@ -252,8 +251,7 @@ def test_revoked_certificates_for_crl(
 ) -> None:
     certs = [_add(registry, device_ca, ca_fp, f"d{i}") for i in range(4)]
     factory_fp = registry.register_ca(factory_ca.cert, role=CARole.FACTORY, actor="a").fingerprint
-    foreign = factory_ca.issue("d0")
-    registry.add_certificate(foreign, device_serial="d0", issuer_fingerprint=factory_fp, actor="a")
+    foreign = _add(registry, factory_ca, factory_fp, "f0")
     for cert in (certs[2], certs[0], foreign):
         registry.revoke_certificate(
             certificate_fingerprint(cert), reason=x509.ReasonFlags.cessation_of_operation, actor="a"
@@ -269,3 +267,31 @@ def test_device_serial_fallback_from_subject_cn(device_ca: LocalCA) -> None:
     assert device_serial_from_certificate(device_ca.issue("SN-77")) == "SN-77"
     with pytest.raises(InvalidRegistryInputError):
         device_serial_from_certificate(device_ca.issue("not a serial"))
+
+
+def test_a_serial_belongs_to_the_ca_that_first_vouched_for_it(
+    registry: Registry, device_ca: LocalCA, factory_ca: LocalCA, ca_fp: str, snapshot: Snapshot
+) -> None:
+    _add(registry, device_ca, ca_fp, "d1")
+    factory_fp = registry.register_ca(factory_ca.cert, role=CARole.FACTORY, actor="a").fingerprint
+    assert registry.get_device("d1").ca_fingerprint == ca_fp
+    before = snapshot()
+    with pytest.raises(SerialBoundError) as info:
+        registry.add_certificate(
+            factory_ca.issue("d1"), device_serial="d1", issuer_fingerprint=factory_fp, actor="a"
+        )
+    assert info.value.code == "serial_bound_to_other_ca"
+    assert snapshot() == before
+    # A renewal under the same CA is fine.
+    registry.add_certificate(device_ca.issue("d1"), device_serial="d1", issuer_fingerprint=ca_fp,
+                             actor="a")  # fmt: skip
+    # Moving the device is explicit and audited; then the other CA may vouch for it.
+    moved = registry.rebind_device("d1", ca_fingerprint=factory_fp, actor="security")
+    assert moved.ca_fingerprint == factory_fp
+    entry = registry.list_audit().items[0]
+    assert (entry.action, entry.target, entry.details["from"], entry.details["to"]) == (
+        "device.rebind", "d1", ca_fp, factory_fp,
+    )  # fmt: skip
+    registry.add_certificate(
+        factory_ca.issue("d1"), device_serial="d1", issuer_fingerprint=factory_fp, actor="a"
+    )

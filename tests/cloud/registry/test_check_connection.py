@@ -92,8 +92,15 @@ def test_certificate_unknown_under_a_strict_ca(world: World) -> None:
     _is(world.check(fp=stranger), VerdictCode.CERTIFICATE_UNKNOWN, False)
 
 
-def test_certificate_known_under_another_issuer_is_unknown(world: World) -> None:
-    _is(world.check(issuer=world.jit_fp), VerdictCode.CERTIFICATE_UNKNOWN, False)
+def test_certificate_known_under_another_issuer_is_refused(world: World) -> None:
+    # d1 belongs to the device CA: no other CA can vouch for it, known certificate or not.
+    _is(world.check(issuer=world.jit_fp), VerdictCode.SERIAL_BOUND_TO_OTHER_CA, False)
+
+
+def test_jit_never_takes_over_an_existing_device(world: World) -> None:
+    # A factory CA that allows JIT presents a fresh certificate for the console device d1.
+    fp = certificate_fingerprint(world.factory.issue("d1"))
+    _is(world.check(fp=fp, issuer=world.jit_fp), VerdictCode.SERIAL_BOUND_TO_OTHER_CA, False)
 
 
 def test_device_disabled(world: World) -> None:
@@ -128,6 +135,7 @@ def test_jit_allowed_then_ok_after_registration(world: World) -> None:
 
 
 def test_jit_refused_for_a_disabled_device(world: World) -> None:
+    world.reg.rebind_device("d1", ca_fingerprint=world.jit_fp, actor="a")
     world.reg.set_device_status("d1", DeviceStatus.DISABLED, actor="a")
     fp = certificate_fingerprint(world.factory.issue("d1"))
     _is(world.check(fp=fp, issuer=world.jit_fp), VerdictCode.DEVICE_DISABLED, False)

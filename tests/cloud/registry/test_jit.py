@@ -20,6 +20,7 @@ from tether.cloud.registry import (
     DeviceStatus,
     Provisioning,
     Registry,
+    SerialBoundError,
     certificate_fingerprint,
 )
 
@@ -129,6 +130,12 @@ def test_jit_attaches_to_existing_device_keeping_its_status(
 ) -> None:
     registry.add_device("SN-1", provisioning=Provisioning.FACTORY, actor="a")
     registry.set_device_status("SN-1", DeviceStatus.DISABLED, actor="a")
+    # JIT only creates devices: a pre-registered one must be bound to the CA explicitly.
+    with pytest.raises(SerialBoundError):
+        registry.register_device_just_in_time(
+            factory_ca.issue("SN-1"), device_serial="SN-1", issuer_fingerprint=jit_fp
+        )
+    registry.rebind_device("SN-1", ca_fingerprint=jit_fp, actor="a")
     device, record = registry.register_device_just_in_time(
         factory_ca.issue("SN-1"), device_serial="SN-1", issuer_fingerprint=jit_fp
     )
