@@ -15,6 +15,7 @@ import logging
 import re
 import socket
 import ssl
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,8 @@ import mqtt5
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.attack.certs import NOW, hostile_leaf, rsa_key, server_identity
 from tests.attack.foreign_key import ForeignKey, connect_with_foreign_key
@@ -37,12 +39,13 @@ from tests.attack.observe import (
 )
 from tests.cloud.conftest import ACTOR, Cloud, CloudThread
 from tests.cloud.gateway.pki import Issued, self_signed_leaf
+from tether.cloud.api.operations import AdminOperations
 from tether.cloud.gateway import GatewaySettings
-from tether.cloud.registry import CAStatus, DeviceStatus
+from tether.cloud.registry import CARole, CAStatus, DeviceStatus
 from tether.cloud.service import CloudService
 from tether.device import CloudEndpoint, DeviceClient, DeviceIdentity, FileKey
 from tether.errors import TetherError
-from tether.pki import RevokedEntry, Role, sha256_fingerprint
+from tether.pki import IssuingCA, RevokedEntry, Role, sha256_fingerprint
 from tether.secure_element.pkcs11_backend import Pkcs11SecureElement
 
 SERIAL = "ATK-000001"
@@ -435,7 +438,9 @@ def _device_against(a: Attack, chain: Path, key: Path) -> Observation:
     try:
         device = DeviceClient(
             DeviceIdentity.load(identity.cert_path, FileKey(identity.key_path)),
-            CloudEndpoint(host="127.0.0.1", port=impostor.port, pinned_ca=a.cloud.pki.root_path),
+            CloudEndpoint(
+                host="127.0.0.1", port=impostor.port, pinned_ca=a.cloud.settings.pinned_ca
+            ),
         )
         try:
             result = device.connect(10.0)
@@ -478,6 +483,188 @@ def device_expired_server(a: Attack) -> Observation:
         a.cloud.pki.server_ca, a.directory, stem="expired", not_after=NOW - dt.timedelta(days=1)
     )
     return _device_against(a, *chain_key)
+
+
+# -- blast radius: a compromised CA hurts only what it issued -----------------------------
+
+
+def _factory_device(a: Attack, ca: IssuingCA | None = None, serial: str = SERIAL) -> Issued:
+    ca = ca or a.cloud.pki.factory_ca  # registered with just-in-time registration
+    stem = f"{serial}-{sha256_fingerprint(ca.certificate)[:8]}-{len(list(a.directory.iterdir()))}"
+    return a.cloud.pki.device(ca, serial, a.directory / stem)
+
+
+def _alive(wire: Wire) -> bool:
+    """True if the session still answers a PINGREQ."""
+    try:
+        wire.send(mqtt5.PingReqPacket())
+        return isinstance(wire.recv(timeout=5), mqtt5.PingRespPacket)
+    except (OSError, ssl.SSLError):
+        return False
+
+
+def jit_takeover_console_device(a: Attack) -> Observation:
+    victim = a.connected()  # a console device, bound to the device CA
+    try:
+        seen = a.attempt(_factory_device(a))  # the JIT factory CA vouches for the same serial
+        kept = _alive(victim)
+    finally:
+        victim.close()
+    words = seen.detail + ("; the genuine session stayed" if kept else "; the VICTIM WAS KICKED")
+    return Observation(seen.kind if kept else "victim-kicked", words, seen.code)
+
+
+def _connects(a: Attack, identity: Issued) -> Observation:
+    """Handshake + CONNECT that is expected to succeed; the session is closed again."""
+    wire = Wire(a.cloud.port, a.context(identity))
+    try:
+        wire.send(mqtt5.ConnectPacket(SERIAL, clean_start=True))
+        kind, words = describe(wire.recv())
+        wire.send(mqtt5.DisconnectPacket())
+    finally:
+        wire.close()
+    return Observation(kind, words, logged_code(a.caplog, a.codes))
+
+
+def jit_other_factory(a: Attack) -> Observation:
+    first = _connects(a, _factory_device(a))
+    assert first.kind == "connack:0x00", first.detail
+    other = a.cloud.pki.root.create_issuing_ca(common_name="Second Factory", role=Role.FACTORY)
+    a.cloud.registry.register_ca(
+        other.certificate, role=CARole.FACTORY, allow_auto_registration=True, actor=ACTOR
+    )
+    _apply_feed(a)  # the TLS layer now trusts the second factory CA too
+    return a.attempt(_factory_device(a, other))
+
+
+def renewal_same_ca(a: Attack) -> Observation:
+    first = _connects(a, _factory_device(a))
+    assert first.kind == "connack:0x00", first.detail
+    return _connects(a, _factory_device(a))  # a new certificate from the same factory CA
+
+
+def _publish_crl(a: Attack, issuer: str, crl: x509.CertificateRevocationList) -> None:
+    """Upload a CRL through the admin API's operation, then let the feed act on it."""
+    operations = AdminOperations(
+        a.cloud.registry, root_certificate=a.cloud.pki.root.certificate, online_ca=None
+    )
+    operations.publish_crl(issuer, crl.public_bytes(Encoding.PEM), actor=ACTOR)
+    _apply_feed(a)
+
+
+def _live_then(a: Attack, identity: Issued, act: Callable[[], None]) -> Observation:
+    """Connect ``identity``, do ``act``, then see the live session end and a reconnect fail."""
+    wire = Wire(a.cloud.port, a.context(identity))
+    try:
+        wire.send(mqtt5.ConnectPacket(SERIAL, clean_start=True))
+        assert wire.recv().reason_code == mqtt5.ConnAckReasonCode.SUCCESS
+        act()
+        packets = wire.until_closed(timeout=5)
+    finally:
+        wire.close()
+    live = describe(packets[0] if packets else None)[1]
+    seen = a.attempt(identity)
+    return Observation(seen.kind, f"live session: {live}; reconnect: {seen.detail}", seen.code)
+
+
+def crl_listed_device(a: Attack) -> Observation:
+    identity = _factory_device(a)
+    ca = a.cloud.pki.factory_ca
+    crl = ca.build_crl([RevokedEntry(identity.certificate.serial_number, NOW)])
+    return _live_then(a, identity, lambda: _publish_crl(a, a.cloud.fingerprint(ca), crl))
+
+
+def root_crl_listed_ca(a: Attack) -> Observation:
+    identity = _factory_device(a)
+    ca = a.cloud.pki.factory_ca
+    crl = a.cloud.pki.root.build_crl([RevokedEntry(ca.certificate.serial_number, NOW)])
+    return _live_then(a, identity, lambda: _publish_crl(a, "root", crl))
+
+
+_KEY_AGREEMENT_ONLY = x509.KeyUsage(
+    digital_signature=False, content_commitment=False, key_encipherment=False,
+    data_encipherment=False, key_agreement=True, key_cert_sign=False, crl_sign=False,
+    encipher_only=False, decipher_only=False,
+)  # fmt: skip
+
+
+def _loose(**bent: object) -> Callable[[Attack], Observation]:
+    def run(a: Attack) -> Observation:
+        stem = "loose-" + "-".join(bent)
+        return a.attempt(hostile_leaf(a.cloud.pki.factory_ca, SERIAL, a.directory, stem=stem,
+                                      **bent))  # type: ignore[arg-type]  # fmt: skip
+
+    return run
+
+
+_EMAIL = x509.NameAttribute(NameOID.EMAIL_ADDRESS, "owner@example.com")
+
+
+def _server_clients(a: Attack, ca: IssuingCA) -> Observation:
+    """A server certificate signed by ``ca`` meets the agent, mosquitto_sub and s_client,
+    each trusting exactly the file devices pin (``DATA/pinned-ca.pem``)."""
+    chain, key = server_identity(ca, a.directory, stem=f"server-from-{ca.role.value}")
+    identity = a.cloud.console_device(SERIAL)
+    pinned = a.cloud.settings.pinned_ca
+    impostor = CloudThread(
+        CloudService(
+            a.cloud.registry,
+            GatewaySettings(certificate_chain=chain, private_key=key, port=0, connect_timeout=5.0),
+        )
+    )
+    verdicts: dict[str, str] = {}
+    try:
+        device = DeviceClient(
+            DeviceIdentity.load(identity.cert_path, FileKey(identity.key_path)),
+            CloudEndpoint(host="127.0.0.1", port=impostor.port, pinned_ca=pinned),
+        )
+        try:
+            device.connect(10.0)
+            device.disconnect()
+            verdicts["agent"] = "ACCEPTED"
+        except TetherError as exc:
+            verdicts["agent"] = f"refused ({exc.code})"
+        sub = subprocess.run(
+            ["mosquitto_sub", "-V", "5", "-h", "127.0.0.1", "-p", str(impostor.port),
+             "--cafile", str(pinned), "--cert", str(identity.cert_path),
+             "--key", str(identity.key_path), "-i", SERIAL,
+             "-t", f"devices/{SERIAL}/commands/#", "-C", "1", "-W", "3"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        verdicts["mosquitto_sub"] = (
+            "ACCEPTED" if sub.returncode == 27 else f"refused ({sub.stderr.strip()[:60]})"
+        )
+        s_client = subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{impostor.port}",
+             "-CAfile", str(pinned), "-verify_return_error",
+             "-cert", str(identity.cert_path), "-key", str(identity.key_path)],
+            input="", capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        verify = re.search(r"Verify return code: (\d+ \([^)]*\))", s_client.stdout)
+        verdicts["s_client"] = (
+            "ACCEPTED"
+            if s_client.returncode == 0
+            else f"refused ({verify.group(1) if verify else 'handshake failed'})"
+        )
+    finally:
+        impostor.close()
+    refused = all(v.startswith("refused") for v in verdicts.values())
+    words = "; ".join(f"{name}: {verdict}" for name, verdict in verdicts.items())
+    return Observation(
+        "refused-by-all" if refused else "accepted", words, "server_not_trusted" if refused else "-"
+    )
+
+
+def _server_from(role: Role) -> Callable[[Attack], Observation]:
+    def run(a: Attack) -> Observation:
+        ca = {
+            Role.FACTORY: a.cloud.pki.factory_ca,
+            Role.DEVICE: a.cloud.pki.device_ca,
+            Role.SERVICE: a.cloud.pki.service_ca,
+        }[role]
+        return _server_clients(a, ca)
+
+    return run
 
 
 # -- the table -----------------------------------------------------------------------------
@@ -756,6 +943,97 @@ CASES: tuple[Case, ...] = (
         "closed",
         "mqtt_connect_timeout",
         no_connect,
+    ),
+    _case(
+        "ca-jit-takeover-console-device",
+        "JIT factory CA cert for a console device's serial, while the device is connected",
+        "connack:0x87",
+        "serial_bound_to_other_ca",
+        jit_takeover_console_device,
+    ),
+    _case(
+        "ca-jit-other-factory",
+        "second JIT factory CA vouches for a serial the first one registered",
+        "connack:0x87",
+        "serial_bound_to_other_ca",
+        jit_other_factory,
+    ),
+    _case(
+        "ca-renewal-same-ca",
+        "control: a new certificate from the CA the serial belongs to",
+        "connack:0x00",
+        "handshake_authorized",
+        renewal_same_ca,
+    ),
+    _case(
+        "crl-issuing-ca-lists-device",
+        "live JIT device listed on its factory CA's CRL, uploaded through the API operation",
+        "connack:0x86",
+        "certificate_revoked",
+        crl_listed_device,
+    ),
+    _case(
+        "crl-root-lists-issuing-ca",
+        "live device under a factory CA listed on the root CRL, uploaded",
+        "tls",
+        "ca_not_registered|ca_inactive",
+        root_crl_listed_ca,
+    ),
+    _case(
+        "profile-no-key-usage",
+        "JIT factory CA cert without keyUsage",
+        "tls|connack:0x86",
+        "profile_violation",
+        _loose(key_usage=False),
+    ),
+    _case(
+        "profile-key-agreement-only",
+        "JIT factory CA cert with keyUsage keyAgreement only",
+        "tls|connack:0x86",
+        "profile_violation",
+        _loose(key_usage=_KEY_AGREEMENT_ONLY),
+    ),
+    _case(
+        "profile-no-basic-constraints",
+        "JIT factory CA cert without basicConstraints",
+        "tls|connack:0x86",
+        "profile_violation",
+        _loose(basic_constraints=False),
+    ),
+    _case(
+        "profile-email-in-subject",
+        "JIT factory CA cert with an e-mail address beside the CN",
+        "tls|connack:0x86",
+        "profile_violation",
+        _loose(extra_subject=(_EMAIL,)),
+    ),
+    _case(
+        "profile-email-san",
+        "JIT factory CA cert with an rfc822Name subjectAltName",
+        "tls|connack:0x86",
+        "profile_violation",
+        _loose(san=x509.SubjectAlternativeName([x509.RFC822Name("owner@example.com")])),
+    ),
+    _case(
+        "device-server-cert-from-factory-ca",
+        "server cert signed by the factory CA: agent, mosquitto_sub, s_client with pinned-ca.pem",
+        "refused-by-all",
+        "server_not_trusted",
+        _server_from(Role.FACTORY),
+    ),
+    _case(
+        "device-server-cert-from-device-ca",
+        "server cert signed by the device CA: agent, mosquitto_sub, s_client with pinned-ca.pem",
+        "refused-by-all",
+        "server_not_trusted",
+        _server_from(Role.DEVICE),
+    ),
+    _case(
+        "device-server-cert-from-service-ca",
+        "server cert signed by the service CA: agent, mosquitto_sub, s_client with pinned-ca.pem",
+        "refused-by-all",
+        "server_not_trusted",
+        _server_from(Role.SERVICE),
     ),
     _case(
         "device-mitm-other-ca",

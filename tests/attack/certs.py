@@ -37,16 +37,22 @@ def hostile_leaf(
     usages: tuple[x509.ObjectIdentifier, ...] = (ExtendedKeyUsageOID.CLIENT_AUTH,),
     is_ca: bool = False,
     claimed_issuer: x509.Certificate | None = None,
+    key_usage: x509.KeyUsage | bool | None = True,
+    basic_constraints: bool = True,
+    extra_subject: tuple[x509.NameAttribute, ...] = (),
+    san: x509.SubjectAlternativeName | None = None,
 ) -> Issued:
     """A client certificate from ``ca`` for ``serial`` with one attribute bent.
 
     ``key`` may be any private key (RSA, P-384...); the default is a fresh P-256 key.
     ``claimed_issuer`` forges the issuer name and key identifier: the certificate names that
-    CA but is signed by ``ca``.
+    CA but is signed by ``ca``. ``key_usage`` False leaves keyUsage out (a KeyUsage replaces
+    the profile's), ``basic_constraints`` False leaves basicConstraints out,
+    ``extra_subject`` adds attributes beside the CN and ``san`` adds a subjectAltName.
     """
     named = claimed_issuer or ca.certificate
     key = key or ec.generate_private_key(ec.SECP256R1())
-    key_usage = x509.KeyUsage(
+    profile_usage = x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
         key_encipherment=False,
@@ -57,16 +63,15 @@ def hostile_leaf(
         encipher_only=False,
         decipher_only=False,
     )
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, serial), *extra_subject])
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, serial)]))
+        .subject_name(subject)
         .issuer_name(named.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before or NOW - dt.timedelta(hours=1))
         .not_valid_after(not_after or NOW + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
-        .add_extension(key_usage, critical=True)
         .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
         .add_extension(
@@ -76,6 +81,15 @@ def hostile_leaf(
             critical=False,
         )
     )
+    if basic_constraints:
+        builder = builder.add_extension(
+            x509.BasicConstraints(ca=is_ca, path_length=None), critical=True
+        )
+    if key_usage is not False and key_usage is not None:
+        usage = profile_usage if key_usage is True else key_usage
+        builder = builder.add_extension(usage, critical=True)
+    if san is not None:
+        builder = builder.add_extension(san, critical=False)
     certificate = sign_certificate(builder, ca.signer)
     return write_identity(directory, stem, certificate, key)
 

@@ -35,6 +35,19 @@ from tether.pki.signing import sign_certificate
 from tether.pki.store import pem
 
 T = TypeVar("T")
+# The profile's keyUsage for a client certificate, so that a hand-built one differs from the
+# profile only where a test means it to.
+DEVICE_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
 TIMEOUT = 10.0
 ACTOR = "test:e2e"
 
@@ -88,7 +101,9 @@ class CloudPKI:
             .not_valid_before(now - dt.timedelta(days=30))
             .not_valid_after(now - dt.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(DEVICE_KEY_USAGE, critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(
                     self.device_ca.certificate.public_key()  # type: ignore[arg-type]

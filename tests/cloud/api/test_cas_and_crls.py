@@ -66,7 +66,7 @@ def test_a_ca_is_registered_with_proof_of_possession_and_the_code_is_single_use(
     entry = api.http.get(f"/api/v1/audit?target={fingerprint}").json()["items"][0]
     assert (entry["action"], entry["actor"]) == ("ca.register", ADMIN)
 
-    other = api.cloud.pki.root.create_issuing_ca(common_name="Second CA", role=Role.DEVICE)
+    other = api.cloud.pki.root.create_issuing_ca(common_name="Second CA", role=Role.FACTORY)
     reuse = _register(
         api,
         other.certificate,
@@ -180,7 +180,9 @@ def test_root_and_foreign_crls_are_served_as_uploaded_and_checked(api: Api) -> N
     ok = api.http.put(
         "/api/v1/crl/root", json={"crl_pem": root_crl.public_bytes(Encoding.PEM).decode()}
     )
-    assert ok.status_code == 204
+    # The stranger CA is not registered: the CRL is published and revokes nothing here.
+    assert ok.status_code == 200, ok.text
+    assert ok.json() == {"revoked_certificates": [], "revoked_cas": [], "not_registered": 1}
     served = api.anonymous.get("/crl/root.crl")
     assert served.status_code == 200 and served.content == root_crl.public_bytes(Encoding.DER)
 
@@ -195,6 +197,12 @@ def test_root_and_foreign_crls_are_served_as_uploaded_and_checked(api: Api) -> N
     assert api.anonymous.get(f"/crl/{factory_fp}.crl").content == factory_crl.public_bytes(
         Encoding.DER
     )
+    # An older CRL than the one published would roll it back: refused, nothing changed.
+    stale = api.cloud.pki.factory_ca.build_crl([], crl_number=1)
+    rolled_back = api.http.put(
+        f"/api/v1/cas/{factory_fp}/crl", json={"crl_pem": stale.public_bytes(Encoding.PEM).decode()}
+    )
+    assert rolled_back.status_code == 422 and rolled_back.json()["code"] == "crl_rejected"
     unknown = api.anonymous.get(f"/crl/{'ee' * 32}.crl")
     assert unknown.status_code == 404 and unknown.json()["code"] == "ca_not_registered"
     actions = {e["action"] for e in api.http.get("/api/v1/audit").json()["items"]}
