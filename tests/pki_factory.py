@@ -138,11 +138,13 @@ def raw_leaf(
     serial_number: int | None = None,
     san: x509.SubjectAlternativeName | None = None,
     authority_key: ec.EllipticCurvePublicKey | None = None,
+    subject_key_id: bool = True,
 ) -> x509.Certificate:
     """An end-entity certificate CN=``common_name`` signed by ``issuer_key``, no checks at all.
 
     Any name (also ones ``validate_serial`` refuses), any key (P-384, ...), any EKU, any
-    validity and serial number; ``authority_key`` overrides the AKI to forge an issuer.
+    validity and serial number; ``authority_key`` overrides the AKI to forge an issuer. It
+    carries a subjectKeyIdentifier (the profile wants one) unless ``subject_key_id`` is False.
     """
     builder = (
         x509.CertificateBuilder()
@@ -164,6 +166,10 @@ def raw_leaf(
     )
     if san is not None:
         builder = builder.add_extension(san, critical=False)
+    if subject_key_id:
+        builder = builder.add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False
+        )
     return builder.sign(issuer_key, hashes.SHA256())
 
 

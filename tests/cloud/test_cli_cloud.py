@@ -9,17 +9,19 @@ import stat
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from mqtt5 import DisconnectReasonCode
 
 from tests.cloud.conftest import TIMEOUT, Cloud, CloudPKI
 from tests.cloud.gateway.harness import wait_for_log
 from tether.cloud.registry import CertState, Registry
 from tether.cloud.settings import CloudSettings
-from tether.pki import Role, sha256_fingerprint
+from tether.pki import RevokedEntry, Role, sha256_fingerprint
 from tether.pki.store import CaDirectory, init_issuing, init_root
 
 TETHER = str(Path(sys.executable).with_name("tether"))
@@ -66,7 +68,11 @@ def test_init_register_serve_and_a_real_mqtt_client(
     assert done.returncode == 0, done.stderr
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     assert stat.S_IMODE((data / "server.key.pem").stat().st_mode) == 0o600
-    assert (data / "pinned-ca.pem").read_bytes() == (ca_dirs["root"] / "ca.crt.pem").read_bytes()
+    # Devices pin the server CA (then the root, so any client can build the chain).
+    root_pem = (ca_dirs["root"] / "ca.crt.pem").read_bytes()
+    server_ca_pem = (ca_dirs["server"] / "ca.crt.pem").read_bytes()
+    assert (data / "pinned-ca.pem").read_bytes() == server_ca_pem + root_pem
+    assert (data / "root-ca.pem").read_bytes() == root_pem
     assert {p.name for p in data.iterdir()} >= {
         "cloud.json",
         "server.chain.pem",
@@ -197,3 +203,53 @@ def test_cli_revoke_drops_the_live_session_of_a_running_cloud(
         assert disable.returncode == 0 and "disabled" in disable.stdout
     finally:
         live.client.loop_stop()
+
+
+def test_cli_publish_crl_revokes_and_drops_a_live_session(
+    cloud: Cloud, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    factory = cloud.pki.factory_ca  # registered with just-in-time registration
+    device = cloud.pki.device(factory, "CLI-000006", tmp_path)
+    crl = factory.build_crl([RevokedEntry(device.certificate.serial_number, datetime.now(UTC))])
+    crl_path = tmp_path / "factory.crl.pem"
+    crl_path.write_bytes(crl.public_bytes(Encoding.PEM))
+    data, factory_fp = cloud.settings.data_dir, sha256_fingerprint(factory.certificate)
+    # A CRL signed by another CA is refused and changes nothing.
+    forged = tmp_path / "forged.crl.pem"
+    forged.write_bytes(cloud.pki.stranger_ca.build_crl([]).public_bytes(Encoding.PEM))
+    last = cloud.registry.last_audit_id()
+    refused = tether("cloud", "publish-crl", data, forged, "--ca", factory_fp)
+    assert refused.returncode == EXIT_TETHER_ERROR and "crl_rejected" in refused.stderr
+    assert cloud.registry.last_audit_id() == last
+    live = cloud.paho(device, "CLI-000006")
+    try:
+        done = tether("cloud", "publish-crl", data, crl_path, "--ca", factory_fp)
+        assert done.returncode == 0, done.stderr
+        assert "revoked 1 certificate(s)" in done.stdout
+        reason = live.disconnects.get(timeout=TIMEOUT)
+        assert reason.value == DisconnectReasonCode.ADMINISTRATIVE_ACTION
+        record = cloud.registry.get_certificate(sha256_fingerprint(device.certificate))
+        assert record.state is CertState.REVOKED
+        wait_for_log(caplog, "certificate_revoked")  # paho's reconnect is refused
+    finally:
+        live.client.loop_stop()
+
+
+def test_cli_move_device_hands_the_serial_to_another_ca(
+    cloud: Cloud, caplog: pytest.LogCaptureFixture
+) -> None:
+    device = cloud.console_device("CLI-000007")  # bound to the device CA
+    factory_fp = sha256_fingerprint(cloud.pki.factory_ca.certificate)
+    live = cloud.paho(device, "CLI-000007")
+    try:
+        done = tether("cloud", "move-device", cloud.settings.data_dir, "CLI-000007",
+                      "--ca", factory_fp)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert live.disconnects.get(timeout=TIMEOUT) is not None
+        # The device CA's certificate no longer speaks for the serial.
+        wait_for_log(caplog, "serial_bound_to_other_ca")
+    finally:
+        live.client.loop_stop()
+    assert cloud.registry.get_device("CLI-000007").ca_fingerprint == factory_fp
+    entry = cloud.registry.list_audit(target="CLI-000007").items[0]
+    assert entry.action == "device.rebind" and entry.details["to"] == factory_fp

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from tests.device.broker import Broker
+from tests.device.broker import Broker, start_broker
 from tests.device.conftest import DevicePKI
 from tests.device.helpers import TIMEOUT, endpoint, file_identity
+from tests.device.pki import issue_server
+from tests.pki_factory import (
+    raw_ca,
+    raw_leaf,
+    tether_issuing_ca,
+    tether_root,
+    write_certificates,
+    write_key,
+)
 from tether.device import CloudEndpoint, DeviceClient
 from tether.device.errors import ServerNotTrustedError
 from tether.errors import InvalidInputError
+from tether.pki import Role, generate_key
 
 
 def test_server_from_a_rogue_ca_is_not_trusted(pki: DevicePKI, rogue_broker: Broker) -> None:
@@ -65,3 +78,54 @@ def test_a_server_name_other_than_the_dialled_host_is_refused(
     with pytest.raises(InvalidInputError) as info:
         DeviceClient(file_identity(pki), other)
     assert info.value.code == "server_name_unsupported"
+
+
+def test_the_agent_anchors_on_the_server_ca_not_on_the_root(pki: DevicePKI, tmp_path: Path) -> None:
+    # One root, its server CA, and a legacy issuing CA from before issuing CAs carried EKUs
+    # (no EKU, no role OU): a certificate viewer cannot tell it from a server CA, the root
+    # signed both. The pinned file holds the server CA and the root, as `tether cloud init`
+    # writes it; the agent must accept only chains through the server CA.
+    root, _ = tether_root("Shared Root")
+    server_ca, _ = tether_issuing_ca(root, "Shared Server CA", Role.SERVER)
+    legacy, legacy_key = raw_ca(
+        "Legacy Factory CA",
+        issuer=root.certificate,
+        issuer_key=root.signer.private_key,  # type: ignore[attr-defined]
+        path_length=0,
+    )
+    pinned = write_certificates(
+        tmp_path / "pinned-ca.pem", [server_ca.certificate, root.certificate]
+    )
+    good_cert, good_key = issue_server(server_ca).write(tmp_path, "good")
+    forged_key = generate_key()
+    forged = raw_leaf(
+        legacy.subject,
+        legacy_key,
+        "cloud.test",
+        forged_key.public_key(),
+        usages=(ExtendedKeyUsageOID.SERVER_AUTH,),
+        san=x509.SubjectAlternativeName(
+            [x509.DNSName("cloud.test"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        ),
+    )
+    forged_cert = write_certificates(tmp_path / "forged.crt", [forged, legacy])
+    forged_key_path = write_key(tmp_path / "forged.key", forged_key)
+    assert good_key is not None
+    brokers = [
+        start_broker(tmp_path / name, client_ca=pki.client_ca_bundle, server_cert=cert,
+                     server_key=key)
+        for name, cert, key in (("good", good_cert, good_key),
+                                ("forged", forged_cert, forged_key_path))
+    ]  # fmt: skip
+    try:
+        good, impostor = brokers
+        endpoint_good = CloudEndpoint(host="127.0.0.1", port=good.port, pinned_ca=pinned)
+        with DeviceClient(file_identity(pki), endpoint_good) as device:
+            assert device.connect(TIMEOUT).reason_code == 0
+        endpoint_bad = CloudEndpoint(host="127.0.0.1", port=impostor.port, pinned_ca=pinned)
+        with pytest.raises(ServerNotTrustedError):
+            DeviceClient(file_identity(pki), endpoint_bad).connect(TIMEOUT)
+        assert "New client connected" not in impostor.log_text()
+    finally:
+        for broker in brokers:
+            broker.stop()

@@ -27,7 +27,7 @@ from rich.table import Table
 from tether.cli.secrets import read_secret
 from tether.cloud.admin import IssuedAdminToken, create_admin
 from tether.cloud.api import AdminOperations, ApiServer, check_online_ca, create_app
-from tether.cloud.registry import CARole, DeviceStatus, Registry
+from tether.cloud.registry import ROOT_CRL_ISSUER, CARole, DeviceStatus, Registry
 from tether.cloud.service import CloudService, serve_until_signalled
 from tether.cloud.settings import ApiOptions, CloudSettings, GatewayOptions
 from tether.cloud.setup import init_data_dir
@@ -224,6 +224,46 @@ def revoke(
     with _registry(data_dir) as registry:
         record = registry.revoke_certificate(fingerprint, reason=REASONS[reason], actor=_actor())
     console.print(f"[red]revoked[/] {record.fingerprint} ({reason})")
+
+
+@app.command("move-device")
+def move_device(
+    data_dir: Path = DataDir,
+    serial: str = typer.Argument(...),
+    ca: str = typer.Option(..., "--ca", help="Fingerprint (SHA-256 hex) of the CA to move to."),
+) -> None:
+    """Move a device to another CA: only that CA's certificates are accepted from now on.
+
+    A serial belongs to the CA that first vouched for it; this is the one explicit way to
+    change that (audited). Live sessions under the old CA are dropped.
+    """
+    with _registry(data_dir) as registry:
+        record = registry.rebind_device(serial, ca_fingerprint=ca.lower(), actor=_actor())
+    console.print(f"device {record.serial} now belongs to CA {record.ca_fingerprint}")
+
+
+@app.command("publish-crl")
+def publish_crl(
+    data_dir: Path = DataDir,
+    crl: Path = typer.Argument(..., help="The CRL (PEM or DER) the CA signed."),
+    ca: str | None = typer.Option(None, "--ca", help="Fingerprint of the CA that signed it."),
+    root: bool = typer.Option(False, "--root", help="The root's CRL (from the ceremony)."),
+) -> None:
+    """Publish a CRL and apply it: everything it lists is revoked and dropped at once."""
+    if root == (ca is not None):
+        raise InvalidInputError("give exactly one of --root or --ca FINGERPRINT")
+    settings = CloudSettings.load(data_dir)
+    with _registry(data_dir) as registry:
+        operations = AdminOperations(
+            registry, root_certificate=settings.root_certificate(), online_ca=None
+        )
+        issuer = ROOT_CRL_ISSUER if root else str(ca).lower()
+        effect = operations.publish_crl(issuer, crl.read_bytes(), actor=_actor())
+    console.print(
+        f"published; revoked {len(effect.revoked_certificates)} certificate(s) and "
+        f"{len(effect.revoked_cas)} CA(s); {effect.not_registered} listed serial number(s) "
+        "are not in the registry (refused if they ever appear)"
+    )
 
 
 def _configure_logging(level: str) -> None:

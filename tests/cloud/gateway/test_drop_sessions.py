@@ -70,6 +70,7 @@ def test_drop_with_a_predicate_matching_nobody_changes_nothing(gateway, pki):
                 name=SERVICE_NAME,
                 certificate_fingerprint=certificate_fingerprint(pki.service.certificate),
                 issuer=pki.service_ca.certificate.subject.rfc4514_string(),
+                issuer_fingerprint=certificate_fingerprint(pki.service_ca.certificate),
             )
         ]
     finally:
