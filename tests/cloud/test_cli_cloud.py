@@ -251,5 +251,8 @@ def test_cli_move_device_hands_the_serial_to_another_ca(
     finally:
         live.client.loop_stop()
     assert cloud.registry.get_device("CLI-000007").ca_fingerprint == factory_fp
-    entry = cloud.registry.list_audit(target="CLI-000007").items[0]
-    assert entry.action == "device.rebind" and entry.details["to"] == factory_fp
+    actions = {e.action: e for e in cloud.registry.list_audit(target="CLI-000007").items}
+    assert actions["device.rebind"].details["to"] == factory_fp
+    # paho's reconnect with the old CA's certificate was refused, and that was audited.
+    refused = actions["connection.refused"].details
+    assert refused["code"] == "serial_bound_to_other_ca"

@@ -18,11 +18,11 @@ from tests.cloud.conftest import ACTOR, TIMEOUT, Cloud
 from tests.cloud.gateway.harness import RawClient, publish_properties, wait_for_log
 from tests.softhsm import Token
 from tether.cloud.gateway.broker import SENDER_PROPERTY
-from tether.cloud.registry import CAStatus, DeviceStatus, Provisioning, Registry
+from tether.cloud.registry import CARole, CAStatus, DeviceStatus, Provisioning, Registry
 from tether.cloud.service import SEEN_FLUSH_INTERVAL
 from tether.device import CloudEndpoint, DeviceClient, DeviceIdentity, FileKey, Pkcs11Key
 from tether.factory import FactoryStation, ManufacturingLog
-from tether.pki import sha256_fingerprint
+from tether.pki import Role, sha256_fingerprint
 from tether.pki.store import pem
 from tether.secure_element import Pkcs11SecureElement
 
@@ -309,3 +309,64 @@ def test_last_seen_is_written_in_batches_while_the_service_runs(cloud: Cloud) ->
         assert time.monotonic() < deadline, "last_seen was never written"
         time.sleep(0.05)
     assert cloud.registry.list_audit(target="CON-000060").total == 1  # device.add only
+
+
+def test_deactivating_a_ca_spares_a_namesake_ca(cloud: Cloud, tmp_path: Path) -> None:
+    # A second device CA with the very same subject name, another key (a look-alike or a
+    # renewed CA): deactivating it must not drop sessions under the first one.
+    namesake = cloud.pki.root.create_issuing_ca(common_name="E2E Device CA", role=Role.DEVICE)
+    assert namesake.certificate.subject == cloud.pki.device_ca.certificate.subject
+    namesake_fp = cloud.registry.register_ca(
+        namesake.certificate, role=CARole.DEVICE, actor=ACTOR
+    ).fingerprint
+    cloud.running.call(cloud.service.apply_changes())
+    kept = cloud.paho(cloud.console_device("CON-000040"), "CON-000040")
+    gone_identity = cloud.pki.device(namesake, "CON-000041", tmp_path)
+    cloud.registry.add_device("CON-000041", provisioning=Provisioning.CONSOLE, actor=ACTOR)
+    cloud.registry.add_certificate(
+        gone_identity.certificate, device_serial="CON-000041", issuer_fingerprint=namesake_fp,
+        actor=ACTOR,
+    )  # fmt: skip
+    gone = cloud.paho(gone_identity, "CON-000041")
+    try:
+        with _other_process_registry(cloud) as other:
+            started = time.monotonic()
+            other.set_ca_status(namesake_fp, CAStatus.INACTIVE, actor=ACTOR)
+        _assert_dropped(gone, started)
+        gone.client.loop_stop()
+        assert kept.disconnects.empty()
+        assert [i.name for i in cloud.service.gateway.sessions()] == ["CON-000040"]
+    finally:
+        gone.client.loop_stop()
+        kept.stop()
+
+
+def test_a_failing_trust_reload_does_not_hold_up_a_later_revocation(
+    cloud: Cloud, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    device = cloud.console_device("CON-000050")
+    live = cloud.paho(device, "CON-000050")
+    failures: list[int] = []
+
+    def broken_reload() -> None:
+        failures.append(1)
+        raise OSError("injected: the trust store cannot be rebuilt")
+
+    # Fault injection: the reload is made to fail, as a damaged CA certificate would make it.
+    monkeypatch.setattr(cloud.service.gateway, "reload_trust", broken_reload)
+    try:
+        with _other_process_registry(cloud) as other:
+            other.set_ca_auto_registration(
+                cloud.fingerprint(cloud.pki.device_ca), True, actor=ACTOR
+            )  # a CA change: the feed reloads the trust store, which fails
+            started = time.monotonic()
+            other.revoke_certificate(
+                sha256_fingerprint(device.certificate),
+                reason=x509.ReasonFlags.key_compromise,
+                actor=ACTOR,
+            )
+        _assert_dropped(live, started)
+        assert failures, "the reload was never attempted"
+        assert "rebuilding the TLS trust store failed" in caplog.text
+    finally:
+        live.client.loop_stop()

@@ -22,6 +22,9 @@ from tests.pki.util import device_csr, p384_key
 from tether.errors import InvalidInputError
 from tether.pki import Finding, IssuingCA, RootCA, lint, load_certificate
 from tether.pki.keys import generate_key
+from tether.pki.lint import client_violations
+from tether.pki.names import ROLE_PURPOSE
+from tether.pki.signing import sign_certificate
 
 
 def codes(findings: list[Finding], severity: str = "error") -> set[str]:
@@ -248,3 +251,122 @@ def test_mutated_certificates_never_crash_the_linter(flips: list[tuple[int, int]
     assert all(isinstance(f, Finding) for f in findings)
     if bytes(data) != _ROOT_DER:
         assert findings, "a changed certificate must at least fail its self-signature"
+
+
+def _issuing_ca_with(
+    root: RootCA, role: str, usages: list[x509.ObjectIdentifier] | None
+) -> x509.Certificate:
+    """An issuing CA of ``role`` whose EKU is ``usages`` (None: no EKU, as before EKUs)."""
+    key = generate_key()
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, f"tether:{role}"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, f"Hand-made {role} CA"),
+                ]
+            )
+        )
+        .issuer_name(root.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(root.certificate.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+    )
+    if usages is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    return sign_certificate(builder, root.signer)
+
+
+def test_issuing_cas_carry_the_purpose_of_their_role(root: RootCA) -> None:
+    for role, purpose in ROLE_PURPOSE.items():
+        ca = root.create_issuing_ca(common_name=f"{role.value} CA", role=role)
+        eku = ca.certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert list(eku) == [purpose]
+        assert lint(ca.certificate, [root.certificate]) == []
+
+
+def test_an_issuing_ca_without_eku_is_a_warning(root: RootCA) -> None:
+    legacy = _issuing_ca_with(root, "factory", None)
+    findings = lint(legacy, [root.certificate])
+    assert codes(findings) == set()
+    assert "eku.ca_missing" in codes(findings, "warning")
+
+
+def test_an_issuing_ca_whose_eku_is_not_its_role_is_an_error(root: RootCA) -> None:
+    wrong = _issuing_ca_with(root, "factory", [ExtendedKeyUsageOID.SERVER_AUTH])
+    assert "eku.ca_role" in codes(lint(wrong, [root.certificate]))
+    anything = _issuing_ca_with(root, "device", [ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE])
+    assert {"eku.any", "eku.ca_role"} <= codes(lint(anything, [root.certificate]))
+
+
+def test_client_violations_are_the_gates_view_of_the_profile(device_ca: IssuingCA) -> None:
+    good = device_ca.issue_device_certificate(device_csr("dev-1"), "dev-1")
+    assert client_violations(good) == []
+    key = generate_key()
+    now = datetime.now(UTC)
+    with_san = sign_certificate(
+        x509.CertificateBuilder()
+        .subject_name(good.subject)
+        .issuer_name(good.issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+        .add_extension(x509.SubjectAlternativeName([x509.RFC822Name("a@example.com")]), False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                device_ca.certificate.public_key()  # type: ignore[arg-type]
+            ),
+            False,
+        ),
+        device_ca.signer,
+    )
+    assert {f.code for f in client_violations(with_san)} == {"san.on_client"}
+    # A server certificate at the client gate is judged as a client certificate.
+    assert "eku.purpose" in {f.code for f in client_violations(_server_leaf(device_ca))}
+
+
+def _server_leaf(ca: IssuingCA) -> x509.Certificate:
+    key = generate_key()
+    now = datetime.now(UTC)
+    return sign_certificate(
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev-9")]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.certificate.public_key()),  # type: ignore[arg-type]
+            False,
+        ),
+        ca.signer,
+    )

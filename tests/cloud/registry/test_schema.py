@@ -9,18 +9,21 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
+from tests.cloud.registry.pki import LocalCA
 from tether.cloud.registry import (
+    CARole,
     DatabaseUnavailableError,
     DatabaseURLError,
     Provisioning,
     Registry,
     SchemaVersionError,
 )
-from tether.cloud.registry.migrate import MIGRATIONS_DIR, head_revision
+from tether.cloud.registry.migrate import MIGRATIONS_DIR, alembic_config, head_revision
 from tether.cloud.registry.models import Base
 from tether.errors import ConfigurationError, StorageError
 
@@ -200,3 +203,25 @@ def test_registry_is_a_context_manager_with_a_safe_url(db_url: str) -> None:
     with Registry.open(db_url) as reg:
         assert reg.url == db_url
         reg.add_device("d1", provisioning=Provisioning.CONSOLE, actor="a")
+
+
+def test_migration_0003_binds_existing_devices_to_their_first_issuer(
+    db_url: str, device_ca: LocalCA, factory_ca: LocalCA
+) -> None:
+    with Registry.open(db_url) as reg:
+        ca_fp = reg.register_ca(device_ca.cert, role=CARole.DEVICE, actor="t").fingerprint
+        reg.add_device("dev-1", provisioning=Provisioning.CONSOLE, actor="t")
+        reg.add_certificate(device_ca.issue("dev-1"), device_serial="dev-1",
+                            issuer_fingerprint=ca_fp, actor="t")  # fmt: skip
+        reg.add_device("dev-2", provisioning=Provisioning.CONSOLE, actor="t")  # no certificate
+    # Back to the schema before the binding existed, then forward again as an upgrade would.
+    engine = create_engine(db_url)
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0002")
+    assert "ca_id" not in {c["name"] for c in inspect(engine).get_columns("devices")}
+    engine.dispose()
+    with Registry.open(db_url) as reg:
+        assert reg.get_device("dev-1").ca_fingerprint == ca_fp
+        assert reg.get_device("dev-2").ca_fingerprint is None

@@ -58,17 +58,42 @@ def upgrade(engine: Engine) -> None:
     Raises SchemaVersionError when the database is at a revision the code does not know.
 
     On SQLite the transaction begins IMMEDIATE, so two processes opening a new registry at
-    once migrate one after the other instead of both creating tables.
+    once migrate one after the other instead of both creating tables. Foreign keys are off
+    while a SQLite migration runs (the pragma cannot change inside a transaction): Alembic's
+    batch mode rebuilds a table by copy, drop and rename, and the drop would trip the rows
+    that reference it. Before the commit ``PRAGMA foreign_key_check`` must come back empty,
+    so a migration cannot leave a dangling reference behind.
     """
-    with engine.execution_options(**{BEGIN_OPTION: "IMMEDIATE"}).begin() as connection:
-        current = current_revision(connection)
-        if current == head_revision():
-            return
-        if current is not None and not _known(current):
+    with engine.connect() as outer:
+        sqlite = outer.dialect.name == "sqlite"
+        raw = outer.connection.dbapi_connection  # not an SQLAlchemy execute: no autobegin
+        if sqlite and raw is not None:
+            raw.execute("PRAGMA foreign_keys=OFF")
+        try:
+            options = outer.execution_options(**{BEGIN_OPTION: "IMMEDIATE"})
+            with options.begin():
+                _upgrade_in(options, check_foreign_keys=sqlite)
+        finally:
+            if sqlite and raw is not None:
+                raw.execute("PRAGMA foreign_keys=ON")
+
+
+def _upgrade_in(connection: Connection, *, check_foreign_keys: bool) -> None:
+    current = current_revision(connection)
+    if current == head_revision():
+        return
+    if current is not None and not _known(current):
+        raise SchemaVersionError(
+            f"The registry database is at schema revision {current!r}, which this version "
+            "of Tether does not know (was it opened by a newer release?); upgrade Tether."
+        )
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+    if check_foreign_keys:
+        dangling = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+        if dangling:
             raise SchemaVersionError(
-                f"The registry database is at schema revision {current!r}, which this version "
-                "of Tether does not know (was it opened by a newer release?); upgrade Tether."
+                f"Migrating the registry would leave {len(dangling)} dangling references "
+                f"(first: {tuple(dangling[0])}); nothing was changed. Report this as a bug."
             )
-        config = alembic_config()
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")

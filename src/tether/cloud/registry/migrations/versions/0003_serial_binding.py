@@ -22,7 +22,11 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    """Add devices.ca_id and bind every device to the issuer of its first certificate."""
+    """Add devices.ca_id and bind every device to the issuer of its first certificate.
+
+    On SQLite this is a batch table rebuild; ``migrate.upgrade`` runs it with foreign keys
+    off and checks them before the commit.
+    """
     with op.batch_alter_table("devices") as batch:
         batch.add_column(sa.Column("ca_id", sa.Integer(), nullable=True))
         batch.create_foreign_key(
