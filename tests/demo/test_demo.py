@@ -137,7 +137,7 @@ def test_keep_keeps_the_workspace_without_root_key_outside_the_ceremony(tmp_path
 
     # Step 5: the three files the console API returned, in the device's folder.
     console = kept / "devices" / "CON-000001"
-    assert (console / "root-ca.pem").read_bytes() == (cloud / "pinned-ca.pem").read_bytes()
+    assert (console / "pinned-ca.pem").read_bytes() == (cloud / "pinned-ca.pem").read_bytes()
     console_cert = x509.load_pem_x509_certificate((console / "device.crt.pem").read_bytes())
     console_key = serialization.load_pem_private_key(
         (console / "device.key.pem").read_bytes(), None

@@ -472,7 +472,7 @@ class Demo:
                 "(bearer token, HTTPS pinned to the demo root)",
                 f"{CONSOLE_SERIAL}: certificate sha256 {_short(certificate['fingerprint'])} from "
                 f"the online device CA, registered ({bundle['device']['provisioning']}); "
-                f"files in {folder.relative_to(self.ws)}: root-ca.pem, device.crt.pem, "
+                f"files in {folder.relative_to(self.ws)}: pinned-ca.pem, device.crt.pem, "
                 "device.key.pem (0600)",
                 f"key_escrow_warning: {warning or 'MISSING'}",
             ),

@@ -28,10 +28,10 @@ def _csr(serial: str | None, key: object = None) -> tuple[str, object]:
 
 def _write_bundle(bundle: dict[str, str], directory: Path, serial: str) -> tuple[Path, Path, Path]:
     directory.mkdir(parents=True, exist_ok=True)
-    root = directory / "root-ca.pem"
+    root = directory / "pinned-ca.pem"  # what the console tells the user to flash
     cert = directory / f"{serial}.crt.pem"
     key = directory / f"{serial}.key.pem"
-    root.write_text(bundle["root_ca_pem"])
+    root.write_text(bundle["pinned_ca_pem"])
     cert.write_text(bundle["certificate_pem"])
     key.write_text(bundle["private_key_pem"])
     key.chmod(0o600)
