@@ -65,33 +65,7 @@ def test_a_wrong_signature_is_found(root: RootCA, device_ca: IssuingCA) -> None:
 
 def test_role_mismatch_is_found(root: RootCA, server_ca: IssuingCA, device_ca: IssuingCA) -> None:
     # A server issuing CA has no business signing device certs: build one by hand.
-    key = generate_key()
-    now = datetime.now(UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev-9")]))
-        .issuer_name(server_ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                server_ca.certificate.public_key()  # type: ignore[arg-type]
-            ),
-            critical=False,
-        )
-    )
-    from tether.pki.signing import sign_certificate
-
-    cert = sign_certificate(builder, server_ca.signer)
+    cert = _hand_made_leaf(server_ca)
     assert codes(lint(cert, [server_ca.certificate, root.certificate])) == {
         "chain.role",
         "chain.eku",
@@ -312,44 +286,16 @@ def test_an_issuing_ca_whose_eku_is_not_its_role_is_an_error(root: RootCA) -> No
     assert {"eku.any", "eku.ca_role"} <= codes(lint(anything, [root.certificate]))
 
 
-def test_client_violations_are_the_gates_view_of_the_profile(device_ca: IssuingCA) -> None:
-    good = device_ca.issue_device_certificate(device_csr("dev-1"), "dev-1")
-    assert client_violations(good) == []
+def _hand_made_leaf(
+    ca: IssuingCA,
+    *,
+    purpose: x509.ObjectIdentifier = ExtendedKeyUsageOID.CLIENT_AUTH,
+    san: x509.SubjectAlternativeName | None = None,
+) -> x509.Certificate:
+    """A leaf CN=dev-9 from ``ca``, true to the profile but for ``purpose`` and ``san``."""
     key = generate_key()
     now = datetime.now(UTC)
-    with_san = sign_certificate(
-        x509.CertificateBuilder()
-        .subject_name(good.subject)
-        .issuer_name(good.issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
-        .add_extension(x509.SubjectAlternativeName([x509.RFC822Name("a@example.com")]), False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                device_ca.certificate.public_key()  # type: ignore[arg-type]
-            ),
-            False,
-        ),
-        device_ca.signer,
-    )
-    assert {f.code for f in client_violations(with_san)} == {"san.on_client"}
-    # A server certificate at the client gate is judged as a client certificate.
-    assert "eku.purpose" in {f.code for f in client_violations(_server_leaf(device_ca))}
-
-
-def _server_leaf(ca: IssuingCA) -> x509.Certificate:
-    key = generate_key()
-    now = datetime.now(UTC)
-    return sign_certificate(
+    builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev-9")]))
         .issuer_name(ca.certificate.subject)
@@ -362,11 +308,25 @@ def _server_leaf(ca: IssuingCA) -> x509.Certificate:
             x509.KeyUsage(True, False, False, False, False, False, False, False, False),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .add_extension(x509.ExtendedKeyUsage([purpose]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.certificate.public_key()),  # type: ignore[arg-type]
-            False,
-        ),
-        ca.signer,
+            critical=False,
+        )
     )
+    if san is not None:
+        builder = builder.add_extension(san, critical=False)
+    return sign_certificate(builder, ca.signer)
+
+
+def test_client_violations_are_the_gates_view_of_the_profile(device_ca: IssuingCA) -> None:
+    assert client_violations(device_ca.issue_device_certificate(device_csr("dev-1"), "dev-1")) == []
+    with_san = _hand_made_leaf(
+        device_ca, san=x509.SubjectAlternativeName([x509.RFC822Name("a@example.com")])
+    )
+    assert {f.code for f in client_violations(with_san)} == {"san.on_client"}
+    assert client_violations(_hand_made_leaf(device_ca)) == []
+    # A server certificate at the client gate is judged as a client certificate.
+    server_leaf = _hand_made_leaf(device_ca, purpose=ExtendedKeyUsageOID.SERVER_AUTH)
+    assert "eku.purpose" in {f.code for f in client_violations(server_leaf)}
