@@ -1185,8 +1185,9 @@ def _check_actor(actor: str) -> str:
 def _check_serial(serial: str) -> str:
     if not isinstance(serial, str) or not SERIAL_PATTERN.fullmatch(serial):
         raise InvalidRegistryInputError(
-            f"Device serial {serial!r} is not valid: use 1 to 128 characters of A-Z, a-z, "
-            "0-9 and . _ : - , starting with a letter or digit."
+            f"Device serial {serial!r} is not valid: use 1 to 64 characters of A-Z, a-z, "
+            "0-9 and . _ - , starting with a letter or digit (the certificate profile's "
+            "serial grammar)."
         )
     return serial
 
