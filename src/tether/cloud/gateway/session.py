@@ -55,6 +55,7 @@ from tether.cloud.gateway.settings import GatewaySettings
 from tether.cloud.gateway.streams import CLOSE_GRACE, READ_ERRORS, PacketStream, close_writer
 
 KEEP_ALIVE_GRACE = 1.5
+DRAIN_POLL = 0.01  # seconds between checks of a full socket buffer with messages waiting
 CLIENT_RECEIVE_MAXIMUM = 65_535  # what a CONNECT without Receive Maximum means (spec 3.1.2.11)
 PLACEHOLDER_PACKET_ID = 1  # replaced by OutboundFlow when the message is written
 
@@ -237,6 +238,10 @@ class Session:
                 await self._writer.drain()
             except Exception:
                 return
+            if self._flow.full(self._buffered()):
+                # drain() returns at once when the transport is not paused (its high-water
+                # mark is not ours): poll instead of spinning the loop.
+                await asyncio.sleep(DRAIN_POLL)
             self._release()
 
     def _write(self, data: bytes) -> None:
