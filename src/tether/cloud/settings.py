@@ -61,6 +61,7 @@ class GatewayOptions:
     max_pending_per_address: int = _gateway_default("max_pending_per_address")
     max_filters_per_subscribe: int = _gateway_default("max_filters_per_subscribe")
     max_subscriptions_per_session: int = _gateway_default("max_subscriptions_per_session")
+    quota_backoff: float = _gateway_default("quota_backoff")
     receive_maximum: int = _gateway_default("receive_maximum")
     max_queued_messages: int = _gateway_default("max_queued_messages")
     max_queued_bytes: int = _gateway_default("max_queued_bytes")

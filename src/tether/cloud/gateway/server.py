@@ -297,7 +297,11 @@ class Gateway:
             if not self._admit(host, peer):
                 connection.close()
                 continue
-            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # reset before we got to it; never let one end the accept loop
+                connection.close()
+                continue
             self._open += 1
             task = loop.create_task(self._handle_connection(connection, peer))
             self._tasks.add(task)

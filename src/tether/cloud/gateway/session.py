@@ -94,6 +94,7 @@ class Session:
         self._client_max_packet_size: int | None = None
         self._flow = self._new_flow(CLIENT_RECEIVE_MAXIMUM)
         self._pump: asyncio.Task[None] | None = None
+        self._over_quota = False
         self._will: mqtt5.Will | None = None
         self._publish_will = True
         self.dropped_messages = 0
@@ -394,6 +395,12 @@ class Session:
                     ):
                         # Stop reading while the client does not read its acknowledgements.
                         await self._writer.drain()
+                if self._over_quota:
+                    # Told 0x97 and asking for more: read its next packet later, so a client
+                    # that floods SUBSCRIBE gets a bounded share of the loop (not counted as
+                    # keep-alive silence).
+                    self._over_quota = False
+                    await asyncio.sleep(self._settings.quota_backoff)
             except TimeoutError:
                 self._log(logging.INFO, "mqtt_keep_alive_timeout", "silent beyond 1.5 x keep-alive")
                 self.disconnect(DisconnectReasonCode.KEEP_ALIVE_TIMEOUT, "keep alive timeout")
@@ -521,6 +528,7 @@ class Session:
             counters=self._counters,
         )
         self._write(mqtt5.SubAckPacket(packet.packet_id, codes).write())
+        self._over_quota = mqtt5.SubAckReasonCode.QUOTA_EXCEEDED in codes
 
     def _route_will(self, will: mqtt5.Will) -> None:
         message = Message(

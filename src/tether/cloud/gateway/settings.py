@@ -29,6 +29,7 @@ LIMIT_SETTINGS = (
     "max_pending_per_address",
     "max_filters_per_subscribe",
     "max_subscriptions_per_session",
+    "quota_backoff",
     "receive_maximum",
     "max_queued_messages",
     "max_queued_bytes",
@@ -55,7 +56,8 @@ class GatewaySettings:
 
     Sessions (see :mod:`tether.cloud.gateway.limits` and :mod:`tether.cloud.gateway.flow`):
     ``max_filters_per_subscribe`` and ``max_subscriptions_per_session`` (beyond them SUBACK
-    says 0x97 Quota exceeded for the filters over the limit); ``receive_maximum`` is the
+    says 0x97 Quota exceeded for the filters over the limit, and the session's next packet is
+    read only after ``quota_backoff`` seconds); ``receive_maximum`` is the
     server's Receive Maximum in CONNACK; QoS 1 messages beyond the client's Receive Maximum
     wait in a queue of at most ``max_queued_messages`` messages and ``max_queued_bytes``
     bytes (overflow: DISCONNECT 0x97). ``verdict_threads`` sizes the thread pool that runs
@@ -78,6 +80,7 @@ class GatewaySettings:
     max_pending_per_address: int = 32
     max_filters_per_subscribe: int = 32
     max_subscriptions_per_session: int = 256
+    quota_backoff: float = 1.0
     receive_maximum: int = 64
     max_queued_messages: int = 1000
     max_queued_bytes: int = 1024 * 1024
@@ -97,6 +100,8 @@ class GatewaySettings:
             problems.append("write_buffer_limit must be at least max_packet_size")
         if self.max_queued_bytes < self.max_packet_size:
             problems.append("max_queued_bytes must be at least max_packet_size")
+        if not 0 <= self.quota_backoff <= 60:
+            problems.append("quota_backoff must be in 0..60 seconds")
         if not self.handshake_timeout > 0:
             problems.append("handshake_timeout must be positive")
         if not 1 <= self.receive_maximum <= MQTT_MAX_RECEIVE_MAXIMUM:

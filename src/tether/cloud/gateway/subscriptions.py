@@ -10,7 +10,9 @@ supported, 0x87 Not authorized (the policy), then the quotas:
   that gets 0x97 (re-subscribing to a filter it holds only replaces it and is allowed).
 
 A quota answers in SUBACK and the session stays: the spec gives SUBACK a reason code per
-filter precisely so a server can refuse one without dropping the connection.
+filter precisely so a server can refuse one without dropping the connection. The session then
+reads its next packet only after ``quota_backoff`` (1 s): a client that keeps sending
+SUBSCRIBE over its quota gets one packet a second of the gateway's time, not all of it.
 """
 
 from __future__ import annotations
