@@ -333,3 +333,23 @@ def test_limits_come_from_cloud_json_with_defaults_for_missing_keys(tmp_path: Pa
     assert json.loads(CloudSettings.load(tmp_path).to_json())["gateway"]["max_connections"] == (
         defaults.max_connections
     )
+
+
+def test_the_fd_soft_limit_is_raised_to_the_hard_limit_with_a_log_line() -> None:
+    import subprocess
+    import sys
+
+    script = """
+import logging, resource
+from tether.cloud.gateway.limits import raise_fd_limit
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+raised = raise_fd_limit()
+assert raised == hard == resource.getrlimit(resource.RLIMIT_NOFILE)[0], (raised, hard)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "[fd_limit_raised] file descriptor limit raised from 256 to" in done.stderr
