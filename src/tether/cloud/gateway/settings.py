@@ -76,8 +76,8 @@ class GatewaySettings:
     backlog: int = 1024
     handshake_timeout: float = 3.0
     max_connections: int = 10_000
-    max_pending_connections: int = 512
-    max_pending_per_address: int = 32
+    max_pending_connections: int = 1024
+    max_pending_per_address: int = 128
     max_filters_per_subscribe: int = 32
     max_subscriptions_per_session: int = 256
     quota_backoff: float = 1.0
