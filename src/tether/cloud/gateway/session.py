@@ -233,8 +233,15 @@ class Session:
             self._pump = asyncio.get_running_loop().create_task(self._drain_and_release())
 
     async def _drain_and_release(self) -> None:
-        """Wait for a full socket buffer to drain, then release; PUBACKs release the rest."""
-        while self._flow.queued and not self._closing and self._flow.full(self._buffered()):
+        """Release while a full socket buffer drains; PUBACKs release the rest.
+
+        It releases before it ends, so what still waits then waits for the window only (a
+        PUBACK will come) and never for a buffer nobody watches.
+        """
+        while True:
+            self._release()
+            if self._closing or not self._flow.queued or not self._flow.full(self._buffered()):
+                return
             try:
                 await self._writer.drain()
             except Exception:
@@ -243,7 +250,6 @@ class Session:
                 # drain() returns at once when the transport is not paused (its high-water
                 # mark is not ours): poll instead of spinning the loop.
                 await asyncio.sleep(DRAIN_POLL)
-            self._release()
 
     def _write(self, data: bytes) -> None:
         if self._writer.is_closing():
