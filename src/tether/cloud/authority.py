@@ -14,6 +14,10 @@ times of connected devices, written to the registry in one transaction per ``flu
 (the service flushes every second and at shutdown) instead of one commit per handshake. A
 crash can lose at most that second of "last seen" times; it is bookkeeping, not security.
 
+Verdicts run on the authority's own thread pool (``verdict_threads`` threads named
+``tether-verdict``), never on the event loop's default executor: the API's work (admin-token
+KDFs, provisioning) runs there, and a flood of it must not queue a device's verdict behind it.
+
 A service identity (a back-end application) is a certificate from a registered *service* CA;
 it is kept in the registry like a device (so it can be disabled and revoked the same way) and
 the gateway's policy gives it the service's rights.
@@ -26,7 +30,9 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -51,6 +57,8 @@ from tether.errors import StorageError, TetherError
 from tether.pki import sha256_fingerprint
 
 CLIENT_ROLES = frozenset({CARole.DEVICE, CARole.FACTORY, CARole.SERVICE})
+DEFAULT_VERDICT_THREADS = 4
+T = TypeVar("T")
 _BOUND_AUDIT_INTERVAL = 60.0  # seconds between audit rows for one (serial, CA) refusal
 _BOUND_AUDIT_ENTRIES = 10_000  # remembered pairs before the memory is reset
 
@@ -60,9 +68,18 @@ log = logging.getLogger("tether.cloud")
 class RegistryAuthority:
     """``IdentityAuthority`` over a ``Registry``; the registry is the single source of truth."""
 
-    def __init__(self, registry: Registry, *, actor: str = "gateway") -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        actor: str = "gateway",
+        verdict_threads: int = DEFAULT_VERDICT_THREADS,
+    ) -> None:
         self.registry = registry
         self.actor = actor
+        self._verdicts = ThreadPoolExecutor(
+            max_workers=verdict_threads, thread_name_prefix="tether-verdict"
+        )
         self._lock = threading.Lock()  # handshakes are checked on worker threads
         self._cas: dict[bytes, tuple[CARecord, x509.Certificate, str]] = {}
         self._seen: dict[str, dt.datetime] = {}
@@ -77,8 +94,16 @@ class RegistryAuthority:
         ]
 
     async def authorize(self, leaf: x509.Certificate) -> Identity:
-        """The verdict for one verified client certificate (registry calls run in a thread)."""
-        return await asyncio.to_thread(self.authorize_sync, leaf)
+        """The verdict for one verified client certificate (on the verdict threads)."""
+        return await self.in_verdict_lane(self.authorize_sync, leaf)
+
+    async def in_verdict_lane(self, fn: Callable[..., T], *args: object) -> T:
+        """Run ``fn(*args)`` on the verdict threads, which nothing but verdicts uses."""
+        return await asyncio.get_running_loop().run_in_executor(self._verdicts, fn, *args)
+
+    def close(self) -> None:
+        """Stop the verdict threads (a verdict still running finishes on its own)."""
+        self._verdicts.shutdown(wait=False, cancel_futures=True)
 
     def authorize_sync(self, leaf: x509.Certificate) -> Identity:
         """``authorize`` for callers without an event loop. Raises ``HandshakeRefused``.

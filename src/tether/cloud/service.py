@@ -8,6 +8,11 @@ entries after the last one seen, every ``poll_interval`` seconds. A revocation, 
 device or a deactivated CA then drops the matching sessions; a CA change also rebuilds the TLS
 trust store. The handshake path itself always asks the registry, so a new connection is refused
 even before the feed catches up.
+
+Lanes: the feed's registry reads run on one thread of their own (``tether-feed``), verdicts on
+the authority's verdict threads, and the "last seen" bookkeeping on another thread; none of
+them uses the event loop's default executor, where the API's work (admin-token KDFs) runs, so
+no amount of API traffic can queue a revocation or a handshake behind it.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from cryptography import x509
 
@@ -30,6 +36,7 @@ log = logging.getLogger("tether.cloud")
 
 DEFAULT_POLL_INTERVAL = 0.01
 SEEN_FLUSH_INTERVAL = 1.0  # seconds between writes of the devices' "last seen" times
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -99,8 +106,12 @@ class CloudService:
         poll_interval: float = DEFAULT_POLL_INTERVAL,
     ) -> None:
         self.registry = registry
-        self.authority = RegistryAuthority(registry)
+        self.authority = RegistryAuthority(
+            registry, verdict_threads=gateway_settings.verdict_threads
+        )
         self.gateway = Gateway(gateway_settings, self)
+        self._feed_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-feed")
+        self._seen_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-last-seen")
         self.poll_interval = poll_interval
         self._follower: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -127,7 +138,9 @@ class CloudService:
         self._next_handshake += 1
         self._in_flight[handshake] = self._last_seen
         try:
-            position, identity = await asyncio.to_thread(self.authority.authorize_at_position, leaf)
+            position, identity = await self.authority.in_verdict_lane(
+                self.authority.authorize_at_position, leaf
+            )
         finally:
             del self._in_flight[handshake]
         ended = next(
@@ -154,7 +167,7 @@ class CloudService:
 
     async def start(self) -> int:
         """Start the gateway and the registry feed; returns the gateway's port."""
-        self._last_seen = await asyncio.to_thread(self.registry.last_audit_id)
+        self._last_seen = await self._in(self._feed_lane, self.registry.last_audit_id)
         port = await self.gateway.start()
         self._follower = asyncio.create_task(self._follow(), name="tether-registry-feed")
         self._flusher = asyncio.create_task(self._flush_seen(), name="tether-last-seen")
@@ -170,13 +183,21 @@ class CloudService:
         self._follower = self._flusher = None
         await self.gateway.stop()
         try:
-            await asyncio.to_thread(self.authority.flush_seen)
+            await self._in(self._seen_lane, self.authority.flush_seen)
         except TetherError as exc:
             log.error("cannot write last-seen times at shutdown (%s): %s", exc.code, exc.message)
+        self.authority.close()
+        self._feed_lane.shutdown(wait=False)
+        self._seen_lane.shutdown(wait=False)
+
+    @staticmethod
+    async def _in(lane: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
+        """Run ``fn(*args)`` on ``lane`` (one of the service's own threads, see above)."""
+        return await asyncio.get_running_loop().run_in_executor(lane, fn, *args)
 
     async def apply_changes(self) -> int:
         """Act on every registry change since the last call; returns the sessions dropped."""
-        entries = await asyncio.to_thread(self.registry.audit_after, self._last_seen)
+        entries = await self._in(self._feed_lane, self.registry.audit_after, self._last_seen)
         dropped = 0
         for entry in entries:
             if entry.action.startswith("ca."):
@@ -228,7 +249,7 @@ class CloudService:
         while True:
             await asyncio.sleep(SEEN_FLUSH_INTERVAL)
             try:
-                await asyncio.to_thread(self.authority.flush_seen)
+                await self._in(self._seen_lane, self.authority.flush_seen)
             except TetherError as exc:
                 log.error("cannot write last-seen times (%s): %s", exc.code, exc.message)
             except Exception:

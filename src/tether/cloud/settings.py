@@ -46,15 +46,36 @@ ROOT_CA = "root-ca.pem"
 SQLITE_FILE = "registry.db"
 
 
+def _gateway_default(name: str) -> Any:
+    return GatewaySettings.__dataclass_fields__[name].default
+
+
 @dataclass(frozen=True)
 class GatewayOptions:
-    """The gateway settings kept in ``cloud.json`` (file paths are implied by the layout)."""
+    """The gateway settings kept in ``cloud.json`` (file paths are implied by the layout).
 
-    host: str = "127.0.0.1"
-    port: int = 8883
-    connect_timeout: float = 10.0
-    max_packet_size: int = 256 * 1024
-    max_keep_alive: int = 1200
+    Each limit is described on ``tether.cloud.gateway.GatewaySettings``; the defaults are
+    taken from there (one default in one place), and a ``cloud.json`` written before a limit
+    existed gets its default.
+    """
+
+    host: str = _gateway_default("host")
+    port: int = _gateway_default("port")
+    connect_timeout: float = _gateway_default("connect_timeout")
+    max_packet_size: int = _gateway_default("max_packet_size")
+    max_keep_alive: int = _gateway_default("max_keep_alive")
+    write_buffer_limit: int = _gateway_default("write_buffer_limit")
+    handshake_timeout: float = _gateway_default("handshake_timeout")
+    max_connections: int = _gateway_default("max_connections")
+    max_pending_connections: int = _gateway_default("max_pending_connections")
+    max_pending_per_address: int = _gateway_default("max_pending_per_address")
+    max_filters_per_subscribe: int = _gateway_default("max_filters_per_subscribe")
+    max_subscriptions_per_session: int = _gateway_default("max_subscriptions_per_session")
+    quota_backoff: float = _gateway_default("quota_backoff")
+    receive_maximum: int = _gateway_default("receive_maximum")
+    max_queued_messages: int = _gateway_default("max_queued_messages")
+    max_queued_bytes: int = _gateway_default("max_queued_bytes")
+    verdict_threads: int = _gateway_default("verdict_threads")
 
 
 @dataclass(frozen=True)

@@ -94,9 +94,26 @@ def client_context(
 class RawClient:
     """An MQTT 5 client over a plain ``ssl`` socket, packet by packet, for protocol tests."""
 
-    def __init__(self, port: int, context: ssl.SSLContext, *, timeout: float = TIMEOUT) -> None:
-        raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+    def __init__(
+        self,
+        port: int,
+        context: ssl.SSLContext,
+        *,
+        timeout: float = TIMEOUT,
+        receive_buffer: int | None = None,
+    ) -> None:
+        """Connect and do the TLS handshake; ``receive_buffer`` shrinks SO_RCVBUF first (a
+        slow consumer whose kernel buffer fills quickly)."""
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            if receive_buffer is not None:
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            raw.settimeout(timeout)
+            raw.connect(("127.0.0.1", port))
+            self.sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+        except BaseException:
+            raw.close()
+            raise
         self.framer = PacketFramer(1024 * 1024)
 
     def send(self, data: bytes | Any) -> None:

@@ -140,4 +140,5 @@ def test_settings_are_frozen(pki):
     settings = GatewaySettings(certificate_chain=Path("a"), private_key=Path("b"))
     with pytest.raises(AttributeError):
         settings.port = 1  # type: ignore[misc]
-    assert settings.port == 8883 and settings.connect_timeout == 10.0
+    assert settings.port == 8883 and settings.connect_timeout == 5.0
+    assert settings.handshake_timeout < settings.connect_timeout

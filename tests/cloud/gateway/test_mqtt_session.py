@@ -277,7 +277,7 @@ def test_silent_tcp_peer_is_closed_after_the_connect_timeout(gateway_factory, ca
     running = gateway_factory(connect_timeout=0.5)
     with socket.create_connection(("127.0.0.1", running.port), timeout=5) as raw:
         assert raw.recv(1) == b""  # closed by the gateway, nothing sent
-    assert wait_for_log(caplog, "tls_handshake_timeout").levelname == "WARNING"
+    assert wait_for_log(caplog, "handshake_deadline").levelname == "WARNING"
 
 
 def test_keep_alive_silence_gets_disconnect(gateway, pki, caplog):
@@ -316,25 +316,29 @@ def test_client_disconnect_ends_the_session(gateway, device):
     assert gateway.gateway.sessions() == []
 
 
-def test_receive_maximum_of_the_client_bounds_unacknowledged_deliveries(gateway, pki):
+def test_messages_beyond_the_clients_receive_maximum_wait_for_its_puback(gateway, pki):
     client = RawClient(gateway.port, client_context(pki, pki.device))
     try:
         assert client.connect(DEVICE_SERIAL, receive_max=1).reason_code == 0
         assert subscribe(client, f"{OWN}/echo") == [SubAckReasonCode.GRANTED_QOS_AT_LEAST_ONCE]
-        for packet_id in (1, 2):
+        for packet_id in (1, 2, 3):
             client.send(
                 mqtt5.PublishPacket(
                     f"{OWN}/echo", b"%d" % packet_id, qos=QoS.AT_LEAST_ONCE, packet_id=packet_id
                 )
             )
-        seen = [client.recv(), client.recv(), client.recv()]
+        seen = [client.recv() for _ in range(4)]  # three PUBACKs and one delivery
         delivered = [p for p in seen if isinstance(p, mqtt5.PublishPacket)]
-        assert [p.payload for p in delivered] == [b"1"]  # the second exceeded receive max
-        assert sum(isinstance(p, mqtt5.PubAckPacket) for p in seen) == 2
-        client.send(mqtt5.PubAckPacket(delivered[0].packet_id))
-        client.send(mqtt5.PublishPacket(f"{OWN}/echo", b"3", qos=QoS.AT_LEAST_ONCE, packet_id=3))
-        seen = [client.recv(), client.recv()]
-        assert b"3" in [p.payload for p in seen if isinstance(p, mqtt5.PublishPacket)]
+        assert [p.payload for p in delivered] == [b"1"]  # the others wait for the window
+        assert sum(isinstance(p, mqtt5.PubAckPacket) for p in seen) == 3
+        payloads = [b"1"]
+        for _ in range(2):
+            client.send(mqtt5.PubAckPacket(delivered[-1].packet_id))
+            delivered.append(client.recv())
+            assert isinstance(delivered[-1], mqtt5.PublishPacket)
+            payloads.append(delivered[-1].payload)
+        assert payloads == [b"1", b"2", b"3"]  # in order, none lost
+        assert gateway.gateway.limits_report().counters["receive_maximum_wait"] == 2
     finally:
         client.close()
 

@@ -139,3 +139,18 @@ def test_broker_delivers_once_at_the_best_granted_qos_and_honours_no_local():
     assert broker.unsubscribe(a, "devices/#") is False
     broker.remove(a)
     assert broker.subscription_count() == 1
+
+
+@pytest.mark.parametrize(
+    ("identity", "response_topic", "allowed"),
+    [
+        (DEVICE, "devices/SN0001/replies/1", True),
+        (DEVICE, "devices/SN0002/commands/unlock", False),
+        (DEVICE, "devices/+/x", False),
+        (DEVICE, "services/ingest/replies", False),
+        (SERVICE, "devices/SN0001/replies", True),
+        (SERVICE, "devices/#", False),
+    ],
+)
+def test_response_topics_follow_the_senders_publish_rights(identity, response_topic, allowed):
+    assert POLICY.may_request_reply(identity, response_topic) is allowed

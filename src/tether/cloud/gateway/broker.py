@@ -1,9 +1,10 @@
 """In-process subscription routing: who receives a message published to a topic.
 
 No retained messages, no persistent sessions, no shared subscriptions: a subscription lives
-as long as its session. Routing scans the subscriptions (fine for thousands of sessions on one
-gateway; a topic tree is the upgrade path if profiling says so). Everything runs on the
-gateway's event loop; nothing here blocks or awaits.
+as long as its session. Routing walks a :class:`~tether.cloud.gateway.topictree.TopicTree`, so
+a publish costs the filters that match it, not every filter of every session; how many filters
+a session may hold is the session's business (:mod:`tether.cloud.gateway.limits`). Everything
+runs on the gateway's event loop; nothing here blocks or awaits.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tether.cloud.gateway.identity import Identity
-from tether.cloud.gateway.topics import matches
+from tether.cloud.gateway.topictree import TopicTree
 
 SENDER_PROPERTY = "tether-sender"
 
@@ -66,30 +67,37 @@ class Broker:
     """Subscriptions per subscriber, and fan-out of published messages."""
 
     def __init__(self) -> None:
-        self._subscriptions: dict[Subscriber, dict[str, Subscription]] = {}
+        self._tree: TopicTree[Subscriber, Subscription] = TopicTree()
+        self._filters: dict[Subscriber, dict[str, Subscription]] = {}
 
     def subscribe(self, subscriber: Subscriber, subscription: Subscription) -> bool:
         """Add or replace a subscription; ``True`` if it replaced one with the same filter."""
-        filters = self._subscriptions.setdefault(subscriber, {})
-        existed = subscription.topic_filter in filters
+        filters = self._filters.setdefault(subscriber, {})
         filters[subscription.topic_filter] = subscription
-        return existed
+        return self._tree.add(subscription.topic_filter, subscriber, subscription)
 
     def unsubscribe(self, subscriber: Subscriber, topic_filter: str) -> bool:
         """Remove a subscription; ``True`` if it existed."""
-        filters = self._subscriptions.get(subscriber)
-        if filters is None or topic_filter not in filters:
+        filters = self._filters.get(subscriber)
+        if filters is None or filters.pop(topic_filter, None) is None:
             return False
-        del filters[topic_filter]
+        self._tree.remove(topic_filter, subscriber)
         return True
+
+    def has_subscription(self, subscriber: Subscriber, topic_filter: str) -> bool:
+        """Whether ``subscriber`` holds ``topic_filter`` (a SUBSCRIBE would replace it)."""
+        return topic_filter in self._filters.get(subscriber, {})
 
     def remove(self, subscriber: Subscriber) -> None:
         """Forget every subscription of a closed session."""
-        self._subscriptions.pop(subscriber, None)
+        for topic_filter in self._filters.pop(subscriber, {}):
+            self._tree.remove(topic_filter, subscriber)
 
-    def subscription_count(self) -> int:
-        """How many subscriptions are live (for tests and metrics)."""
-        return sum(len(filters) for filters in self._subscriptions.values())
+    def subscription_count(self, subscriber: Subscriber | None = None) -> int:
+        """How many subscriptions are live, in all or for one subscriber."""
+        if subscriber is not None:
+            return len(self._filters.get(subscriber, {}))
+        return len(self._tree)
 
     def publish(self, message: Message, *, origin: Subscriber | None = None) -> int:
         """Deliver to every matching subscriber once, at min(message QoS, best granted QoS).
@@ -97,15 +105,11 @@ class Broker:
         ``origin`` is the publishing session, so its ``no_local`` subscriptions are skipped.
         Returns how many subscribers matched (delivered or dropped by the subscriber).
         """
-        matched = 0
-        for subscriber, filters in list(self._subscriptions.items()):
-            best: int | None = None
-            for subscription in filters.values():
-                if subscription.no_local and subscriber is origin:
-                    continue
-                if matches(subscription.topic_filter, message.topic):
-                    best = max(best or 0, subscription.max_qos)
-            if best is not None:
-                matched += 1
-                subscriber.deliver(message, min(message.qos, best))
-        return matched
+        best: dict[Subscriber, int] = {}
+        for subscriber, subscription in self._tree.match(message.topic):
+            if subscription.no_local and subscriber is origin:
+                continue
+            best[subscriber] = max(best.get(subscriber, 0), subscription.max_qos)
+        for subscriber, qos in best.items():
+            subscriber.deliver(message, min(message.qos, qos))
+        return len(best)

@@ -8,6 +8,15 @@ The default policy gives every device its own subtree and nothing else:
 - a service may subscribe to any filter under ``devices/`` (``devices/+/telemetry``,
   ``devices/#``) and publish only commands: ``devices/<serial>/commands/<...>``.
 
+A Response Topic (MQTT 5 request/response) names where the *receiver* is asked to publish
+its reply, so a device could otherwise aim a service's reply (published with the service's
+rights, attributed to the service) at another device: ``devices/<victim>/commands/...``. A
+device's Response Topic must therefore be a topic the device may publish to itself (its own
+subtree); a service's is checked for syntax only, because the device that replies is held to
+its own publish rights anyway. The session refuses a PUBLISH (or a Will) whose Response Topic
+fails this exactly like a publish outside the policy. Correlation Data is opaque bytes that
+only mean something together with the Response Topic; it is forwarded as sent.
+
 Everything else, including ``$``-topics and shared subscriptions, is refused. Inputs are
 assumed to be syntactically valid (see :mod:`tether.cloud.gateway.topics`); the policy checks
 again where it matters, so an invalid topic is never allowed.
@@ -38,6 +47,10 @@ class TopicPolicy(Protocol):
 
     def may_subscribe(self, identity: Identity, topic_filter: str) -> bool:
         """Whether ``identity`` may subscribe with ``topic_filter``."""
+        ...
+
+    def may_request_reply(self, identity: Identity, response_topic: str) -> bool:
+        """Whether ``identity`` may ask receivers to reply on ``response_topic``."""
         ...
 
 
@@ -73,6 +86,14 @@ class DefaultPolicy:
             return _in_own_subtree(levels, identity.name)
         if identity.kind is IdentityKind.SERVICE:
             return len(levels) >= 2 and levels[0] == DEVICES_ROOT
+        return False
+
+    def may_request_reply(self, identity: Identity, response_topic: str) -> bool:
+        """Device: a topic it may publish to itself. Service: any valid topic name."""
+        if identity.kind is IdentityKind.DEVICE:
+            return self.may_publish(identity, response_topic)
+        if identity.kind is IdentityKind.SERVICE:
+            return is_valid_topic_name(response_topic)
         return False
 
 

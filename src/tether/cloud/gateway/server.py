@@ -6,8 +6,25 @@ handshake is raised here and logged with a stable code (the peer did not present
 certificate, its CA is not registered, it offered TLS 1.1 or only CBC suites...) instead of
 vanishing inside the event loop as it does with ``create_server(ssl=...)``. (Upgrading a plain
 stream with ``start_tls`` races with the ClientHello on uvloop: the plain stream may read it.)
-One deadline (``connect_timeout``) covers handshake, verdict and CONNECT. The table of live
-sessions lets an administrator drop every session of a revoked identity at once.
+The table of live sessions lets an administrator drop every session of a revoked identity at
+once.
+
+No client can hold what another needs (each bound is a setting, counted and logged with its
+:class:`~tether.cloud.gateway.limits.LimitCode` when it acts):
+
+- ``handshake_timeout`` (3 s) bounds the unauthenticated part, TCP accept -> TLS handshake
+  done; ``connect_timeout`` (5 s) bounds accept -> CONNECT, verdict included.
+- A connection is *pending* from accept until its CONNECT is accepted. At most
+  ``max_pending_per_address`` are pending per source address: one more is closed at accept
+  (``handshake_per_address_cap_reached``), so one host cannot fill the table. At most
+  ``max_pending_connections`` are pending in all: one more evicts the *oldest* connection
+  still in its TLS handshake (``handshake_cap_reached``), so a flood from many addresses
+  slows newcomers down by at most the time it takes to refill the table, never locks them
+  out until the deadline (authenticated connections waiting for CONNECT are not evicted; if
+  all are, the newcomer is closed).
+- At most ``max_connections`` connections are open (``connection_cap_reached``: closed at
+  accept), clamped below the file-descriptor limit, whose soft value is raised to the hard
+  limit when the gateway starts.
 """
 
 from __future__ import annotations
@@ -18,7 +35,9 @@ import logging
 import signal
 import socket
 import ssl
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import uvloop
 from cryptography import x509
@@ -26,6 +45,7 @@ from mqtt5 import ConnAckReasonCode, DisconnectReasonCode
 
 from tether.cloud.gateway.broker import Broker
 from tether.cloud.gateway.errors import GatewayConfigurationError
+from tether.cloud.gateway.events import log_event
 from tether.cloud.gateway.identity import (
     BAD_CREDENTIAL_CODES,
     HandshakeRefused,
@@ -33,20 +53,27 @@ from tether.cloud.gateway.identity import (
     IdentityAuthority,
     certificate_fingerprint,
 )
+from tether.cloud.gateway.limits import (
+    LimitCode,
+    LimitCounters,
+    LimitsReport,
+    connection_cap,
+    raise_fd_limit,
+)
 from tether.cloud.gateway.policy import DefaultPolicy, TopicPolicy
-from tether.cloud.gateway.session import (
+from tether.cloud.gateway.session import Session
+from tether.cloud.gateway.settings import LIMIT_SETTINGS, GatewaySettings
+from tether.cloud.gateway.streams import (
     CLOSE_TIMEOUT,
     READ_CHUNK,
     PacketStream,
-    Session,
     close_writer,
-    log_event,
     refuse_connect,
 )
-from tether.cloud.gateway.settings import GatewaySettings
 from tether.cloud.gateway.tls import build_server_context
 
 logger = logging.getLogger("tether.gateway")
+ACCEPT_BATCH = 64  # connections taken from the kernel's accept queue per loop iteration
 
 # OpenSSL X509_V_ERR_* codes a client certificate can fail with, mapped to refusal codes.
 _VERIFY_CODES = {
@@ -76,6 +103,14 @@ def _tls_refusal(exc: ssl.SSLError) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return _VERIFY_CODES.get(exc.verify_code, "certificate_verify_failed")
     return _TLS_REASONS.get(exc.reason or "", "tls_handshake_failed")
+
+
+@dataclass
+class _Pending:
+    """A connection whose CONNECT is not accepted yet: where from, and whether in TLS still."""
+
+    host: str
+    in_tls: bool = True
 
 
 def _peer_name(address: object) -> str:
@@ -120,6 +155,12 @@ class Gateway:
         self._by_name: dict[tuple[str, str], Session] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self.counters = LimitCounters()
+        self._open = 0  # accepted connections not yet closed
+        self._pending: dict[asyncio.Task[None], _Pending] = {}  # oldest first
+        self._pending_by_host: Counter[str] = Counter()
+        self._fd_limit = 0
+        self._max_connections = settings.max_connections
 
     @property
     def port(self) -> int:
@@ -136,6 +177,8 @@ class Gateway:
         Raises ``GatewayConfigurationError`` for unreadable credentials or a port in use.
         """
         self.reload_trust()
+        self._fd_limit = raise_fd_limit()
+        self._max_connections = connection_cap(self.settings.max_connections, self._fd_limit)
         try:
             self._listener = _listen(
                 self.settings.host,
@@ -221,13 +264,26 @@ class Gateway:
         """The identities of sessions whose CONNECT was accepted and that are still open."""
         return [session.identity for session in self._live if session.connected]
 
+    def limits_report(self) -> LimitsReport:
+        """The limit settings, how often each limit acted, and the levels they bound now."""
+        return LimitsReport(
+            settings={name: getattr(self.settings, name) for name in LIMIT_SETTINGS},
+            counters=self.counters.snapshot(),
+            open_connections=self._open,
+            pending_connections=len(self._pending),
+            sessions=sum(1 for session in self._live if session.connected),
+            subscriptions=self.broker.subscription_count(),
+            max_connections=self._max_connections,
+            fd_limit=self._fd_limit,
+        )
+
     # -- per connection ----------------------------------------------------------------------
 
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                connection, address = await loop.sock_accept(listener)
+                accepted = [await loop.sock_accept(listener)]
             except OSError as exc:
                 # Out of file descriptors and the like: say so, back off, keep serving.
                 logger.error(
@@ -237,23 +293,97 @@ class Gateway:
                 )
                 await asyncio.sleep(0.1)
                 continue
+            # Under a connection flood, take what the kernel queued in one go (bounded), so
+            # a legitimate client behind a thousand refused ones is reached sooner.
+            for _ in range(ACCEPT_BATCH - 1):
+                try:
+                    accepted.append(listener.accept())
+                except OSError:  # nothing more queued (or a transient error): next round
+                    break
+            for connection, address in accepted:
+                self._take(loop, connection, address)
+
+    def _take(
+        self, loop: asyncio.AbstractEventLoop, connection: socket.socket, address: object
+    ) -> None:
+        """Admit an accepted connection (or close it) and start its handler task."""
+        peer = _peer_name(address)
+        host = str(address[0]) if isinstance(address, tuple) else peer
+        if not self._admit(host, peer):
+            connection.close()
+            return
+        try:
+            connection.setblocking(False)
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            task = loop.create_task(self._handle_connection(connection, _peer_name(address)))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        except OSError:  # reset before we got to it; never let one end the accept loop
+            connection.close()
+            return
+        self._open += 1
+        task = loop.create_task(self._handle_connection(connection, peer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self._pending[task] = _Pending(host)
+        self._pending_by_host[host] += 1
+
+    def _admit(self, host: str, peer: str) -> bool:
+        """Whether a just-accepted connection may proceed (evicting the oldest if need be)."""
+        if self._open >= self._max_connections:
+            self.counters.hit(
+                LimitCode.CONNECTION_CAP,
+                f"{self._open} connections open (max_connections={self._max_connections}); "
+                "new connection closed",
+                peer=peer,
+            )
+            return False
+        if self._pending_by_host[host] >= self.settings.max_pending_per_address:
+            self.counters.hit(
+                LimitCode.PENDING_PER_ADDRESS,
+                f"{self._pending_by_host[host]} connections from {host} have not finished "
+                f"TLS + CONNECT (max_pending_per_address={self.settings.max_pending_per_address})"
+                "; new connection closed",
+                peer=peer,
+            )
+            return False
+        if len(self._pending) < self.settings.max_pending_connections:
+            return True
+        victim = next((task for task, state in self._pending.items() if state.in_tls), None)
+        self.counters.hit(
+            LimitCode.PENDING_CAP,
+            f"{len(self._pending)} connections have not finished TLS + CONNECT "
+            f"(max_pending_connections={self.settings.max_pending_connections}); "
+            + ("evicted the oldest still in its TLS handshake" if victim else "closed the new one"),
+            peer=peer,
+        )
+        if victim is None:
+            return False
+        self._leave_pending(victim)
+        victim.cancel()
+        return True
+
+    def _leave_pending(self, task: asyncio.Task[None] | None) -> None:
+        state = self._pending.pop(task, None) if task is not None else None
+        if state is not None:
+            self._pending_by_host[state.host] -= 1
+            if self._pending_by_host[state.host] <= 0:
+                del self._pending_by_host[state.host]
 
     async def _handle_connection(self, connection: socket.socket, peer: str) -> None:
-        deadline = asyncio.get_running_loop().time() + self.settings.connect_timeout
+        now = asyncio.get_running_loop().time()
+        deadline = now + self.settings.connect_timeout
+        tls_deadline = min(now + self.settings.handshake_timeout, deadline)
         session: Session | None = None
         writer: asyncio.StreamWriter | None = None
+        task = asyncio.current_task()
         try:
             if self._stopping or self._ssl_context is None:
-                connection.close()
                 return
-            opened = await self._tls_handshake(connection, peer, deadline)
+            opened = await self._tls_handshake(connection, peer, tls_deadline)
             if opened is None:
                 return
             reader, writer, leaf = opened
+            pending = self._pending.get(task) if task is not None else None
+            if pending is not None:
+                pending.in_tls = False
             stream = PacketStream(reader, self.settings.max_packet_size)
             identity = await self._authorize(leaf, stream, writer, peer, deadline)
             if identity is None:
@@ -266,6 +396,7 @@ class Gateway:
                 settings=self.settings,
                 broker=self.broker,
                 policy=self.policy,
+                counters=self.counters,
             )
             self._live.add(session)
             await session.run(connect_deadline=deadline, on_connected=self._register)
@@ -276,6 +407,12 @@ class Gateway:
                 extra={"tether_code": "gateway_internal_error", "peer": peer, "identity": None},
             )
         finally:
+            self._leave_pending(task)
+            self._open -= 1
+            if writer is None:
+                # TLS never completed (refused, timed out, evicted): the socket is still ours.
+                with contextlib.suppress(OSError):
+                    connection.close()
             if session is not None:
                 self._live.discard(session)
                 key = (session.identity.kind.value, session.identity.name)
@@ -312,8 +449,10 @@ class Gateway:
             log_event(logging.WARNING, code, f"TLS handshake refused: {detail}", peer=peer)
             return None
         except TimeoutError:
-            log_event(
-                logging.WARNING, "tls_handshake_timeout", "no TLS handshake in time", peer=peer
+            self.counters.hit(
+                LimitCode.HANDSHAKE_DEADLINE,
+                f"no TLS handshake within {self.settings.handshake_timeout:g} s; closed",
+                peer=peer,
             )
             return None
         except (OSError, EOFError) as exc:
@@ -362,7 +501,7 @@ class Gateway:
             )
             return None
         except TimeoutError:
-            log_event(logging.WARNING, "authority_timeout", "no verdict in time", peer=peer)
+            self.counters.hit(LimitCode.AUTHORITY_DEADLINE, "no verdict in time", peer=peer)
             return None
         except Exception as exc:
             logger.exception(
@@ -388,6 +527,7 @@ class Gateway:
         return identity
 
     def _register(self, session: Session) -> None:
+        self._leave_pending(asyncio.current_task())  # CONNECT accepted: no longer pending
         key = (session.identity.kind.value, session.identity.name)
         previous = self._by_name.get(key)
         if previous is not None and previous is not session:

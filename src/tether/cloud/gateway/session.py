@@ -9,11 +9,13 @@ The session runs after the TLS handshake and the authority's verdict, so it alwa
   is refused (CONNACK 0x8C).
 - PUBLISH at QoS 0 and 1 (PUBACK). QoS 2 -> DISCONNECT 0x9B (CONNACK says Maximum QoS 1);
   retain -> DISCONNECT 0x9A (Retain Available 0); topic aliases -> DISCONNECT 0x94 (Topic
-  Alias Maximum 0). A publish the policy refuses gets PUBACK 0x87 at QoS 1; at QoS 0, which
-  has no acknowledgement, it gets DISCONNECT 0x87 so the client sees the refusal instead of
-  silently losing messages.
-- SUBSCRIBE with a reason code per filter: granted QoS 0/1, 0x87 refused by policy, 0x8F
-  invalid filter, 0x9E shared subscription. Subscription identifiers -> DISCONNECT 0xA1.
+  Alias Maximum 0). A publish the policy refuses, or whose Response Topic the sender may not
+  name (``TopicPolicy.may_request_reply``), gets PUBACK 0x87 at QoS 1; at QoS 0, which has no
+  acknowledgement, it gets DISCONNECT 0x87 so the client sees the refusal instead of silently
+  losing messages.
+- SUBSCRIBE with a reason code per filter (:mod:`tether.cloud.gateway.subscriptions`):
+  granted QoS 0/1, 0x87 refused by policy, 0x8F invalid filter, 0x9E shared subscription,
+  0x97 over a quota. Subscription identifiers -> DISCONNECT 0xA1.
 - UNSUBSCRIBE, PINGREQ/PINGRESP, DISCONNECT, a Will message (checked against the policy at
   CONNECT, published on an abnormal close, Will Delay ignored).
 - Keep-alive: silence for 1.5 x keep-alive -> DISCONNECT 0x8D and close.
@@ -21,9 +23,14 @@ The session runs after the TLS handshake and the authority's verdict, so it alwa
   session exists); undecodable bytes -> DISCONNECT 0x81 (CONNACK 0x81); a packet that is
   legal MQTT but wrong here -> DISCONNECT 0x82. Then close.
 
-Outgoing QoS 1 messages respect the client's Receive Maximum and Maximum Packet Size; there is
-no retransmission (no persistent sessions). Every read goes through a bounded
-``PacketFramer``; the write buffer to a slow subscriber is bounded by dropping messages.
+CONNACK advertises the server's Receive Maximum (``receive_maximum``); every QoS 1 PUBLISH is
+acknowledged before the next packet is read, and reading stops while the client does not read
+its acknowledgements, so the client can never have more unacknowledged publishes with us
+than it has sent in one read. Outgoing messages go through
+:class:`~tether.cloud.gateway.flow.OutboundFlow`: the client's Receive Maximum (messages
+beyond it wait, bounded), its Maximum Packet Size (bigger ones are dropped for it), and the
+slow-consumer bounds. There is no retransmission (no persistent sessions). Every read goes
+through a bounded ``PacketFramer`` (:mod:`tether.cloud.gateway.streams`).
 """
 
 from __future__ import annotations
@@ -31,118 +38,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 from collections.abc import Callable
 
 import mqtt5
 from mqtt5 import ConnAckReasonCode, DisconnectReasonCode, QoS
 
-from tether.cloud.gateway.broker import Broker, Message, Subscription, attributed_properties
+from tether.cloud.gateway import subscriptions
+from tether.cloud.gateway.broker import Broker, Message, attributed_properties
 from tether.cloud.gateway.errors import MalformedPacketError, PacketTooLargeError
-from tether.cloud.gateway.framing import PacketFramer
+from tether.cloud.gateway.events import log_event
+from tether.cloud.gateway.flow import Admission, OutboundFlow
 from tether.cloud.gateway.identity import Identity
+from tether.cloud.gateway.limits import LimitCode, LimitCounters
 from tether.cloud.gateway.policy import TopicPolicy
 from tether.cloud.gateway.settings import GatewaySettings
-from tether.cloud.gateway.topics import is_shared_subscription, is_valid_topic_filter
+from tether.cloud.gateway.streams import CLOSE_GRACE, READ_ERRORS, PacketStream, close_writer
 
-logger = logging.getLogger("tether.gateway")
-
-READ_CHUNK = 64 * 1024
 KEEP_ALIVE_GRACE = 1.5
-CLOSE_TIMEOUT = 2.0
-# How long a closing connection may wait for the peer's TLS close_notify before it is aborted.
-# The peer already has everything we wrote (close() flushes first); only the courtesy is cut.
-CLOSE_GRACE = 0.5
-RECEIVE_MAXIMUM = 65_535
-
-_READ_ERRORS = (OSError, ssl.SSLError, EOFError)
-
-
-def log_event(
-    level: int, code: str, message: str, *, peer: str, identity: str | None = None
-) -> None:
-    """Log one gateway event with its stable code in the text and in ``extra``.
-
-    ``extra`` carries ``tether_code``, ``peer`` ("host:port") and ``identity`` (name or None)
-    so log pipelines can match on them without parsing the message.
-    """
-    who = f"{identity}@{peer}" if identity else peer
-    logger.log(
-        level,
-        "[%s] %s: %s",
-        code,
-        who,
-        message,
-        extra={"tether_code": code, "peer": peer, "identity": identity},
-    )
-
-
-class PacketStream:
-    """Bounded packet reads from a stream: a framer fed in ``READ_CHUNK`` pieces."""
-
-    def __init__(self, reader: asyncio.StreamReader, max_packet_size: int) -> None:
-        self._reader = reader
-        self.framer = PacketFramer(max_packet_size)
-
-    async def read(self) -> mqtt5.Packet | None:
-        """The next packet, or ``None`` at end of stream (or a transport error).
-
-        Raises ``PacketTooLargeError`` / ``MalformedPacketError`` for a bad stream.
-        """
-        while True:
-            packet = self.framer.next_packet()
-            if packet is not None:
-                return packet
-            try:
-                data = await self._reader.read(READ_CHUNK)
-            except _READ_ERRORS:
-                return None
-            if not data:
-                return None
-            self.framer.feed(data)
-
-
-async def close_writer(writer: asyncio.StreamWriter) -> None:
-    """Close a stream, flushing what was written, without waiting for ever or raising.
-
-    A peer that does not answer the TLS close_notify within ``CLOSE_GRACE`` is aborted.
-    """
-    with contextlib.suppress(Exception):
-        writer.close()
-    try:
-        async with asyncio.timeout(CLOSE_GRACE):
-            await writer.wait_closed()
-        return
-    except TimeoutError:
-        pass
-    except Exception:
-        return
-    with contextlib.suppress(Exception):
-        writer.transport.abort()
-    with contextlib.suppress(Exception, TimeoutError):
-        async with asyncio.timeout(CLOSE_TIMEOUT):
-            await writer.wait_closed()
-
-
-async def refuse_connect(
-    stream: PacketStream,
-    writer: asyncio.StreamWriter,
-    *,
-    reason: ConnAckReasonCode,
-    reason_str: str,
-    deadline: float,
-) -> None:
-    """After a refused handshake: answer a CONNECT that arrives before ``deadline``, then close.
-
-    The client then sees why it was refused (CONNACK 0x86/0x87) instead of a bare close.
-    Anything else, or nothing, just closes.
-    """
-    with contextlib.suppress(TimeoutError, MalformedPacketError, PacketTooLargeError):
-        async with asyncio.timeout_at(deadline):
-            packet = await stream.read()
-            if isinstance(packet, mqtt5.ConnectPacket):
-                writer.write(mqtt5.ConnAckPacket(reason_code=reason, reason_str=reason_str).write())
-    await close_writer(writer)
+DRAIN_POLL = 0.01  # seconds between checks of a full socket buffer with messages waiting
+CLIENT_RECEIVE_MAXIMUM = 65_535  # what a CONNECT without Receive Maximum means (spec 3.1.2.11)
+PLACEHOLDER_PACKET_ID = 1  # replaced by OutboundFlow when the message is written
 
 
 class Session:
@@ -162,6 +77,7 @@ class Session:
         settings: GatewaySettings,
         broker: Broker,
         policy: TopicPolicy,
+        counters: LimitCounters,
     ) -> None:
         self.identity = identity
         self.peer = peer
@@ -170,14 +86,15 @@ class Session:
         self._settings = settings
         self._broker = broker
         self._policy = policy
+        self._counters = counters
         self._connected = False
         self._closing = False
         self._closed = asyncio.Event()
         self._keep_alive = settings.max_keep_alive
-        self._client_receive_max = RECEIVE_MAXIMUM
         self._client_max_packet_size: int | None = None
-        self._inflight: set[int] = set()
-        self._next_packet_id = 1
+        self._flow = self._new_flow(CLIENT_RECEIVE_MAXIMUM)
+        self._pump: asyncio.Task[None] | None = None
+        self._over_quota = False
         self._will: mqtt5.Will | None = None
         self._publish_will = True
         self.dropped_messages = 0
@@ -200,6 +117,8 @@ class Session:
                 await self._serve()
         finally:
             self._closing = True
+            if self._pump is not None:
+                self._pump.cancel()
             self._broker.remove(self)
             if self._connected and self._will is not None and self._publish_will:
                 self._route_will(self._will)
@@ -236,24 +155,20 @@ class Session:
         return True
 
     def deliver(self, message: Message, qos: int) -> bool:
-        """Write ``message`` to this client at ``qos`` now; ``False`` if it had to be dropped.
+        """Write or queue ``message`` for this client at ``qos``; ``False`` if it was dropped.
 
-        Dropped when the session is closing, the client's Receive Maximum of unacknowledged
-        QoS 1 messages is reached, the packet exceeds the client's Maximum Packet Size, or the
-        write buffer already holds ``write_buffer_limit`` bytes (a slow consumer).
+        Dropped when the session is closing, the packet exceeds the client's Maximum Packet
+        Size, or (QoS 0) the socket buffer is full. A QoS 1 message beyond the client's
+        Receive Maximum waits; one that does not fit the wait queue ends the session with
+        DISCONNECT 0x97 (see :mod:`tether.cloud.gateway.flow`).
         """
         if not self.connected:
             return False
-        packet_id: int | None = None
-        if qos >= 1:
-            if len(self._inflight) >= self._client_receive_max:
-                return self._drop("client receive maximum reached")
-            packet_id = self._allocate_packet_id()
         data = mqtt5.PublishPacket(
             message.topic,
             message.payload,
             qos=QoS(qos),
-            packet_id=packet_id,
+            packet_id=PLACEHOLDER_PACKET_ID if qos >= 1 else None,
             payload_format_indicator=message.payload_format_indicator,
             message_expiry_interval=message.message_expiry_interval,
             content_type=message.content_type,
@@ -262,35 +177,79 @@ class Session:
             user_properties=list(message.user_properties),
         ).write()
         if self._client_max_packet_size is not None and len(data) > self._client_max_packet_size:
-            return self._drop("message exceeds the client's maximum packet size")
-        transport = self._writer.transport
-        if transport.get_write_buffer_size() > self._settings.write_buffer_limit:
-            return self._drop("slow consumer: write buffer full")
-        if packet_id is not None:
-            self._inflight.add(packet_id)
-        self._write(data)
-        return True
+            return self._drop(LimitCode.OVERSIZE_FOR_CLIENT, "message exceeds the client's maximum")
+        admission, ready = self._flow.offer(data, qos, self._buffered())
+        if admission is Admission.WRITE:
+            self._write(ready)
+            return True
+        if admission is Admission.QUEUED:
+            self._counters.hit(
+                LimitCode.RECEIVE_MAXIMUM_WAIT,
+                f"QoS 1 message waits: {self._flow.inflight} unacknowledged (client Receive "
+                f"Maximum {self._flow.receive_maximum}), {self._flow.queued} queued",
+                peer=self.peer,
+                identity=self.identity.name,
+                level=logging.INFO,
+            )
+            self._start_pump()
+            return True
+        if admission is Admission.DROPPED:
+            return self._drop(LimitCode.SLOW_CONSUMER_DROP, "slow consumer: QoS 0 message dropped")
+        self._counters.hit(
+            LimitCode.SLOW_CONSUMER_DISCONNECT,
+            f"slow consumer: {self._flow.queued} QoS 1 messages ({self._flow.queued_bytes} "
+            "bytes) wait and the next does not fit; DISCONNECT 0x97",
+            peer=self.peer,
+            identity=self.identity.name,
+        )
+        self.disconnect(DisconnectReasonCode.QUOTA_EXCEEDED, "slow consumer: queue full")
+        return False
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _drop(self, why: str) -> bool:
+    def _new_flow(self, client_receive_maximum: int) -> OutboundFlow:
+        return OutboundFlow(
+            receive_maximum=client_receive_maximum,
+            write_buffer_limit=self._settings.write_buffer_limit,
+            max_queued_messages=self._settings.max_queued_messages,
+            max_queued_bytes=self._settings.max_queued_bytes,
+        )
+
+    def _buffered(self) -> int:
+        return int(self._writer.transport.get_write_buffer_size())
+
+    def _drop(self, code: LimitCode, why: str) -> bool:
         self.dropped_messages += 1
-        if self.dropped_messages == 1 or self.dropped_messages % 1000 == 0:
-            log_event(
-                logging.WARNING,
-                "message_dropped",
-                f"{why} ({self.dropped_messages} dropped so far)",
-                peer=self.peer,
-                identity=self.identity.name,
-            )
+        self._counters.hit(code, why, peer=self.peer, identity=self.identity.name)
         return False
 
-    def _allocate_packet_id(self) -> int:
+    def _release(self) -> None:
+        """Write the waiting messages the window and the buffer now allow."""
+        for data in self._flow.release(self._buffered()):
+            self._write(data)
+
+    def _start_pump(self) -> None:
+        if self._flow.full(self._buffered()) and (self._pump is None or self._pump.done()):
+            self._pump = asyncio.get_running_loop().create_task(self._drain_and_release())
+
+    async def _drain_and_release(self) -> None:
+        """Release while a full socket buffer drains; PUBACKs release the rest.
+
+        It releases before it ends, so what still waits then waits for the window only (a
+        PUBACK will come) and never for a buffer nobody watches.
+        """
         while True:
-            packet_id = self._next_packet_id
-            self._next_packet_id = packet_id % 65_535 + 1
-            if packet_id not in self._inflight:
-                return packet_id
+            self._release()
+            if self._closing or not self._flow.queued or not self._flow.full(self._buffered()):
+                return
+            try:
+                await self._writer.drain()
+            except Exception:
+                return
+            if self._flow.full(self._buffered()):
+                # drain() returns at once when the transport is not paused (its high-water
+                # mark is not ours): poll instead of spinning the loop.
+                await asyncio.sleep(DRAIN_POLL)
 
     def _write(self, data: bytes) -> None:
         if self._writer.is_closing():
@@ -311,7 +270,12 @@ class Session:
             async with asyncio.timeout_at(connect_deadline):
                 packet = await self._stream.read()
         except TimeoutError:
-            self._log(logging.WARNING, "mqtt_connect_timeout", "no CONNECT before the deadline")
+            self._counters.hit(
+                LimitCode.CONNECT_DEADLINE,
+                "no CONNECT before the connect deadline",
+                peer=self.peer,
+                identity=self.identity.name,
+            )
             return False
         except PacketTooLargeError as exc:
             self._log(logging.WARNING, exc.code, exc.message)
@@ -370,12 +334,22 @@ class Session:
                     "mqtt_retain_unsupported",
                     "retained Will messages are not supported",
                 )
-            if not self._policy.may_publish(self.identity, will.topic):
-                return (
-                    ConnAckReasonCode.NOT_AUTHORIZED,
-                    "publish_not_authorized",
-                    f"Will topic {will.topic!r} is outside what this identity may publish",
-                )
+            refusal = self._publish_refusal(will.topic, will.response_topic)
+            if refusal is not None:
+                return (ConnAckReasonCode.NOT_AUTHORIZED, refusal[0], f"Will: {refusal[1]}")
+        return None
+
+    def _publish_refusal(self, topic: str, response_topic: str | None) -> tuple[str, str] | None:
+        """(code, words) if the policy refuses this topic or Response Topic, else None."""
+        if not self._policy.may_publish(self.identity, topic):
+            return "publish_not_authorized", f"topic {topic!r} is outside what it may publish"
+        if response_topic is not None and not self._policy.may_request_reply(
+            self.identity, response_topic
+        ):
+            return (
+                "response_topic_not_authorized",
+                f"Response Topic {response_topic!r} is outside what it may publish",
+            )
         return None
 
     def _accept(self, packet: mqtt5.ConnectPacket, on_connected: Callable[[Session], None]) -> None:
@@ -385,7 +359,7 @@ class Session:
             self._keep_alive = server_keep_alive
         else:
             self._keep_alive = packet.keep_alive
-        self._client_receive_max = packet.receive_max or RECEIVE_MAXIMUM
+        self._flow = self._new_flow(packet.receive_max or CLIENT_RECEIVE_MAXIMUM)
         self._client_max_packet_size = packet.max_packet_size
         self._will = packet.will
         self._connected = True
@@ -397,7 +371,7 @@ class Session:
                 # We keep no session state; tell a client that asked for one.
                 session_expiry_interval=0 if packet.session_expiry_interval else None,
                 server_keep_alive=server_keep_alive,
-                receive_max=RECEIVE_MAXIMUM,
+                receive_max=self._settings.receive_maximum,
                 topic_alias_max=0,
                 max_qos=QoS.AT_LEAST_ONCE,
                 retain_available=False,
@@ -427,6 +401,12 @@ class Session:
                     ):
                         # Stop reading while the client does not read its acknowledgements.
                         await self._writer.drain()
+                if self._over_quota:
+                    # Told 0x97 and asking for more: read its next packet later, so a client
+                    # that floods SUBSCRIBE gets a bounded share of the loop (not counted as
+                    # keep-alive silence).
+                    self._over_quota = False
+                    await asyncio.sleep(self._settings.quota_backoff)
             except TimeoutError:
                 self._log(logging.INFO, "mqtt_keep_alive_timeout", "silent beyond 1.5 x keep-alive")
                 self.disconnect(DisconnectReasonCode.KEEP_ALIVE_TIMEOUT, "keep alive timeout")
@@ -439,7 +419,7 @@ class Session:
                 self._log(logging.WARNING, exc.code, exc.message)
                 self.disconnect(DisconnectReasonCode.MALFORMED_PACKET, "malformed packet")
                 return
-            except _READ_ERRORS:
+            except READ_ERRORS:
                 packet = None
             if packet is None:
                 if not self._closing:
@@ -450,7 +430,8 @@ class Session:
         if isinstance(packet, mqtt5.PublishPacket):
             self._on_publish(packet)
         elif isinstance(packet, mqtt5.PubAckPacket):
-            self._inflight.discard(packet.packet_id)
+            if self._flow.acknowledge(packet.packet_id):
+                self._release()
         elif isinstance(packet, mqtt5.SubscribePacket):
             self._on_subscribe(packet)
         elif isinstance(packet, mqtt5.UnsubscribePacket):
@@ -498,22 +479,20 @@ class Session:
         if packet.subscription_ids:
             self._protocol_error("a client PUBLISH must not carry subscription identifiers")
             return
-        if not self._policy.may_publish(self.identity, packet.topic):
-            self._log(
-                logging.WARNING,
-                "publish_not_authorized",
-                f"PUBLISH to {packet.topic!r} refused by policy",
-            )
+        refusal = self._publish_refusal(packet.topic, packet.response_topic)
+        if refusal is not None:
+            code, text = refusal
+            self._log(logging.WARNING, code, f"PUBLISH refused by policy: {text}")
             if packet.qos == QoS.AT_LEAST_ONCE and packet.packet_id is not None:
                 self._write(
                     mqtt5.PubAckPacket(
                         packet.packet_id,
                         reason_code=mqtt5.PubAckReasonCode.NOT_AUTHORIZED,
-                        reason_str="topic not allowed for this identity",
+                        reason_str=code,
                     ).write()
                 )
             else:
-                self.disconnect(DisconnectReasonCode.NOT_AUTHORIZED, "topic not allowed")
+                self.disconnect(DisconnectReasonCode.NOT_AUTHORIZED, code)
             return
         message = Message(
             topic=packet.topic,
@@ -544,37 +523,18 @@ class Session:
                 "subscription identifiers are not supported",
             )
             return
-        codes: list[mqtt5.SubAckReasonCode] = []
-        for topic_filter in packet.topic_filters:
-            pattern = topic_filter.pattern
-            if not is_valid_topic_filter(pattern):
-                self._log(
-                    logging.WARNING,
-                    "mqtt_topic_filter_invalid",
-                    f"SUBSCRIBE to {pattern!r} refused: not a valid topic filter",
-                )
-                codes.append(mqtt5.SubAckReasonCode.TOPIC_FILTER_INVALID)
-            elif is_shared_subscription(pattern):
-                self._log(
-                    logging.WARNING,
-                    "mqtt_shared_subscriptions_unsupported",
-                    f"SUBSCRIBE to {pattern!r} refused: shared subscriptions are not supported",
-                )
-                codes.append(mqtt5.SubAckReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
-            elif not self._policy.may_subscribe(self.identity, pattern):
-                self._log(
-                    logging.WARNING,
-                    "subscribe_not_authorized",
-                    f"SUBSCRIBE to {pattern!r} refused by policy",
-                )
-                codes.append(mqtt5.SubAckReasonCode.NOT_AUTHORIZED)
-            else:
-                granted = min(int(topic_filter.max_qos), int(QoS.AT_LEAST_ONCE))
-                self._broker.subscribe(
-                    self, Subscription(pattern, granted, no_local=topic_filter.no_local)
-                )
-                codes.append(mqtt5.SubAckReasonCode(granted))
+        codes = subscriptions.subscribe(
+            packet,
+            subscriber=self,
+            identity=self.identity,
+            peer=self.peer,
+            broker=self._broker,
+            policy=self._policy,
+            settings=self._settings,
+            counters=self._counters,
+        )
         self._write(mqtt5.SubAckPacket(packet.packet_id, codes).write())
+        self._over_quota = mqtt5.SubAckReasonCode.QUOTA_EXCEEDED in codes
 
     def _route_will(self, will: mqtt5.Will) -> None:
         message = Message(

@@ -1,0 +1,139 @@
+"""Outgoing flow control for one session: the client's Receive Maximum and a bounded queue.
+
+Sans-I/O: the session says how many bytes its socket buffer holds, this decides what to write.
+
+- **QoS 1 window.** At most the client's Receive Maximum QoS 1 PUBLISH packets are
+  unacknowledged at any time (MQTT 5 section 4.9). A message beyond the window *waits* in a
+  FIFO queue and is written when a PUBACK opens the window, in order.
+- **Slow consumer.** A socket buffer holding ``write_buffer_limit`` bytes or more is full:
+  nothing more is written to it. A QoS 0 message for a full buffer is dropped (QoS 0 is "at
+  most once", MQTT 5 section 4.3.1: losing one is within its contract). A QoS 1 message
+  waits in the queue instead, and the queue is bounded by ``max_queued_messages`` and
+  ``max_queued_bytes``: a QoS 1 message that does not fit would have to be lost, which
+  at-least-once forbids, so the session ends with DISCONNECT 0x97 Quota exceeded (the spec's
+  code for "an implementation or administrative imposed limit has been exceeded"; 0x8D Keep
+  Alive timeout is for a silent client, and this one may be sending). The client reconnects
+  and resubscribes when it can keep up.
+
+So one session's outgoing memory is bounded by ``write_buffer_limit`` + one packet +
+``max_queued_bytes``. Packet identifiers are given when a message is written, never while it
+waits, so waiting messages never hold identifiers the window needs.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+
+MAX_PACKET_ID = 65_535
+
+
+class Admission(enum.Enum):
+    """What happened to an offered message."""
+
+    WRITE = "write"  # write the returned bytes now
+    QUEUED = "queued"  # waits for the window (or the buffer); written by ``release``
+    DROPPED = "dropped"  # QoS 0 for a full buffer
+    OVERFLOW = "overflow"  # QoS 1 that does not fit the queue: end the session with 0x97
+
+
+def with_packet_id(data: bytes, packet_id: int) -> bytes:
+    """An encoded QoS 1 PUBLISH with its packet identifier replaced by ``packet_id``.
+
+    The identifier follows the fixed header (type byte, variable-length remaining length) and
+    the topic (two length bytes, then the topic): MQTT 5 section 3.3.2.
+    """
+    index = 1
+    while data[index] & 0x80:
+        index += 1
+    index += 1
+    topic_length = int.from_bytes(data[index : index + 2], "big")
+    at = index + 2 + topic_length
+    return data[:at] + packet_id.to_bytes(2, "big") + data[at + 2 :]
+
+
+class OutboundFlow:
+    """The QoS 1 window and wait queue of one session (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        receive_maximum: int,
+        write_buffer_limit: int,
+        max_queued_messages: int,
+        max_queued_bytes: int,
+    ) -> None:
+        self.receive_maximum = receive_maximum
+        self._write_buffer_limit = write_buffer_limit
+        self._max_queued_messages = max_queued_messages
+        self._max_queued_bytes = max_queued_bytes
+        self._inflight: set[int] = set()
+        self._next_id = 1
+        self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
+
+    @property
+    def inflight(self) -> int:
+        """QoS 1 messages written and not yet acknowledged."""
+        return len(self._inflight)
+
+    @property
+    def queued(self) -> int:
+        """QoS 1 messages waiting."""
+        return len(self._queue)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of the QoS 1 messages waiting."""
+        return self._queued_bytes
+
+    def full(self, buffered: int) -> bool:
+        """Whether a socket buffer holding ``buffered`` bytes takes no more."""
+        return buffered >= self._write_buffer_limit
+
+    def offer(self, data: bytes, qos: int, buffered: int) -> tuple[Admission, bytes]:
+        """Decide about one encoded PUBLISH (a QoS 1 one with any packet identifier).
+
+        Returns the admission and, for ``WRITE``, the bytes to write (with their identifier).
+        """
+        if qos == 0:
+            return (Admission.DROPPED, b"") if self.full(buffered) else (Admission.WRITE, data)
+        if not self._queue and self._window_open() and not self.full(buffered):
+            return Admission.WRITE, self._stamp(data)
+        if (
+            len(self._queue) >= self._max_queued_messages
+            or self._queued_bytes + len(data) > self._max_queued_bytes
+        ):
+            return Admission.OVERFLOW, b""
+        self._queue.append(data)
+        self._queued_bytes += len(data)
+        return Admission.QUEUED, b""
+
+    def acknowledge(self, packet_id: int) -> bool:
+        """A PUBACK from the client; ``True`` if it acknowledged a message in flight."""
+        if packet_id in self._inflight:
+            self._inflight.remove(packet_id)
+            return True
+        return False
+
+    def release(self, buffered: int) -> list[bytes]:
+        """The waiting messages that may be written now, oldest first, with identifiers."""
+        out: list[bytes] = []
+        while self._queue and self._window_open() and not self.full(buffered):
+            data = self._queue.popleft()
+            self._queued_bytes -= len(data)
+            buffered += len(data)
+            out.append(self._stamp(data))
+        return out
+
+    def _window_open(self) -> bool:
+        return len(self._inflight) < self.receive_maximum
+
+    def _stamp(self, data: bytes) -> bytes:
+        while True:
+            packet_id = self._next_id
+            self._next_id = packet_id % MAX_PACKET_ID + 1
+            if packet_id not in self._inflight:
+                break
+        self._inflight.add(packet_id)
+        return with_packet_id(data, packet_id)
