@@ -278,6 +278,13 @@ def publish_other_qos0(a: Attack) -> Observation:
     return a.after_session(_publish(f"devices/{OTHER}/telemetry", 0))
 
 
+def reply_topic_at_another_device(a: Attack) -> Observation:
+    # A service answering this request would publish to another device's commands.
+    return a.after_session(
+        _publish(f"devices/{SERIAL}/telemetry", 1, response_topic=f"devices/{OTHER}/commands/x")
+    )
+
+
 def publish_sys(a: Attack) -> Observation:
     return a.after_session(_publish("$SYS/broker/uptime", 1))
 
@@ -845,6 +852,13 @@ CASES: tuple[Case, ...] = (
         "disconnect:0x87",
         "publish_not_authorized",
         publish_other_qos0,
+    ),
+    _case(
+        "mqtt-reply-topic-other-device",
+        "QoS 1 PUBLISH whose Response Topic is another device's commands",
+        "puback:0x87",
+        "response_topic_not_authorized",
+        reply_topic_at_another_device,
     ),
     _case(
         "mqtt-publish-sys",

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Sections in the order the report shows them.
-SECTIONS = ("matrix", "fuzz", "churn", "crash")
+SECTIONS = ("matrix", "abuse", "fuzz", "churn", "crash")
 SECTION_TITLES = {
     "matrix": "Attack matrix (real TLS / MQTT connections to a running CloudService)",
+    "abuse": "Abuse: no client can stall another (a legitimate connect and a revocation drop, "
+    "timed while each abuse runs)",
     "fuzz": "Fuzzing (hypothesis)",
     "churn": "Load with churn",
     "crash": "Crash safety (kill -9)",

@@ -122,7 +122,7 @@ def check(
         and bool(logged)
     )
     security_report.record(
-        "churn",  # the report's load section (tests/attack/report.py has no abuse section)
+        "abuse",
         case,
         f"{abuse} against `tether cloud serve`: a legitimate connect < {CONNECT_BOUND:g} s and "
         f"a revocation drop < {DROP_BOUND:g} ms after its commit while it runs; logs "
