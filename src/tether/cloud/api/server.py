@@ -4,6 +4,12 @@ The API reuses the gateway's certificate and key from the data directory and lis
 own port. The socket is bound here, not by uvicorn, so a port in use is a clear
 ConfigurationError instead of uvicorn's ``sys.exit`` inside a task, and port 0 works. The
 cloud process owns SIGINT/SIGTERM; uvicorn's own signal capture is switched off.
+
+uvicorn's own bounds come from ``api_limits``: ``limit_concurrency`` (``max_connections``:
+connections plus requests in flight; uvicorn answers 503 beyond and logs "Exceeded
+concurrency limit"), ``h11_max_incomplete_event_size`` (``max_header_bytes``: a request line
+and headers larger than that are a 400) and ``timeout_keep_alive``. Bodies and credentials are
+bounded by the app itself (``guard.RequestGuard``), before a route reads anything.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
+from tether.cloud.settings import ApiLimitOptions
 from tether.errors import ConfigurationError
 
 _START_TIMEOUT = 10.0
@@ -43,8 +50,11 @@ class ApiServer:
         port: int,
         certificate_chain: Path,
         private_key: Path,
+        limits: ApiLimitOptions | None = None,
     ) -> None:
         """Nothing is bound until :meth:`start`."""
+        limits = limits or ApiLimitOptions()
+        self.app = app
         self.host = host
         self.port = port
         self.config = uvicorn.Config(
@@ -58,6 +68,9 @@ class ApiServer:
             log_config=None,
             access_log=False,
             server_header=False,
+            limit_concurrency=limits.max_connections,
+            h11_max_incomplete_event_size=limits.max_header_bytes,
+            timeout_keep_alive=int(limits.keep_alive_timeout),
         )
         self._server = _EmbeddedServer(self.config)
         self._task: asyncio.Task[None] | None = None
@@ -98,7 +111,7 @@ class ApiServer:
         return bound
 
     async def stop(self) -> None:
-        """Stop accepting, let requests in flight finish, close the socket."""
+        """Stop accepting, let requests in flight finish, close the socket and the app's pools."""
         if self._task is None:
             return
         self._server.should_exit = True
@@ -109,3 +122,6 @@ class ApiServer:
             await self._task
         finally:
             self._task = None
+            close = getattr(self.app.state, "tether_close", None)
+            if close is not None:
+                close()

@@ -121,3 +121,15 @@ class RegistrationCodeError(PolicyViolationError):
     """A CA registration code is unknown, already used or expired."""
 
     code = "registration_code_invalid"
+
+
+class AdminNotFoundError(NotFoundError):
+    """No administrator with this name is registered."""
+
+    code = "admin_not_found"
+
+
+class AdminStateError(ConflictError):
+    """The administrator cannot change this way (already revoked, or the last active one)."""
+
+    code = "admin_state"

@@ -33,6 +33,8 @@ from tether.cloud.registry.engine import (
 )
 from tether.cloud.registry.errors import (
     AdminExistsError,
+    AdminNotFoundError,
+    AdminStateError,
     AutoRegistrationPolicyError,
     CAExistsError,
     CANotRegisteredError,
@@ -61,6 +63,7 @@ from tether.cloud.registry.models import (
 )
 from tether.cloud.registry.records import (
     AdminRecord,
+    AdminStatus,
     AuditEntry,
     CARecord,
     CARole,
@@ -761,7 +764,13 @@ class Registry:
             if session.scalar(select(AdminModel.id).where(AdminModel.name == name)):
                 raise exists()
             model = AdminModel(
-                name=name, token_id=token_id, salt=salt, token_hash=token_hash, created_at=now
+                name=name,
+                token_id=token_id,
+                salt=salt,
+                token_hash=token_hash,
+                created_at=now,
+                status=AdminStatus.ACTIVE.value,
+                revoked_at=None,
             )
             session.add(model)
             self._flush(session, exists)
@@ -769,17 +778,85 @@ class Registry:
             return _admin_record(model)
 
     def find_admin(self, token_id: str) -> AdminRecord | None:
-        """The administrator whose token carries ``token_id``, or None."""
+        """The *active* administrator whose token carries ``token_id``, or None.
+
+        A revoked administrator is not found, so its token is refused like an unknown one
+        (without running the KDF) at the next request, in every process.
+        """
         with self._read() as session:
             model = session.scalars(
-                select(AdminModel).where(AdminModel.token_id == token_id)
+                select(AdminModel).where(
+                    AdminModel.token_id == token_id,
+                    AdminModel.status == AdminStatus.ACTIVE.value,
+                )
             ).first()
             return None if model is None else _admin_record(model)
 
+    def get_admin(self, name: str) -> AdminRecord:
+        """The administrator called ``name``, active or revoked; AdminNotFoundError if none."""
+        with self._read() as session:
+            return _admin_record(_load_admin(session, name))
+
     def list_admins(self) -> list[AdminRecord]:
-        """Every administrator, oldest first."""
+        """Every administrator (active and revoked), oldest first."""
         with self._read() as session:
             return [_admin_record(m) for m in session.scalars(select(AdminModel).order_by("id"))]
+
+    def rotate_admin(
+        self, name: str, *, token_id: str, salt: bytes, token_hash: bytes, actor: str
+    ) -> AdminRecord:
+        """Give an active administrator a new token (id, salt, hash); the old one dies at once.
+
+        The old token id no longer finds the row, so every process refuses the old token at
+        its next request. AdminNotFoundError, or AdminStateError for a revoked admin; audited.
+        """
+        actor = _check_actor(actor)
+        now = self._clock()
+        with self._write() as session:
+            model = _load_admin(session, name)
+            if model.status != AdminStatus.ACTIVE.value:
+                raise AdminStateError(
+                    f"The admin {name!r} is revoked; revocation is final. Add a new admin "
+                    "instead (`tether cloud admin add`)."
+                )
+            model.token_id = token_id
+            model.salt = salt
+            model.token_hash = token_hash
+            self._flush(session, lambda: ConcurrentChangeError("That token id is taken; retry."))
+            _audit(session, now, actor, "admin.rotate", model.name, {})
+            return _admin_record(model)
+
+    def revoke_admin(self, name: str, *, actor: str) -> AdminRecord:
+        """Revoke an administrator for good: its token is refused from the next request.
+
+        The last active administrator cannot be revoked (AdminStateError): the API would be
+        left without anyone to run it. Rotate its token instead, or add another admin first.
+        AdminNotFoundError for an unknown name; a revoked admin stays revoked. Audited.
+        """
+        actor = _check_actor(actor)
+        now = self._clock()
+        with self._write() as session:
+            model = _load_admin(session, name)
+            if model.status != AdminStatus.ACTIVE.value:
+                raise AdminStateError(f"The admin {name!r} is already revoked.")
+            # FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers):
+            # two concurrent revocations cannot both see another active admin and leave none.
+            active = session.scalars(
+                select(AdminModel.id)
+                .where(AdminModel.status == AdminStatus.ACTIVE.value)
+                .with_for_update()
+            ).all()
+            if len(active) <= 1:
+                raise AdminStateError(
+                    f"The admin {name!r} is the last active admin; revoking it would leave the "
+                    "API without an administrator. Rotate its token instead (`tether cloud "
+                    "admin rotate`), or add another admin first."
+                )
+            model.status = AdminStatus.REVOKED.value
+            model.revoked_at = now
+            session.flush()
+            _audit(session, now, actor, "admin.revoke", model.name, {})
+            return _admin_record(model)
 
     def publish_crl(self, issuer: str, der: bytes, *, actor: str) -> None:
         """Store (or replace) the CRL the cloud serves for ``issuer`` ("root" or a CA
@@ -1192,6 +1269,15 @@ def _load_ca(session: Session, fingerprint: str) -> CAModel:
     return model
 
 
+def _load_admin(session: Session, name: str) -> AdminModel:
+    model = session.scalars(select(AdminModel).where(AdminModel.name == name)).first()
+    if model is None:
+        raise AdminNotFoundError(
+            f"No admin named {name!r}; `tether cloud admin list` shows the admins."
+        )
+    return model
+
+
 def _load_device(session: Session, serial: str) -> DeviceModel:
     model = session.scalars(select(DeviceModel).where(DeviceModel.serial == serial)).first()
     if model is None:
@@ -1246,6 +1332,8 @@ def _admin_record(m: AdminModel) -> AdminRecord:
         salt=m.salt,
         token_hash=m.token_hash,
         created_at=m.created_at,
+        status=AdminStatus(m.status),
+        revoked_at=m.revoked_at,
     )
 
 
