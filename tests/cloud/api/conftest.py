@@ -115,11 +115,11 @@ def api(cloud: Cloud) -> Iterator[Api]:
 
 
 @pytest.fixture
-def api_with() -> Iterator[Callable[..., Api]]:
-    """Start more API servers (own limits, same registry); all stop with the test."""
+def api_with(cloud: Cloud) -> Iterator[Callable[..., Api]]:
+    """Start API servers over ``cloud`` (own limits, same registry); all stop with the test."""
     with ExitStack() as stack:
 
-        def start(cloud: Cloud, **kwargs: Any) -> Api:
+        def start(**kwargs: Any) -> Api:
             return stack.enter_context(serve_api(cloud, **kwargs))
 
         yield start

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import ssl
+import stat
 import subprocess
 import sys
 import time
@@ -163,3 +165,88 @@ def test_serve_runs_gateway_and_api_in_one_process(
         if server.poll() is None:
             server.kill()
             server.wait(10)
+
+
+def test_init_refuses_a_database_password_on_the_command_line(
+    ca_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    for url in (
+        "postgresql+psycopg://tether:s3cret-pw@127.0.0.1/tether",
+        "postgresql://tether@127.0.0.1/tether?password=s3cret-pw",
+    ):
+        done = tether(
+            "cloud", "init", data, "--server-ca", ca_dirs["server"], "--database-url", url
+        )
+        assert done.returncode == 3, done.stdout
+        assert "secret_on_command_line" in done.stderr and "--database-url-file" in done.stderr
+        assert "s3cret-pw" not in done.stderr + done.stdout
+        assert not data.exists()
+
+
+def test_init_takes_the_database_url_from_a_file_or_the_environment(
+    ca_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    from_file = tmp_path / "from-file"
+    url_file = tmp_path / "db-url"
+    url_file.write_text(f"sqlite:///{tmp_path / 'file.db'}\n")
+    url_file.chmod(0o600)
+    done = tether(
+        "cloud",
+        "init",
+        from_file,
+        "--server-ca",
+        ca_dirs["server"],
+        "--database-url-file",
+        url_file,
+    )
+    assert done.returncode == 0, done.stderr
+    assert CloudSettings.load(from_file).database_url == f"sqlite:///{tmp_path / 'file.db'}"
+    assert (tmp_path / "file.db").exists()
+
+    from_env = tmp_path / "from-env"
+    env = {**_env(), "TETHER_DATABASE_URL": f"sqlite:///{tmp_path / 'env.db'}"}
+    done = subprocess.run(
+        [TETHER, "cloud", "init", str(from_env), "--server-ca", str(ca_dirs["server"])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert CloudSettings.load(from_env).database_url == f"sqlite:///{tmp_path / 'env.db'}"
+
+    both = tether(
+        "cloud", "init", tmp_path / "both", "--server-ca", ca_dirs["server"],
+        "--database-url", "sqlite:///x.db", "--database-url-file", url_file,
+    )  # fmt: skip
+    assert both.returncode == 3 and "not both" in both.stderr
+
+
+def test_cloud_json_is_0600_and_refused_when_others_may_read_it(
+    ca_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    _init(data, ca_dirs)
+    settings_file = data / "cloud.json"
+    assert stat.S_IMODE(settings_file.stat().st_mode) == 0o600
+    assert "api_limits" in json.loads(settings_file.read_text())
+    settings_file.chmod(0o644)
+    refused = tether("cloud", "admin", "list", data)
+    assert refused.returncode == 3
+    assert "settings_file_exposed" in refused.stderr and "chmod 600" in refused.stderr
+    settings_file.chmod(0o600)
+    assert tether("cloud", "admin", "list", data).returncode == 0
+
+
+def test_a_zero_api_limit_in_cloud_json_is_refused(
+    ca_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    _init(data, ca_dirs)
+    raw = json.loads((data / "cloud.json").read_text())
+    raw["api_limits"]["token_check_max_pending"] = 0
+    (data / "cloud.json").write_text(json.dumps(raw))
+    refused = tether("cloud", "serve", data, "--port", "0", "--api-port", "0")
+    assert refused.returncode == 3
+    assert "api_limits.token_check_max_pending must be a positive number" in refused.stderr

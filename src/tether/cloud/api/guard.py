@@ -418,34 +418,34 @@ class RequestGuard:
         host: str | None,
     ) -> None:
         received = 0
-        capped = False
         started = False
+        refused = False
 
         async def capped_receive() -> Message:
-            nonlocal received, capped
+            # Over the limit: answer 413 (and close) ourselves, then tell the app the client
+            # left. Raising instead would reach FastAPI's body parser, which turns any error
+            # into a 400; the app's own late answer is dropped by ``tracked_send``.
+            nonlocal received, started, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message.get("type") == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    if not capped:
-                        capped = True
-                        self.guard.acted(LimitCode.BODY_TOO_LARGE, host, "a streamed body")
-                    raise too_large
+                    refused = True
+                    self.guard.acted(LimitCode.BODY_TOO_LARGE, host, "a streamed body")
+                    if not started:
+                        started = True
+                        await _send_error(send, too_large, close=True)
+                    return {"type": "http.disconnect"}
             return message
 
         async def tracked_send(message: Message) -> None:
             nonlocal started
+            if refused:
+                return
             if message.get("type") == "http.response.start":
                 started = True
-                if capped:  # stop reading the rest of an oversized body: close after this
-                    headers = list(message.get("headers", []))
-                    headers.append((b"connection", b"close"))
-                    message = {**message, "headers": headers}
             await send(message)
 
-        try:
-            await self.app(scope, capped_receive, tracked_send)
-        except BodyTooLargeError:
-            if started:
-                raise
-            await _send_error(send, too_large, close=True)
+        await self.app(scope, capped_receive, tracked_send)
