@@ -3,8 +3,8 @@
 ``init`` creates the first admin credential ("admin") and prints its token once; only its
 scrypt hash is stored. ``admin add NAME`` makes more, ``admin rotate NAME`` replaces a token
 (the new one printed once, the old one refused at once), ``admin revoke NAME`` ends one for
-good (never the last active admin). ``serve`` runs the gateway and the HTTPS admin API in one
-process, on one uvloop event loop.
+good (never the last active admin). ``serve`` runs the gateway on one uvloop event loop and
+the HTTPS admin API in a process of its own.
 
 A database URL with a password never comes from an argument: ``init`` reads it from
 ``--database-url-file`` or ``TETHER_DATABASE_URL`` (``--database-url`` only takes one without a
@@ -20,7 +20,6 @@ from __future__ import annotations
 import getpass
 import logging
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 import typer
@@ -32,7 +31,7 @@ from rich.table import Table
 
 from tether.cli.secrets import DATABASE_URL_ENV, read_database_url, read_secret
 from tether.cloud.admin import IssuedAdminToken, create_admin, revoke_admin, rotate_admin
-from tether.cloud.api import AdminOperations, ApiServer, check_online_ca, create_app
+from tether.cloud.api.process import ApiProcess, ApiProcessArgs
 from tether.cloud.registry import CARole, DeviceStatus, Registry
 from tether.cloud.service import CloudService, serve_until_signalled
 from tether.cloud.settings import ApiOptions, CloudSettings, GatewayOptions
@@ -298,38 +297,24 @@ def serve(
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter, not service news
     settings = CloudSettings.load(data_dir)
     overrides = {} if port is None else {"port": port}
-    online = None
+    passphrase = None
     if settings.api.device_ca is not None:
         passphrase = read_secret(
             "online device CA passphrase",
             env_var="TETHER_CA_PASSPHRASE",
             file=device_ca_passphrase_file,
         )
-        online = CaDirectory.open(Path(settings.api.device_ca)).issuing(passphrase)
+    # The API runs in a process of its own (see tether.cloud.api.process): API abuse must not
+    # share this loop, thread pool or GIL with the gateway's handshakes and revocation feed.
+    # The online CA's key is loaded there only; this process never holds it.
+    api = ApiProcess(
+        ApiProcessArgs(
+            data_dir=data_dir, port=api_port, ca_passphrase=passphrase, log_level=log_level
+        )
+    )
     registry = Registry.open(settings.database_url)
     try:
-        if online is not None:
-            check_online_ca(registry, online)
         service = CloudService(registry, settings.gateway_settings(**overrides))
-        operations = AdminOperations(
-            registry,
-            root_certificate=load_certificate(settings.pinned_ca.read_bytes()),
-            online_ca=online,
-            registration_code_ttl=timedelta(seconds=settings.api.registration_code_ttl),
-        )
-        api = ApiServer(
-            create_app(
-                registry,
-                root_certificate=operations.root_certificate,
-                operations=operations,
-                limits=settings.api_limits,
-            ),
-            host=settings.api.host,
-            port=settings.api.port if api_port is None else api_port,
-            certificate_chain=settings.server_chain,
-            private_key=settings.server_key,
-            limits=settings.api_limits,
-        )
 
         def ready(bound: int) -> None:
             console.print(
@@ -338,10 +323,10 @@ def serve(
             )
 
         def api_ready(bound: int) -> None:
-            signing = "online device CA loaded" if online else "no online device CA"
+            signing = "online device CA loaded" if api.signs else "no online device CA"
             console.print(
                 f"[green]admin API[/] on https://{settings.api.host}:{bound} ({signing}; "
-                f"OpenAPI at /openapi.json)"
+                f"pid {api.pid}; OpenAPI at /openapi.json)"
             )
 
         uvloop.run(serve_until_signalled(service, on_ready=ready, api=api, on_api_ready=api_ready))

@@ -781,16 +781,29 @@ class Registry:
         """The *active* administrator whose token carries ``token_id``, or None.
 
         A revoked administrator is not found, so its token is refused like an unknown one
-        (without running the KDF) at the next request, in every process.
+        (without running the KDF) at the next request, in every process. One statement on a
+        plain connection, not an ORM session: every API request asks it, and under a flood
+        of random tokens its cost (CPU under the GIL the event loop needs) is the API's floor.
         """
-        with self._read() as session:
-            model = session.scalars(
-                select(AdminModel).where(
-                    AdminModel.token_id == token_id,
-                    AdminModel.status == AdminStatus.ACTIVE.value,
-                )
-            ).first()
-            return None if model is None else _admin_record(model)
+        try:
+            with self._single_statement_engine.connect() as connection:
+                row = connection.execute(
+                    _FIND_ADMIN, {"token_id": token_id, "status": AdminStatus.ACTIVE.value}
+                ).first()
+        except DBAPIError as exc:
+            raise self._unavailable(exc) from exc
+        if row is None:
+            return None
+        name, token_id, salt, token_hash, created_at, status, revoked_at = row
+        return AdminRecord(
+            name=name,
+            token_id=token_id,
+            salt=bytes(salt),
+            token_hash=bytes(token_hash),
+            created_at=_as_utc(created_at),
+            status=AdminStatus(status),
+            revoked_at=None if revoked_at is None else _as_utc(revoked_at),
+        )
 
     def get_admin(self, name: str) -> AdminRecord:
         """The administrator called ``name``, active or revoked; AdminNotFoundError if none."""
@@ -1093,6 +1106,23 @@ def _check_connection_statement() -> Select[Any]:
 
 
 _CHECK_CONNECTION = _check_connection_statement()
+_FIND_ADMIN = select(
+    AdminModel.name,
+    AdminModel.token_id,
+    AdminModel.salt,
+    AdminModel.token_hash,
+    AdminModel.created_at,
+    AdminModel.status,
+    AdminModel.revoked_at,
+).where(
+    AdminModel.token_id == bindparam("token_id", type_=String),
+    AdminModel.status == bindparam("status", type_=String),
+)
+
+
+def _as_utc(value: datetime) -> datetime:
+    """A datetime column read through Core (UTCDateTime applies; this only guards naive)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 # -- helpers (module-private) ----------------------------------------------------------------
