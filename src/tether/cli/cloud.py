@@ -31,7 +31,7 @@ from rich.table import Table
 
 from tether.cli.secrets import DATABASE_URL_ENV, read_database_url, read_secret
 from tether.cloud.admin import IssuedAdminToken, create_admin, revoke_admin, rotate_admin
-from tether.cloud.api.process import ApiProcess, ApiProcessArgs
+from tether.cloud.api import ApiProcess, ApiProcessArgs
 from tether.cloud.registry import CARole, DeviceStatus, Registry
 from tether.cloud.service import CloudService, serve_until_signalled
 from tether.cloud.settings import ApiOptions, CloudSettings, GatewayOptions

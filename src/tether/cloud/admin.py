@@ -4,8 +4,8 @@ A token looks like ``tether_<token id>_<secret>``. The token id (16 hex digits, 
 clear) finds the administrator without hashing against every row; the secret (32 random
 bytes, URL-safe base64) is checked with ``hashlib.scrypt`` and a constant-time compare. The
 token is shown once, when it is made (``tether cloud init`` makes "admin", ``tether cloud
-admin add NAME`` makes more); the registry keeps only the salt and the hash, so a copy of
-the database does not let anyone call the API.
+admin add NAME`` makes more, ``rotate`` replaces one); the registry keeps only the salt and
+the hash, so a copy of the database does not let anyone call the API.
 
 Every API request carries the token, and scrypt costs tens of milliseconds of CPU by design:
 checked on every request it held CSR issuance through the API to ~40/s on two cores
@@ -21,8 +21,8 @@ So a *successful* check is remembered, per process, in a small bounded cache
   reads the administrator by token id from the registry and accepts a cache hit only if the
   stored salt and hash are still exactly those (constant-time compare). Re-running scrypt
   against an unchanged (salt, hash) would give the same answer, so a hit decides exactly what
-  the full check would. Invalidation is therefore immediate and needs no TTL: removing the
-  administrator or giving it a new token (new salt and hash) makes the next request miss.
+  the full check would. Invalidation is therefore immediate and needs no TTL: revoking the
+  administrator or rotating its token (new id, salt and hash) makes the next request miss.
 - Failures are never cached: a wrong secret for a known token id costs the full scrypt work
   every time, so guessing is exactly as slow as it was, and a hit is only possible for someone
   who already holds the valid token. A memory dump holds digests and their key together, but

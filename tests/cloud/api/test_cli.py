@@ -120,9 +120,7 @@ def _read_until(stream: object, pattern: str, deadline: float) -> re.Match[str]:
     raise AssertionError(f"no line matching {pattern!r}; saw {seen}")
 
 
-def test_serve_runs_gateway_and_api_in_one_process(
-    ca_dirs: dict[str, Path], tmp_path: Path
-) -> None:
+def test_serve_runs_gateway_and_api(ca_dirs: dict[str, Path], tmp_path: Path) -> None:
     data = tmp_path / "data"
     token = _init(data, ca_dirs)
     server = subprocess.Popen(
@@ -250,3 +248,73 @@ def test_a_zero_api_limit_in_cloud_json_is_refused(
     refused = tether("cloud", "serve", data, "--port", "0", "--api-port", "0")
     assert refused.returncode == 3
     assert "api_limits.token_check_max_pending must be a positive number" in refused.stderr
+
+
+def _children(pid: int) -> set[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    found: set[int] = set()
+    for task in tasks.iterdir():
+        found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+def test_serve_runs_the_api_in_its_own_process_which_never_outlives_serve(
+    ca_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    token = _init(data, ca_dirs)
+    server = subprocess.Popen(
+        [TETHER, "cloud", "serve", str(data), "--port", "0", "--api-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        _read_until(server.stdout, r"listening on 127\.0\.0\.1:(\d+)", deadline)
+        ready = _read_until(server.stdout, r"https://127\.0\.0\.1:(\d+) .*pid (\d+)", deadline)
+        api_port, api_pid = int(ready[1]), int(ready[2])
+        assert api_pid != server.pid and api_pid in _children(server.pid)
+        context = ssl.create_default_context(cafile=str(data / "pinned-ca.pem"))
+        with httpx.Client(verify=context, timeout=10) as http:
+            whoami = http.get(
+                f"https://127.0.0.1:{api_port}/api/v1/whoami",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert whoami.json() == {"name": "admin"}
+        server.kill()  # SIGKILL: no clean shutdown, the API must notice and go by itself
+        server.wait(10)
+        for _ in range(100):
+            if not Path(f"/proc/{api_pid}").exists() or "Z" in _state(api_pid):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the API process outlived serve")
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
+def test_serve_reports_why_the_api_process_could_not_start(
+    ca_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    _init(data, ca_dirs)
+    done = subprocess.run(
+        [TETHER, "cloud", "serve", str(data), "--port", "0", "--api-port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**_env(), "TETHER_CA_PASSPHRASE": "not the passphrase"},
+    )
+    assert done.returncode == 3, done.stdout
+    assert "passphrase" in done.stderr.lower(), done.stderr

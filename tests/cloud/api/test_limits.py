@@ -290,3 +290,24 @@ def test_the_limits_report_shows_the_configured_bounds(
     assert api.anonymous.get("/api/v1/limits").status_code == 401
     too_big = api.http.post("/api/v1/devices", content=b"{" + b" " * 5000 + b"}")
     assert too_big.status_code == 413
+
+
+def test_uvicorn_bounds_connections_and_header_size_with_our_reason_code(
+    api_with: Callable[..., Api],
+) -> None:
+    api = api_with(limits=ApiLimitOptions(max_connections=2, max_header_bytes=4096))
+    request = f"GET /api/v1/whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {api.token}\r\n"
+    with _open(api) as first, _open(api) as second:
+        first.sendall((request + "\r\n").encode())
+        assert _read_response(first, 0, first.recv(65536)).status in (200, 503)
+        second.sendall((request + "\r\n").encode())
+        assert _read_response(second, 0, second.recv(65536)).status == 503
+    with _open(api) as big:
+        big.sendall((request + "X-Padding: " + "p" * 65536 + "\r\n\r\n").encode())
+        assert _read_response(big, 0, big.recv(65536)).status == 400
+    api.http.close()  # its idle connection counts too
+    with httpx.Client(
+        base_url=f"https://127.0.0.1:{api.port}", verify=pinned_context(api.cloud)
+    ) as fresh:
+        report = fresh.get("/api/v1/limits", headers=_bearer(api.token)).json()
+    assert report["acted"]["api_concurrency_limited"] >= 1

@@ -29,6 +29,7 @@ class LimitCode(StrEnum):
     TOKEN_LANE_FULL = "api_token_lane_full"  # noqa: S105  (503: every token-check slot taken)
     BODY_TOO_LARGE = "api_body_too_large"  # 413: declared or streamed body over the limit
     FAILURE_AUDIT_SUPPRESSED = "api_failure_audit_suppressed"  # failure audit rows capped
+    CONCURRENCY_LIMITED = "api_concurrency_limited"  # 503 from uvicorn: max_connections
 
 
 def address_key(host: str | None) -> str:
