@@ -15,6 +15,10 @@ runs, asserted:
   measured from the commit (registry) or the API's answer to the drop reaching the device;
 - the cloud's memory does not grow with the bodies (``VmHWM`` - ``VmRSS`` before).
 
+Also here, as matrix rows: a cached admin token revoked with ``tether cloud admin revoke`` is
+refused at the next request, and a burst of bad tokens from one address is throttled (429,
+logged) while another address still authenticates.
+
 The abusers run in a process of their own, so their CPU and GIL do not slow the test's probe
 (the cloud and the abusers still share the machine's cores, as they would on one host). The
 loops are bounded in count and time; every socket has a timeout.
@@ -28,6 +32,7 @@ import multiprocessing
 import re
 import secrets
 import ssl
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -42,7 +47,14 @@ from cryptography import x509
 
 from tests.attack.observe import Wire
 from tests.attack.report import SecurityReport
-from tests.attack.serve import Device, ServeProcess, issue_devices, make_data_dir
+from tests.attack.serve import (
+    Device,
+    ServeProcess,
+    cli_env,
+    issue_devices,
+    make_data_dir,
+    tether_command,
+)
 from tests.cloud.conftest import CloudPKI
 from tether.cloud.admin import create_admin
 from tether.cloud.registry import Registry
@@ -423,3 +435,65 @@ def test_api_abuse_does_not_stall_connects_or_revocation(
     if with_body:
         assert abuse.body_attempts >= 2 and set(abuse.body_statuses) <= {401, 413}, observation
         assert abuse.body_bytes_sent < abuse.body_attempts * 16 * 1024 * 1024, observation
+
+
+@pytest.mark.timeout(120)
+def test_revoked_admin_tokens_and_a_brute_force_burst_are_refused(
+    cloud_pki: CloudPKI, tmp_path: Path, security_report: SecurityReport
+) -> None:
+    settings = make_data_dir(tmp_path, cloud_pki)
+    with Registry.open(settings.database_url) as registry:
+        ops = create_admin(registry, "ops", actor="test:abuse").token
+        backup = create_admin(registry, "backup", actor="test:abuse").token
+    serve = ApiServeProcess(settings.data_dir, tmp_path / "serve.log")
+    base = f"https://127.0.0.1:{serve.api_port}"
+    context = _api_context(cloud_pki.root_path)
+
+    def whoami(token: str, address: str = "127.0.0.1") -> httpx.Response:
+        transport = httpx.HTTPTransport(verify=context, local_address=address)
+        with httpx.Client(base_url=base, transport=transport, timeout=IO_TIMEOUT) as client:
+            return client.get("/api/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+
+    try:
+        assert whoami(ops).status_code == 200 and whoami(backup).status_code == 200
+        revoked = subprocess.run(
+            tether_command("cloud", "admin", "revoke", str(settings.data_dir), "ops"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=cli_env(),
+        )
+        assert revoked.returncode == 0, revoked.stderr
+        after_revoke = whoami(ops)
+        burst = [whoami(f"tether_{backup.split('_')[1]}_{secrets.token_urlsafe(32)}", "127.0.0.9")]
+        burst += [
+            whoami(f"tether_{secrets.token_hex(8)}_{'D' * 43}", "127.0.0.9") for _ in range(11)
+        ]
+        elsewhere = whoami(backup, "127.0.0.10")
+    finally:
+        serve.stop()
+    log = (tmp_path / "serve.log").read_text(errors="replace")
+    codes = [r.status_code for r in burst]
+    revoked_ok = after_revoke.status_code == 401
+    throttled_ok = codes[:10] == [401] * 10 and codes[10:] == [429, 429]
+    throttled_ok = throttled_ok and burst[-1].json()["code"] == "api_auth_throttled"
+    throttled_ok = throttled_ok and "api_auth_throttled" in log and elsewhere.status_code == 200
+    security_report.record(
+        "matrix",
+        "admin-token-revoked",
+        "a cached admin token revoked by `tether cloud admin revoke` while the API runs: the "
+        "next request is refused (401 admin_credential_invalid)",
+        f"next request {after_revoke.status_code} {after_revoke.json().get('code')}",
+        passed=revoked_ok,
+    )
+    security_report.record(
+        "matrix",
+        "admin-token-brute-force",
+        "12 bad tokens from one address: 10 answered 401, then 429 `api_auth_throttled` with "
+        "Retry-After, logged; another address still authenticates",
+        f"statuses {codes}; Retry-After {burst[-1].headers.get('Retry-After')}; other address "
+        f"{elsewhere.status_code}",
+        passed=throttled_ok,
+    )
+    assert revoked_ok, after_revoke.text
+    assert throttled_ok, (codes, log[-2000:])

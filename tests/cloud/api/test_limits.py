@@ -199,12 +199,19 @@ def _read_response(sock: ssl.SSLSocket, sent: int, data: bytes) -> RawResponse:
     return RawResponse(int(lines[0].split()[1]), headers, body, sent)
 
 
-def _huge_request(api: Api, *, authorization: str | None, chunked: bool) -> RawResponse:
+def _huge_request(
+    api: Api,
+    *,
+    authorization: str | None,
+    chunked: bool,
+    path: str = "/api/v1/devices",
+    content_type: str = "application/json",
+) -> RawResponse:
     """Send only the headers of a 256 MiB POST, then a body slowly until an answer comes."""
     head = [
-        "POST /api/v1/devices HTTP/1.1",
+        f"POST {path} HTTP/1.1",
         f"Host: 127.0.0.1:{api.port}",
-        "Content-Type: application/json",
+        f"Content-Type: {content_type}",
         "Transfer-Encoding: chunked" if chunked else f"Content-Length: {HUGE}",
     ]
     if authorization:
@@ -311,3 +318,16 @@ def test_uvicorn_bounds_connections_and_header_size_with_our_reason_code(
     ) as fresh:
         report = fresh.get("/api/v1/limits", headers=_bearer(api.token)).json()
     assert report["acted"]["api_concurrency_limited"] >= 1
+
+
+def test_a_huge_console_form_is_cut_off_too(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    response = _huge_request(
+        api,
+        authorization=None,
+        chunked=True,
+        path="/console/login",
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert response.status == 413
+    assert 128 * 1024 <= response.sent < 8 * 1024 * 1024
+    assert not [r for r in caplog.records if "Exception in ASGI application" in r.getMessage()]

@@ -448,4 +448,10 @@ class RequestGuard:
                 started = True
             await send(message)
 
-        await self.app(scope, capped_receive, tracked_send)
+        try:
+            await self.app(scope, capped_receive, tracked_send)
+        except Exception:
+            # After our 413 the app only sees a client that left (e.g. a console form parser
+            # raising ClientDisconnect): that is the refusal working, not a server error.
+            if not refused:
+                raise
