@@ -331,3 +331,34 @@ def test_a_huge_console_form_is_cut_off_too(api: Api, caplog: pytest.LogCaptureF
     assert response.status == 413
     assert 128 * 1024 <= response.sent < 8 * 1024 * 1024
     assert not [r for r in caplog.records if "Exception in ASGI application" in r.getMessage()]
+
+
+def test_the_address_table_is_bounded_and_says_so(api_with: Callable[..., Api]) -> None:
+    api = api_with(limits=ApiLimitOptions(tracked_addresses=2))
+    assert api.http.get("/api/v1/whoami").status_code == 200
+    for address in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+        with _client_from(api, address) as client:
+            assert client.get("/api/v1/whoami", headers=_bearer(UNKNOWN)).status_code == 401
+    report = _limits(api)
+    assert report["tracked_addresses"] == 2
+    assert report["acted"]["api_addresses_evicted"] >= 2  # type: ignore[index]
+
+
+def test_failed_console_sign_ins_are_throttled_like_bearer_tokens(
+    api_with: Callable[..., Api],
+) -> None:
+    api = api_with(limits=ApiLimitOptions(auth_failures_per_address=2))
+    with httpx.Client(
+        base_url=f"https://127.0.0.1:{api.port}", verify=pinned_context(api.cloud)
+    ) as browser:
+        statuses = []
+        for _ in range(3):
+            form = browser.get("/console/login")
+            csrf = form.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+            answer = browser.post("/console/login", data={"csrf_token": csrf, "token": UNKNOWN})
+            statuses.append(answer.status_code)
+    assert statuses == [401, 401, 429]
+    assert [e.action for e in api.registry.audit_after(0) if e.action.startswith("api.")] == [
+        "api.auth_failed",
+        "api.auth_throttled",
+    ]

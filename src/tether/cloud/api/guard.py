@@ -159,6 +159,17 @@ class AdminGuard:
         )
         self._global_logged: dict[LimitCode, float] = {}
 
+    def _state(self, key: str, now: float) -> AddressState:
+        """``key``'s state; counts and logs (globally, thinned) when the table forgets one."""
+        evicted = self._book.evicted
+        state = self._book.state(key, now)
+        if self._book.evicted > evicted:
+            self.counters.add(LimitCode.ADDRESSES_EVICTED, self._book.evicted - evicted)
+            self._acted_globally(
+                LimitCode.ADDRESSES_EVICTED, "the per-address table is full (tracked_addresses)"
+            )
+        return state
+
     async def _io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(
             self._executor, partial(fn, *args, **kwargs)
@@ -172,7 +183,7 @@ class AdminGuard:
         """
         key = address_key(host)
         now = self._clock()
-        state = self._book.state(key, now)
+        state = self._state(key, now)
         try:
             presented = parse_token(token)
         except AdminCredentialError:
@@ -225,7 +236,7 @@ class AdminGuard:
         """Count one failed credential from ``host_key`` (already an ``address_key``); audit
         it within the bounds of the module docstring."""
         now = self._clock()
-        state = self._book.state(host_key, now)
+        state = self._state(host_key, now)
         state.failures += 1
         self.counters.add(LimitCode.CREDENTIAL_INVALID)
         rows: list[tuple[str, str, dict[str, str | int | bool | None]]] = []
@@ -286,8 +297,8 @@ class AdminGuard:
             )
 
     def _acted_globally(self, code: LimitCode, what: str) -> None:
-        if code is not LimitCode.FAILURE_AUDIT_SUPPRESSED:
-            self.counters.add(code)
+        if code not in (LimitCode.FAILURE_AUDIT_SUPPRESSED, LimitCode.ADDRESSES_EVICTED):
+            self.counters.add(code)  # those two are counted where they happen
         now = self._clock()
         if now - self._global_logged.get(code, float("-inf")) >= _GLOBAL_LOG_EVERY:
             self._global_logged[code] = now
@@ -296,7 +307,7 @@ class AdminGuard:
     def acted(self, code: LimitCode, host: str | None, what: str) -> None:
         """Count a bound that acted outside ``authenticate``; log it once per address/window."""
         key = address_key(host)
-        self._acted(code, key, self._book.state(key, self._clock()), what)
+        self._acted(code, key, self._state(key, self._clock()), what)
 
     def report(self) -> dict[str, Any]:
         """Configured limits, how often each acted, scrypt runs, the lane's state."""

@@ -30,6 +30,7 @@ class LimitCode(StrEnum):
     BODY_TOO_LARGE = "api_body_too_large"  # 413: declared or streamed body over the limit
     FAILURE_AUDIT_SUPPRESSED = "api_failure_audit_suppressed"  # failure audit rows capped
     CONCURRENCY_LIMITED = "api_concurrency_limited"  # 503 from uvicorn: max_connections
+    ADDRESSES_EVICTED = "api_addresses_evicted"  # tracked_addresses full: oldest forgotten
 
 
 def address_key(host: str | None) -> str:
@@ -84,6 +85,7 @@ class AddressBook:
         self._kdf_burst = float(kdf_burst)
         self._kdf_rate = kdf_per_second
         self._states: OrderedDict[str, AddressState] = OrderedDict()
+        self.evicted = 0  # addresses forgotten because the table was full
 
     def __len__(self) -> int:
         return len(self._states)
@@ -96,6 +98,7 @@ class AddressBook:
             self._states[key] = state
             while len(self._states) > self._entries:
                 self._states.popitem(last=False)
+                self.evicted += 1
         else:
             self._states.move_to_end(key)
             if now - state.window_start >= self.window:
