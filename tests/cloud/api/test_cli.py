@@ -318,3 +318,29 @@ def test_serve_reports_why_the_api_process_could_not_start(
     )
     assert done.returncode == 3, done.stdout
     assert "passphrase" in done.stderr.lower(), done.stderr
+
+
+def test_serve_logs_when_its_api_process_dies(ca_dirs: dict[str, Path], tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _init(data, ca_dirs)
+    server = subprocess.Popen(
+        [TETHER, "cloud", "serve", str(data), "--port", "0", "--api-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        _read_until(server.stdout, r"listening on 127\.0\.0\.1:(\d+)", deadline)
+        api_pid = int(_read_until(server.stdout, r"pid (\d+)", deadline)[1])
+        os.kill(api_pid, signal.SIGKILL)
+        match = _read_until(server.stderr, r"admin API process .* exited", deadline + 10)
+        assert str(api_pid) in match.string
+        assert server.poll() is None  # the gateway keeps running
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=20) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)

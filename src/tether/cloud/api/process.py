@@ -35,6 +35,8 @@ from pathlib import Path
 
 from tether.errors import ConfigurationError, TetherError
 
+log = logging.getLogger("tether.api")
+
 _START_TIMEOUT = 60.0  # seconds: a fresh interpreter imports Tether, migrates, loads the CA
 _STOP_TIMEOUT = 15.0
 
@@ -173,10 +175,29 @@ class ApiProcess:
                 raise ApiStartError("the admin API process did not start in time")
             raise ApiStartError(str(message[2]), code=str(message[1]))
         _, port, self.signs = message
+        # The child's end of ``parent`` closes when it exits: say so at once if it dies early.
+        asyncio.get_running_loop().add_reader(parent.fileno(), self._exited)
         return int(port)
+
+    def _exited(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._conn is not None:
+            loop.remove_reader(self._conn.fileno())
+        process = self._process
+        code = None if process is None else process.exitcode
+        log.error(
+            "the admin API process (pid %s) exited (code %s); the gateway keeps running, "
+            "`tether cloud` commands still work; restart serve to get the API back",
+            self.pid,
+            code,
+            extra={"tether_code": "api_process_exited"},
+        )
 
     async def stop(self) -> None:
         """SIGTERM the child, wait for it to finish its requests; kill it if it hangs."""
+        if self._conn is not None:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self._conn.fileno())
         process, self._process = self._process, None
         if process is not None and process.is_alive():
             process.terminate()
