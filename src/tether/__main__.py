@@ -2,4 +2,6 @@
 
 from tether.cli.app import main
 
-main()
+# Guarded: a ``spawn`` child (the admin API process) imports this module as ``__mp_main__``.
+if __name__ == "__main__":
+    main()

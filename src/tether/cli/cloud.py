@@ -1,8 +1,14 @@
 """``tether cloud``: set up, feed and run the cloud (registry + gateway + admin API).
 
 ``init`` creates the first admin credential ("admin") and prints its token once; only its
-scrypt hash is stored. ``admin add NAME`` makes more. ``serve`` runs the gateway and the
-HTTPS admin API in one process, on one uvloop event loop.
+scrypt hash is stored. ``admin add NAME`` makes more, ``admin rotate NAME`` replaces a token
+(the new one printed once, the old one refused at once), ``admin revoke NAME`` ends one for
+good (never the last active admin). ``serve`` runs the gateway on one uvloop event loop and
+the HTTPS admin API in a process of its own.
+
+A database URL with a password never comes from an argument: ``init`` reads it from
+``--database-url-file`` or ``TETHER_DATABASE_URL`` (``--database-url`` only takes one without a
+password) and writes it into ``cloud.json``, mode 0600.
 
 The commands that change the registry (register a CA, disable a device, revoke a
 certificate) work on the registry directly and land in its audit log with the operator as
@@ -14,7 +20,6 @@ from __future__ import annotations
 import getpass
 import logging
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 import typer
@@ -24,9 +29,9 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from tether.cli.secrets import read_secret
-from tether.cloud.admin import IssuedAdminToken, create_admin
-from tether.cloud.api import AdminOperations, ApiServer, check_online_ca, create_app
+from tether.cli.secrets import DATABASE_URL_ENV, read_database_url, read_secret
+from tether.cloud.admin import IssuedAdminToken, create_admin, revoke_admin, rotate_admin
+from tether.cloud.api import AdminOperations, ApiProcess, ApiProcessArgs
 from tether.cloud.registry import ROOT_CRL_ISSUER, CARole, DeviceStatus, Registry
 from tether.cloud.service import CloudService, serve_until_signalled
 from tether.cloud.settings import ApiOptions, CloudSettings, GatewayOptions
@@ -73,7 +78,13 @@ def init(
     host: str = typer.Option("127.0.0.1", help="Address the gateway listens on."),
     port: int = typer.Option(8883, help="Gateway port."),
     database_url: str | None = typer.Option(
-        None, help="PostgreSQL URL (postgresql+psycopg://...); default a SQLite file inside."
+        None,
+        help="PostgreSQL URL without a password (postgresql+psycopg://user@host/db); default "
+        "a SQLite file inside. A URL with a password is refused here: use --database-url-file "
+        f"or {DATABASE_URL_ENV}.",
+    ),
+    database_url_file: Path | None = typer.Option(
+        None, help=f"File holding the database URL (else {DATABASE_URL_ENV}, else SQLite)."
     ),
     device_ca: Path | None = typer.Option(
         None,
@@ -84,6 +95,7 @@ def init(
     api_port: int = typer.Option(8443, help="Admin API port (HTTPS)."),
 ) -> None:
     """Create a data directory: gateway certificate, pinned CA, registry, first admin token."""
+    database_url = read_database_url(database_url, file=database_url_file)
     online = None
     if device_ca is not None:
         online_dir = CaDirectory.open(device_ca)
@@ -149,7 +161,35 @@ def admin_list(data_dir: Path = DataDir) -> None:
     with _registry(data_dir) as registry:
         admins = registry.list_admins()
     for record in admins:
-        console.print(f"{record.name}  created {record.created_at:%Y-%m-%d %H:%M:%SZ}")
+        line = f"{record.name}  {record.status}  created {record.created_at:%Y-%m-%d %H:%M:%SZ}"
+        if record.revoked_at is not None:
+            line += f"  revoked {record.revoked_at:%Y-%m-%d %H:%M:%SZ}"
+        console.print(line)
+
+
+@admin_app.command("rotate")
+def admin_rotate(
+    data_dir: Path = DataDir,
+    name: str = typer.Argument(..., help="The admin whose token is replaced."),
+) -> None:
+    """Give an admin a new token (printed once); the old token is refused at once."""
+    with _registry(data_dir) as registry:
+        issued = rotate_admin(registry, name, actor=_actor())
+    _print_token(issued)
+
+
+@admin_app.command("revoke")
+def admin_revoke(
+    data_dir: Path = DataDir,
+    name: str = typer.Argument(..., help="The admin to revoke (for good)."),
+) -> None:
+    """Revoke an admin: its token is refused from the next request, in every process.
+
+    The last active admin cannot be revoked; rotate its token instead.
+    """
+    with _registry(data_dir) as registry:
+        record = revoke_admin(registry, name, actor=_actor())
+    console.print(f"[red]revoked[/] admin {record.name}")
 
 
 @app.command("register-ca")
@@ -297,35 +337,24 @@ def serve(
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter, not service news
     settings = CloudSettings.load(data_dir)
     overrides = {} if port is None else {"port": port}
-    online = None
+    passphrase = None
     if settings.api.device_ca is not None:
         passphrase = read_secret(
             "online device CA passphrase",
             env_var="TETHER_CA_PASSPHRASE",
             file=device_ca_passphrase_file,
         )
-        online = CaDirectory.open(Path(settings.api.device_ca)).issuing(passphrase)
+    # The API runs in a process of its own (see tether.cloud.api.process): API abuse must not
+    # share this loop, thread pool or GIL with the gateway's handshakes and revocation feed.
+    # The online CA's key is loaded there only; this process never holds it.
+    api = ApiProcess(
+        ApiProcessArgs(
+            data_dir=data_dir, port=api_port, ca_passphrase=passphrase, log_level=log_level
+        )
+    )
     registry = Registry.open(settings.database_url)
     try:
-        if online is not None:
-            check_online_ca(registry, online)
         service = CloudService(registry, settings.gateway_settings(**overrides))
-        operations = AdminOperations(
-            registry,
-            root_certificate=settings.root_certificate(),
-            online_ca=online,
-            registration_code_ttl=timedelta(seconds=settings.api.registration_code_ttl),
-            pinned_ca=settings.pinned_ca.read_bytes(),
-        )
-        api = ApiServer(
-            create_app(
-                registry, root_certificate=operations.root_certificate, operations=operations
-            ),
-            host=settings.api.host,
-            port=settings.api.port if api_port is None else api_port,
-            certificate_chain=settings.server_chain,
-            private_key=settings.server_key,
-        )
 
         def ready(bound: int) -> None:
             console.print(
@@ -334,10 +363,10 @@ def serve(
             )
 
         def api_ready(bound: int) -> None:
-            signing = "online device CA loaded" if online else "no online device CA"
+            signing = "online device CA loaded" if api.signs else "no online device CA"
             console.print(
                 f"[green]admin API[/] on https://{settings.api.host}:{bound} ({signing}; "
-                f"OpenAPI at /openapi.json)"
+                f"pid {api.pid}; OpenAPI at /openapi.json)"
             )
 
         uvloop.run(serve_until_signalled(service, on_ready=ready, api=api, on_api_ready=api_ready))

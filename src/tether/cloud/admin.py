@@ -4,8 +4,8 @@ A token looks like ``tether_<token id>_<secret>``. The token id (16 hex digits, 
 clear) finds the administrator without hashing against every row; the secret (32 random
 bytes, URL-safe base64) is checked with ``hashlib.scrypt`` and a constant-time compare. The
 token is shown once, when it is made (``tether cloud init`` makes "admin", ``tether cloud
-admin add NAME`` makes more); the registry keeps only the salt and the hash, so a copy of
-the database does not let anyone call the API.
+admin add NAME`` makes more, ``rotate`` replaces one); the registry keeps only the salt and
+the hash, so a copy of the database does not let anyone call the API.
 
 Every API request carries the token, and scrypt costs tens of milliseconds of CPU by design:
 checked on every request it held CSR issuance through the API to ~40/s on two cores
@@ -21,14 +21,29 @@ So a *successful* check is remembered, per process, in a small bounded cache
   reads the administrator by token id from the registry and accepts a cache hit only if the
   stored salt and hash are still exactly those (constant-time compare). Re-running scrypt
   against an unchanged (salt, hash) would give the same answer, so a hit decides exactly what
-  the full check would. Invalidation is therefore immediate and needs no TTL: removing the
-  administrator or giving it a new token (new salt and hash) makes the next request miss.
-- Failures are never cached: a wrong secret, an unknown token id or a malformed token costs
-  the full scrypt work every time, as before, so guessing is exactly as slow as it was, and a
-  hit is only possible for someone who already holds the valid token. A memory dump holds
-  digests and their key together, but a 256-bit secret cannot be searched for either way.
+  the full check would. Invalidation is therefore immediate and needs no TTL: revoking the
+  administrator or rotating its token (new id, salt and hash) makes the next request miss.
+- Failures are never cached: a wrong secret for a known token id costs the full scrypt work
+  every time, so guessing is exactly as slow as it was, and a hit is only possible for someone
+  who already holds the valid token. A memory dump holds digests and their key together, but
+  a 256-bit secret cannot be searched for either way.
 - Bounded (``_CACHE_ENTRIES``, least recently used evicted), so it cannot grow with traffic.
   ``forget_verified_tokens`` empties it.
+
+An **unknown token id is refused without running scrypt.** The seed spent a dummy scrypt on
+it so that timing would not reveal which ids exist; that turned every random well-formed token
+into 16 MiB and tens of milliseconds of CPU for free (issue 14: 200 connections of them
+starved the gateway). Revealing whether an id exists is acceptable: the id is 64 random bits
+that only ever travel inside the token, so an outsider cannot find a valid one by probing
+(2**64 guesses), and knowing one gains nothing without its 256-bit secret, which is still
+checked with scrypt and a constant-time compare. A revoked administrator's id is not found
+either (``Registry.find_admin`` returns active administrators only), so revocation and rotation
+act at the next request in every process, with no KDF spent on a dead token.
+
+The pieces (``parse_token``, ``find_candidate``, ``confirmed_by_cache``, ``verify_secret``) are
+separate so the API can run the cheap steps first and put only the KDF behind its own bounded
+lane and per-address limits (``tether.cloud.api.guard``); ``authenticate`` composes them for
+synchronous callers. ``kdf_runs`` counts scrypt checks (the limits report and the tests read it).
 """
 
 from __future__ import annotations
@@ -39,9 +54,9 @@ import re
 import secrets
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from tether.cloud.registry import AdminRecord, Registry
+from tether.cloud.registry import AdminRecord, AdminStatus, Registry
 from tether.errors import AuthenticationError
 
 TOKEN_PREFIX = "tether"  # noqa: S105  (a label, not a secret)
@@ -60,16 +75,52 @@ class AdminCredentialError(AuthenticationError):
 
 @dataclass(frozen=True)
 class IssuedAdminToken:
-    """A new administrator and its token: the only time the token exists outside its owner."""
+    """An administrator's new token (made or rotated): the only time it exists outside its
+    owner."""
 
     name: str
     token: str
 
 
 def _hash(secret: str, salt: bytes) -> bytes:
+    _kdf_counter.add()
     return hashlib.scrypt(
         secret.encode("ascii"), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=_HASH_BYTES
     )
+
+
+@dataclass(frozen=True)
+class PresentedToken:
+    """A well-formed bearer token split into its parts (``repr`` never shows the secret)."""
+
+    token: str = field(repr=False)
+    token_id: str
+    secret: str = field(repr=False)
+
+
+class _KdfCounter:
+    """How many scrypt token checks this process ran (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs = 0
+
+    def add(self) -> None:
+        with self._lock:
+            self._runs += 1
+
+    @property
+    def runs(self) -> int:
+        with self._lock:
+            return self._runs
+
+
+_kdf_counter = _KdfCounter()
+
+
+def kdf_runs() -> int:
+    """How many scrypt token checks this process has run so far."""
+    return _kdf_counter.runs
 
 
 class _VerifiedTokens:
@@ -87,6 +138,16 @@ class _VerifiedTokens:
 
     def _digest(self, token: str) -> bytes:
         return hmac.new(self._key, token.encode("ascii"), hashlib.sha256).digest()
+
+    def knows(self, token: str) -> bool:
+        """True if ``token`` passed a full check in this process (against some salt and hash).
+
+        Cheap (one HMAC, no database): lets a caller tell a token it has verified before from
+        one that would need the KDF, before it reads anything.
+        """
+        digest = self._digest(token)
+        with self._lock:
+            return digest in self._verified
 
     def confirms(self, token: str, admin: AdminRecord) -> bool:
         """True if ``token`` was verified against exactly ``admin``'s current salt and hash."""
@@ -123,43 +184,98 @@ def forget_verified_tokens() -> None:
     _verified_tokens.clear()
 
 
+def _new_credential() -> tuple[str, str, bytes, bytes]:
+    """A fresh token id, secret, salt and the secret's scrypt hash."""
+    secret = secrets.token_urlsafe(32)
+    salt = secrets.token_bytes(16)
+    return secrets.token_hex(8), secret, salt, _hash(secret, salt)
+
+
 def create_admin(registry: Registry, name: str, *, actor: str) -> IssuedAdminToken:
     """Make an administrator ``name`` with a fresh token; stores only the hash (audited).
 
     Raises InvalidRegistryInputError for a bad name and AdminExistsError for a taken one.
     """
-    token_id = secrets.token_hex(8)
-    secret = secrets.token_urlsafe(32)
-    salt = secrets.token_bytes(16)
-    registry.add_admin(
-        name, token_id=token_id, salt=salt, token_hash=_hash(secret, salt), actor=actor
-    )
+    token_id, secret, salt, token_hash = _new_credential()
+    registry.add_admin(name, token_id=token_id, salt=salt, token_hash=token_hash, actor=actor)
     return IssuedAdminToken(name=name, token=f"{TOKEN_PREFIX}_{token_id}_{secret}")
+
+
+def rotate_admin(registry: Registry, name: str, *, actor: str) -> IssuedAdminToken:
+    """Give ``name`` a new token (new id, salt and hash); the old token is refused at once.
+
+    Every process refuses the old token at its next request: its id no longer finds the row,
+    so no cache entry can vouch for it. AdminNotFoundError, AdminStateError when revoked.
+    """
+    token_id, secret, salt, token_hash = _new_credential()
+    registry.rotate_admin(name, token_id=token_id, salt=salt, token_hash=token_hash, actor=actor)
+    return IssuedAdminToken(name=name, token=f"{TOKEN_PREFIX}_{token_id}_{secret}")
+
+
+def revoke_admin(registry: Registry, name: str, *, actor: str) -> AdminRecord:
+    """Revoke ``name`` for good (refused at the next request everywhere); audited.
+
+    AdminStateError for the last active administrator (see ``Registry.revoke_admin``).
+    """
+    return registry.revoke_admin(name, actor=actor)
+
+
+def _refused() -> AdminCredentialError:
+    return AdminCredentialError(
+        "The admin credential is missing or not valid; send `Authorization: Bearer <token>` "
+        "with a token from `tether cloud init` or `tether cloud admin add`."
+    )
+
+
+def parse_token(token: str) -> PresentedToken:
+    """Split a bearer token into id and secret; AdminCredentialError if it is not one."""
+    match = _TOKEN_RE.fullmatch(token)
+    if match is None:
+        raise _refused()
+    token_id, secret = match.groups()
+    return PresentedToken(token=token, token_id=token_id, secret=secret)
+
+
+def was_verified(presented: PresentedToken) -> bool:
+    """True if this process verified exactly this token before (no database, no KDF)."""
+    return _verified_tokens.knows(presented.token)
+
+
+def find_candidate(registry: Registry, presented: PresentedToken) -> AdminRecord:
+    """The active administrator the token's id names; refused (no KDF) for any other id."""
+    admin = registry.find_admin(presented.token_id)
+    if admin is None or admin.status is not AdminStatus.ACTIVE:
+        raise _refused()
+    return admin
+
+
+def confirmed_by_cache(presented: PresentedToken, admin: AdminRecord) -> bool:
+    """True if this token was verified against ``admin``'s current salt and hash."""
+    return _verified_tokens.confirms(presented.token, admin)
+
+
+def verify_secret(presented: PresentedToken, admin: AdminRecord) -> AdminRecord:
+    """The full check: scrypt the secret with ``admin``'s salt, compare in constant time.
+
+    Costs ~16 MiB and tens of milliseconds: callers on a server run it on a bounded lane.
+    Remembers a success (see the module docstring); AdminCredentialError otherwise.
+    """
+    if not hmac.compare_digest(_hash(presented.secret, admin.salt), admin.token_hash):
+        raise _refused()
+    _verified_tokens.remember(presented.token, admin)
+    return admin
 
 
 def authenticate(registry: Registry, token: str) -> AdminRecord:
     """The administrator this bearer token belongs to; AdminCredentialError otherwise.
 
     The same error (and message) for every failure, so a caller learns nothing about which
-    part was wrong. A token this process already verified against the administrator's
-    current salt and hash skips scrypt (see the module docstring); everything else pays it.
+    part of a token with a known id was wrong. An unknown (or revoked) id is refused without
+    the KDF; a token this process already verified against the administrator's current salt
+    and hash skips it too (see the module docstring); a known id with any other secret pays it.
     """
-    match = _TOKEN_RE.fullmatch(token)
-    refused = AdminCredentialError(
-        "The admin credential is missing or not valid; send `Authorization: Bearer <token>` "
-        "with a token from `tether cloud init` or `tether cloud admin add`."
-    )
-    if match is None:
-        raise refused
-    token_id, secret = match.groups()
-    admin = registry.find_admin(token_id)
-    if admin is None:
-        # Spend the same work as a real check, so timing does not reveal known token ids.
-        _hash(secret, b"\0" * 16)
-        raise refused
-    if _verified_tokens.confirms(token, admin):
+    presented = parse_token(token)
+    admin = find_candidate(registry, presented)
+    if confirmed_by_cache(presented, admin):
         return admin
-    if not hmac.compare_digest(_hash(secret, admin.salt), admin.token_hash):
-        raise refused
-    _verified_tokens.remember(token, admin)
-    return admin
+    return verify_secret(presented, admin)

@@ -2,8 +2,9 @@
 
 Layout of a data directory made by ``tether cloud init`` (mode 0700)::
 
-    cloud.json         settings: database URL, gateway address and limits, admin API address
-                       and the path of the online device issuing CA (if any)
+    cloud.json         settings: database URL, gateway address and limits, admin API address,
+                       its limits (``api_limits``) and the path of the online device issuing
+                       CA (if any); mode 0600, since the database URL may carry a password
     server.chain.pem   the gateway's certificate followed by its server issuing CA
     server.key.pem     the gateway's private key, mode 0600, unencrypted so the service can
                        start unattended (protect the directory; an HSM-held server key is a
@@ -24,12 +25,22 @@ provisioning and CSR signing the cloud needs one *online* device issuing CA: ``a
 names its CA directory (outside the data directory; its key stays encrypted there and its
 passphrase is given at serve time, from TETHER_CA_PASSPHRASE or a file). Without it the API
 still runs, and those two calls answer 503 ``online_ca_not_configured``.
+
+``cloud.json`` is written 0600 and **refused** at load when any group or other permission bit
+is set (``settings_file_exposed``, with the ``chmod`` to run): it may hold the database
+password, and a file others can write could point the cloud at another database. Refusing is
+clearer than a warning nobody reads in a service log.
+
+``api_limits`` bounds the admin API's path (issue 14); see :class:`ApiLimitOptions` for each
+number and why. Every limit logs a stable reason code when it acts and is counted in
+``GET /api/v1/limits``.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+import stat
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +100,49 @@ class ApiOptions:
 
 
 @dataclass(frozen=True)
+class ApiLimitOptions:
+    """Bounds on the admin API's path, kept in ``cloud.json`` under ``api_limits``.
+
+    The defaults are sized for the 2-core reference machine, where the API shares the event
+    loop with the gateway: the scrypt check (16 MiB, ~40 ms) gets one thread of its own, so at
+    most one core is ever spent on token checks and the gateway's verdict pool never waits
+    behind them; four checks may be admitted at once (one running, three waiting, ~0.2 s of
+    queue), the fifth is refused with 503 at once rather than queued. One address may run
+    5 checks in a burst and then one every 2 s (a legitimate client needs one per process:
+    verified tokens are cached), and 10 failed credentials per minute before its further
+    attempts get 429 until the minute ends. Failed credentials are audited as at most two rows
+    per address per window (the first failure, and the moment it is throttled, with the
+    count), and at most ``failure_audit_rows_per_window`` (10) rows per window overall, plus
+    one summary row of what went unrecorded: every gateway's revocation feed reads each audit
+    row (today with a thread hop per row), so a flood of rows would delay revocations (the
+    abuse test measured ~0.9 s with 100 rows in a burst). Per-address detail beyond that is in
+    the log (one line per address and window) and the counters of ``GET /api/v1/limits``.
+    """
+
+    max_body_bytes: int = 128 * 1024  # any request body; 413 beyond, before it is read
+    max_crl_body_bytes: int = 4 * 1024 * 1024  # CRL uploads (authenticated first)
+    max_connections: int = 256  # uvicorn limit_concurrency: 503 beyond
+    max_header_bytes: int = 16 * 1024  # h11_max_incomplete_event_size: request line + headers
+    keep_alive_timeout: int = 5  # seconds an idle keep-alive connection stays open
+    api_threads: int = 4  # registry and PKI work of API requests (not the default pool)
+    token_check_threads: int = 1  # the scrypt lane
+    token_check_max_pending: int = 4  # scrypt checks running or waiting; 503 beyond
+    kdf_burst_per_address: int = 5  # scrypt checks one address may start at once
+    kdf_per_second_per_address: float = 0.5  # then this many per second (429 beyond)
+    auth_failures_per_address: int = 10  # failed credentials per window; 429 beyond
+    auth_failure_window: float = 60.0  # seconds
+    tracked_addresses: int = 10_000  # addresses remembered for the limits (LRU)
+    failure_audit_rows_per_window: int = 10  # audit rows for failures, all addresses
+
+    def __post_init__(self) -> None:
+        """Refuse a limit that is not a positive number (a zero would lock the API)."""
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ValueError(f"api_limits.{spec.name} must be a positive number")
+
+
+@dataclass(frozen=True)
 class CloudSettings:
     """Everything ``tether cloud serve`` needs, resolved against the data directory."""
 
@@ -96,6 +150,7 @@ class CloudSettings:
     database_url: str
     gateway: GatewayOptions = field(default_factory=GatewayOptions)
     api: ApiOptions = field(default_factory=ApiOptions)
+    api_limits: ApiLimitOptions = field(default_factory=ApiLimitOptions)
 
     @property
     def server_chain(self) -> Path:
@@ -144,17 +199,29 @@ class CloudSettings:
             "database_url": self.database_url,
             "gateway": asdict(self.gateway),
             "api": asdict(self.api),
+            "api_limits": asdict(self.api_limits),
         }
         return (json.dumps(data, indent=2) + "\n").encode()
 
     @classmethod
     def load(cls, data_dir: Path) -> CloudSettings:
-        """Read ``cloud.json``; a missing or damaged file is a ``ConfigurationError``."""
+        """Read ``cloud.json``; a missing, damaged or exposed file is a ``ConfigurationError``.
+
+        Exposed: any group or other permission bit set (see the module docstring).
+        """
         path = data_dir / SETTINGS_FILE
         try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            if mode & 0o077:
+                raise ConfigurationError(
+                    f"{path} is readable or writable by others (mode {mode:04o}); it may hold "
+                    f"the database password. Run `chmod 600 {path}` and start again.",
+                    code="settings_file_exposed",
+                )
             raw = json.loads(path.read_text())
             gateway = GatewayOptions(**raw.get("gateway", {}))
             api = ApiOptions(**raw.get("api", {}))
+            api_limits = ApiLimitOptions(**raw.get("api_limits", {}))
             url = str(raw["database_url"])
         except FileNotFoundError:
             raise ConfigurationError(
@@ -163,4 +230,6 @@ class CloudSettings:
             ) from None
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigurationError(f"{path} is damaged: {exc}") from None
-        return cls(data_dir=data_dir, database_url=url, gateway=gateway, api=api)
+        return cls(
+            data_dir=data_dir, database_url=url, gateway=gateway, api=api, api_limits=api_limits
+        )

@@ -76,7 +76,7 @@ def init_data_dir(
     create_directory(
         data_dir,
         {
-            SETTINGS_FILE: (settings.to_json(), 0o644),
+            SETTINGS_FILE: (settings.to_json(), 0o600),  # may hold the database password
             SERVER_CHAIN: (pem(certificate) + pem(server_ca.certificate), 0o644),
             SERVER_KEY: (key_pem, 0o600),
             PINNED_CA: (pem(server_ca.certificate) + root_ca, 0o644),

@@ -8,7 +8,8 @@ over TLS pinned to the test root, on 127.0.0.1.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +20,12 @@ from tests.cloud.conftest import Cloud
 from tether.cloud.admin import create_admin
 from tether.cloud.api import AdminOperations, ApiServer, create_app
 from tether.cloud.registry import Registry
+from tether.cloud.settings import ApiLimitOptions
 
 ADMIN = "alice"
+# Tests share one address (127.0.0.1) and make many refused calls on purpose: the default
+# fixture lifts the per-address limits; the tests of the limits pass their own.
+ROOMY_LIMITS = ApiLimitOptions(auth_failures_per_address=100_000, kdf_burst_per_address=100_000)
 
 
 @dataclass(frozen=True)
@@ -62,9 +67,12 @@ def pinned_context(cloud: Cloud) -> ssl.SSLContext:
     return context
 
 
-@pytest.fixture
-def api(cloud: Cloud) -> Iterator[Api]:
-    issued = create_admin(cloud.registry, ADMIN, actor="test:setup")
+@contextmanager
+def serve_api(
+    cloud: Cloud, *, limits: ApiLimitOptions = ROOMY_LIMITS, admin: str | None = ADMIN
+) -> Iterator[Api]:
+    """The admin API over ``cloud``'s registry on a free port (a new admin ``admin``)."""
+    token = "" if admin is None else create_admin(cloud.registry, admin, actor="test:setup").token
     operations = AdminOperations(
         cloud.registry,
         root_certificate=cloud.pki.root.certificate,
@@ -72,26 +80,46 @@ def api(cloud: Cloud) -> Iterator[Api]:
     )
     server = ApiServer(
         create_app(
-            cloud.registry, root_certificate=cloud.pki.root.certificate, operations=operations
+            cloud.registry,
+            root_certificate=cloud.pki.root.certificate,
+            operations=operations,
+            limits=limits,
         ),
         host="127.0.0.1",
         port=0,
         certificate_chain=cloud.settings.server_chain,
         private_key=cloud.settings.server_key,
+        limits=limits,
     )
     port = cloud.running.call(server.start())
     base = f"https://127.0.0.1:{port}"
     context = pinned_context(cloud)
-    http = httpx.Client(
-        base_url=base,
-        verify=context,
-        timeout=10.0,
-        headers={"Authorization": f"Bearer {issued.token}"},
-    )
-    anonymous = httpx.Client(base_url=base, verify=context, timeout=10.0)
-    try:
-        yield Api(cloud, port, issued.token, http, anonymous)
-    finally:
-        http.close()
-        anonymous.close()
-        cloud.running.call(server.stop(), timeout=15)
+    with ExitStack() as stack:
+        stack.callback(lambda: cloud.running.call(server.stop(), timeout=15))
+        http = stack.enter_context(
+            httpx.Client(
+                base_url=base,
+                verify=context,
+                timeout=10.0,
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        )
+        anonymous = stack.enter_context(httpx.Client(base_url=base, verify=context, timeout=10.0))
+        yield Api(cloud, port, token, http, anonymous)
+
+
+@pytest.fixture
+def api(cloud: Cloud) -> Iterator[Api]:
+    with serve_api(cloud) as served:
+        yield served
+
+
+@pytest.fixture
+def api_with(cloud: Cloud) -> Iterator[Callable[..., Api]]:
+    """Start API servers over ``cloud`` (own limits, same registry); all stop with the test."""
+    with ExitStack() as stack:
+
+        def start(**kwargs: Any) -> Api:
+            return stack.enter_context(serve_api(cloud, **kwargs))
+
+        yield start

@@ -54,7 +54,16 @@ def test_every_admin_endpoint_answers_401_without_a_valid_credential(
         assert response.status_code == 401, (method, path, response.text)
         assert response.json()["code"] == "admin_credential_invalid"
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
-    assert snapshot(api.registry) == before
+    after = snapshot(api.registry)
+    assert (after.devices, after.certificates, after.cas) == (
+        before.devices,
+        before.certificates,
+        before.cas,
+    )
+    # Nothing changed but the audit of the failed credentials: one row for the address.
+    new = api.registry.audit_after(before.last_audit)
+    assert {e.action for e in new} <= {"api.auth_failed"}
+    assert len(new) == (0 if authorization is None else 1)
 
 
 def test_a_right_token_id_with_a_wrong_secret_is_refused(api: Api) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import ssl
+import stat
 import subprocess
 import sys
 import time
@@ -118,9 +120,7 @@ def _read_until(stream: object, pattern: str, deadline: float) -> re.Match[str]:
     raise AssertionError(f"no line matching {pattern!r}; saw {seen}")
 
 
-def test_serve_runs_gateway_and_api_in_one_process(
-    ca_dirs: dict[str, Path], tmp_path: Path
-) -> None:
+def test_serve_runs_gateway_and_api(ca_dirs: dict[str, Path], tmp_path: Path) -> None:
     data = tmp_path / "data"
     token = _init(data, ca_dirs)
     server = subprocess.Popen(
@@ -157,6 +157,187 @@ def test_serve_runs_gateway_and_api_in_one_process(
             identity = DeviceIdentity.load(files / "cert.pem", FileKey(files / "key.pem"))
             with DeviceClient(identity, endpoint) as device:
                 assert device.connect().reason_name == "SUCCESS"
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=20) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+
+
+def test_init_refuses_a_database_password_on_the_command_line(
+    ca_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    for url in (
+        "postgresql+psycopg://tether:s3cret-pw@127.0.0.1/tether",
+        "postgresql://tether@127.0.0.1/tether?password=s3cret-pw",
+    ):
+        done = tether(
+            "cloud", "init", data, "--server-ca", ca_dirs["server"], "--database-url", url
+        )
+        assert done.returncode == 3, done.stdout
+        assert "secret_on_command_line" in done.stderr and "--database-url-file" in done.stderr
+        assert "s3cret-pw" not in done.stderr + done.stdout
+        assert not data.exists()
+
+
+def test_init_takes_the_database_url_from_a_file_or_the_environment(
+    ca_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    from_file = tmp_path / "from-file"
+    url_file = tmp_path / "db-url"
+    url_file.write_text(f"sqlite:///{tmp_path / 'file.db'}\n")
+    url_file.chmod(0o600)
+    done = tether(
+        "cloud",
+        "init",
+        from_file,
+        "--server-ca",
+        ca_dirs["server"],
+        "--database-url-file",
+        url_file,
+    )
+    assert done.returncode == 0, done.stderr
+    assert CloudSettings.load(from_file).database_url == f"sqlite:///{tmp_path / 'file.db'}"
+    assert (tmp_path / "file.db").exists()
+
+    from_env = tmp_path / "from-env"
+    env = {**_env(), "TETHER_DATABASE_URL": f"sqlite:///{tmp_path / 'env.db'}"}
+    done = subprocess.run(
+        [TETHER, "cloud", "init", str(from_env), "--server-ca", str(ca_dirs["server"])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert CloudSettings.load(from_env).database_url == f"sqlite:///{tmp_path / 'env.db'}"
+
+    both = tether(
+        "cloud", "init", tmp_path / "both", "--server-ca", ca_dirs["server"],
+        "--database-url", "sqlite:///x.db", "--database-url-file", url_file,
+    )  # fmt: skip
+    assert both.returncode == 3 and "not both" in both.stderr
+
+
+def test_cloud_json_is_0600_and_refused_when_others_may_read_it(
+    ca_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    _init(data, ca_dirs)
+    settings_file = data / "cloud.json"
+    assert stat.S_IMODE(settings_file.stat().st_mode) == 0o600
+    assert "api_limits" in json.loads(settings_file.read_text())
+    settings_file.chmod(0o644)
+    refused = tether("cloud", "admin", "list", data)
+    assert refused.returncode == 3
+    assert "settings_file_exposed" in refused.stderr and "chmod 600" in refused.stderr
+    settings_file.chmod(0o600)
+    assert tether("cloud", "admin", "list", data).returncode == 0
+
+
+def test_a_zero_api_limit_in_cloud_json_is_refused(
+    ca_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    _init(data, ca_dirs)
+    raw = json.loads((data / "cloud.json").read_text())
+    raw["api_limits"]["token_check_max_pending"] = 0
+    (data / "cloud.json").write_text(json.dumps(raw))
+    refused = tether("cloud", "serve", data, "--port", "0", "--api-port", "0")
+    assert refused.returncode == 3
+    assert "api_limits.token_check_max_pending must be a positive number" in refused.stderr
+
+
+def _children(pid: int) -> set[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    found: set[int] = set()
+    for task in tasks.iterdir():
+        found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+def test_serve_runs_the_api_in_its_own_process_which_never_outlives_serve(
+    ca_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    token = _init(data, ca_dirs)
+    server = subprocess.Popen(
+        [TETHER, "cloud", "serve", str(data), "--port", "0", "--api-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        _read_until(server.stdout, r"listening on 127\.0\.0\.1:(\d+)", deadline)
+        ready = _read_until(server.stdout, r"https://127\.0\.0\.1:(\d+) .*pid (\d+)", deadline)
+        api_port, api_pid = int(ready[1]), int(ready[2])
+        assert api_pid != server.pid and api_pid in _children(server.pid)
+        context = ssl.create_default_context(cafile=str(data / "pinned-ca.pem"))
+        with httpx.Client(verify=context, timeout=10) as http:
+            whoami = http.get(
+                f"https://127.0.0.1:{api_port}/api/v1/whoami",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert whoami.json() == {"name": "admin"}
+        server.kill()  # SIGKILL: no clean shutdown, the API must notice and go by itself
+        server.wait(10)
+        for _ in range(100):
+            if not Path(f"/proc/{api_pid}").exists() or "Z" in _state(api_pid):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the API process outlived serve")
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
+def test_serve_reports_why_the_api_process_could_not_start(
+    ca_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    _init(data, ca_dirs)
+    done = subprocess.run(
+        [TETHER, "cloud", "serve", str(data), "--port", "0", "--api-port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**_env(), "TETHER_CA_PASSPHRASE": "not the passphrase"},
+    )
+    assert done.returncode == 3, done.stdout
+    assert "passphrase" in done.stderr.lower(), done.stderr
+
+
+def test_serve_logs_when_its_api_process_dies(ca_dirs: dict[str, Path], tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _init(data, ca_dirs)
+    server = subprocess.Popen(
+        [TETHER, "cloud", "serve", str(data), "--port", "0", "--api-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        _read_until(server.stdout, r"listening on 127\.0\.0\.1:(\d+)", deadline)
+        api_pid = int(_read_until(server.stdout, r"pid (\d+)", deadline)[1])
+        os.kill(api_pid, signal.SIGKILL)
+        match = _read_until(server.stderr, r"admin API process .* exited", deadline + 10)
+        assert str(api_pid) in match.string
+        assert server.poll() is None  # the gateway keeps running
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=20) == 0
     finally:

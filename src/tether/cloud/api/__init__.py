@@ -1,17 +1,22 @@
-"""The admin API: FastAPI over HTTPS in the cloud process (devices, CAs, CRLs, audit log).
+"""The admin API: FastAPI over HTTPS (devices, CAs, CRLs, admins, the audit log).
 
 ``create_app`` builds the app over a registry; ``ApiServer`` serves it with uvicorn on the
-running event loop, next to the gateway. See ``operations`` for what each call does and the
-decisions behind it, and ``errors.status_for`` for the one mapping of error codes to statuses.
+running event loop; ``ApiProcess`` runs all that in a process of its own (what ``tether cloud
+serve`` does, so API traffic never shares the gateway's loop). ``guard`` bounds every request.
+See ``operations`` for what each call does and the decisions behind it, and
+``errors.status_for`` for the one mapping of error codes to statuses.
 """
 
 from tether.cloud.api.app import create_app
 from tether.cloud.api.errors import status_for
 from tether.cloud.api.operations import AdminOperations, ConsoleBundle, check_online_ca
+from tether.cloud.api.process import ApiProcess, ApiProcessArgs
 from tether.cloud.api.server import ApiServer
 
 __all__ = [
     "AdminOperations",
+    "ApiProcess",
+    "ApiProcessArgs",
     "ApiServer",
     "ConsoleBundle",
     "check_online_ca",

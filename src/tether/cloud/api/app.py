@@ -1,7 +1,11 @@
 """The admin API: FastAPI routes over :class:`AdminOperations`, bearer-token authentication.
 
 Every route under ``/api/v1`` needs ``Authorization: Bearer <admin token>`` (401 otherwise)
-and answers ``Cache-Control: no-store``. Two things are public on purpose: the OpenAPI
+and answers ``Cache-Control: no-store``. The token is checked by ``guard.RequestGuard``
+before any route runs and before the body is read (bounded, on its own lane: see ``guard``);
+routes only pick up the administrator it found. Registry and PKI work runs on the API's own
+thread pool (``api_limits.api_threads``), never on the loop's default executor, which belongs
+to the gateway's verdicts and revocation feed. Two things are public on purpose: the OpenAPI
 description (``/openapi.json``, ``/docs``) and the CRLs under ``/crl/`` (relying parties fetch
 CRLs without credentials; they are signed and hold nothing secret). Every change lands in the
 registry's audit log with the admin's name as actor. Errors leave as ``{"code", "message"}``
@@ -13,6 +17,7 @@ with the status picked in :func:`tether.cloud.api.errors.status_for`.
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Annotated, Any, TypeVar
 
@@ -24,11 +29,14 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from tether import __version__
-from tether.cloud.admin import AdminCredentialError, authenticate
+from tether.cloud.admin import AdminCredentialError, revoke_admin, rotate_admin
 from tether.cloud.api.console import console_router
-from tether.cloud.api.errors import status_for
+from tether.cloud.api.errors import LimitExceededError, status_for
+from tether.cloud.api.guard import ADMIN_STATE_KEY, AdminGuard, RequestGuard
 from tether.cloud.api.operations import AdminOperations
 from tether.cloud.api.schemas import (
+    AdminOut,
+    AdminTokenOut,
     AuditOut,
     AuditPage,
     CAOut,
@@ -44,6 +52,7 @@ from tether.cloud.api.schemas import (
     DeviceOut,
     DevicePage,
     ErrorOut,
+    LimitsOut,
     MoveDeviceIn,
     NewDeviceIn,
     RegisterCAIn,
@@ -58,6 +67,7 @@ from tether.cloud.registry import (
     DeviceStatus,
     Registry,
 )
+from tether.cloud.settings import ApiLimitOptions
 from tether.errors import TetherError
 from tether.pki import IssuingCA
 from tether.pki.files import parse_reason
@@ -66,14 +76,22 @@ T = TypeVar("T")
 CRL_MEDIA_TYPE = "application/pkix-crl"
 _bearer = HTTPBearer(auto_error=False, description="An admin token from `tether cloud init`.")
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorOut} for status in (400, 401, 404, 409, 422, 503)
+    status: {"model": ErrorOut} for status in (400, 401, 404, 409, 413, 422, 429, 503)
 }
+_MISSING = (
+    "The admin credential is missing or not valid; send `Authorization: Bearer <token>` with "
+    "a token from `tether cloud init` or `tether cloud admin add`."
+)
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
+def _error(
+    status: int, code: str, message: str, *, retry_after: float | None = None
+) -> JSONResponse:
     headers = {"Cache-Control": "no-store"}
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="tether"'
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, int(retry_after + 0.999)))
     return JSONResponse({"code": code, "message": message}, status_code=status, headers=headers)
 
 
@@ -83,11 +101,20 @@ def create_app(
     root_certificate: x509.Certificate,
     online_ca: IssuingCA | None = None,
     operations: AdminOperations | None = None,
+    limits: ApiLimitOptions | None = None,
 ) -> FastAPI:
-    """The admin API app for ``registry``; ``online_ca`` enables console/CSR provisioning."""
+    """The admin API app for ``registry``; ``online_ca`` enables console/CSR provisioning.
+
+    ``limits`` bounds the request path (defaults: ``ApiLimitOptions()``). The app owns two
+    thread pools (API work, token checks); ``app.state.tether_close()`` shuts them down
+    (``ApiServer.stop`` calls it).
+    """
+    limits = limits or ApiLimitOptions()
     ops = operations or AdminOperations(
         registry, root_certificate=root_certificate, online_ca=online_ca
     )
+    executor = ThreadPoolExecutor(limits.api_threads, thread_name_prefix="tether-api")
+    guard = AdminGuard(registry, limits, executor)
     app = FastAPI(
         title="Tether admin API",
         version=__version__,
@@ -95,20 +122,30 @@ def create_app(
         responses=_ERRORS,
     )
 
+    def close() -> None:
+        guard.close()
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    app.state.tether_close = close
+    app.state.tether_guard = guard
+
     async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         # The registry and the PKI are synchronous: keep the event loop (and the gateway on
-        # it) free while they work.
-        return await asyncio.to_thread(partial(fn, *args, **kwargs))
+        # it) free while they work, on the API's own pool (not the default executor).
+        return await asyncio.get_running_loop().run_in_executor(
+            executor, partial(fn, *args, **kwargs)
+        )
 
     async def admin(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        request: Request,
+        _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> AdminRecord:
-        if credentials is None or credentials.scheme.lower() != "bearer":
-            raise AdminCredentialError(
-                "The admin credential is missing or not valid; send `Authorization: Bearer "
-                "<token>` with a token from `tether cloud init` or `tether cloud admin add`."
-            )
-        return await run(authenticate, registry, credentials.credentials)
+        # RequestGuard checked the token before the route (and its body); ``_credentials``
+        # only puts the bearer scheme into the OpenAPI description.
+        found = request.scope.get("state", {}).get(ADMIN_STATE_KEY)
+        if not isinstance(found, AdminRecord):
+            raise AdminCredentialError(_MISSING)
+        return found
 
     Admin = Annotated[AdminRecord, Depends(admin)]
     Offset = Annotated[int, Query(ge=0)]
@@ -116,7 +153,8 @@ def create_app(
 
     @app.exception_handler(TetherError)
     async def _tether_error(_request: Request, exc: TetherError) -> JSONResponse:
-        return _error(status_for(exc), exc.code, exc.message)
+        retry = exc.retry_after if isinstance(exc, LimitExceededError) else None
+        return _error(status_for(exc), exc.code, exc.message, retry_after=retry)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -141,6 +179,29 @@ def create_app(
     async def whoami(who: Admin) -> WhoAmIOut:
         """The admin the credential belongs to."""
         return WhoAmIOut(name=who.name)
+
+    # -- admins and limits -----------------------------------------------------------------
+
+    @app.get("/api/v1/admins", response_model=list[AdminOut], tags=["admin"])
+    async def list_admins(who: Admin) -> list[AdminOut]:
+        """Every administrator, active and revoked (never a token or hash)."""
+        return [AdminOut.of(r) for r in await run(registry.list_admins)]
+
+    @app.post("/api/v1/admins/{name}/rotate", response_model=AdminTokenOut, tags=["admin"])
+    async def rotate(who: Admin, name: str) -> AdminTokenOut:
+        """A new token for ``name``, shown once; the old one is refused from now on."""
+        issued = await run(rotate_admin, registry, name, actor=who.name)
+        return AdminTokenOut(name=issued.name, token=issued.token)
+
+    @app.post("/api/v1/admins/{name}/revoke", response_model=AdminOut, tags=["admin"])
+    async def revoke(who: Admin, name: str) -> AdminOut:
+        """Revoke ``name`` for good (409 for the last active admin); refused from now on."""
+        return AdminOut.of(await run(revoke_admin, registry, name, actor=who.name))
+
+    @app.get("/api/v1/limits", response_model=LimitsOut, tags=["admin"])
+    async def limits_report(who: Admin) -> LimitsOut:
+        """The API's bounds (``api_limits`` in cloud.json) and how often each acted."""
+        return LimitsOut.model_validate(guard.report())
 
     # -- devices ---------------------------------------------------------------------------
 
@@ -365,7 +426,7 @@ def create_app(
             next_offset=page.next_offset,
         )
 
-    app.include_router(console_router(registry, ops))
+    app.include_router(console_router(registry, ops, run=run, guard=guard))
 
     # -- public CRLs -----------------------------------------------------------------------
 
@@ -382,4 +443,6 @@ def create_app(
         """A registered CA's CRL (DER). Public."""
         return _crl_response(await run(ops.crl, fingerprint))
 
+    # Outermost of the app's own middleware: bodies and credentials before anything else.
+    app.add_middleware(RequestGuard, guard=guard)
     return app

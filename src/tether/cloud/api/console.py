@@ -1,34 +1,35 @@
 """The web console: server-rendered Jinja2 pages over the same operations as the API.
 
-Sign-in takes an admin token (checked like a bearer token) and opens a server-side session:
+Sign-in takes an admin token (checked like a bearer token, through the same ``AdminGuard``:
+rate-limited, audited on failure, scrypt on its own lane) and opens a server-side session:
 the browser holds only a random session id in a ``Secure; HttpOnly; SameSite=Strict`` cookie
 scoped to ``/console``. Sessions live in this process's memory and end after
 ``SESSION_LIFETIME`` or on sign-out; a restart signs everyone out (there is one API process).
 Every form carries the session's CSRF token, compared in constant time; the sign-in form uses
 a double-submit cookie since there is no session yet. Pages are ``Cache-Control: no-store``;
 the page that hands out a console key embeds the three files as ``data:`` links, so the key
-exists in that one response only.
+exists in that one response only. Every page re-reads the session's administrator by token
+id (a cheap indexed read, no KDF), so revoking the admin or rotating its token ends its
+console sessions at the next page, in every process.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hmac
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 from fastapi.templating import Jinja2Templates
 
-from tether.cloud.admin import authenticate
 from tether.cloud.api.errors import status_for
+from tether.cloud.api.guard import AdminGuard
 from tether.cloud.api.operations import AdminOperations
 from tether.cloud.api.schemas import KEY_ESCROW_WARNING
 from tether.cloud.registry import DeviceStatus, Registry
@@ -36,7 +37,6 @@ from tether.errors import PermissionDeniedError, TetherError
 from tether.pki import sha256_fingerprint
 from tether.pki.files import REVOCATION_REASONS, parse_reason
 
-T = TypeVar("T")
 SESSION_COOKIE = "tether_session"
 LOGIN_COOKIE = "tether_login_csrf"
 SESSION_LIFETIME = 8 * 3600.0
@@ -52,24 +52,31 @@ class CSRFError(PermissionDeniedError):
 
 @dataclass(frozen=True)
 class ConsoleSession:
-    """A signed-in admin: who, the form token, and when the session ends (monotonic)."""
+    """A signed-in admin: who (and by which token id), the form token, when it ends."""
 
     admin: str
+    token_id: str
     csrf_token: str
-    expires: float
+    expires: float  # time.monotonic()
 
 
 class _NotSignedIn(Exception):
     """Internal: send the browser to the sign-in page."""
 
 
-def console_router(registry: Registry, ops: AdminOperations) -> APIRouter:
-    """The ``/console`` pages for ``registry``, acting through ``ops``."""
+def console_router(
+    registry: Registry,
+    ops: AdminOperations,
+    *,
+    run: Callable[..., Awaitable[Any]],
+    guard: AdminGuard,
+) -> APIRouter:
+    """The ``/console`` pages for ``registry``, acting through ``ops``.
+
+    ``run`` runs blocking work on the API's pool; ``guard`` checks sign-in tokens.
+    """
     router = APIRouter(prefix="/console", include_in_schema=False)
     sessions: dict[str, ConsoleSession] = {}
-
-    async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await asyncio.to_thread(partial(fn, *args, **kwargs))
 
     def page(
         request: Request,
@@ -100,12 +107,28 @@ def console_router(registry: Registry, ops: AdminOperations) -> APIRouter:
             raise CSRFError("The form's CSRF token is missing or stale; reload the page.")
         return form
 
+    async def still_admin(session: ConsoleSession) -> bool:
+        """Is the session's admin still active with the token it signed in with?"""
+        admin = await run(registry.find_admin, session.token_id)
+        return admin is not None and admin.name == session.admin
+
     async def guarded(request: Request, action: Callable[[ConsoleSession], Any]) -> Response:
         """Run a page action: sign-in redirect, or an error page for a refusal."""
         try:
             session = current(request)
         except _NotSignedIn:
             return RedirectResponse("/console/login", status_code=303)
+        try:
+            valid = await still_admin(session)
+        except TetherError as exc:
+            return page(
+                request, "error.html", session, status_for(exc), code=exc.code, message=exc.message
+            )
+        if not valid:  # revoked, or its token rotated: the session ends here
+            sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
+            response = RedirectResponse("/console/login", status_code=303)
+            response.delete_cookie(SESSION_COOKIE, path="/console")
+            return response
         try:
             return await action(session)
         except TetherError as exc:
@@ -135,7 +158,8 @@ def console_router(registry: Registry, ops: AdminOperations) -> APIRouter:
                 message="The sign-in form expired; reload the sign-in page.",
             )  # fmt: skip
         try:
-            admin = await run(authenticate, registry, form.get("token", "").strip())
+            host = request.client.host if request.client else None
+            admin = await guard.authenticate(form.get("token", "").strip(), host)
         except TetherError as exc:
             fresh = secrets.token_urlsafe(32)
             response = _templates.TemplateResponse(
@@ -155,7 +179,7 @@ def console_router(registry: Registry, ops: AdminOperations) -> APIRouter:
             sessions.pop(next(iter(sessions)))
         sid = secrets.token_urlsafe(32)
         sessions[sid] = ConsoleSession(
-            admin.name, secrets.token_urlsafe(32), now + SESSION_LIFETIME
+            admin.name, admin.token_id, secrets.token_urlsafe(32), now + SESSION_LIFETIME
         )
         response = RedirectResponse("/console/devices", status_code=303)
         response.set_cookie(

@@ -8,6 +8,8 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from tether.cloud.registry import (
+    AdminRecord,
+    AdminStatus,
     AuditEntry,
     CARecord,
     CARole,
@@ -243,3 +245,43 @@ class MoveDeviceIn(BaseModel):
 
 class WhoAmIOut(_Out):
     name: str
+
+
+class AdminOut(_Out):
+    """An administrator: never its token or hash."""
+
+    name: str
+    status: AdminStatus
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, r: AdminRecord) -> AdminOut:
+        return cls(name=r.name, status=r.status, created_at=r.created_at, revoked_at=r.revoked_at)
+
+
+class AdminTokenOut(_Out):
+    """A rotated token: shown in this response only, the registry keeps its hash."""
+
+    name: str
+    token: str
+    warning: str = (
+        "This token is shown once; only its hash is kept. The previous token is refused from "
+        "now on."
+    )
+
+
+class TokenLaneOut(_Out):
+    threads: int
+    max_pending: int
+    pending: int
+
+
+class LimitsOut(_Out):
+    """The API's configured bounds, how often each acted, and the token lane's state."""
+
+    limits: dict[str, float]
+    acted: dict[str, int]
+    kdf_runs: int
+    token_lane: TokenLaneOut
+    tracked_addresses: int

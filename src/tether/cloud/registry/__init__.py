@@ -6,6 +6,8 @@ migrates the database to the newest schema. Callers get frozen records, never OR
 
 from tether.cloud.registry.errors import (
     AdminExistsError,
+    AdminNotFoundError,
+    AdminStateError,
     AutoRegistrationPolicyError,
     CAExistsError,
     CANotRegisteredError,
@@ -30,6 +32,7 @@ from tether.cloud.registry.errors import (
 )
 from tether.cloud.registry.records import (
     AdminRecord,
+    AdminStatus,
     AuditEntry,
     CARecord,
     CARole,
@@ -55,7 +58,10 @@ from tether.cloud.registry.registry import (
 __all__ = [
     "ROOT_CRL_ISSUER",
     "AdminExistsError",
+    "AdminNotFoundError",
     "AdminRecord",
+    "AdminStateError",
+    "AdminStatus",
     "AuditEntry",
     "AutoRegistrationPolicyError",
     "CAExistsError",

@@ -148,3 +148,15 @@ class CARoleMismatchError(PolicyViolationError):
     """A CA certificate does not fit the role it is being registered for."""
 
     code = "ca_role_mismatch"
+
+
+class AdminNotFoundError(NotFoundError):
+    """No administrator with this name is registered."""
+
+    code = "admin_not_found"
+
+
+class AdminStateError(ConflictError):
+    """The administrator cannot change this way (already revoked, or the last active one)."""
+
+    code = "admin_state"

@@ -28,7 +28,14 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-from tether.cloud.registry.records import CARole, CAStatus, CertState, DeviceStatus, Provisioning
+from tether.cloud.registry.records import (
+    AdminStatus,
+    CARole,
+    CAStatus,
+    CertState,
+    DeviceStatus,
+    Provisioning,
+)
 
 # Stable constraint names, so migrations on SQLite and PostgreSQL name things the same way.
 NAMING = {
@@ -170,6 +177,7 @@ class AdminModel(Base):
     """An administrator of the API: a name and the scrypt hash of its token, never the token."""
 
     __tablename__ = "admins"
+    __table_args__ = (CheckConstraint(_values_check("status", AdminStatus), name="status"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
@@ -177,6 +185,8 @@ class AdminModel(Base):
     salt: Mapped[bytes] = mapped_column(LargeBinary(32))
     token_hash: Mapped[bytes] = mapped_column(LargeBinary(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16), server_default=AdminStatus.ACTIVE.value)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class RegistrationCodeModel(Base):

@@ -58,6 +58,13 @@ class CertState(StrEnum):
     REVOKED = "revoked"
 
 
+class AdminStatus(StrEnum):
+    """Whether an administrator's token is accepted; ``revoked`` is final."""
+
+    ACTIVE = "active"
+    REVOKED = "revoked"
+
+
 class VerdictCode(StrEnum):
     """Stable reason codes of :class:`ConnectionVerdict` (the gateway logs and maps them)."""
 
@@ -191,6 +198,8 @@ class AdminRecord:
     salt: bytes
     token_hash: bytes
     created_at: datetime
+    status: AdminStatus = AdminStatus.ACTIVE
+    revoked_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

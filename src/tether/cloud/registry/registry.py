@@ -33,6 +33,8 @@ from tether.cloud.registry.engine import (
 )
 from tether.cloud.registry.errors import (
     AdminExistsError,
+    AdminNotFoundError,
+    AdminStateError,
     AutoRegistrationPolicyError,
     CAExistsError,
     CANotRegisteredError,
@@ -65,6 +67,7 @@ from tether.cloud.registry.models import (
 )
 from tether.cloud.registry.records import (
     AdminRecord,
+    AdminStatus,
     AuditEntry,
     CARecord,
     CARole,
@@ -885,7 +888,13 @@ class Registry:
             if session.scalar(select(AdminModel.id).where(AdminModel.name == name)):
                 raise exists()
             model = AdminModel(
-                name=name, token_id=token_id, salt=salt, token_hash=token_hash, created_at=now
+                name=name,
+                token_id=token_id,
+                salt=salt,
+                token_hash=token_hash,
+                created_at=now,
+                status=AdminStatus.ACTIVE.value,
+                revoked_at=None,
             )
             session.add(model)
             self._flush(session, exists)
@@ -893,17 +902,98 @@ class Registry:
             return _admin_record(model)
 
     def find_admin(self, token_id: str) -> AdminRecord | None:
-        """The administrator whose token carries ``token_id``, or None."""
+        """The *active* administrator whose token carries ``token_id``, or None.
+
+        A revoked administrator is not found, so its token is refused like an unknown one
+        (without running the KDF) at the next request, in every process. One statement on a
+        plain connection, not an ORM session: every API request asks it, and under a flood
+        of random tokens its cost (CPU under the GIL the event loop needs) is the API's floor.
+        """
+        try:
+            with self._single_statement_engine.connect() as connection:
+                row = connection.execute(
+                    _FIND_ADMIN, {"token_id": token_id, "status": AdminStatus.ACTIVE.value}
+                ).first()
+        except DBAPIError as exc:
+            raise self._unavailable(exc) from exc
+        if row is None:
+            return None
+        name, token_id, salt, token_hash, created_at, status, revoked_at = row
+        return AdminRecord(
+            name=name,
+            token_id=token_id,
+            salt=bytes(salt),
+            token_hash=bytes(token_hash),
+            created_at=_as_utc(created_at),
+            status=AdminStatus(status),
+            revoked_at=None if revoked_at is None else _as_utc(revoked_at),
+        )
+
+    def get_admin(self, name: str) -> AdminRecord:
+        """The administrator called ``name``, active or revoked; AdminNotFoundError if none."""
         with self._read() as session:
-            model = session.scalars(
-                select(AdminModel).where(AdminModel.token_id == token_id)
-            ).first()
-            return None if model is None else _admin_record(model)
+            return _admin_record(_load_admin(session, name))
 
     def list_admins(self) -> list[AdminRecord]:
-        """Every administrator, oldest first."""
+        """Every administrator (active and revoked), oldest first."""
         with self._read() as session:
             return [_admin_record(m) for m in session.scalars(select(AdminModel).order_by("id"))]
+
+    def rotate_admin(
+        self, name: str, *, token_id: str, salt: bytes, token_hash: bytes, actor: str
+    ) -> AdminRecord:
+        """Give an active administrator a new token (id, salt, hash); the old one dies at once.
+
+        The old token id no longer finds the row, so every process refuses the old token at
+        its next request. AdminNotFoundError, or AdminStateError for a revoked admin; audited.
+        """
+        actor = _check_actor(actor)
+        now = self._clock()
+        with self._write() as session:
+            model = _load_admin(session, name)
+            if model.status != AdminStatus.ACTIVE.value:
+                raise AdminStateError(
+                    f"The admin {name!r} is revoked; revocation is final. Add a new admin "
+                    "instead (`tether cloud admin add`)."
+                )
+            model.token_id = token_id
+            model.salt = salt
+            model.token_hash = token_hash
+            self._flush(session, lambda: ConcurrentChangeError("That token id is taken; retry."))
+            _audit(session, now, actor, "admin.rotate", model.name, {})
+            return _admin_record(model)
+
+    def revoke_admin(self, name: str, *, actor: str) -> AdminRecord:
+        """Revoke an administrator for good: its token is refused from the next request.
+
+        The last active administrator cannot be revoked (AdminStateError): the API would be
+        left without anyone to run it. Rotate its token instead, or add another admin first.
+        AdminNotFoundError for an unknown name; a revoked admin stays revoked. Audited.
+        """
+        actor = _check_actor(actor)
+        now = self._clock()
+        with self._write() as session:
+            model = _load_admin(session, name)
+            if model.status != AdminStatus.ACTIVE.value:
+                raise AdminStateError(f"The admin {name!r} is already revoked.")
+            # FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers):
+            # two concurrent revocations cannot both see another active admin and leave none.
+            active = session.scalars(
+                select(AdminModel.id)
+                .where(AdminModel.status == AdminStatus.ACTIVE.value)
+                .with_for_update()
+            ).all()
+            if len(active) <= 1:
+                raise AdminStateError(
+                    f"The admin {name!r} is the last active admin; revoking it would leave the "
+                    "API without an administrator. Rotate its token instead (`tether cloud "
+                    "admin rotate`), or add another admin first."
+                )
+            model.status = AdminStatus.REVOKED.value
+            model.revoked_at = now
+            session.flush()
+            _audit(session, now, actor, "admin.revoke", model.name, {})
+            return _admin_record(model)
 
     def publish_crl(self, issuer: str, der: bytes, *, actor: str) -> None:
         """Store (or replace) the CRL the cloud serves for ``issuer`` ("root" or a CA
@@ -1164,6 +1254,23 @@ def _check_connection_statement() -> Select[Any]:
 
 
 _CHECK_CONNECTION = _check_connection_statement()
+_FIND_ADMIN = select(
+    AdminModel.name,
+    AdminModel.token_id,
+    AdminModel.salt,
+    AdminModel.token_hash,
+    AdminModel.created_at,
+    AdminModel.status,
+    AdminModel.revoked_at,
+).where(
+    AdminModel.token_id == bindparam("token_id", type_=String),
+    AdminModel.status == bindparam("status", type_=String),
+)
+
+
+def _as_utc(value: datetime) -> datetime:
+    """A datetime column read through Core (UTCDateTime applies; this only guards naive)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 # -- helpers (module-private) ----------------------------------------------------------------
@@ -1417,6 +1524,15 @@ def _load_ca(session: Session, fingerprint: str) -> CAModel:
     return model
 
 
+def _load_admin(session: Session, name: str) -> AdminModel:
+    model = session.scalars(select(AdminModel).where(AdminModel.name == name)).first()
+    if model is None:
+        raise AdminNotFoundError(
+            f"No admin named {name!r}; `tether cloud admin list` shows the admins."
+        )
+    return model
+
+
 def _load_device(session: Session, serial: str) -> DeviceModel:
     model = session.scalars(select(DeviceModel).where(DeviceModel.serial == serial)).first()
     if model is None:
@@ -1471,6 +1587,8 @@ def _admin_record(m: AdminModel) -> AdminRecord:
         salt=m.salt,
         token_hash=m.token_hash,
         created_at=m.created_at,
+        status=AdminStatus(m.status),
+        revoked_at=m.revoked_at,
     )
 
 

@@ -1,0 +1,211 @@
+"""The admin API in a process of its own: what ``tether cloud serve`` runs beside the gateway.
+
+Why a process and not a task on the gateway's loop (issue 14): on the loop, every API request
+(TLS, HTTP parsing, the registry read behind a token check) shares one event loop and one GIL
+with the gateway's handshakes and its revocation feed. The abuse test measured it: 120
+keep-alive connections of random tokens, each refused cheaply, still delayed a revocation's
+drop by 0.3-1.2 s, because the feed's registry reads waited for the GIL behind the API's
+threads. In its own process the API's CPU is the operating system's to share, not the GIL's:
+the gateway keeps its loop, its thread pool and its interpreter to itself. The API needs
+nothing from the gateway: it reads and writes the registry, and every gateway process follows
+the registry's audit log (a revocation through the API drops the session exactly as one made
+by ``tether cloud revoke`` in another process does).
+
+The child is started with the ``spawn`` method (a fresh interpreter: no inherited threads,
+event loop or database connections). Its arguments, the online CA's passphrase among them,
+travel through multiprocessing's pipe, never on a command line or in the environment. The
+child reports its bound port (or the TetherError that stopped it) on a pipe; it stops on
+SIGTERM (``stop``), ignores SIGINT (the parent stops it in order: API before gateway), and
+exits by itself when the parent goes away (the pipe's end closes), so a killed ``serve`` never
+leaves an orphan API behind. Tests and the demo still run ``ApiServer`` on a loop directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import signal
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from tether.errors import ConfigurationError, TetherError
+
+log = logging.getLogger("tether.api")
+
+_START_TIMEOUT = 60.0  # seconds: a fresh interpreter imports Tether, migrates, loads the CA
+_STOP_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True)
+class ApiProcessArgs:
+    """What the child needs (picklable): where the cloud is and how to serve its API."""
+
+    data_dir: Path
+    port: int | None  # None: api.port from cloud.json
+    ca_passphrase: str | None  # the online device CA's, when api.device_ca is set
+    log_level: str
+
+
+class ApiStartError(ConfigurationError):
+    """The API process could not start; the child's own error code and message."""
+
+    code = "api_start_failed"
+
+
+def _configure_child_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+async def _serve_child(args: ApiProcessArgs, conn: Connection, parent_alive: Connection) -> None:
+    from tether.cloud.api.app import create_app
+    from tether.cloud.api.operations import AdminOperations, check_online_ca
+    from tether.cloud.api.server import ApiServer
+    from tether.cloud.registry import Registry
+    from tether.cloud.settings import CloudSettings
+    from tether.pki.store import CaDirectory
+
+    settings = CloudSettings.load(args.data_dir)
+    online = None
+    if settings.api.device_ca is not None:
+        if args.ca_passphrase is None:
+            raise ConfigurationError("the online device CA needs its passphrase")
+        online = CaDirectory.open(Path(settings.api.device_ca)).issuing(args.ca_passphrase)
+    registry = Registry.open(settings.database_url)
+    try:
+        if online is not None:
+            check_online_ca(registry, online)
+        operations = AdminOperations(
+            registry,
+            root_certificate=settings.root_certificate(),
+            online_ca=online,
+            registration_code_ttl=timedelta(seconds=settings.api.registration_code_ttl),
+            pinned_ca=settings.pinned_ca.read_bytes(),
+        )
+        server = ApiServer(
+            create_app(
+                registry,
+                root_certificate=operations.root_certificate,
+                operations=operations,
+                limits=settings.api_limits,
+            ),
+            host=settings.api.host,
+            port=settings.api.port if args.port is None else args.port,
+            certificate_chain=settings.server_chain,
+            private_key=settings.server_key,
+            limits=settings.api_limits,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        # The parent holds the only other end of this pipe: it reads EOF when the parent
+        # exits, however it exits.
+        loop.add_reader(parent_alive.fileno(), stop.set)
+        port = await server.start()
+        conn.send(("ready", port, online is not None))
+        try:
+            await stop.wait()
+        finally:
+            loop.remove_reader(parent_alive.fileno())
+            await server.stop()
+    finally:
+        registry.close()
+
+
+def _child_main(args: ApiProcessArgs, conn: Connection, parent_alive: Connection) -> None:
+    """The API process: serve until SIGTERM or the parent's exit."""
+    import uvloop
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _configure_child_logging(args.log_level)
+    try:
+        uvloop.run(_serve_child(args, conn, parent_alive))
+    except TetherError as exc:
+        with contextlib.suppress(OSError):
+            conn.send(("error", exc.code, exc.message))
+        sys.exit(3)
+    except Exception as exc:
+        with contextlib.suppress(OSError):
+            conn.send(("error", "api_start_failed", f"{type(exc).__name__}: {exc}"))
+        raise
+
+
+class ApiProcess:
+    """The admin API in a child process; a ``Companion`` of ``serve_until_signalled``."""
+
+    def __init__(self, args: ApiProcessArgs) -> None:
+        """Nothing starts until :meth:`start`."""
+        self.args = args
+        self.signs = False  # whether the child loaded an online device CA
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._alive: Connection | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    async def start(self) -> int:
+        """Start the child and wait until it listens; returns its port.
+
+        Raises ApiStartError with the child's code and message when it cannot start.
+        """
+        context = multiprocessing.get_context("spawn")
+        parent, child = context.Pipe(duplex=False)
+        watched, self._alive = context.Pipe(duplex=False)
+        self._conn = parent
+        self._process = context.Process(
+            target=_child_main, args=(self.args, child, watched), name="tether-api", daemon=True
+        )
+        await asyncio.to_thread(self._process.start)  # startup only; never on a hot path
+        child.close()
+        watched.close()
+        ready = await asyncio.to_thread(parent.poll, _START_TIMEOUT)
+        message = parent.recv() if ready else None
+        if message is None or message[0] != "ready":
+            await self.stop()
+            if message is None:
+                raise ApiStartError("the admin API process did not start in time")
+            raise ApiStartError(str(message[2]), code=str(message[1]))
+        _, port, self.signs = message
+        # The child's end of ``parent`` closes when it exits: say so at once if it dies early.
+        asyncio.get_running_loop().add_reader(parent.fileno(), self._exited)
+        return int(port)
+
+    def _exited(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._conn is not None:
+            loop.remove_reader(self._conn.fileno())
+        process = self._process
+        code = None if process is None else process.exitcode
+        log.error(
+            "the admin API process (pid %s) exited (code %s); the gateway keeps running, "
+            "`tether cloud` commands still work; restart serve to get the API back",
+            self.pid,
+            code,
+            extra={"tether_code": "api_process_exited"},
+        )
+
+    async def stop(self) -> None:
+        """SIGTERM the child, wait for it to finish its requests; kill it if it hangs."""
+        if self._conn is not None:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self._conn.fileno())
+        process, self._process = self._process, None
+        if process is not None and process.is_alive():
+            process.terminate()
+            await asyncio.to_thread(process.join, _STOP_TIMEOUT)
+            if process.is_alive():
+                process.kill()
+                await asyncio.to_thread(process.join, 5)
+        for conn in (self._conn, self._alive):
+            if conn is not None:
+                conn.close()
+        self._conn = self._alive = None
