@@ -35,6 +35,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     """Drop the revocation columns (revoked administrators become active again: beware)."""
     with op.batch_alter_table("admins") as batch:
-        batch.drop_constraint("ck_admins_status", type_="check")
+        batch.drop_constraint(op.f("ck_admins_status"), type_="check")
         batch.drop_column("revoked_at")
         batch.drop_column("status")
