@@ -325,6 +325,7 @@ def test_limits_come_from_cloud_json_with_defaults_for_missing_keys(tmp_path: Pa
             }
         )
     )
+    (tmp_path / "cloud.json").chmod(0o600)  # the settings file may hold a password
     settings = CloudSettings.load(tmp_path).gateway_settings()
     assert settings.max_filters_per_subscribe == 8
     assert settings.handshake_timeout == 1.5
