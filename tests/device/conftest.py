@@ -139,7 +139,7 @@ def tls13_broker(pki: DevicePKI, tmp_path_factory: pytest.TempPathFactory) -> It
 
 @dataclass(frozen=True)
 class TokenDevice:
-    """A device whose key was generated inside a SoftHSM2 token, with its certificate."""
+    """A device whose key was generated inside a token (SoftHSM2 or a TPM), with its certificate."""
 
     token: Token
     key_label: str

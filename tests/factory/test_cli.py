@@ -58,6 +58,7 @@ def refused(result: subprocess.CompletedProcess[str], code: str) -> None:
     assert "Traceback" not in out
 
 
+@pytest.mark.tpm
 def test_provision_one_unit(softhsm: SoftHSM, token: Token, pki: Pki, tmp_path: Path) -> None:
     log = tmp_path / "made.jsonl"
     result = tether(
@@ -78,6 +79,7 @@ def test_provision_one_unit(softhsm: SoftHSM, token: Token, pki: Pki, tmp_path: 
     assert record.certificate_fingerprint == sha256_fingerprint(cert)
 
 
+@pytest.mark.tpm
 def test_count_continues_the_log(softhsm: SoftHSM, token: Token, pki: Pki, tmp_path: Path) -> None:
     log = tmp_path / "made.jsonl"
     for _ in range(2):
