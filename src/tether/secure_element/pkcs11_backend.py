@@ -163,7 +163,7 @@ def _load_module(module: str, profile: TokenProfile) -> Any:
     except p11.PKCS11Error as exc:
         if isinstance(exc, p11.GeneralError) and profile.unreachable_hint:
             # The library loaded but C_Initialize failed: for a TPM, the TPM is not there.
-            pkcs11.unload(module)  # python-pkcs11 keeps the half-made handle otherwise
+            # Nothing is cached, so a later open retries once the TPM is up.
             raise TokenNotFoundError(
                 f"Cannot initialise the PKCS#11 module {module!r} (CKR_GENERAL_ERROR)."
                 + profile.unreachable_hint
@@ -510,8 +510,6 @@ class Pkcs11SecureElement:
         has no room for another key.
         """
         validate_label(label)
-        self._reserve_key(label)
-        session = self._live_session()
         # Always asked of the token (not the cache): the one search a factory unit costs.
         if self._objects({Attribute.LABEL: label}, f"check label {label!r}"):
             raise LabelInUseError(
@@ -519,6 +517,8 @@ class Pkcs11SecureElement:
                 "nothing was generated. Use another label or delete the old key first."
             )
         self._forget(label)  # the token has nothing under it: any cached entry is stale
+        self._reserve_key(label)  # may reopen the session: take it only afterwards
+        session = self._live_session()
         try:
             public, private = session.generate_keypair(
                 KeyType.EC,
