@@ -22,6 +22,9 @@ from bench.peers import (
 )
 from bench.world import build_world
 
+from bench import tokens
+from tests.softhsm import Token
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory):
@@ -84,3 +87,17 @@ def test_the_report_renders_figures_targets_and_refuses_a_page_without_markers(
     page.write_text("no markers")
     with pytest.raises(RuntimeError, match="markers"):
         publish(data)
+
+
+@pytest.mark.tpm
+def test_the_tokens_benchmark_measures_a_token(
+    token: Token, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bench.tokens' measurement provisions units and signs on SoftHSM2 and on the TPM."""
+    monkeypatch.setattr("bench.tokens.SECONDS", 0.05)
+    ca = tokens._factory_ca(tmp_path / "pki")
+    factory_rate, sign_rate = tokens.measure(
+        token.module, token.label, token.pin, ca, tmp_path / "made.jsonl"
+    )
+    assert factory_rate > 0 and sign_rate > 0
+    assert (tmp_path / "made.jsonl").read_text().count("\n") >= 1

@@ -90,6 +90,16 @@ def test_demo_with_the_emulator_says_so_and_passes() -> None:
     assert "Traceback" not in process.stderr
 
 
+def test_demo_with_a_tpm_makes_the_factory_key_in_the_tpm() -> None:
+    """``--secure-element tpm``: the factory unit's key is born in a (simulated) TPM 2.0."""
+    process, lines = run_demo("--secure-element", "tpm")
+    assert_every_step_passed(process, lines)
+    assert "TPM 2.0 token" in process.stdout and "SIMULATED" in process.stdout
+    factory = next(s for s in lines if s.get("name") == "factory")
+    assert "CKA_VALUE read refused" in factory["observed"]
+    assert "Traceback" not in process.stderr
+
+
 def _private_keys(root: Path) -> dict[Path, bytes]:
     """Every file under ``root`` that holds a PEM private key (encrypted or not)."""
     return {

@@ -139,7 +139,7 @@ def tls13_broker(pki: DevicePKI, tmp_path_factory: pytest.TempPathFactory) -> It
 
 @dataclass(frozen=True)
 class TokenDevice:
-    """A device whose key was generated inside a SoftHSM2 token, with its certificate."""
+    """A device whose key was generated inside a token (SoftHSM2 or a TPM), with its certificate."""
 
     token: Token
     key_label: str
@@ -151,24 +151,26 @@ class TokenDevice:
 def token_device(token: Token, pki: DevicePKI, tmp_path: Path) -> TokenDevice:
     """Generate the key in the token with pkcs11-tool, certify its public key with the device CA."""
     label = "device-key"
-    subprocess.run(
+    made = subprocess.run(
         [
             "pkcs11-tool", "--module", token.module, "--token-label", token.label,
             "--login", "--pin", token.pin, "--keypairgen", "--key-type", "EC:prime256v1",
             "--label", label, "--id", "01",
         ],
-        check=True, capture_output=True, timeout=60,
+        capture_output=True, timeout=60, check=False,
     )  # fmt: skip
+    assert made.returncode == 0, made.stderr.decode(errors="replace")
     # Read the public half with pkcs11-tool (a subprocess): it stays out of this process's
     # PKCS#11 state, and it is a tool no one here wrote.
     pub_der = tmp_path / "token-pub.der"
-    subprocess.run(
+    read = subprocess.run(
         [
             "pkcs11-tool", "--module", token.module, "--token-label", token.label,
             "--read-object", "--type", "pubkey", "--label", label, "-o", str(pub_der),
         ],
-        check=True, capture_output=True, timeout=60,
+        capture_output=True, timeout=60, check=False,
     )  # fmt: skip
+    assert read.returncode == 0, read.stderr.decode(errors="replace")
     public_key = serialization.load_der_public_key(pub_der.read_bytes())
     assert isinstance(public_key, ec.EllipticCurvePublicKey)
     serial = "SN-HSM-0001"

@@ -1,9 +1,12 @@
-"""The device connects over real mutual TLS to a real mosquitto, with a key file or a token."""
+"""The device connects over real mutual TLS to a real mosquitto, with a key file or a token
+(SoftHSM2, and for tests marked ``tpm`` also a key in a simulated TPM 2.0)."""
 
 from __future__ import annotations
 
 import subprocess
 import time
+
+import pytest
 
 from tests.device.broker import Broker
 from tests.device.conftest import DevicePKI, TokenDevice
@@ -77,6 +80,7 @@ def test_device_receives_what_it_subscribed_to(pki: DevicePKI, broker: Broker) -
     assert message.payload == b"ping"
 
 
+@pytest.mark.tpm
 def test_token_key_completes_mutual_tls_12_through_awscrt_pkcs11(
     pki: DevicePKI, broker: Broker, token_device: TokenDevice
 ) -> None:

@@ -67,11 +67,12 @@ class UnitStore:
         return self.element.labels(), self.outside()
 
 
-@pytest.fixture(params=["pkcs11", "emulator"])
+@pytest.fixture
 def unit_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UnitStore]:
     """A fresh, open secure element of each kind; closed after the test."""
-    if request.param == "pkcs11":
-        token: Token = request.getfixturevalue("token")
+    if request.param in ("pkcs11", "tpm2"):
+        # "pkcs11" is SoftHSM2; "tpm2" only for tests marked ``tpm`` (see tests/conftest.py).
+        token: Token = request.getfixturevalue("tpm_token" if request.param == "tpm2" else "token")
         element: SecureElement = Pkcs11SecureElement.open(token.module, token.label, token.pin)
         store = UnitStore("pkcs11", element, lambda: token_objects(token), token=token)
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 from pathlib import Path
 
@@ -58,6 +59,7 @@ def refused(result: subprocess.CompletedProcess[str], code: str) -> None:
     assert "Traceback" not in out
 
 
+@pytest.mark.tpm
 def test_provision_one_unit(softhsm: SoftHSM, token: Token, pki: Pki, tmp_path: Path) -> None:
     log = tmp_path / "made.jsonl"
     result = tether(
@@ -78,6 +80,7 @@ def test_provision_one_unit(softhsm: SoftHSM, token: Token, pki: Pki, tmp_path: 
     assert record.certificate_fingerprint == sha256_fingerprint(cert)
 
 
+@pytest.mark.tpm
 def test_count_continues_the_log(softhsm: SoftHSM, token: Token, pki: Pki, tmp_path: Path) -> None:
     log = tmp_path / "made.jsonl"
     for _ in range(2):
@@ -156,6 +159,28 @@ def test_wrong_ca_passphrase_stops_before_the_token(
 def test_refusals_change_nothing(
     softhsm: SoftHSM, token: Token, pki: Pki, tmp_path: Path, case: str, code: str
 ) -> None:
+    check_refusal(softhsm, token, pki, tmp_path, case, code)
+
+
+@pytest.mark.parametrize(
+    ("case", "code"),
+    [
+        ("wrong_pin", "se_wrong_pin"),
+        ("label_in_use", "se_label_in_use"),
+        ("tpm_not_running", "se_token_not_found"),
+    ],
+)
+def test_refusals_on_the_tpm_change_nothing(
+    softhsm: SoftHSM, tpm_token: Token, pki: Pki, tmp_path: Path, case: str, code: str
+) -> None:
+    """The TPM's own bad inputs through the CLI: one line, exit 3, the token unchanged."""
+    check_refusal(softhsm, tpm_token, pki, tmp_path, case, code)
+
+
+def check_refusal(
+    softhsm: SoftHSM, token: Token, pki: Pki, tmp_path: Path, case: str, code: str
+) -> None:
+    """Provision under ``case``'s bad input; refused with ``code``, token and log unchanged."""
     log = tmp_path / "made.jsonl"
     env = token_env(softhsm, token)
     ca: Path = pki.factory.path
@@ -198,6 +223,10 @@ def test_refusals_change_nothing(
         unit = ["--serial", "SN-9", "--count", "2"]
     elif case == "count_zero":
         unit = ["--count", "0"]
+    elif case == "tpm_not_running":
+        with socket.socket() as probe:  # a loopback port nothing listens on once closed
+            probe.bind(("127.0.0.1", 0))
+            env["TPM2_PKCS11_TCTI"] = f"swtpm:host=127.0.0.1,port={probe.getsockname()[1]}"
     objects_before, labels_before = token_objects(token), token_labels(token)
     log_before = file_state(log)
 

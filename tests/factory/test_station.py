@@ -50,6 +50,7 @@ def station_for(
     )
 
 
+@pytest.mark.tpm
 def test_provision_one_unit(pki: Pki, unit_store: UnitStore, tmp_path: Path) -> None:
     log = tmp_path / "made.jsonl"
     station = station_for(pki, unit_store, log)
@@ -88,6 +89,7 @@ def test_provision_one_unit(pki: Pki, unit_store: UnitStore, tmp_path: Path) -> 
     assert stored.not_valid_before_utc <= record.made_at <= stored.not_valid_after_utc
 
 
+@pytest.mark.tpm
 def test_key_protection(pki: Pki, unit_store: UnitStore, tmp_path: Path) -> None:
     """A token key cannot leave; the emulator says honestly that its key can."""
     station_for(pki, unit_store, tmp_path / "made.jsonl").provision("TTH-000001")
@@ -104,6 +106,7 @@ def test_key_protection(pki: Pki, unit_store: UnitStore, tmp_path: Path) -> None
         assert "not in a secure element" in protection.summary
 
 
+@pytest.mark.tpm
 def test_line_continues_numbering(pki: Pki, unit_store: UnitStore, tmp_path: Path) -> None:
     log = tmp_path / "made.jsonl"
     station = station_for(pki, unit_store, log)
@@ -146,6 +149,7 @@ def _assert_refused(
     return caught.value
 
 
+@pytest.mark.tpm
 def test_label_already_used(pki: Pki, unit_store: UnitStore, tmp_path: Path) -> None:
     """A key made beforehand under the unit's label is refused and left exactly as it was."""
     log = tmp_path / "made.jsonl"
@@ -198,6 +202,7 @@ def test_non_factory_ca_refused(pki: Pki, unit_store: UnitStore, tmp_path: Path)
     )  # fmt: skip
 
 
+@pytest.mark.tpm
 def test_failure_after_keygen_deletes_the_key(
     pki: Pki, unit_store: UnitStore, tmp_path: Path
 ) -> None:
@@ -244,6 +249,7 @@ def test_corrupt_log_refused(pki: Pki, unit_store: UnitStore, tmp_path: Path) ->
     assert log.read_text() == '{"serial": "TTH-000001"}\n'
 
 
+@pytest.mark.tpm
 def test_wrong_pin(token: Token, tmp_path: Path) -> None:
     with pytest.raises(AuthenticationError) as caught:
         Pkcs11SecureElement.open(token.module, token.label, token.pin + "0")
@@ -252,6 +258,7 @@ def test_wrong_pin(token: Token, tmp_path: Path) -> None:
         assert element.labels() == []
 
 
+@pytest.mark.tpm
 def test_missing_token(token: Token) -> None:
     with pytest.raises(NotFoundError) as caught:
         Pkcs11SecureElement.open(token.module, "no-such-token", token.pin)

@@ -36,11 +36,12 @@ class Backend:
     directory: Path | None = None
 
 
-@pytest.fixture(params=["pkcs11", "emulator"])
+@pytest.fixture
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """An open, empty secure element of each kind; closed after the test."""
-    if request.param == "pkcs11":
-        token: Token = request.getfixturevalue("token")
+    if request.param in ("pkcs11", "tpm2"):
+        # "pkcs11" is SoftHSM2; "tpm2" only for tests marked ``tpm`` (see tests/conftest.py).
+        token: Token = request.getfixturevalue("tpm_token" if request.param == "tpm2" else "token")
         element: SecureElement = Pkcs11SecureElement.open(token.module, token.label, token.pin)
         result = Backend("pkcs11", element, lambda: token_objects(token), token=token)
     else:

@@ -1,4 +1,5 @@
-"""The SecureElement contract, run against both backends (a SoftHSM2 token and the emulator)."""
+"""The SecureElement contract, run against each backend: a SoftHSM2 token, the emulator, and
+(for tests marked ``tpm``) a token on a simulated TPM 2.0."""
 
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ from tether.secure_element.errors import (
     KeyNotFoundError,
     LabelInUseError,
 )
+from tether.secure_element.profiles import profile_for_module
+
+# What each token says it is: SoftHSM2 names itself; tpm2-pkcs11 passes on the TPM's vendor
+# and model (swtpm is IBM's software TPM).
+TOKEN_MAKERS = {"softhsm2": ("SoftHSM project", "SoftHSM v2"), "tpm2": ("IBM", "SW   TPM")}
 
 
 def test_is_emulator_says_which_backend(backend: Backend) -> None:
@@ -31,6 +37,7 @@ def test_is_emulator_says_which_backend(backend: Backend) -> None:
     assert isinstance(backend.element, SecureElement)
 
 
+@pytest.mark.tpm
 def test_generate_key_returns_p256_public_key_that_public_key_reads_back(
     element: SecureElement,
 ) -> None:
@@ -40,6 +47,7 @@ def test_generate_key_returns_p256_public_key_that_public_key_reads_back(
     assert element.labels() == ["device"]
 
 
+@pytest.mark.tpm
 def test_two_keys_are_distinct_and_listed_sorted(element: SecureElement) -> None:
     b = element.generate_key("b-key")
     a = element.generate_key("a-key")
@@ -47,6 +55,7 @@ def test_two_keys_are_distinct_and_listed_sorted(element: SecureElement) -> None
     assert element.labels() == ["a-key", "b-key"]
 
 
+@pytest.mark.tpm
 def test_sign_digest_verifies_with_the_public_key(element: SecureElement) -> None:
     public = element.generate_key("device")
     digest = hashlib.sha256(b"challenge").digest()
@@ -77,6 +86,7 @@ def test_store_and_read_certificate(element: SecureElement, device_ca: DeviceCA)
     assert spki_der(element.certificate("device").public_key()) == spki_der(public)  # type: ignore[union-attr,arg-type]
 
 
+@pytest.mark.tpm
 def test_store_certificate_replaces_the_old_one(
     element: SecureElement, device_ca: DeviceCA
 ) -> None:
@@ -88,6 +98,7 @@ def test_store_certificate_replaces_the_old_one(
     assert element.labels() == ["device"]
 
 
+@pytest.mark.tpm
 def test_delete_removes_key_and_certificate(element: SecureElement, device_ca: DeviceCA) -> None:
     public = element.generate_key("device")
     element.store_certificate("device", device_ca.issue(public, "SN-1"))
@@ -102,6 +113,7 @@ def test_delete_removes_key_and_certificate(element: SecureElement, device_ca: D
 # -- refusals: each a specific error, and the store is unchanged --------------------------
 
 
+@pytest.mark.tpm
 def test_label_in_use_is_refused_and_changes_nothing(backend: Backend) -> None:
     element = backend.element
     first = element.generate_key("device")
@@ -114,6 +126,7 @@ def test_label_in_use_is_refused_and_changes_nothing(backend: Backend) -> None:
     assert spki_der(element.public_key("device")) == spki_der(first)
 
 
+@pytest.mark.tpm
 def test_mismatching_certificate_is_refused_and_changes_nothing(
     backend: Backend, device_ca: DeviceCA
 ) -> None:
@@ -207,6 +220,7 @@ def test_certificate_value_is_an_x509_certificate(
     assert cert.subject.rfc4514_string() == "CN=SN-7"
 
 
+@pytest.mark.tpm
 def test_describe_key_names_the_store_and_no_secret(backend: Backend) -> None:
     backend.element.generate_key("device")
     location = backend.element.describe_key("device")
@@ -220,6 +234,7 @@ def test_describe_key_names_the_store_and_no_secret(backend: Backend) -> None:
         assert location.endswith("device.key.pem")
 
 
+@pytest.mark.tpm
 def test_key_protection_says_how_the_key_is_kept_and_changes_nothing(backend: Backend) -> None:
     backend.element.generate_key("device")
     before = backend.snapshot()
@@ -233,8 +248,9 @@ def test_key_protection_says_how_the_key_is_kept_and_changes_nothing(backend: Ba
         assert protection.always_sensitive is True
         assert protection.never_extractable is True
         assert protection.value_read_refused is True
-        assert protection.token_manufacturer == "SoftHSM project"
-        assert protection.token_model == "SoftHSM v2"
+        assert backend.token is not None
+        maker = TOKEN_MAKERS[profile_for_module(backend.token.module).name]
+        assert (protection.token_manufacturer, protection.token_model) == maker
         assert protection.token_serial
         assert protection.cannot_leave
         assert "sensitive and not extractable" in protection.summary

@@ -48,6 +48,7 @@ from tether.secure_element.errors import (
     map_pkcs11_error,
 )
 from tether.secure_element.pkcs11_backend import P256_PARAMS
+from tether.secure_element.profiles import profile_for_module
 
 
 def open_element(token: Token) -> Pkcs11SecureElement:
@@ -89,6 +90,7 @@ def device_key(token: Token, device_ca: DeviceCA) -> ec.EllipticCurvePublicKey:
 # -- the key cannot leave ----------------------------------------------------------------
 
 
+@pytest.mark.tpm
 def test_private_key_attributes_are_sensitive_token_sign_only(
     token: Token, device_key: ec.EllipticCurvePublicKey
 ) -> None:
@@ -102,9 +104,14 @@ def test_private_key_attributes_are_sensitive_token_sign_only(
         assert key[Attribute.EXTRACTABLE] is False
         assert key[Attribute.NEVER_EXTRACTABLE] is True
         assert key[Attribute.SIGN] is True
-        assert key[Attribute.DECRYPT] is False
         assert key[Attribute.UNWRAP] is False
         assert key[Attribute.DERIVE] is False
+        # Sign-only on SoftHSM2; a TPM forces CKA_DECRYPT (see tether.secure_element.profiles
+        # and test_tpm.py for why the key still cannot be used for anything but ECDSA).
+        profile = profile_for_module(token.module)
+        assert key[Attribute.DECRYPT] is profile.private_template[Attribute.DECRYPT]
+        for attribute, value in profile.private_template.items():
+            assert key[attribute] == value, attribute.name
         # Same CKA_ID on key, public key and certificate: the SKI of the public key.
         ski = x509.SubjectKeyIdentifier.from_public_key(device_key).digest
         assert key[Attribute.ID] == ski
@@ -115,10 +122,12 @@ def test_private_key_attributes_are_sensitive_token_sign_only(
         assert cert[Attribute.LABEL] == "device"
 
 
+@pytest.mark.tpm
 def test_reading_private_value_fails(token: Token, device_key: ec.EllipticCurvePublicKey) -> None:
     with raw_session(token) as session:
         key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label="device")
-        with pytest.raises(p11.AttributeSensitive):
+        # SoftHSM2 says "sensitive"; tpm2-pkcs11 has no CKA_VALUE to give for a TPM key at all.
+        with pytest.raises((p11.AttributeSensitive, p11.AttributeTypeInvalid)):
             key[Attribute.VALUE]
 
 
@@ -135,10 +144,21 @@ def test_making_the_key_extractable_or_insensitive_fails(
         assert key[Attribute.SENSITIVE] is True
 
 
+@pytest.mark.tpm
 def test_wrapping_the_key_fails(token: Token, device_key: ec.EllipticCurvePublicKey) -> None:
+    """No wrap gets the key out: SoftHSM2 refuses C_WrapKey, tpm2-pkcs11 has no wrapping key.
+
+    tpm2-pkcs11 1.9 implements neither C_GenerateKey nor C_WrapKey: no AES key can be made
+    to wrap with, so the refusal comes one step earlier. What keeps a TPM key in the TPM is
+    the TPM object itself (fixedTPM, fixedParent), shown in test_tpm.py.
+    """
     with raw_session(token) as session:
         key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label="device")
-        wrapping = session.generate_key(KeyType.AES, 256, label="wrapper", store=False)
+        try:
+            wrapping = session.generate_key(KeyType.AES, 256, label="wrapper", store=False)
+        except p11.FunctionNotSupported:
+            assert profile_for_module(token.module).name == "tpm2"
+            return
         with pytest.raises(p11.PKCS11Error) as info:
             wrapping.wrap_key(key, mechanism=Mechanism.AES_KEY_WRAP_PAD)
         assert isinstance(info.value, p11.KeyUnextractable | p11.KeyNotWrappable)
@@ -185,6 +205,7 @@ def test_pkcs11_tool_cannot_read_the_private_key(
     assert not out.exists() or out.stat().st_size == 0
 
 
+@pytest.mark.tpm
 def test_certificate_and_public_key_in_token_match(
     token: Token, device_key: ec.EllipticCurvePublicKey, tmp_path: Path
 ) -> None:
@@ -198,6 +219,9 @@ def test_certificate_and_public_key_in_token_match(
     assert spki_der(cert.public_key()) == spki_der(token_public) == spki_der(device_key)  # type: ignore[arg-type]
 
 
+# Not on the TPM: with libp11's engine loaded, tpm2-tss's own OpenSSL calls (the salted
+# auth session that unseals the token's wrapping key) fail in that process. awscrt and
+# pkcs11-tool are the foreign clients on the TPM.
 def test_openssl_pkcs11_engine_signs_with_the_key(
     token: Token, device_key: ec.EllipticCurvePublicKey, tmp_path: Path
 ) -> None:
@@ -225,6 +249,7 @@ def test_openssl_pkcs11_engine_signs_with_the_key(
 # -- CA keys in a token --------------------------------------------------------------------
 
 
+@pytest.mark.tpm
 def test_token_signer_for_an_existing_ca_key_signs_what_cryptography_verifies(
     token: Token,
 ) -> None:
@@ -238,6 +263,7 @@ def test_token_signer_for_an_existing_ca_key_signs_what_cryptography_verifies(
         public.verify(signer.sign(tbs), tbs, ec.ECDSA(hashes.SHA256()))
 
 
+@pytest.mark.tpm
 def test_second_open_of_the_same_token_shares_the_login(token: Token) -> None:
     first = open_element(token)
     second = open_element(token)
@@ -265,6 +291,7 @@ def test_config_hides_the_pin_in_repr(token: Token) -> None:
 # -- refusals to open --------------------------------------------------------------------
 
 
+@pytest.mark.tpm
 def test_wrong_pin_is_authentication_error_and_changes_nothing(token: Token) -> None:
     with open_element(token) as element:
         element.generate_key("device")
@@ -329,6 +356,7 @@ def test_unknown_token_error_names_the_pkcs11_error() -> None:
     assert "FunctionFailed" in error.message
 
 
+@pytest.mark.tpm
 def test_csr_from_token_key_passes_openssl(token: Token, tmp_path: Path) -> None:
     with open_element(token) as element:
         element.generate_key("device")
@@ -421,6 +449,7 @@ with Pkcs11SecureElement.open(module, label, pin) as element:
 """
 
 
+@pytest.mark.tpm
 def test_module_initialised_first_by_awscrt_is_usable(token: Token) -> None:
     """The device stack (awscrt) and the secure element may share one process, in any order."""
     result = subprocess.run(

@@ -24,8 +24,10 @@ from tether.demo import (
     DemoOptions,
     SoftHsmToken,
     StepResult,
+    TpmToken,
     find_softhsm_module,
     init_softhsm_token,
+    init_tpm_token,
     prepare_workspace,
     write_softhsm_conf,
 )
@@ -39,13 +41,20 @@ class ElementChoice(StrEnum):
 
     AUTO = "auto"
     SOFTHSM = "softhsm"
+    TPM = "tpm"
     EMULATOR = "emulator"
 
 
-def _softhsm(choice: ElementChoice, workspace: Path) -> SoftHsmToken | None:
-    """A fresh SoftHSM2 token in the workspace, or None for the emulator."""
+def _token(choice: ElementChoice, workspace: Path) -> SoftHsmToken | TpmToken | None:
+    """A fresh token in the workspace (SoftHSM2 or a simulated TPM), or None for the emulator."""
     if choice is ElementChoice.EMULATOR:
         return None
+    if choice is ElementChoice.TPM:
+        token = init_tpm_token(workspace / "tpm")
+        # tpm2-pkcs11 reads its store and TCTI once, when the module is first loaded in this
+        # process (as SoftHSM2 reads SOFTHSM2_CONF): set them before anything loads it.
+        os.environ.update(token.tpm.env)
+        return token
     module = find_softhsm_module()
     util = shutil.which("softhsm2-util")
     if module is None or util is None:
@@ -101,7 +110,9 @@ def demo(
     secure_element: Annotated[
         ElementChoice,
         typer.Option(
-            "--secure-element", help="auto: SoftHSM2 when installed, else the software emulator."
+            "--secure-element",
+            help="auto: SoftHSM2 when installed, else the software emulator; tpm: a token on "
+            "a simulated TPM 2.0 (swtpm + tpm2-abrmd + tpm2-pkcs11).",
         ),
     ] = ElementChoice.AUTO,
 ) -> None:
@@ -109,13 +120,19 @@ def demo(
     console = Console(highlight=False, emoji=False)
     workspace = prepare_workspace(keep)
     results: list[StepResult] = []
+    token: SoftHsmToken | TpmToken | None = None
     try:
         console.print(
             f"[bold]Tether demo[/] in {workspace} "
             + ("[dim](kept)[/]" if keep is not None else "[dim](removed at the end)[/]")
         )
-        token = _softhsm(secure_element, workspace)
-        if token is not None:
+        token = _token(secure_element, workspace)
+        if isinstance(token, TpmToken):
+            console.print(
+                f"secure element: TPM 2.0 token {token.label!r} ({token.module}) on a SIMULATED "
+                "TPM (swtpm + tpm2-abrmd in the workspace); the README says how to use a real one"
+            )
+        elif token is not None:
             console.print(f"secure element: SoftHSM2 token {token.label!r} ({token.module})")
         else:
             console.print(
@@ -130,6 +147,8 @@ def demo(
         finally:
             runner.close()
     finally:
+        if isinstance(token, TpmToken):
+            token.tpm.stop()
         if keep is None:
             shutil.rmtree(workspace, ignore_errors=True)
     console.print(_summary(results))

@@ -38,7 +38,7 @@ from tether.demo.cloud import CloudThread, LogCapture, LogEvent
 from tether.demo.errors import DemoApiError
 from tether.demo.peers import ImpostorServer, ServiceClient
 from tether.demo.results import StepResult
-from tether.demo.workspace import SoftHsmToken
+from tether.demo.workspace import SoftHsmToken, TpmToken
 from tether.device import CloudEndpoint, DeviceClient, DeviceIdentity, FileKey, Pkcs11Key
 from tether.device.explain import explain_steps
 from tether.device.preflight import probe_server
@@ -82,10 +82,13 @@ STEP_TITLES: dict[int, tuple[str, str, str]] = {
 
 @dataclass(frozen=True)
 class DemoOptions:
-    """Where the demo works and which secure element it uses (``softhsm`` None: emulator)."""
+    """Where the demo works and which secure element it uses (``softhsm`` None: emulator).
+
+    ``softhsm`` is any PKCS#11 token the demo made: SoftHSM2 or one on a simulated TPM.
+    """
 
     workspace: Path
-    softhsm: SoftHsmToken | None
+    softhsm: SoftHsmToken | TpmToken | None
     timeout: float = 10.0
 
 

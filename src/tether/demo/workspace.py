@@ -1,4 +1,4 @@
-"""The demo's workspace directory and its SoftHSM2 token.
+"""The demo's workspace directory and its token: SoftHSM2, or a simulated TPM 2.0.
 
 SoftHSM2 reads ``SOFTHSM2_CONF`` once, when a process first loads the module; so the CLI
 writes the configuration here, sets the variable, and only then lets anything load the
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tether.demo.errors import DemoSetupError, DemoWorkspaceError
+from tether.demo.tpm import SimulatedTpm
 
 SOFTHSM_MODULE_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
@@ -33,6 +34,32 @@ class SoftHsmToken:
     conf: Path
     label: str
     pin: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class TpmToken:
+    """A tpm2-pkcs11 token on the demo's simulated TPM: module, label, user PIN, the daemons."""
+
+    module: str
+    label: str
+    pin: str = field(repr=False)
+    tpm: SimulatedTpm = field(repr=False, compare=False)
+
+
+def init_tpm_token(root: Path) -> TpmToken:
+    """Start a simulated TPM in ``root`` and add the demo's token to its store (random PINs).
+
+    The caller puts ``token.tpm.env`` into the process environment before anything loads
+    the module, and stops ``token.tpm`` at the end. ``DemoSetupError`` if it cannot start.
+    """
+    tpm = SimulatedTpm(root)
+    try:
+        pin = secrets.token_hex(8)
+        tpm.add_token(TOKEN_LABEL, pin, secrets.token_hex(8))
+    except BaseException:
+        tpm.stop()
+        raise
+    return TpmToken(module=tpm.module, label=TOKEN_LABEL, pin=pin, tpm=tpm)
 
 
 def find_softhsm_module(candidates: tuple[str, ...] = SOFTHSM_MODULE_CANDIDATES) -> str | None:

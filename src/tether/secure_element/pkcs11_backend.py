@@ -1,9 +1,13 @@
-"""Secure element backed by a PKCS#11 token (SoftHSM2 in development, vendor modules later).
+"""Secure element backed by a PKCS#11 token (SoftHSM2 in development, a TPM, vendor modules).
 
-Keys are generated inside the token as sensitive, non-extractable, sign-only token objects;
+Keys are generated inside the token as sensitive, non-extractable token objects for ECDSA;
 the device certificate is stored next to the key as a ``CKO_CERTIFICATE`` with the same
 ``CKA_LABEL`` and ``CKA_ID``. ``CKA_ID`` is the key's RFC 5280 subject key identifier
 (SHA-1 of the public key bits), the convention most PKCS#11 tools follow.
+
+What differs between tokens (key templates, how many keys a session may hold, what an
+initialisation failure means) is a ``TokenProfile`` (see ``profiles``), chosen from the
+module's file name or given in ``Pkcs11Config``: this module has no token-specific branches.
 
 Two PKCS#11 facts shape this module:
 
@@ -26,6 +30,10 @@ Two PKCS#11 facts shape this module:
   cache assumes this process is the only one changing the labels it works on while it holds
   the session; an object another process removed is noticed when the token calls its handle
   invalid, and looked up afresh once.
+* Some modules keep every key a session used loaded in the device (tpm2-pkcs11 on a TPM,
+  whose object slots are few). A profile with ``keys_per_session`` makes the shared session
+  close and reopen (same PIN) before it would hold more keys than that; the handle cache is
+  dropped with it.
 """
 
 from __future__ import annotations
@@ -52,11 +60,10 @@ from pkcs11 import (
     CertificateType,
     KeyType,
     Mechanism,
-    MechanismFlag,
     ObjectClass,
     _pkcs11,  # the extension type itself, see _borrow_initialised_module
 )
-from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
+from pkcs11.util.ec import encode_ec_public_key
 
 from tether.errors import TetherError
 from tether.secure_element.base import (
@@ -72,6 +79,7 @@ from tether.secure_element.errors import (
     KeyNotFoundError,
     LabelInUseError,
     Pkcs11ModuleError,
+    TokenFullError,
     TokenNotFoundError,
     TokenNotReadyError,
     TokenOperationError,
@@ -79,19 +87,29 @@ from tether.secure_element.errors import (
     WrongPinError,
     map_pkcs11_error,
 )
+from tether.secure_element.profiles import P256_PARAMS, TokenProfile, profile_for_module
 
-P256_PARAMS = encode_named_curve_parameters("secp256r1")
 _RAW_SIGNATURE_SIZE = 64
 _T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
 class Pkcs11Config:
-    """Where a token is and how to log in: module path, token label, user PIN (never shown)."""
+    """Where a token is and how to log in: module path, token label, user PIN (never shown).
+
+    ``profile`` names the kind of token (see ``profiles``); None picks it from the module's
+    file name.
+    """
 
     module: str
     token_label: str
     pin: str = field(repr=False)
+    profile: TokenProfile | None = None
+
+    @property
+    def token_profile(self) -> TokenProfile:
+        """The explicit profile, else the one for the module's file name."""
+        return self.profile if self.profile is not None else profile_for_module(self.module)
 
 
 @dataclass
@@ -113,12 +131,16 @@ class _KeyObjects:
 @dataclass
 class _SharedSession:
     session: Any  # pkcs11.Session; python-pkcs11's own class is untyped at runtime
+    token: Any  # pkcs11.Token, to reopen the session (see ``_reserve_key``)
     pin_digest: bytes
     users: int
     # Label -> objects found or made through this session (see the module docstring). Shared
     # by every element on the token, so a delete through one is seen by the others; dropped
     # with the session, so handles never outlive the login they were found under.
     keys: dict[str, _KeyObjects] = field(default_factory=dict)
+    # Labels whose keys this session generated or signed with: what a module such as
+    # tpm2-pkcs11 keeps loaded until the session closes (see TokenProfile.keys_per_session).
+    used: set[str] = field(default_factory=set)
 
 
 # Process-wide PKCS#11 state: see the module docstring for why sessions are shared.
@@ -132,13 +154,20 @@ def _pin_digest(pin: str) -> bytes:
     return hashlib.sha256(pin.encode("utf-8")).digest()
 
 
-def _load_module(module: str) -> Any:
+def _load_module(module: str, profile: TokenProfile) -> Any:
     lib = _LIBS.get(module)
     if lib is not None:
         return lib
     try:
         lib = pkcs11.lib(module)
     except p11.PKCS11Error as exc:
+        if isinstance(exc, p11.GeneralError) and profile.unreachable_hint:
+            # The library loaded but C_Initialize failed: for a TPM, the TPM is not there.
+            # Nothing is cached, so a later open retries once the TPM is up.
+            raise TokenNotFoundError(
+                f"Cannot initialise the PKCS#11 module {module!r} (CKR_GENERAL_ERROR)."
+                + profile.unreachable_hint
+            ) from exc
         # python-pkcs11 has no class for CKR_CRYPTOKI_ALREADY_INITIALIZED, only this message.
         if "already initialized" not in str(exc):
             raise Pkcs11ModuleError(
@@ -203,9 +232,24 @@ def _find_token(lib: Any, module: str, token_label: str) -> Any:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _open_session(token: Any, config: Pkcs11Config) -> Any:
+    """A read-write session on ``token`` logged in as the user; errors mapped."""
+    try:
+        return token.open(user_pin=config.pin, rw=True)
+    except p11.UserAlreadyLoggedIn:
+        # Another library in this process (e.g. awscrt) logged in to this token; login
+        # state is shared, so an unauthenticated session is already a user session.
+        try:
+            return token.open(rw=True)
+        except p11.PKCS11Error as exc:
+            raise map_pkcs11_error(exc, f"open token {config.token_label!r}") from exc
+    except p11.PKCS11Error as exc:
+        raise map_pkcs11_error(exc, f"log in to token {config.token_label!r}") from exc
+
+
 def _acquire_session(config: Pkcs11Config) -> tuple[tuple[str, int], _SharedSession]:
     with _LOCK:
-        lib = _load_module(config.module)
+        lib = _load_module(config.module, config.token_profile)
         token = _find_token(lib, config.module, config.token_label)
         key = (config.module, int(token.slot.slot_id))
         shared = _SESSIONS.get(key)
@@ -217,18 +261,8 @@ def _acquire_session(config: Pkcs11Config) -> tuple[tuple[str, int], _SharedSess
                 )
             shared.users += 1
             return key, shared
-        try:
-            session = token.open(user_pin=config.pin, rw=True)
-        except p11.UserAlreadyLoggedIn:
-            # Another library in this process (e.g. awscrt) logged in to this token; login
-            # state is shared, so an unauthenticated session is already a user session.
-            try:
-                session = token.open(rw=True)
-            except p11.PKCS11Error as exc:
-                raise map_pkcs11_error(exc, f"open token {config.token_label!r}") from exc
-        except p11.PKCS11Error as exc:
-            raise map_pkcs11_error(exc, f"log in to token {config.token_label!r}") from exc
-        shared = _SharedSession(session, _pin_digest(config.pin), 1)
+        session = _open_session(token, config)
+        shared = _SharedSession(session, token, _pin_digest(config.pin), 1)
         _SESSIONS[key] = shared
         return key, shared
 
@@ -259,9 +293,9 @@ class Pkcs11SecureElement:
     ) -> None:
         """Internal: use ``open`` or ``from_config``."""
         self._config = config
+        self._profile = config.token_profile
         self._session_key = session_key
         self._shared = shared
-        self._session: Any = shared.session
         self._closed = False
 
     @classmethod
@@ -288,6 +322,11 @@ class Pkcs11SecureElement:
         """The label of the token this element is logged in to."""
         return self._config.token_label
 
+    @property
+    def profile(self) -> TokenProfile:
+        """The kind of token, as this element treats it (templates, limits)."""
+        return self._profile
+
     # -- lifecycle ---------------------------------------------------------------------
 
     def close(self) -> None:
@@ -311,7 +350,30 @@ class Pkcs11SecureElement:
             raise ElementClosedError(
                 f"The secure element on token {self.token_label!r} is closed; open it again."
             )
-        return self._session
+        return self._shared.session
+
+    def _reserve_key(self, label: str) -> None:
+        """Make room for ``label`` among the keys the session holds (``keys_per_session``).
+
+        When the session already used as many other keys as the profile allows, it is closed
+        and reopened with the same PIN, which lets the module unload them; the cached handles
+        go with it. Shared by every element on the token, like the session itself.
+        """
+        self._live_session()
+        limit = self._profile.keys_per_session
+        shared = self._shared
+        if limit is None or label in shared.used:
+            return
+        if len(shared.used) >= limit:
+            with _LOCK:
+                old = shared.session
+                # Closing is best effort: a session the token already dropped is closed.
+                with contextlib.suppress(p11.PKCS11Error):
+                    old.close()
+                shared.keys.clear()
+                shared.used.clear()
+                shared.session = _open_session(shared.token, self._config)
+        shared.used.add(label)
 
     # -- object lookup -----------------------------------------------------------------
 
@@ -442,11 +504,12 @@ class Pkcs11SecureElement:
         """Generate a P-256 key pair inside the token under ``label``.
 
         The private key is a token object with CKA_SENSITIVE, not CKA_EXTRACTABLE, private,
-        and sign-only (no decrypt, unwrap, derive). Raises ``LabelInUseError`` if any object
-        carries the label; if a step after generation fails, both halves are destroyed.
+        and for signing (no unwrap or derive; no decrypt where the token allows, see
+        ``profiles``). Raises ``LabelInUseError`` if any object carries the label; if a step
+        after generation fails, both halves are destroyed. ``TokenFullError`` when the token
+        has no room for another key.
         """
         validate_label(label)
-        session = self._live_session()
         # Always asked of the token (not the cache): the one search a factory unit costs.
         if self._objects({Attribute.LABEL: label}, f"check label {label!r}"):
             raise LabelInUseError(
@@ -454,30 +517,20 @@ class Pkcs11SecureElement:
                 "nothing was generated. Use another label or delete the old key first."
             )
         self._forget(label)  # the token has nothing under it: any cached entry is stale
+        self._reserve_key(label)  # may reopen the session: take it only afterwards
+        session = self._live_session()
         try:
             public, private = session.generate_keypair(
                 KeyType.EC,
                 store=True,
                 label=label,
-                capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
-                public_template={
-                    Attribute.EC_PARAMS: P256_PARAMS,
-                    Attribute.PRIVATE: False,
-                    Attribute.DERIVE: False,
-                },
-                private_template={
-                    Attribute.PRIVATE: True,
-                    Attribute.SENSITIVE: True,
-                    Attribute.EXTRACTABLE: False,
-                    Attribute.SIGN: True,
-                    Attribute.SIGN_RECOVER: False,
-                    Attribute.DECRYPT: False,
-                    Attribute.UNWRAP: False,
-                    Attribute.DERIVE: False,
-                },
+                capabilities=self._profile.capabilities,
+                public_template=dict(self._profile.public_template),
+                private_template=dict(self._profile.private_template),
             )
         except p11.PKCS11Error as exc:
-            raise map_pkcs11_error(exc, f"generate key {label!r}") from exc
+            self._shared.used.discard(label)
+            raise self._keygen_error(exc, label) from exc
         try:
             key = self._public_key_from_object(public, label)
             key_id = x509.SubjectKeyIdentifier.from_public_key(key).digest
@@ -494,6 +547,16 @@ class Pkcs11SecureElement:
             private=private, publics=[public], certificates=[], key_id=key_id, public_key=key
         )
         return key
+
+    def _keygen_error(self, exc: p11.PKCS11Error, label: str) -> TetherError:
+        """The error for a failed generation, with the profile's hint for CKR_GENERAL_ERROR."""
+        error = map_pkcs11_error(exc, f"generate key {label!r}")
+        if not isinstance(exc, p11.GeneralError) or not self._profile.keygen_failure_hint:
+            return error
+        message = f"{error.message}{self._profile.keygen_failure_hint}"
+        if self._profile.full_reported_as_general_error:
+            return TokenFullError(message)
+        return TokenOperationError(message)
 
     def public_key(self, label: str) -> ec.EllipticCurvePublicKey:
         """The public half of the key under ``label``, from its public key object.
@@ -523,6 +586,7 @@ class Pkcs11SecureElement:
     def sign_digest(self, label: str, digest: bytes) -> bytes:
         """Sign a 32-byte SHA-256 ``digest`` with CKM_ECDSA in the token; DER signature out."""
         validate_digest(digest)
+        self._reserve_key(label)
         try:
             raw = self._with_key(
                 label, lambda entry: entry.private.sign(digest, mechanism=Mechanism.ECDSA)
