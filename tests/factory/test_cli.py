@@ -26,7 +26,8 @@ from tests.factory.conftest import (
 )
 from tests.softhsm import SoftHSM, Token
 from tether.factory import ManufacturingLog
-from tether.pki import sha256_fingerprint, verify_chain
+from tether.pki import Role, RootCA, sha256_fingerprint, verify_chain
+from tether.pki.store import pem
 from tether.secure_element import EmulatedSecureElement, Pkcs11SecureElement
 
 EXIT_TETHER_ERROR = 3
@@ -273,3 +274,42 @@ def test_batch_of_a_thousand(softhsm: SoftHSM, token: Token, pki: Pki, tmp_path:
     listing = token_objects(token)
     assert listing.count("Certificate Object") == 1000
     assert listing.count("Private Key Object") == 1000
+
+
+def _trust_file(path: Path, *, with_server_ca: bool) -> Path:
+    root = RootCA.generate(common_name="Cloud Root")
+    server_ca = root.create_issuing_ca(common_name="Cloud Server CA", role=Role.SERVER)
+    bundle = ([pem(server_ca.certificate)] if with_server_ca else []) + [pem(root.certificate)]
+    path.write_bytes(b"".join(bundle))
+    return path
+
+
+def test_each_unit_gets_its_chain_and_the_trust_file(
+    softhsm: SoftHSM, token: Token, pki: Pki, tmp_path: Path
+) -> None:
+    log, out = tmp_path / "made.jsonl", tmp_path / "handout"
+    pinned = _trust_file(tmp_path / "pinned-ca.pem", with_server_ca=True)
+    result = tether(
+        "factory", "provision", "--ca", pki.factory.path, "--log", log, "--serial", "SN-7",
+        "--out", out, "--pinned-ca", pinned, *token_args(token), env=token_env(softhsm, token),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    with Pkcs11SecureElement.open(token.module, token.label, token.pin) as element:
+        in_token = element.certificate("SN-7")
+    chain = x509.load_pem_x509_certificates((out / "SN-7" / "certificate.pem").read_bytes())
+    assert chain == [in_token, pki.factory.certificate]
+    assert (out / "SN-7" / "pinned-ca.pem").read_bytes() == pinned.read_bytes()
+
+
+def test_a_trust_file_without_a_server_ca_is_refused_before_anything_is_made(
+    softhsm: SoftHSM, token: Token, pki: Pki, tmp_path: Path
+) -> None:
+    log = tmp_path / "made.jsonl"
+    root_only = _trust_file(tmp_path / "root.pem", with_server_ca=False)
+    result = tether(
+        "factory", "provision", "--ca", pki.factory.path, "--log", log, "--serial", "SN-8",
+        "--pinned-ca", root_only, *token_args(token), env=token_env(softhsm, token),
+    )  # fmt: skip
+    refused(result, "factory_trust_file_invalid")
+    assert token_labels(token) == []
+    assert not log.exists()

@@ -13,7 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tether.cli.secrets import read_secret
 from tether.errors import InvalidInputError
-from tether.factory import FactoryStation, ManufacturingLog
+from tether.factory import FactoryStation, ManufacturingLog, ProvisionedDevice
+from tether.factory.handout import Handout, check_trust_file
 from tether.pki.store import CaDirectory
 from tether.secure_element import (
     EMULATOR_LOGGER,
@@ -105,11 +106,19 @@ def provision(
     emulator_passphrase_file: Path | None = typer.Option(None, help="Emulator passphrase file."),
     ca_passphrase_file: Path | None = typer.Option(None, help="File with the CA passphrase."),
     validity_days: int | None = typer.Option(None, help="Certificate validity (default: CA's)."),
+    out: Path | None = typer.Option(
+        None, help="Where each unit's files go (default: 'units' next to the log)."
+    ),
+    pinned_ca: Path | None = typer.Option(
+        None, help="The cloud's DATA/pinned-ca.pem, copied for each unit to flash."
+    ),
 ) -> None:
     """Provision one unit (--serial) or a line of units (--count) with a progress bar.
 
-    Secrets come from files or the environment: TETHER_PKCS11_PIN, TETHER_CA_PASSPHRASE,
-    TETHER_EMULATOR_PASSPHRASE. The private keys never leave the secure element.
+    Each unit's certificate chain (and, with --pinned-ca, the file it pins to authenticate the
+    cloud) is written to OUT/<serial>/. Secrets come from files or the environment:
+    TETHER_PKCS11_PIN, TETHER_CA_PASSPHRASE, TETHER_EMULATOR_PASSPHRASE. The private keys
+    never leave the secure element.
     """
     if (serial is None) == (count is None):
         raise InvalidInputError(
@@ -118,6 +127,15 @@ def provision(
         )
     # Usage mistakes are refused before the CA key or the token is opened.
     check_element_choice(pkcs11_module=pkcs11_module, token=token, emulator=emulator)
+    trust_file = None
+    if pinned_ca is not None:
+        try:
+            trust_file = check_trust_file(pinned_ca.read_bytes(), pinned_ca)
+        except OSError as exc:
+            raise InvalidInputError(
+                f"cannot read the trust file {pinned_ca}: {exc.strerror}",
+                code="factory_trust_file_invalid",
+            ) from exc
     ca_dir = CaDirectory.open(ca)
     passphrase = read_secret(
         "factory CA passphrase", env_var="TETHER_CA_PASSPHRASE", file=ca_passphrase_file
@@ -137,6 +155,7 @@ def provision(
                 "not in a secure element. For a quick start only."
             )
         station = FactoryStation(issuing, element, ManufacturingLog(log), validity=validity)
+        handout = Handout(out or log.parent / "units", issuing.certificate, trust_file)
         serials = [serial] if serial is not None else station.next_serials(prefix, count or 0)
         started = time.perf_counter()
         with Progress(
@@ -149,13 +168,20 @@ def provision(
             transient=False,
         ) as progress:
             task = progress.add_task("line", total=len(serials), last="")
-            made = station.provision_line(
-                serials,
-                on_done=lambda device: progress.update(task, advance=1, last=device.record.serial),
-            )
+
+            def done(device: ProvisionedDevice) -> None:
+                handout.write(device.record.serial, device.certificate)
+                progress.update(task, advance=1, last=device.record.serial)
+
+            made = station.provision_line(serials, on_done=done)
         elapsed = time.perf_counter() - started
     rate = len(made) / elapsed if elapsed > 0 else float("inf")
     console.print(
         f"[green]made {len(made)} unit(s)[/] in {elapsed:.1f} s ({rate:.1f} units/s); "
-        f"records in {log}"
+        f"records in {log}; files in {handout.directory}"
     )
+    if trust_file is None:
+        console.print(
+            "[yellow]no --pinned-ca given:[/] flash the cloud's DATA/pinned-ca.pem on each "
+            "unit so it trusts only the cloud's server CA"
+        )

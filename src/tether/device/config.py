@@ -12,11 +12,11 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from tether.device.errors import BadCertificateError, DeviceFileNotFoundError
-from tether.errors import InvalidInputError, PolicyViolationError, TetherError
-from tether.pki.names import Role, role_of
+from tether.errors import InvalidInputError, PolicyViolationError
+from tether.pki.names import is_server_ca
 
 MAX_PEM_BYTES = 64 * 1024
 
@@ -67,22 +67,6 @@ def load_pem_certificates(path: Path, what: str) -> list[x509.Certificate]:
             "(-----BEGIN CERTIFICATE-----)"
         ) from exc
     return certificates
-
-
-def is_server_ca(certificate: x509.Certificate) -> bool:
-    """True for a CA that vouches for servers: ``OU=tether:server`` or EKU serverAuth only."""
-    try:
-        if role_of(certificate) is Role.SERVER:
-            return True
-    except TetherError:
-        pass
-    try:
-        purposes = list(certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
-    except x509.ExtensionNotFound:
-        return False
-    return (
-        purposes == [ExtendedKeyUsageOID.SERVER_AUTH] and certificate.issuer != certificate.subject
-    )
 
 
 def load_trust_anchors(path: Path) -> list[x509.Certificate]:

@@ -143,3 +143,22 @@ def role_of(ca_cert: x509.Certificate) -> Role:
         raise NotATetherCaError(
             f"unknown Tether CA role {values[0]!r}; known roles: {', '.join(r.value for r in Role)}"
         ) from None
+
+
+def is_server_ca(certificate: x509.Certificate) -> bool:
+    """True for an issuing CA that vouches for servers: ``OU=tether:server`` or EKU serverAuth.
+
+    What a device anchors on in its pinned file (``tether.device.config.load_trust_anchors``)
+    and what a trust file handed to devices must contain.
+    """
+    try:
+        if role_of(certificate) is Role.SERVER:
+            return True
+    except NotATetherCaError:
+        pass
+    try:
+        purposes = list(certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        return False
+    self_signed = certificate.issuer == certificate.subject
+    return purposes == [ExtendedKeyUsageOID.SERVER_AUTH] and not self_signed
