@@ -412,7 +412,7 @@ def test_api_abuse_does_not_stall_connects_or_revocation(
         and seen["rss_growth"] < RSS_GROWTH_BOUND_KIB  # type: ignore[operator]
     )
     security_report.record(
-        "churn",
+        "abuse",
         "abuse-api-tokens-and-body" if with_body else "abuse-api-tokens",
         f"{CONNECTIONS} keep-alive HTTPS connections send random well-formed admin tokens"
         + (" and one client streams 256 MiB bodies without Authorization" if with_body else "")
