@@ -7,14 +7,13 @@ salt and scrypt hash, and refuses to revoke the last active administrator.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 
 from sqlalchemy import String, bindparam, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from tether.cloud.registry.audit import AuditAction, write_audit
-from tether.cloud.registry.base import RegistryBase, check_actor, flush_or
+from tether.cloud.registry.base import RegistryBase, check_actor, flush_or, load_one
 from tether.cloud.registry.convert import admin_record
 from tether.cloud.registry.errors import (
     AdminExistsError,
@@ -91,18 +90,7 @@ class Admins(RegistryBase):
                 ).first()
         except DBAPIError as exc:
             raise self._unavailable(exc) from exc
-        if row is None:
-            return None
-        name, token_id, salt, token_hash, created_at, status, revoked_at = row
-        return AdminRecord(
-            name=name,
-            token_id=token_id,
-            salt=bytes(salt),
-            token_hash=bytes(token_hash),
-            created_at=_as_utc(created_at),
-            status=AdminStatus(status),
-            revoked_at=None if revoked_at is None else _as_utc(revoked_at),
-        )
+        return None if row is None else admin_record(row)
 
     def get_admin(self, name: str) -> AdminRecord:
         """The administrator called ``name``, active or revoked; AdminNotFoundError if none."""
@@ -172,14 +160,11 @@ class Admins(RegistryBase):
 
 
 def _load_admin(session: Session, name: str) -> AdminModel:
-    model = session.scalars(select(AdminModel).where(AdminModel.name == name)).first()
-    if model is None:
-        raise AdminNotFoundError(
+    return load_one(
+        session,
+        AdminModel,
+        AdminModel.name == name,
+        lambda: AdminNotFoundError(
             f"No admin named {name!r}; `tether cloud admin list` shows the admins."
-        )
-    return model
-
-
-def _as_utc(value: datetime) -> datetime:
-    """A datetime column read through Core (UTCDateTime applies; this only guards naive)."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        ),
+    )

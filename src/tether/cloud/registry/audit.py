@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -72,6 +73,30 @@ def write_audit(
     session.add(row)
     session.flush()
     return row
+
+
+def change_status(
+    session: Session,
+    model: Any,
+    attribute: str,
+    new: str,
+    *,
+    now: datetime,
+    actor: str,
+    action: str,
+    target: str,
+) -> None:
+    """Set a status column and audit ``from``/``to``; the current value changes nothing.
+
+    One rule for every status change (CA, device, certificate): no audit row without a
+    change, ``updated_at`` moves with it.
+    """
+    old = getattr(model, attribute)
+    if old == new:
+        return
+    setattr(model, attribute, str(new))
+    model.updated_at = now
+    write_audit(session, now, actor, action, target, {"from": old, "to": str(new)})
 
 
 class AuditLog(RegistryBase):

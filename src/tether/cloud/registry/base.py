@@ -29,6 +29,7 @@ from tether.cloud.registry.records import Page
 from tether.pki.names import SERIAL_PATTERN
 
 _T = TypeVar("_T")
+_M = TypeVar("_M")
 
 MAX_PAGE_SIZE = 1000
 _FINGERPRINT_RE = re.compile(r"[0-9a-f]{64}")
@@ -81,6 +82,14 @@ def flush_or(session: Session, conflict: Callable[[], Exception]) -> None:
         session.flush()
     except IntegrityError as exc:
         raise conflict() from exc
+
+
+def load_one(session: Session, model: type[_M], where: Any, missing: Callable[[], Exception]) -> _M:
+    """The one ``model`` row matching ``where``; raise ``missing()`` if there is none."""
+    row = session.scalars(select(model).where(where)).first()
+    if row is None:
+        raise missing()
+    return row
 
 
 def db_reason(exc: DBAPIError) -> str:

@@ -14,13 +14,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import case, select
 from sqlalchemy.orm import Session
 
-from tether.cloud.registry.audit import AuditAction, write_audit
+from tether.cloud.registry.audit import AuditAction, change_status, write_audit
 from tether.cloud.registry.base import (
     RegistryBase,
     check_actor,
     check_fingerprint,
     check_serial,
     flush_or,
+    load_one,
 )
 from tether.cloud.registry.convert import ca_record, code_record
 from tether.cloud.registry.errors import (
@@ -109,17 +110,14 @@ class CAs(RegistryBase):
         now = self._clock()
         with self._write() as session:
             model = load_ca(session, fingerprint)
-            old = CAStatus(model.status)
-            if old == status:
-                return ca_record(model)
-            if old == CAStatus.REVOKED:
+            if model.status == CAStatus.REVOKED and status != CAStatus.REVOKED:
                 raise CAStateError(
                     f"The CA {fingerprint} is revoked and stays revoked; register a new CA."
                 )
-            model.status = status.value
-            model.updated_at = now
-            details = {"from": old, "to": status.value}
-            write_audit(session, now, actor, AuditAction.CA_STATUS, fingerprint, details)
+            change_status(
+                session, model, "status", status,
+                now=now, actor=actor, action=AuditAction.CA_STATUS, target=fingerprint,
+            )  # fmt: skip
             return ca_record(model)
 
     def set_ca_auto_registration(self, fingerprint: str, allow: bool, *, actor: str) -> CARecord:
@@ -223,12 +221,14 @@ class CAs(RegistryBase):
 
 def load_ca(session: Session, fingerprint: str) -> CAModel:
     """The CA row with this fingerprint; CANotRegisteredError if there is none."""
-    model = session.scalars(select(CAModel).where(CAModel.fingerprint == fingerprint)).first()
-    if model is None:
-        raise CANotRegisteredError(
+    return load_one(
+        session,
+        CAModel,
+        CAModel.fingerprint == fingerprint,
+        lambda: CANotRegisteredError(
             f"No CA with fingerprint {fingerprint} is registered; register it first."
-        )
-    return model
+        ),
+    )
 
 
 def signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:

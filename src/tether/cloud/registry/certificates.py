@@ -16,13 +16,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tether.cloud.registry.audit import AuditAction, write_audit
+from tether.cloud.registry.audit import AuditAction, change_status, write_audit
 from tether.cloud.registry.base import (
     RegistryBase,
     check_actor,
     check_fingerprint,
     check_page,
     check_serial,
+    load_one,
     page_of,
 )
 from tether.cloud.registry.cas import load_ca
@@ -186,17 +187,14 @@ class Certificates(RegistryBase):
         now = self._clock()
         with self._write() as session:
             model = _load_cert(session, fingerprint)
-            old = model.state
-            if old == CertState.REVOKED.value:
+            if model.state == CertState.REVOKED.value:
                 raise CertificateStateError(
                     f"The certificate {fingerprint} is revoked and stays revoked; issue a new one."
                 )
-            if old == state.value:
-                return cert_record(model)
-            model.state = state.value
-            model.updated_at = now
-            details = {"from": old, "to": state}
-            write_audit(session, now, actor, AuditAction.CERTIFICATE_STATE, fingerprint, details)
+            change_status(
+                session, model, "state", state,
+                now=now, actor=actor, action=AuditAction.CERTIFICATE_STATE, target=fingerprint,
+            )  # fmt: skip
             return cert_record(model)
 
     def revoke_certificate(
@@ -357,14 +355,14 @@ def _audit_added(
 
 
 def _load_cert(session: Session, fingerprint: str) -> CertificateModel:
-    model = session.scalars(
-        select(CertificateModel).where(CertificateModel.fingerprint == fingerprint)
-    ).first()
-    if model is None:
-        raise CertificateNotFoundError(
+    return load_one(
+        session,
+        CertificateModel,
+        CertificateModel.fingerprint == fingerprint,
+        lambda: CertificateNotFoundError(
             f"No certificate with fingerprint {fingerprint} is registered."
-        )
-    return model
+        ),
+    )
 
 
 def _serial_hex(cert: x509.Certificate) -> str:

@@ -1,18 +1,22 @@
-"""Row to record: the one place an ORM row becomes the frozen value object callers get.
+"""Row to record: the one place a database row becomes the frozen value object callers get.
 
-The API's schemas are built from these records (``api/schemas.py``), never from rows, so a
-record's shape is written here and in ``records.py`` only.
+A record's fields are read from the row by name (``_record``); each converter names only
+what differs: enum columns become enums, relations become the related row's key, the audit
+details are parsed. The API's schemas read records the same way (``api/schemas.py``), so a
+record's shape is written once, in ``records.py``.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import fields
+from datetime import UTC, datetime
 from types import MappingProxyType
+from typing import Any, TypeVar
 
 from cryptography import x509
 
 from tether.cloud.registry.models import (
-    AdminModel,
     AuditModel,
     CAModel,
     CertificateModel,
@@ -34,90 +38,71 @@ from tether.cloud.registry.records import (
     RegistrationCodeRecord,
 )
 
+_R = TypeVar("_R")
 
-def ca_record(m: CAModel) -> CARecord:
-    """A CA row as a record."""
-    return CARecord(
-        fingerprint=m.fingerprint,
-        subject=m.subject,
-        subject_key_id=m.subject_key_id,
-        role=CARole(m.role),
-        status=CAStatus(m.status),
-        allow_auto_registration=m.allow_auto_registration,
-        not_before=m.not_before,
-        not_after=m.not_after,
-        pem=m.pem,
-        created_at=m.created_at,
-        updated_at=m.updated_at,
+
+def _record(cls: type[_R], row: Any, **derived: Any) -> _R:
+    """``cls`` from the same-named attributes of ``row``, except those given in ``derived``."""
+    return cls(
+        **{
+            f.name: derived[f.name] if f.name in derived else getattr(row, f.name)
+            for f in fields(cls)  # type: ignore[arg-type]
+        }
     )
 
 
-def admin_record(m: AdminModel) -> AdminRecord:
-    """An admin row as a record (the hash and salt, never a token)."""
-    return AdminRecord(
-        name=m.name,
-        token_id=m.token_id,
-        salt=m.salt,
-        token_hash=m.token_hash,
-        created_at=m.created_at,
+def ca_record(m: CAModel) -> CARecord:
+    """A CA row as a record."""
+    return _record(CARecord, m, role=CARole(m.role), status=CAStatus(m.status))
+
+
+def admin_record(m: Any) -> AdminRecord:
+    """An admin row (ORM or a Core row of the same columns) as a record; never a token."""
+    return _record(
+        AdminRecord,
+        m,
+        salt=bytes(m.salt),
+        token_hash=bytes(m.token_hash),
         status=AdminStatus(m.status),
-        revoked_at=m.revoked_at,
+        created_at=_as_utc(m.created_at),
+        revoked_at=None if m.revoked_at is None else _as_utc(m.revoked_at),
     )
 
 
 def code_record(m: RegistrationCodeModel) -> RegistrationCodeRecord:
     """A registration-code row as a record."""
-    return RegistrationCodeRecord(
-        code=m.code,
-        created_by=m.created_by,
-        created_at=m.created_at,
-        expires_at=m.expires_at,
-        used_at=m.used_at,
-    )
+    return _record(RegistrationCodeRecord, m)
 
 
 def device_record(m: DeviceModel) -> DeviceRecord:
     """A device row as a record; its CA by fingerprint."""
-    return DeviceRecord(
-        serial=m.serial,
+    return _record(
+        DeviceRecord,
+        m,
         status=DeviceStatus(m.status),
         provisioning=Provisioning(m.provisioning),
         ca_fingerprint=None if m.ca is None else m.ca.fingerprint,
-        first_seen=m.first_seen,
-        last_seen=m.last_seen,
-        created_at=m.created_at,
-        updated_at=m.updated_at,
     )
 
 
 def cert_record(m: CertificateModel) -> CertificateRecord:
     """A certificate row as a record; issuer and device by their keys."""
-    return CertificateRecord(
-        fingerprint=m.fingerprint,
-        serial_number=m.serial_number,
-        subject=m.subject,
+    reason = m.revocation_reason
+    return _record(
+        CertificateRecord,
+        m,
         issuer_fingerprint=m.issuer.fingerprint,
         device_serial=None if m.device is None else m.device.serial,
-        not_before=m.not_before,
-        not_after=m.not_after,
         state=CertState(m.state),
-        revocation_reason=(
-            None if m.revocation_reason is None else x509.ReasonFlags(m.revocation_reason)
-        ),
-        revoked_at=m.revoked_at,
-        pem=m.pem,
-        created_at=m.created_at,
-        updated_at=m.updated_at,
+        revocation_reason=None if reason is None else x509.ReasonFlags(reason),
     )
 
 
 def audit_entry(m: AuditModel) -> AuditEntry:
-    """An audit row as a record; its details read-only."""
-    return AuditEntry(
-        id=m.id,
-        at=m.at,
-        actor=m.actor,
-        action=m.action,
-        target=m.target,
-        details=MappingProxyType(json.loads(m.details)),
-    )
+    """An audit row as a record; its details parsed and read-only."""
+    return _record(AuditEntry, m, details=MappingProxyType(json.loads(m.details)))
+
+
+def _as_utc(value: datetime) -> datetime:
+    """A datetime read through Core (UTCDateTime applies; this only guards a naive one)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

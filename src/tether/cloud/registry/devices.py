@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import case, func, literal, select, update
 from sqlalchemy.orm import Session
 
-from tether.cloud.registry.audit import AuditAction, write_audit
+from tether.cloud.registry.audit import AuditAction, change_status, write_audit
 from tether.cloud.registry.base import (
     RegistryBase,
     check_actor,
@@ -21,6 +21,7 @@ from tether.cloud.registry.base import (
     check_page,
     check_serial,
     flush_or,
+    load_one,
     page_of,
 )
 from tether.cloud.registry.cas import load_ca
@@ -73,13 +74,10 @@ class Devices(RegistryBase):
         now = self._clock()
         with self._write() as session:
             model = load_device(session, serial)
-            old = model.status
-            if old == status.value:
-                return device_record(model)
-            model.status = status.value
-            model.updated_at = now
-            details = {"from": old, "to": status.value}
-            write_audit(session, now, actor, AuditAction.DEVICE_STATUS, serial, details)
+            change_status(
+                session, model, "status", status,
+                now=now, actor=actor, action=AuditAction.DEVICE_STATUS, target=serial,
+            )  # fmt: skip
             return device_record(model)
 
     def list_devices(
@@ -174,10 +172,12 @@ class Devices(RegistryBase):
 
 def load_device(session: Session, serial: str) -> DeviceModel:
     """The device row with this serial; DeviceNotFoundError if there is none."""
-    model = session.scalars(select(DeviceModel).where(DeviceModel.serial == serial)).first()
-    if model is None:
-        raise DeviceNotFoundError(f"No device with serial {serial!r} is registered.")
-    return model
+    return load_one(
+        session,
+        DeviceModel,
+        DeviceModel.serial == serial,
+        lambda: DeviceNotFoundError(f"No device with serial {serial!r} is registered."),
+    )
 
 
 def new_device(serial: str, provisioning: Provisioning, now: datetime) -> DeviceModel:
