@@ -39,8 +39,8 @@ from tests.attack.observe import (
 )
 from tests.cloud.conftest import ACTOR, Cloud, CloudThread
 from tests.cloud.gateway.pki import Issued, self_signed_leaf
-from tether.cloud.api.operations import AdminOperations
 from tether.cloud.gateway import GatewaySettings
+from tether.cloud.operations import AdminOperations
 from tether.cloud.registry import CARole, CAStatus, DeviceStatus
 from tether.cloud.service import CloudService
 from tether.device import CloudEndpoint, DeviceClient, DeviceIdentity, FileKey

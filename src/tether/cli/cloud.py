@@ -11,8 +11,10 @@ A database URL with a password never comes from an argument: ``init`` reads it f
 password) and writes it into ``cloud.json``, mode 0600.
 
 The commands that change the registry (register a CA, disable a device, revoke a
-certificate) work on the registry directly and land in its audit log with the operator as
-actor; a running ``tether cloud serve`` follows the log and drops affected sessions at once.
+certificate, admins) go through the admin service (``tether.cloud.operations``), the same one
+the API and the console use, and land in the audit log with the operator as actor; a running
+``tether cloud serve`` follows the log and drops affected sessions at once. Listings read the
+registry directly.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from __future__ import annotations
 import getpass
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -30,8 +34,9 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from tether.cli.secrets import DATABASE_URL_ENV, read_database_url, read_secret
-from tether.cloud.admin import IssuedAdminToken, create_admin, revoke_admin, rotate_admin
-from tether.cloud.api import AdminOperations, ApiProcess, ApiProcessArgs
+from tether.cloud.admin import IssuedAdminToken
+from tether.cloud.api import ApiProcess, ApiProcessArgs
+from tether.cloud.operations import AdminOperations
 from tether.cloud.registry import ROOT_CRL_ISSUER, CARole, DeviceStatus, Registry
 from tether.cloud.service import CloudService, serve_until_signalled
 from tether.cloud.settings import ApiOptions, CloudSettings, GatewayOptions
@@ -64,6 +69,16 @@ def _actor() -> str:
 
 def _registry(data_dir: Path) -> Registry:
     return Registry.open(CloudSettings.load(data_dir).database_url)
+
+
+@contextmanager
+def _operations(data_dir: Path) -> Iterator[AdminOperations]:
+    """The admin service over the data directory's registry (no online CA: nothing signed)."""
+    settings = CloudSettings.load(data_dir)
+    with Registry.open(settings.database_url) as registry:
+        yield AdminOperations(
+            registry, root_certificate=settings.root_certificate(), online_ca=None
+        )
 
 
 @app.command()
@@ -129,9 +144,9 @@ def init(
         online_device_ca=online,
         actor=_actor(),
     )
-    with Registry.open(settings.database_url) as registry:
-        issued = create_admin(registry, "admin", actor=_actor())
-        url = registry.url
+    with _operations(data_dir) as operations:
+        issued = operations.create_admin("admin", actor=_actor())
+        url = operations.registry.url
     console.print(f"[green]cloud data directory ready[/] at {data_dir}")
     console.print(f"  devices pin: {settings.pinned_ca}")
     console.print(f"  registry:    {url}")
@@ -150,8 +165,8 @@ def admin_add(
     name: str = typer.Argument(..., help="The new admin's name (a-z, 0-9, . _ -)."),
 ) -> None:
     """Create another admin credential; its token is printed once."""
-    with _registry(data_dir) as registry:
-        issued = create_admin(registry, name, actor=_actor())
+    with _operations(data_dir) as operations:
+        issued = operations.create_admin(name, actor=_actor())
     _print_token(issued)
 
 
@@ -173,8 +188,8 @@ def admin_rotate(
     name: str = typer.Argument(..., help="The admin whose token is replaced."),
 ) -> None:
     """Give an admin a new token (printed once); the old token is refused at once."""
-    with _registry(data_dir) as registry:
-        issued = rotate_admin(registry, name, actor=_actor())
+    with _operations(data_dir) as operations:
+        issued = operations.rotate_admin(name, actor=_actor())
     _print_token(issued)
 
 
@@ -187,8 +202,8 @@ def admin_revoke(
 
     The last active admin cannot be revoked; rotate its token instead.
     """
-    with _registry(data_dir) as registry:
-        record = revoke_admin(registry, name, actor=_actor())
+    with _operations(data_dir) as operations:
+        record = operations.revoke_admin(name, actor=_actor())
     console.print(f"[red]revoked[/] admin {record.name}")
 
 
@@ -203,8 +218,8 @@ def register_ca(
 ) -> None:
     """Trust a CA for client certificates (an operator on the cloud host vouches for it)."""
     cert = load_certificate(certificate.read_bytes())
-    with _registry(data_dir) as registry:
-        record = registry.register_ca(
+    with _operations(data_dir) as operations:
+        record = operations.trust_ca(
             cert, role=role, allow_auto_registration=allow_jit, actor=_actor()
         )
     console.print(f"[green]registered[/] {record.subject} as {record.role} CA")
@@ -234,8 +249,8 @@ def devices(
 
 
 def _set_status(data_dir: Path, serial: str, status: DeviceStatus) -> None:
-    with _registry(data_dir) as registry:
-        record = registry.set_device_status(serial, status, actor=_actor())
+    with _operations(data_dir) as operations:
+        record = operations.set_device_status(serial, status, actor=_actor())
     console.print(f"device {record.serial} is {record.status}")
 
 
@@ -261,8 +276,8 @@ def revoke(
     if reason not in REASONS:
         raise InvalidInputError(f"unknown reason {reason!r}; one of: {', '.join(REASONS)}")
     fingerprint = sha256_fingerprint(load_certificate(certificate.read_bytes()))
-    with _registry(data_dir) as registry:
-        record = registry.revoke_certificate(fingerprint, reason=REASONS[reason], actor=_actor())
+    with _operations(data_dir) as operations:
+        record = operations.revoke_certificate(fingerprint, reason=REASONS[reason], actor=_actor())
     console.print(f"[red]revoked[/] {record.fingerprint} ({reason})")
 
 
@@ -277,8 +292,8 @@ def move_device(
     A serial belongs to the CA that first vouched for it; this is the one explicit way to
     change that (audited). Live sessions under the old CA are dropped.
     """
-    with _registry(data_dir) as registry:
-        record = registry.rebind_device(serial, ca_fingerprint=ca.lower(), actor=_actor())
+    with _operations(data_dir) as operations:
+        record = operations.rebind_device(serial, ca_fingerprint=ca.lower(), actor=_actor())
     console.print(f"device {record.serial} now belongs to CA {record.ca_fingerprint}")
 
 
@@ -292,11 +307,7 @@ def publish_crl(
     """Publish a CRL and apply it: everything it lists is revoked and dropped at once."""
     if root == (ca is not None):
         raise InvalidInputError("give exactly one of --root or --ca FINGERPRINT")
-    settings = CloudSettings.load(data_dir)
-    with _registry(data_dir) as registry:
-        operations = AdminOperations(
-            registry, root_certificate=settings.root_certificate(), online_ca=None
-        )
+    with _operations(data_dir) as operations:
         issuer = ROOT_CRL_ISSUER if root else str(ca).lower()
         effect = operations.publish_crl(issuer, crl.read_bytes(), actor=_actor())
     console.print(

@@ -29,7 +29,15 @@ from cryptography import x509
 
 from tether.cloud.authority import RegistryAuthority
 from tether.cloud.gateway import Gateway, GatewaySettings, HandshakeRefused, Identity
-from tether.cloud.registry import AuditEntry, CAStatus, Registry, VerdictCode
+from tether.cloud.registry import (
+    AuditAction,
+    AuditEntry,
+    CAStatus,
+    CertState,
+    DeviceStatus,
+    Registry,
+    VerdictCode,
+)
 from tether.errors import TetherError
 
 log = logging.getLogger("tether.cloud")
@@ -52,30 +60,30 @@ def _ended_sessions(entry: AuditEntry) -> _Ending | None:
     """Which live sessions an audit entry ends, or None if it ends none."""
     details = entry.details
     target = entry.target
-    if entry.action == "certificate.revoke":
+    if entry.action == AuditAction.CERTIFICATE_REVOKE:
         return _Ending(
             entry.id,
             VerdictCode.CERTIFICATE_REVOKED.value,
             lambda identity: identity.certificate_fingerprint == target,
         )
-    if entry.action == "certificate.state" and details.get("to") != "active":
+    if entry.action == AuditAction.CERTIFICATE_STATE and details.get("to") != CertState.ACTIVE:
         return _Ending(
             entry.id,
             VerdictCode.CERTIFICATE_INACTIVE.value,
             lambda identity: identity.certificate_fingerprint == target,
         )
-    if entry.action == "device.status" and details.get("to") == "disabled":
+    if entry.action == AuditAction.DEVICE_STATUS and details.get("to") == DeviceStatus.DISABLED:
         return _Ending(
             entry.id, VerdictCode.DEVICE_DISABLED.value, lambda identity: identity.name == target
         )
-    if entry.action == "ca.status" and details.get("to") != CAStatus.ACTIVE.value:
+    if entry.action == AuditAction.CA_STATUS and details.get("to") != CAStatus.ACTIVE:
         # By the CA's fingerprint, never its name: another CA may carry the same subject.
         return _Ending(
             entry.id,
             VerdictCode.CA_INACTIVE.value,
             lambda identity: identity.issuer_fingerprint == target,
         )
-    if entry.action == "device.rebind":
+    if entry.action == AuditAction.DEVICE_REBIND:
         # The serial now belongs to another CA: certificates from the old one stop here.
         moved_to = details.get("to")
         return _Ending(

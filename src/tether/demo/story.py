@@ -29,7 +29,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tether.cloud.admin import create_admin
-from tether.cloud.api import AdminOperations, ApiServer, create_app
+from tether.cloud.api import ApiServer, create_app
+from tether.cloud.operations import AdminOperations
 from tether.cloud.registry import CARole, Provisioning, Registry
 from tether.cloud.service import CloudService
 from tether.cloud.settings import CloudSettings, GatewayOptions

@@ -18,7 +18,8 @@ import pytest
 
 from tests.cloud.conftest import Cloud
 from tether.cloud.admin import create_admin
-from tether.cloud.api import AdminOperations, ApiServer, create_app
+from tether.cloud.api import ApiServer, create_app
+from tether.cloud.operations import AdminOperations
 from tether.cloud.registry import Registry
 from tether.cloud.settings import ApiLimitOptions
 

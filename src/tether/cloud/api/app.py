@@ -1,5 +1,9 @@
 """The admin API: FastAPI routes over :class:`AdminOperations`, bearer-token authentication.
 
+Every write goes through the admin service (``tether.cloud.operations``); reads go to the
+registry directly. Over 400 lines on purpose: it is the route table, one short route per
+endpoint, kept in one place so the API's surface reads top to bottom.
+
 Every route under ``/api/v1`` needs ``Authorization: Bearer <admin token>`` (401 otherwise)
 and answers ``Cache-Control: no-store``. The token is checked by ``guard.RequestGuard``
 before any route runs and before the body is read (bounded, on its own lane: see ``guard``);
@@ -29,15 +33,13 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from tether import __version__
-from tether.cloud.admin import AdminCredentialError, revoke_admin, rotate_admin
+from tether.cloud.admin import AdminCredentialError
 from tether.cloud.api.console import console_router
 from tether.cloud.api.errors import LimitExceededError, status_for
 from tether.cloud.api.guard import ADMIN_STATE_KEY, AdminGuard, RequestGuard
-from tether.cloud.api.operations import AdminOperations
 from tether.cloud.api.schemas import (
     AdminOut,
     AdminTokenOut,
-    AuditOut,
     AuditPage,
     CAOut,
     CAStatusIn,
@@ -60,6 +62,7 @@ from tether.cloud.api.schemas import (
     RevokeIn,
     WhoAmIOut,
 )
+from tether.cloud.operations import AdminOperations
 from tether.cloud.registry import (
     ROOT_CRL_ISSUER,
     AdminRecord,
@@ -190,13 +193,13 @@ def create_app(
     @app.post("/api/v1/admins/{name}/rotate", response_model=AdminTokenOut, tags=["admin"])
     async def rotate(who: Admin, name: str) -> AdminTokenOut:
         """A new token for ``name``, shown once; the old one is refused from now on."""
-        issued = await run(rotate_admin, registry, name, actor=who.name)
+        issued = await run(ops.rotate_admin, name, actor=who.name)
         return AdminTokenOut(name=issued.name, token=issued.token)
 
     @app.post("/api/v1/admins/{name}/revoke", response_model=AdminOut, tags=["admin"])
     async def revoke(who: Admin, name: str) -> AdminOut:
         """Revoke ``name`` for good (409 for the last active admin); refused from now on."""
-        return AdminOut.of(await run(revoke_admin, registry, name, actor=who.name))
+        return AdminOut.of(await run(ops.revoke_admin, name, actor=who.name))
 
     @app.get("/api/v1/limits", response_model=LimitsOut, tags=["admin"])
     async def limits_report(who: Admin) -> LimitsOut:
@@ -217,13 +220,7 @@ def create_app(
         page = await run(
             registry.list_devices, search=search, status=status, offset=offset, limit=limit
         )
-        return DevicePage(
-            items=[DeviceOut.of(d) for d in page.items],
-            total=page.total,
-            offset=page.offset,
-            limit=page.limit,
-            next_offset=page.next_offset,
-        )
+        return DevicePage.of(page)
 
     @app.post(
         "/api/v1/devices",
@@ -278,7 +275,7 @@ def create_app(
         return CertificateOut.of(record)
 
     async def _set_status(serial: str, status: DeviceStatus, who: AdminRecord) -> DeviceOut:
-        return DeviceOut.of(await run(registry.set_device_status, serial, status, actor=who.name))
+        return DeviceOut.of(await run(ops.set_device_status, serial, status, actor=who.name))
 
     @app.post("/api/v1/devices/{serial}/disable", response_model=DeviceOut, tags=["devices"])
     async def disable_device(who: Admin, serial: str) -> DeviceOut:
@@ -295,7 +292,7 @@ def create_app(
         """Move a device to another CA: from now on only that CA's certificates are accepted
         for the serial (a serial belongs to one CA); live sessions under the old CA drop."""
         record = await run(
-            registry.rebind_device, serial, ca_fingerprint=body.ca_fingerprint, actor=who.name
+            ops.rebind_device, serial, ca_fingerprint=body.ca_fingerprint, actor=who.name
         )
         return DeviceOut.of(record)
 
@@ -317,13 +314,7 @@ def create_app(
             offset=offset,
             limit=limit,
         )
-        return CertificatePage(
-            items=[CertificateOut.of(c) for c in page.items],
-            total=page.total,
-            offset=page.offset,
-            limit=page.limit,
-            next_offset=page.next_offset,
-        )
+        return CertificatePage.of(page)
 
     @app.get(
         "/api/v1/certificates/{fingerprint}", response_model=CertificateOut, tags=["certificates"]
@@ -340,7 +331,7 @@ def create_app(
     async def revoke_certificate(who: Admin, fingerprint: str, body: RevokeIn) -> CertificateOut:
         """Revoke with a RFC 5280 reason: refused from the next handshake, session dropped."""
         reason = parse_reason(body.reason) or x509.ReasonFlags.unspecified
-        record = await run(registry.revoke_certificate, fingerprint, reason=reason, actor=who.name)
+        record = await run(ops.revoke_certificate, fingerprint, reason=reason, actor=who.name)
         return CertificateOut.of(record)
 
     # -- CAs -------------------------------------------------------------------------------
@@ -390,7 +381,7 @@ def create_app(
     @app.post("/api/v1/cas/{fingerprint}/status", response_model=CAOut, tags=["cas"])
     async def set_ca_status(who: Admin, fingerprint: str, body: CAStatusIn) -> CAOut:
         """Activate, deactivate or revoke a CA; leaving active cuts every device under it."""
-        record = await run(registry.set_ca_status, fingerprint, body.status, actor=who.name)
+        record = await run(ops.set_ca_status, fingerprint, body.status, actor=who.name)
         return CAOut.of(record)
 
     @app.put("/api/v1/cas/{fingerprint}/crl", response_model=CrlEffectOut, tags=["crl"])
@@ -418,13 +409,7 @@ def create_app(
     ) -> AuditPage:
         """The audit log, newest first."""
         page = await run(registry.list_audit, target=target, offset=offset, limit=limit)
-        return AuditPage(
-            items=[AuditOut.of(e) for e in page.items],
-            total=page.total,
-            offset=page.offset,
-            limit=page.limit,
-            next_offset=page.next_offset,
-        )
+        return AuditPage.of(page)
 
     app.include_router(console_router(registry, ops, run=run, guard=guard))
 

@@ -30,8 +30,8 @@ from fastapi.templating import Jinja2Templates
 
 from tether.cloud.api.errors import status_for
 from tether.cloud.api.guard import AdminGuard
-from tether.cloud.api.operations import AdminOperations
 from tether.cloud.api.schemas import KEY_ESCROW_WARNING
+from tether.cloud.operations import AdminOperations
 from tether.cloud.registry import DeviceStatus, Registry
 from tether.errors import PermissionDeniedError, TetherError
 from tether.pki import sha256_fingerprint
@@ -71,7 +71,7 @@ def console_router(
     run: Callable[..., Awaitable[Any]],
     guard: AdminGuard,
 ) -> APIRouter:
-    """The ``/console`` pages for ``registry``, acting through ``ops``.
+    """The ``/console`` pages: reads from ``registry``, every change through ``ops``.
 
     ``run`` runs blocking work on the API's pool; ``guard`` checks sign-in tokens.
     """
@@ -262,7 +262,7 @@ def console_router(
     async def _set_status(request: Request, serial: str, status: DeviceStatus) -> Response:
         async def action(session: ConsoleSession) -> Response:
             await checked_form(request, session)
-            await run(registry.set_device_status, serial, status, actor=session.admin)
+            await run(ops.set_device_status, serial, status, actor=session.admin)
             return RedirectResponse(f"/console/devices/{serial}", status_code=303)
 
         return await guarded(request, action)
@@ -281,7 +281,7 @@ def console_router(
             form = await checked_form(request, session)
             reason = parse_reason(form.get("reason", "unspecified"))
             record = await run(
-                registry.revoke_certificate, fingerprint, reason=reason, actor=session.admin
+                ops.revoke_certificate, fingerprint, reason=reason, actor=session.admin
             )
             target = record.device_serial
             url = f"/console/devices/{target}" if target else "/console/devices"

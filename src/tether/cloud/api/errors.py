@@ -85,33 +85,3 @@ def status_for(error: TetherError) -> int:
         if isinstance(error, category):
             return status
     return 500
-
-
-class OnlineCANotConfiguredError(ConfigurationError):
-    """Console provisioning and CSR signing need the online device CA, which is not set up."""
-
-    code = "online_ca_not_configured"
-
-
-class OnlineCAInactiveError(ConflictError):
-    """The online device CA is not active in the registry; what it signs would be refused."""
-
-    code = "online_ca_inactive"
-
-
-class CRLNotAvailableError(NotFoundError):
-    """No CRL can be served for this issuer (no key here and none uploaded)."""
-
-    code = "crl_not_available"
-
-
-class CRLRejectedError(PolicyViolationError):
-    """An uploaded CRL is not signed by the issuer it is uploaded for."""
-
-    code = "crl_rejected"
-
-
-class CRLSignedHereError(ConflictError):
-    """The cloud signs this CA's CRL itself; an uploaded one would contradict the registry."""
-
-    code = "crl_signed_by_cloud"

@@ -66,8 +66,8 @@ def _configure_child_logging(level: str) -> None:
 
 async def _serve_child(args: ApiProcessArgs, conn: Connection, parent_alive: Connection) -> None:
     from tether.cloud.api.app import create_app
-    from tether.cloud.api.operations import AdminOperations, check_online_ca
     from tether.cloud.api.server import ApiServer
+    from tether.cloud.operations import AdminOperations, check_online_ca
     from tether.cloud.registry import Registry
     from tether.cloud.settings import CloudSettings
     from tether.pki.store import CaDirectory

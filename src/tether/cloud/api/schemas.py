@@ -1,23 +1,24 @@
-"""Request and response bodies of the admin API (pydantic models, built from registry records)."""
+"""Request and response bodies of the admin API (pydantic models, built from registry records).
+
+One way from a row to a response: the registry turns rows into records (``registry/convert``),
+and a response model reads a record's attributes by name (``_Out.of``), so a record's shape is
+not copied here field by field. Where a response deliberately differs from its record, the
+difference is written once, next to the field, with why.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from cryptography import x509
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
 
 from tether.cloud.registry import (
-    AdminRecord,
     AdminStatus,
-    AuditEntry,
-    CARecord,
     CARole,
     CAStatus,
-    CertificateRecord,
     CertState,
-    CRLEffect,
-    DeviceRecord,
     DeviceStatus,
     Provisioning,
 )
@@ -33,7 +34,12 @@ KEY_ESCROW_WARNING = (
 
 
 class _Out(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+    @classmethod
+    def of(cls, record: object) -> Self:
+        """The response for a registry record: its fields of the same name (others dropped)."""
+        return cls.model_validate(record)
 
 
 class ErrorOut(_Out):
@@ -52,18 +58,6 @@ class DeviceOut(_Out):
     last_seen: datetime | None
     created_at: datetime
 
-    @classmethod
-    def of(cls, r: DeviceRecord) -> DeviceOut:
-        return cls(
-            serial=r.serial,
-            status=r.status,
-            ca_fingerprint=r.ca_fingerprint,
-            provisioning=r.provisioning,
-            first_seen=r.first_seen,
-            last_seen=r.last_seen,
-            created_at=r.created_at,
-        )
-
 
 class CertificateOut(_Out):
     fingerprint: str
@@ -78,21 +72,12 @@ class CertificateOut(_Out):
     revoked_at: datetime | None
     pem: str
 
+    # Differs on purpose: the API names reasons as the CLI takes them (key_compromise), not
+    # by their RFC 5280 ASN.1 value (keyCompromise) the record carries.
+    @field_validator("revocation_reason", mode="before")
     @classmethod
-    def of(cls, r: CertificateRecord) -> CertificateOut:
-        return cls(
-            fingerprint=r.fingerprint,
-            serial_number=r.serial_number,
-            subject=r.subject,
-            issuer_fingerprint=r.issuer_fingerprint,
-            device_serial=r.device_serial,
-            not_before=r.not_before,
-            not_after=r.not_after,
-            state=r.state,
-            revocation_reason=None if r.revocation_reason is None else r.revocation_reason.name,
-            revoked_at=r.revoked_at,
-            pem=r.pem,
-        )
+    def _reason_name(cls, value: object) -> object:
+        return value.name if isinstance(value, x509.ReasonFlags) else value
 
 
 class CAOut(_Out):
@@ -104,21 +89,13 @@ class CAOut(_Out):
     not_before: datetime
     not_after: datetime
     pem: str
-    crl_url: str
 
-    @classmethod
-    def of(cls, r: CARecord) -> CAOut:
-        return cls(
-            fingerprint=r.fingerprint,
-            subject=r.subject,
-            role=r.role,
-            status=r.status,
-            allow_auto_registration=r.allow_auto_registration,
-            not_before=r.not_before,
-            not_after=r.not_after,
-            pem=r.pem,
-            crl_url=f"/crl/{r.fingerprint}.crl",
-        )
+    # Not in the record: where the cloud serves this CA's CRL (derived, so it cannot drift).
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def crl_url(self) -> str:
+        """Path of this CA's CRL on the cloud."""
+        return f"/crl/{self.fingerprint}.crl"
 
 
 class AuditOut(_Out):
@@ -128,12 +105,6 @@ class AuditOut(_Out):
     action: str
     target: str
     details: dict[str, DetailValue]
-
-    @classmethod
-    def of(cls, r: AuditEntry) -> AuditOut:
-        return cls(
-            id=r.id, at=r.at, actor=r.actor, action=r.action, target=r.target, details=r.details
-        )
 
 
 class _PageOut(_Out):
@@ -228,14 +199,6 @@ class CrlEffectOut(_Out):
     revoked_cas: list[str]
     not_registered: int
 
-    @classmethod
-    def of(cls, r: CRLEffect) -> CrlEffectOut:
-        return cls(
-            revoked_certificates=list(r.revoked_certificates),
-            revoked_cas=list(r.revoked_cas),
-            not_registered=r.not_registered,
-        )
-
 
 class MoveDeviceIn(BaseModel):
     """The CA a device moves to (its SHA-256 fingerprint, lowercase hex)."""
@@ -254,10 +217,6 @@ class AdminOut(_Out):
     status: AdminStatus
     created_at: datetime
     revoked_at: datetime | None
-
-    @classmethod
-    def of(cls, r: AdminRecord) -> AdminOut:
-        return cls(name=r.name, status=r.status, created_at=r.created_at, revoked_at=r.revoked_at)
 
 
 class AdminTokenOut(_Out):

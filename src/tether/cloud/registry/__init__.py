@@ -2,8 +2,15 @@
 
 SQLAlchemy 2 + Alembic; a SQLite file by default, PostgreSQL by URL. ``Registry.open(url)``
 migrates the database to the newest schema. Callers get frozen records, never ORM objects.
+``Registry`` is a facade over one module per aggregate (see ``registry.py``).
 """
 
+from tether.cloud.registry.audit import AuditAction
+from tether.cloud.registry.certificates import (
+    certificate_fingerprint,
+    device_serial_from_certificate,
+)
+from tether.cloud.registry.crls import ROOT_CRL_ISSUER
 from tether.cloud.registry.errors import (
     AdminExistsError,
     AdminNotFoundError,
@@ -48,12 +55,7 @@ from tether.cloud.registry.records import (
     RegistrationCodeRecord,
     VerdictCode,
 )
-from tether.cloud.registry.registry import (
-    ROOT_CRL_ISSUER,
-    Registry,
-    certificate_fingerprint,
-    device_serial_from_certificate,
-)
+from tether.cloud.registry.registry import Registry
 
 __all__ = [
     "ROOT_CRL_ISSUER",
@@ -62,6 +64,7 @@ __all__ = [
     "AdminRecord",
     "AdminStateError",
     "AdminStatus",
+    "AuditAction",
     "AuditEntry",
     "AutoRegistrationPolicyError",
     "CAExistsError",

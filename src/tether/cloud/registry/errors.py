@@ -1,10 +1,12 @@
 """Errors of the registry, each under one category of :mod:`tether.errors`.
 
-Codes are stable: the API maps them to HTTP statuses and scripts match on them.
+Codes are stable: the API maps them to HTTP statuses and scripts match on them. A refusal
+that is also a connection verdict uses the verdict's code (``VerdictCode``), not a copy of it.
 """
 
 from __future__ import annotations
 
+from tether.cloud.registry.records import VerdictCode
 from tether.errors import (
     ConfigurationError,
     ConflictError,
@@ -18,7 +20,7 @@ from tether.errors import (
 class CANotRegisteredError(NotFoundError):
     """No CA with this fingerprint is registered."""
 
-    code = "ca_not_registered"
+    code = VerdictCode.CA_NOT_REGISTERED
 
 
 class CAExistsError(ConflictError):
@@ -129,13 +131,13 @@ class SerialBoundError(ConflictError):
     Moving a device to another CA is an explicit admin action (``rebind_device``).
     """
 
-    code = "serial_bound_to_other_ca"
+    code = VerdictCode.SERIAL_BOUND_TO_OTHER_CA
 
 
 class CertificateListedOnCRLError(PolicyViolationError):
     """The certificate's serial number is on a CRL its issuer published: it is revoked."""
 
-    code = "certificate_revoked"
+    code = VerdictCode.CERTIFICATE_REVOKED
 
 
 class CRLApplicationError(InvalidInputError):

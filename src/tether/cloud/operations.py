@@ -1,8 +1,14 @@
-"""What the admin API does, as plain synchronous calls (the async routes run them in threads).
+"""The admin service: every change an administrator makes, whichever door it comes through.
 
-Each method validates everything it can before it generates a key or touches the registry,
-and each registry change is one transaction with its audit row (``actor`` = the admin's name),
-so a refusal changes nothing.
+The admin API (``cloud/api/app.py``), the web console (``cloud/api/console.py``) and the
+``tether cloud`` commands (``cli/cloud.py``) all write through :class:`AdminOperations`, as
+plain synchronous calls (the async routes run them in threads); they may read the registry
+directly. Each method validates everything it can before it generates a key or touches the
+registry, and each registry change is one transaction with its audit row (``actor`` = the
+admin's name, or ``cli:<user>``), so a refusal changes nothing. What is not an admin's write
+stays out: the gateway's path (JIT registration, refusal audits, last seen) goes from
+``cloud/authority.py`` to the registry, and setup (``cloud/setup.py``) registers the online CA
+while it creates the data directory.
 
 Decisions:
 
@@ -14,6 +20,8 @@ Decisions:
 - CRLs: the root's CRL is the one the ceremony published, uploaded by the operator and checked
   against the pinned root certificate. A registered CA whose key the cloud does not hold has
   the CRL its owner uploaded (checked against that CA), or a 404 ``crl_not_available``.
+- This module has no web dependency: its errors are defined here (``api/errors.status_for``
+  maps them by category like every other TetherError).
 """
 
 from __future__ import annotations
@@ -25,26 +33,27 @@ from datetime import UTC, datetime, timedelta
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tether.cloud.api.errors import (
-    CRLNotAvailableError,
-    CRLRejectedError,
-    CRLSignedHereError,
-    OnlineCAInactiveError,
-    OnlineCANotConfiguredError,
-)
+from tether.cloud.admin import IssuedAdminToken, create_admin, revoke_admin, rotate_admin
 from tether.cloud.registry import (
     ROOT_CRL_ISSUER,
+    AdminRecord,
     CARecord,
     CARole,
     CAStatus,
     CertificateRecord,
     CRLEffect,
     DeviceRecord,
+    DeviceStatus,
     Provisioning,
     RegistrationCodeRecord,
     Registry,
 )
-from tether.errors import NotFoundError
+from tether.errors import (
+    ConfigurationError,
+    ConflictError,
+    NotFoundError,
+    PolicyViolationError,
+)
 from tether.pki import (
     IssuingCA,
     RevokedEntry,
@@ -59,6 +68,36 @@ from tether.pki.keys import private_key_pem
 from tether.pki.loading import MAX_INPUT_BYTES, PARSE_ERRORS
 from tether.pki.store import pem
 from tether.pki.verification import check_verification_certificate
+
+
+class OnlineCANotConfiguredError(ConfigurationError):
+    """Console provisioning and CSR signing need the online device CA, which is not set up."""
+
+    code = "online_ca_not_configured"
+
+
+class OnlineCAInactiveError(ConflictError):
+    """The online device CA is not active in the registry; what it signs would be refused."""
+
+    code = "online_ca_inactive"
+
+
+class CRLNotAvailableError(NotFoundError):
+    """No CRL can be served for this issuer (no key here and none uploaded)."""
+
+    code = "crl_not_available"
+
+
+class CRLRejectedError(PolicyViolationError):
+    """An uploaded CRL is not signed by the issuer it is uploaded for."""
+
+    code = "crl_rejected"
+
+
+class CRLSignedHereError(ConflictError):
+    """The cloud signs this CA's CRL itself; an uploaded one would contradict the registry."""
+
+    code = "crl_signed_by_cloud"
 
 
 @dataclass(frozen=True)
@@ -114,7 +153,7 @@ def load_crl(data: bytes) -> x509.CertificateRevocationList:
 
 
 class AdminOperations:
-    """The admin API's operations on one registry, with the cloud's online CA (if any)."""
+    """Every admin write on one registry, with the cloud's online CA (if any)."""
 
     def __init__(
         self,
@@ -205,7 +244,33 @@ class AdminOperations:
             certificate, device_serial=serial, issuer_fingerprint=fingerprint, actor=actor
         )
 
-    # -- CA registration -------------------------------------------------------------------
+    def set_device_status(self, serial: str, status: DeviceStatus, *, actor: str) -> DeviceRecord:
+        """Enable or disable a device; disabled: refused at the next handshake, session dropped."""
+        return self.registry.set_device_status(serial, status, actor=actor)
+
+    def rebind_device(self, serial: str, *, ca_fingerprint: str, actor: str) -> DeviceRecord:
+        """Hand a serial to another CA: the one explicit way a serial changes owner."""
+        return self.registry.rebind_device(serial, ca_fingerprint=ca_fingerprint, actor=actor)
+
+    def revoke_certificate(
+        self, fingerprint: str, *, reason: x509.ReasonFlags, actor: str
+    ) -> CertificateRecord:
+        """Revoke a certificate: refused from the next handshake, live session dropped."""
+        return self.registry.revoke_certificate(fingerprint, reason=reason, actor=actor)
+
+    # -- CA registration and status --------------------------------------------------------
+
+    def trust_ca(
+        self, cert: x509.Certificate, *, role: CARole, allow_auto_registration: bool, actor: str
+    ) -> CARecord:
+        """Register a CA an operator on the cloud host vouches for (no registration code)."""
+        return self.registry.register_ca(
+            cert, role=role, allow_auto_registration=allow_auto_registration, actor=actor
+        )
+
+    def set_ca_status(self, fingerprint: str, status: CAStatus, *, actor: str) -> CARecord:
+        """Activate, deactivate or revoke a CA; leaving active cuts every device under it."""
+        return self.registry.set_ca_status(fingerprint, status, actor=actor)
 
     def new_registration_code(self, *, actor: str) -> RegistrationCodeRecord:
         """A fresh random single-use code, valid for ``registration_code_ttl``."""
@@ -234,6 +299,20 @@ class AdminOperations:
             allow_auto_registration=allow_auto_registration,
             actor=actor,
         )
+
+    # -- admins ----------------------------------------------------------------------------
+
+    def create_admin(self, name: str, *, actor: str) -> IssuedAdminToken:
+        """A new administrator; its token is in the result only (the registry keeps a hash)."""
+        return create_admin(self.registry, name, actor=actor)
+
+    def rotate_admin(self, name: str, *, actor: str) -> IssuedAdminToken:
+        """A new token for ``name`` (in the result only); the old one is refused at once."""
+        return rotate_admin(self.registry, name, actor=actor)
+
+    def revoke_admin(self, name: str, *, actor: str) -> AdminRecord:
+        """Revoke ``name`` for good; never the last active administrator."""
+        return revoke_admin(self.registry, name, actor=actor)
 
     # -- CRLs ------------------------------------------------------------------------------
 
