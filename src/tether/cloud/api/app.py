@@ -60,6 +60,10 @@ from tether.cloud.api.schemas import (
     RevokeIn,
     WhoAmIOut,
 )
+from tether.cloud.hygiene import HygieneOptions, LiveView
+from tether.cloud.hygiene import audit as audit_hygiene
+from tether.cloud.observability.live import LiveViewUnavailable
+from tether.cloud.observability.metrics import ApiMetrics, CountedRequests
 from tether.cloud.registry import (
     ROOT_CRL_ISSUER,
     AdminRecord,
@@ -102,8 +106,12 @@ def create_app(
     online_ca: IssuingCA | None = None,
     operations: AdminOperations | None = None,
     limits: ApiLimitOptions | None = None,
+    live_view: Callable[[], LiveView] | None = None,
 ) -> FastAPI:
     """The admin API app for ``registry``; ``online_ca`` enables console/CSR provisioning.
+
+    ``live_view`` reads the gateway's sessions for the hygiene audit's live checks (raising
+    ``LiveViewUnavailable``); without it those checks are reported as skipped.
 
     ``limits`` bounds the request path (defaults: ``ApiLimitOptions()``). The app owns two
     thread pools (API work, token checks); ``app.state.tether_close()`` shuts them down
@@ -409,6 +417,27 @@ def create_app(
 
     # -- audit -----------------------------------------------------------------------------
 
+    @app.get("/api/v1/audit/hygiene", tags=["audit"])
+    async def hygiene(
+        who: Admin,
+        certificate_days: Annotated[int, Query(ge=1, le=3650)] = 30,
+        ca_days: Annotated[int, Query(ge=1, le=3650)] = 90,
+        unseen_days: Annotated[int, Query(ge=1, le=3650)] = 30,
+    ) -> dict[str, Any]:
+        """The hygiene audit (``tether audit``'s checks and JSON; see tether.cloud.hygiene)."""
+
+        def run_audit() -> dict[str, Any]:
+            view, why = None, "the API was started without a view of the gateway"
+            if live_view is not None:
+                try:
+                    view = live_view()
+                except LiveViewUnavailable as exc:
+                    why = exc.message
+            options = HygieneOptions(certificate_days, ca_days, unseen_days)
+            return audit_hygiene(registry, options, live=view, live_unavailable=why).to_dict()
+
+        return await run(run_audit)
+
     @app.get("/api/v1/audit", response_model=AuditPage, tags=["audit"])
     async def list_audit(
         who: Admin,
@@ -445,4 +474,8 @@ def create_app(
 
     # Outermost of the app's own middleware: bodies and credentials before anything else.
     app.add_middleware(RequestGuard, guard=guard)
+    # Outermost, so refusals by the guard (401, 413, 429) are counted too.
+    metrics = ApiMetrics(guard, routes=lambda: app.routes)
+    app.state.tether_metrics = metrics
+    app.add_middleware(CountedRequests, metrics=metrics)
     return app
