@@ -36,6 +36,7 @@ from tether.cloud.observability.endpoints import GatewayEndpoints
 from tether.cloud.observability.logs import LOG_FORMATS
 from tether.cloud.observability.logs import formatter as log_formatter
 from tether.cloud.registry import ROOT_CRL_ISSUER, CARole, DeviceStatus, Registry
+from tether.cloud.rotation import rotate_server_certificate
 from tether.cloud.service import CloudService, serve_until_signalled
 from tether.cloud.settings import ApiOptions, CloudSettings, GatewayOptions
 from tether.cloud.setup import init_data_dir
@@ -67,6 +68,38 @@ def _actor() -> str:
 
 def _registry(data_dir: Path) -> Registry:
     return Registry.open(CloudSettings.load(data_dir).database_url)
+
+
+@app.command("rotate-server-cert")
+def rotate_server_cert(
+    data_dir: Path = DataDir,
+    server_ca: Path = typer.Option(..., help="Directory of the (pinned) server issuing CA."),
+    ca_passphrase_file: Path | None = typer.Option(
+        None, help="File with the server CA's passphrase (else TETHER_CA_PASSPHRASE or a prompt)."
+    ),
+    dns: list[str] = typer.Option([], help="DNS name (default: the current certificate's)."),
+    ip: list[str] = typer.Option([], help="IP address (default: the current certificate's)."),
+) -> None:
+    """Renew the gateway's certificate; a running gateway uses it for new handshakes at once."""
+    settings = CloudSettings.load(data_dir)
+    ca_dir = CaDirectory.open(server_ca)
+    passphrase = read_secret(
+        "server CA passphrase", env_var="TETHER_CA_PASSPHRASE", file=ca_passphrase_file
+    )
+    with Registry.open(settings.database_url) as registry:
+        done = rotate_server_certificate(
+            settings,
+            registry,
+            ca_dir.issuing(passphrase),
+            actor=_actor(),
+            dns_names=dns,
+            ip_addresses=ip,
+        )
+    console.print(
+        f"[green]rotated[/] gateway certificate {done.fingerprint} (valid until "
+        f"{done.certificate.not_valid_after_utc:%Y-%m-%d}); previous {done.previous_fingerprint}. "
+        "Running gateways present it from their next handshake; the admin API after a restart."
+    )
 
 
 @app.command()

@@ -31,6 +31,7 @@ from tether.cloud.authority import RegistryAuthority
 from tether.cloud.gateway import Gateway, GatewaySettings, HandshakeRefused, Identity
 from tether.cloud.observability.feed import FeedStats
 from tether.cloud.registry import AuditEntry, CAStatus, Registry, VerdictCode
+from tether.cloud.rotation import SERVER_CERTIFICATE_ROTATED
 from tether.errors import TetherError
 
 log = logging.getLogger("tether.cloud")
@@ -206,6 +207,15 @@ class CloudService:
             if entry.action.startswith("ca."):
                 self.authority.forget_cas()
                 self._reload_trust()
+            elif entry.action == SERVER_CERTIFICATE_ROTATED:
+                # New handshakes present the new certificate; live sessions keep theirs.
+                self._reload_trust()
+                log.info(
+                    "gateway certificate reloaded (%s by %s)",
+                    entry.target,
+                    entry.actor,
+                    extra={"tether_code": "server_certificate_reloaded"},
+                )
             ending = _ended_sessions(entry)
             self._last_seen = entry.id
             if ending is not None:
