@@ -20,10 +20,11 @@ checks, a running gateway's live view). One function, :func:`audit`, serves ever
 - ``revoked_certificate_connected``: a live session uses a certificate the registry says is
   revoked or inactive, or a device that is disabled (the change feed should have dropped it:
   the feed is behind or broken). Needs the live view.
-- ``certificate_used_twice``: one certificate took over its own session from another address
-  (two devices sharing one identity, typically a cloned key fighting for the session). Needs
-  the live view. Tether keeps one session per identity, so "two connections at once" shows as
-  this take-over from a second address, which the gateway records.
+- ``certificate_used_twice``: one certificate kept taking its own session over from another
+  address (two devices sharing one identity, typically a cloned key fighting for the
+  session). Needs the live view. Tether keeps one session per identity, so "two connections
+  at once" shows as take-overs between addresses, which the gateway records; one take-over is
+  a device that changed networks, two or more is counted (``gateway.stats``).
 
 **The live view.** The registry does not know who is connected; the gateway does. The CLI
 and the API are other processes, so they read it from the gateway's observability listener

@@ -247,6 +247,10 @@ def test_prometheus_scrapes_connections_and_refusals(
             'sum by (code) (tether_api_requests_total{route="/api/v1/devices",status="401"})',
             {(): 1},
         )
+        # The real process is ready: registry, feed, MQTT listener and the API's process.
+        status, _, body = get(gateway_metrics, "/readyz")
+        assert status == 200, body
+        assert set(json.loads(body)["checks"]) == {"registry", "change_feed", "gateway", "api"}
         for port in (gateway_metrics, api_metrics):
             checked = promtool_check(get(port, "/metrics")[2])
             assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -557,12 +557,16 @@ class Gateway:
                 identity=previous.identity.name,
             )
             previous.disconnect(DisconnectReasonCode.SESSION_TAKEN_OVER, "session taken over")
-            self.stats.taken_over(
-                session.identity.certificate_fingerprint,
-                session.identity.name,
-                _host(previous.peer),
-                _host(session.peer),
-            )
+            if (
+                previous.identity.certificate_fingerprint
+                == session.identity.certificate_fingerprint
+            ):
+                self.stats.taken_over(
+                    session.identity.certificate_fingerprint,
+                    session.identity.name,
+                    _host(previous.peer),
+                    _host(session.peer),
+                )
         self._by_name[key] = session
 
 

@@ -32,6 +32,7 @@ ACCEPTED_CODE = "mqtt_connected"
 # PKCS#11 device over a slow link a second or more, and the deadlines end at 3-5 s.
 MAX_CONTESTED = 1024  # contested certificates remembered
 MAX_CONTESTED_HOSTS = 16  # hosts remembered per contested certificate
+CONTESTED_TAKEOVERS = 2  # take-overs from another host before a certificate counts as shared
 HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -78,8 +79,9 @@ class GatewayStats:
         self.messages_delivered = 0  # copies queued to subscribers
         self.messages_dropped = 0  # copies a subscriber refused (closing, slow, too big)
         # Certificates whose session was taken over from another host (two devices sharing
-        # one identity): fingerprint -> (identity, hosts), bounded (oldest forgotten first).
-        self._contested: dict[str, tuple[str, set[str]]] = {}
+        # one identity): fingerprint -> (identity, hosts, take-overs), bounded (oldest
+        # forgotten first).
+        self._contested: dict[str, tuple[str, set[str], int]] = {}
 
     def handshake(self, result: HandshakeResult, code: str, seconds: float) -> None:
         """Count one finished handshake and its latency."""
@@ -91,19 +93,26 @@ class GatewayStats:
         return MappingProxyType(dict(self._handshakes))
 
     def taken_over(self, fingerprint: str, identity: str, old_host: str, new_host: str) -> None:
-        """A session of ``fingerprint`` was taken over; remembered if the host differs."""
+        """A session of ``fingerprint`` was taken over by the same certificate; noted if the
+        host differs (a device reconnecting from where it was is not news)."""
         if old_host == new_host:
-            return  # a device reconnecting before its old connection timed out
-        entry = self._contested.pop(fingerprint, None) or (identity, set())
-        if len(entry[1]) < MAX_CONTESTED_HOSTS:
-            entry[1].update((old_host, new_host))
-        self._contested[fingerprint] = entry  # most recent last
+            return
+        _, hosts, count = self._contested.pop(fingerprint, None) or (identity, set(), 0)
+        if len(hosts) < MAX_CONTESTED_HOSTS:
+            hosts.update((old_host, new_host))
+        self._contested[fingerprint] = (identity, hosts, count + 1)  # most recent last
         while len(self._contested) > MAX_CONTESTED:
             del self._contested[next(iter(self._contested))]
 
     def contested(self) -> list[tuple[str, str, tuple[str, ...]]]:
-        """``(fingerprint, identity, hosts)`` of every contested certificate remembered."""
-        return [(fp, name, tuple(sorted(hosts))) for fp, (name, hosts) in self._contested.items()]
+        """``(fingerprint, identity, hosts)`` of certificates taken over from another host at
+        least ``CONTESTED_TAKEOVERS`` times: one take-over is a device that changed networks
+        before its old connection timed out; two devices sharing a key keep taking turns."""
+        return [
+            (fp, name, tuple(sorted(hosts)))
+            for fp, (name, hosts, count) in self._contested.items()
+            if count >= CONTESTED_TAKEOVERS
+        ]
 
     def attempt(self) -> HandshakeAttempt:
         """Start tracking the connection of the current task (see the module docstring)."""
