@@ -125,6 +125,7 @@ class HygieneFinding:
     subject: str
     message: str
     fingerprint: str | None = None
+    due: datetime | None = None  # when it expires, or when the device was last seen
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,7 @@ class HygieneReport:
                     "subject": f.subject,
                     "message": f.message,
                     "fingerprint": f.fingerprint,
+                    "due": None if f.due is None else f.due.isoformat(),
                 }
                 for f in self.findings
             ],
@@ -200,6 +202,7 @@ def audit(
                     f"CA {ca.subject} ({ca.role.value}) expires {_day(ca.not_after)}; stand up "
                     "its successor and move its devices before then",
                     ca.fingerprint,
+                    ca.not_after,
                 )
             )
         if ca.allow_auto_registration:
@@ -229,6 +232,7 @@ def audit(
                     f"certificate {cert.fingerprint[:16]}… {verb} {_day(cert.not_after)}; "
                     "renew it (EST simplereenroll or a new CSR)",
                     cert.fingerprint,
+                    cert.not_after,
                 )
             )
         violations = client_violations(cert.certificate())
@@ -257,6 +261,7 @@ def audit(
                     FindingCode.DEVICE_NOT_SEEN,
                     device.serial,
                     f"{when}, its identity still trusted; disable it if the unit is gone",
+                    due=seen,
                 )
             )
 

@@ -64,6 +64,7 @@ from tether.cloud.hygiene import HygieneOptions, LiveView
 from tether.cloud.hygiene import audit as audit_hygiene
 from tether.cloud.observability.live import LiveViewUnavailable
 from tether.cloud.observability.metrics import ApiMetrics, CountedRequests
+from tether.cloud.observability.overview import RefusalHistory, fleet_overview
 from tether.cloud.registry import (
     ROOT_CRL_ISSUER,
     AdminRecord,
@@ -107,11 +108,13 @@ def create_app(
     operations: AdminOperations | None = None,
     limits: ApiLimitOptions | None = None,
     live_view: Callable[[], LiveView] | None = None,
+    gateway_metrics: Callable[[], str] | None = None,
 ) -> FastAPI:
     """The admin API app for ``registry``; ``online_ca`` enables console/CSR provisioning.
 
     ``live_view`` reads the gateway's sessions for the hygiene audit's live checks (raising
     ``LiveViewUnavailable``); without it those checks are reported as skipped.
+    ``gateway_metrics`` reads the gateway's ``/metrics`` text for the console's overview.
 
     ``limits`` bounds the request path (defaults: ``ApiLimitOptions()``). The app owns two
     thread pools (API work, token checks); ``app.state.tether_close()`` shuts them down
@@ -455,7 +458,16 @@ def create_app(
             next_offset=page.next_offset,
         )
 
-    app.include_router(console_router(registry, ops, run=run, guard=guard))
+    history = RefusalHistory()
+    app.include_router(
+        console_router(
+            registry,
+            ops,
+            run=run,
+            guard=guard,
+            overview=partial(fleet_overview, registry, gateway=gateway_metrics, history=history),
+        )
+    )
 
     # -- public CRLs -----------------------------------------------------------------------
 

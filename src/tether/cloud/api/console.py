@@ -32,8 +32,9 @@ from tether.cloud.api.errors import status_for
 from tether.cloud.api.guard import AdminGuard
 from tether.cloud.api.operations import AdminOperations
 from tether.cloud.api.schemas import KEY_ESCROW_WARNING
+from tether.cloud.observability.overview import readable
 from tether.cloud.registry import DeviceStatus, Registry
-from tether.errors import PermissionDeniedError, TetherError
+from tether.errors import ConfigurationError, PermissionDeniedError, TetherError
 from tether.pki import sha256_fingerprint
 from tether.pki.files import REVOCATION_REASONS, parse_reason
 
@@ -70,10 +71,12 @@ def console_router(
     *,
     run: Callable[..., Awaitable[Any]],
     guard: AdminGuard,
+    overview: Callable[[], Any] | None = None,
 ) -> APIRouter:
     """The ``/console`` pages for ``registry``, acting through ``ops``.
 
-    ``run`` runs blocking work on the API's pool; ``guard`` checks sign-in tokens.
+    ``run`` runs blocking work on the API's pool; ``guard`` checks sign-in tokens;
+    ``overview`` builds the fleet overview (``tether.cloud.observability.overview``).
     """
     router = APIRouter(prefix="/console", include_in_schema=False)
     sessions: dict[str, ConsoleSession] = {}
@@ -203,6 +206,16 @@ def console_router(
     @router.get("/")
     async def home() -> Response:
         return RedirectResponse("/console/devices", status_code=303)
+
+    @router.get("/overview")
+    async def fleet(request: Request) -> Response:
+        async def action(session: ConsoleSession) -> Response:
+            if overview is None:
+                raise ConfigurationError("this API was started without a fleet overview")
+            built = await run(overview)
+            return page(request, "overview.html", session, o=built, readable=readable)
+
+        return await guarded(request, action)
 
     @router.get("/devices")
     async def devices(request: Request, search: str | None = None, offset: int = 0) -> Response:

@@ -107,6 +107,7 @@ async def _serve_child(args: ApiProcessArgs, conn: Connection, parent_alive: Con
                 operations=operations,
                 limits=settings.api_limits,
                 live_view=_live_view(settings),
+                gateway_metrics=_gateway_metrics(settings),
             ),
             host=settings.api.host,
             port=settings.api.port if args.port is None else args.port,
@@ -155,6 +156,15 @@ def _live_view(settings: CloudSettings) -> Callable[[], LiveView] | None:
     from tether.cloud.observability.live import read_live_view
 
     return partial(read_live_view, settings.metrics.host, settings.metrics.port)
+
+
+def _gateway_metrics(settings: CloudSettings) -> Callable[[], str] | None:
+    """How the console's overview reads the gateway's ``/metrics``, if metrics are on."""
+    if not settings.metrics.enabled:
+        return None
+    from tether.cloud.observability.overview import read_gateway_metrics
+
+    return partial(read_gateway_metrics, settings.metrics.host, settings.metrics.port)
 
 
 def _child_main(args: ApiProcessArgs, conn: Connection, parent_alive: Connection) -> None:
