@@ -121,6 +121,12 @@ def test_overview_counts_chart_and_expiring(
             shot = browser.screenshot()
             (tmp_path / "console-overview.png").write_bytes(shot)
             assert shot.startswith(b"\x89PNG")
+
+            # The hygiene page runs the same audit as `tether audit` (no live view here).
+            browser.get(f"{base}/console/hygiene")
+            findings = browser.text("#findings")
+            assert "certificate_expiring" in findings and "OV-SOON" in findings
+            assert "skipped" in browser.text("main")
         finally:
             for client in clients:
                 client.close()

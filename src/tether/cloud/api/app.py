@@ -60,7 +60,7 @@ from tether.cloud.api.schemas import (
     RevokeIn,
     WhoAmIOut,
 )
-from tether.cloud.hygiene import HygieneOptions, LiveView
+from tether.cloud.hygiene import HygieneOptions, HygieneReport, LiveView
 from tether.cloud.hygiene import audit as audit_hygiene
 from tether.cloud.observability.live import LiveViewUnavailable
 from tether.cloud.observability.metrics import ApiMetrics, CountedRequests
@@ -420,6 +420,15 @@ def create_app(
 
     # -- audit -----------------------------------------------------------------------------
 
+    def run_hygiene(options: HygieneOptions) -> HygieneReport:
+        view, why = None, "the API was started without a view of the gateway"
+        if live_view is not None:
+            try:
+                view = live_view()
+            except LiveViewUnavailable as exc:
+                why = exc.message
+        return audit_hygiene(registry, options, live=view, live_unavailable=why)
+
     @app.get("/api/v1/audit/hygiene", tags=["audit"])
     async def hygiene(
         who: Admin,
@@ -428,18 +437,8 @@ def create_app(
         unseen_days: Annotated[int, Query(ge=1, le=3650)] = 30,
     ) -> dict[str, Any]:
         """The hygiene audit (``tether audit``'s checks and JSON; see tether.cloud.hygiene)."""
-
-        def run_audit() -> dict[str, Any]:
-            view, why = None, "the API was started without a view of the gateway"
-            if live_view is not None:
-                try:
-                    view = live_view()
-                except LiveViewUnavailable as exc:
-                    why = exc.message
-            options = HygieneOptions(certificate_days, ca_days, unseen_days)
-            return audit_hygiene(registry, options, live=view, live_unavailable=why).to_dict()
-
-        return await run(run_audit)
+        options = HygieneOptions(certificate_days, ca_days, unseen_days)
+        return (await run(run_hygiene, options)).to_dict()
 
     @app.get("/api/v1/audit", response_model=AuditPage, tags=["audit"])
     async def list_audit(
@@ -466,6 +465,7 @@ def create_app(
             run=run,
             guard=guard,
             overview=partial(fleet_overview, registry, gateway=gateway_metrics, history=history),
+            hygiene=partial(run_hygiene, HygieneOptions()),
         )
     )
 

@@ -72,11 +72,13 @@ def console_router(
     run: Callable[..., Awaitable[Any]],
     guard: AdminGuard,
     overview: Callable[[], Any] | None = None,
+    hygiene: Callable[[], Any] | None = None,
 ) -> APIRouter:
     """The ``/console`` pages for ``registry``, acting through ``ops``.
 
     ``run`` runs blocking work on the API's pool; ``guard`` checks sign-in tokens;
-    ``overview`` builds the fleet overview (``tether.cloud.observability.overview``).
+    ``overview`` builds the fleet overview (``tether.cloud.observability.overview``),
+    ``hygiene`` runs the hygiene audit (``tether.cloud.hygiene``).
     """
     router = APIRouter(prefix="/console", include_in_schema=False)
     sessions: dict[str, ConsoleSession] = {}
@@ -214,6 +216,16 @@ def console_router(
                 raise ConfigurationError("this API was started without a fleet overview")
             built = await run(overview)
             return page(request, "overview.html", session, o=built, readable=readable)
+
+        return await guarded(request, action)
+
+    @router.get("/hygiene")
+    async def hygiene_page(request: Request) -> Response:
+        async def action(session: ConsoleSession) -> Response:
+            if hygiene is None:
+                raise ConfigurationError("this API was started without the hygiene audit")
+            report = await run(hygiene)
+            return page(request, "hygiene.html", session, report=report, readable=readable)
 
         return await guarded(request, action)
 
