@@ -36,8 +36,12 @@ from rich.table import Table
 from tether.cli.secrets import DATABASE_URL_ENV, read_database_url, read_secret
 from tether.cloud.admin import IssuedAdminToken
 from tether.cloud.api import ApiProcess, ApiProcessArgs
+from tether.cloud.observability.endpoints import GatewayEndpoints
+from tether.cloud.observability.logs import LOG_FORMATS
+from tether.cloud.observability.logs import formatter as log_formatter
 from tether.cloud.operations import AdminOperations
 from tether.cloud.registry import ROOT_CRL_ISSUER, CARole, DeviceStatus, Registry
+from tether.cloud.rotation import rotate_server_certificate
 from tether.cloud.service import CloudService, serve_until_signalled
 from tether.cloud.settings import ApiOptions, CloudSettings, GatewayOptions
 from tether.cloud.setup import init_data_dir
@@ -79,6 +83,38 @@ def _operations(data_dir: Path) -> Iterator[AdminOperations]:
         yield AdminOperations(
             registry, root_certificate=settings.root_certificate(), online_ca=None
         )
+
+
+@app.command("rotate-server-cert")
+def rotate_server_cert(
+    data_dir: Path = DataDir,
+    server_ca: Path = typer.Option(..., help="Directory of the (pinned) server issuing CA."),
+    ca_passphrase_file: Path | None = typer.Option(
+        None, help="File with the server CA's passphrase (else TETHER_CA_PASSPHRASE or a prompt)."
+    ),
+    dns: list[str] = typer.Option([], help="DNS name (default: the current certificate's)."),
+    ip: list[str] = typer.Option([], help="IP address (default: the current certificate's)."),
+) -> None:
+    """Renew the gateway's certificate; a running gateway uses it for new handshakes at once."""
+    settings = CloudSettings.load(data_dir)
+    ca_dir = CaDirectory.open(server_ca)
+    passphrase = read_secret(
+        "server CA passphrase", env_var="TETHER_CA_PASSPHRASE", file=ca_passphrase_file
+    )
+    with Registry.open(settings.database_url) as registry:
+        done = rotate_server_certificate(
+            settings,
+            registry,
+            ca_dir.issuing(passphrase),
+            actor=_actor(),
+            dns_names=dns,
+            ip_addresses=ip,
+        )
+    console.print(
+        f"[green]rotated[/] gateway certificate {done.fingerprint} (valid until "
+        f"{done.certificate.not_valid_after_utc:%Y-%m-%d}); previous {done.previous_fingerprint}. "
+        "Running gateways present it from their next handshake; the admin API after a restart."
+    )
 
 
 @app.command()
@@ -317,19 +353,20 @@ def publish_crl(
     )
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, log_format: str = "text") -> None:
     """Rich for a person at a terminal; one plain timestamped line per event otherwise.
 
     A service's log usually goes to a file or the journal, where Rich's layout is noise and
     its rendering costs more than the handshake it reports (see docs/benchmarks.md).
+    ``json`` writes one object per line, wherever stderr goes (tether.cloud.observability.logs).
     """
     handler: logging.Handler
-    if sys.stderr.isatty():
+    if log_format == "text" and sys.stderr.isatty():
         handler = RichHandler(console=Console(stderr=True), show_path=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(log_formatter(log_format))
     logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
@@ -342,9 +379,23 @@ def serve(
         None, help="File with the online device CA's passphrase (else TETHER_CA_PASSPHRASE)."
     ),
     log_level: str = typer.Option("INFO", help="Log level for the gateway's log."),
+    log_format: str = typer.Option(
+        "text", help="text, or json: one object per line with the reason code as tether_code."
+    ),
+    metrics_port: int | None = typer.Option(
+        None, help="Override metrics.port (/metrics, /healthz, /readyz; 0: any free port)."
+    ),
+    api_metrics_port: int | None = typer.Option(
+        None, help="Override metrics.api_port (the API process's /metrics; 0: any free port)."
+    ),
 ) -> None:
     """Run the gateway and the admin API until interrupted (Ctrl-C or SIGTERM)."""
-    _configure_logging(log_level)
+    if log_format not in LOG_FORMATS:
+        raise InvalidInputError(
+            f"unknown --log-format {log_format!r}; use one of {', '.join(LOG_FORMATS)}",
+            code="log_format_unknown",
+        )
+    _configure_logging(log_level, log_format)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter, not service news
     settings = CloudSettings.load(data_dir)
     overrides = {} if port is None else {"port": port}
@@ -360,7 +411,12 @@ def serve(
     # The online CA's key is loaded there only; this process never holds it.
     api = ApiProcess(
         ApiProcessArgs(
-            data_dir=data_dir, port=api_port, ca_passphrase=passphrase, log_level=log_level
+            data_dir=data_dir,
+            port=api_port,
+            ca_passphrase=passphrase,
+            log_level=log_level,
+            log_format=log_format,
+            metrics_port=api_metrics_port,
         )
     )
     registry = Registry.open(settings.database_url)
@@ -380,6 +436,32 @@ def serve(
                 f"pid {api.pid}; OpenAPI at /openapi.json)"
             )
 
-        uvloop.run(serve_until_signalled(service, on_ready=ready, api=api, on_api_ready=api_ready))
+        endpoints = None
+        if settings.metrics.enabled:
+            endpoints = GatewayEndpoints(
+                service,
+                host=settings.metrics.host,
+                port=settings.metrics.port if metrics_port is None else metrics_port,
+                feed_max_lag=settings.metrics.feed_max_lag,
+                api_alive=api.alive,
+            )
+
+        def endpoints_ready(bound: int) -> None:
+            where = f"http://{settings.metrics.host}"
+            console.print(
+                f"[green]metrics[/] gateway {where}:{bound}/metrics (/healthz, /readyz); "
+                f"admin API {where}:{api.metrics_port}/metrics"
+            )
+
+        uvloop.run(
+            serve_until_signalled(
+                service,
+                on_ready=ready,
+                api=api,
+                on_api_ready=api_ready,
+                endpoints=endpoints,
+                on_endpoints_ready=endpoints_ready,
+            )
+        )
     finally:
         registry.close()

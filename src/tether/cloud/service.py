@@ -29,6 +29,7 @@ from cryptography import x509
 
 from tether.cloud.authority import RegistryAuthority
 from tether.cloud.gateway import Gateway, GatewaySettings, HandshakeRefused, Identity
+from tether.cloud.observability.feed import FeedStats
 from tether.cloud.registry import (
     AuditAction,
     AuditEntry,
@@ -38,6 +39,7 @@ from tether.cloud.registry import (
     Registry,
     VerdictCode,
 )
+from tether.cloud.rotation import SERVER_CERTIFICATE_ROTATED
 from tether.errors import TetherError
 
 log = logging.getLogger("tether.cloud")
@@ -128,6 +130,7 @@ class CloudService:
         self._next_handshake = 0
         self._recent: list[_Ending] = []  # endings applied while handshakes were in flight
         self._trust_stale = False  # the last TLS trust reload failed; retried by the feed
+        self.feed = FeedStats()  # lag, endings, time to drop (for metrics and /readyz)
 
     # -- IdentityAuthority, for the gateway ------------------------------------------------
 
@@ -176,6 +179,7 @@ class CloudService:
     async def start(self) -> int:
         """Start the gateway and the registry feed; returns the gateway's port."""
         self._last_seen = await self._in(self._feed_lane, self.registry.last_audit_id)
+        self.feed.polled(self._last_seen)
         port = await self.gateway.start()
         self._follower = asyncio.create_task(self._follow(), name="tether-registry-feed")
         self._flusher = asyncio.create_task(self._flush_seen(), name="tether-last-seen")
@@ -211,6 +215,15 @@ class CloudService:
             if entry.action.startswith("ca."):
                 self.authority.forget_cas()
                 self._reload_trust()
+            elif entry.action == SERVER_CERTIFICATE_ROTATED:
+                # New handshakes present the new certificate; live sessions keep theirs.
+                self._reload_trust()
+                log.info(
+                    "gateway certificate reloaded (%s by %s)",
+                    entry.target,
+                    entry.actor,
+                    extra={"tether_code": "server_certificate_reloaded"},
+                )
             ending = _ended_sessions(entry)
             self._last_seen = entry.id
             if ending is not None:
@@ -218,9 +231,12 @@ class CloudService:
                 # line sees the ending; one that landed before is a live session and dropped.
                 if self._in_flight:
                     self._recent.append(ending)
-                dropped += await self.gateway.drop_sessions(
+                count = await self.gateway.drop_sessions(
                     ending.matches, reason=f"{entry.action} {entry.target} by {entry.actor}"
                 )
+                self.feed.ended(ending.code, count, entry.at)
+                dropped += count
+        self.feed.polled(self._last_seen)
         return dropped
 
     def _reload_trust(self) -> None:
@@ -247,9 +263,11 @@ class CloudService:
                 await self.apply_changes()
             except TetherError as exc:
                 # The registry is unreachable: new handshakes already fail closed; keep trying.
+                self.feed.failed()
                 log.error("cannot read registry changes (%s): %s", exc.code, exc.message)
             except Exception:
                 # A bug must not silently end revocation for the life of the process.
+                self.feed.failed()
                 log.exception("applying registry changes failed; retrying")
             await asyncio.sleep(self.poll_interval)
 
@@ -282,11 +300,15 @@ async def serve_until_signalled(
     on_ready: Callable[[int], None] | None = None,
     api: Companion | None = None,
     on_api_ready: Callable[[int], None] | None = None,
+    endpoints: Companion | None = None,
+    on_endpoints_ready: Callable[[int], None] | None = None,
 ) -> None:
     """Run ``service`` (and ``api``, on the same loop) until SIGINT or SIGTERM, then stop.
 
     The API starts after the gateway and stops before it, so an admin call never reaches a
-    process whose gateway is not following the registry.
+    process whose gateway is not following the registry. ``endpoints`` (``/metrics``,
+    ``/healthz``, ``/readyz``: :mod:`tether.cloud.observability`) start last and stop first,
+    so ``/readyz`` never says ready before everything it checks is up.
     """
     import signal
 
@@ -303,8 +325,14 @@ async def serve_until_signalled(
             if on_api_ready is not None:
                 on_api_ready(api_port)
         try:
+            if endpoints is not None:
+                endpoints_port = await endpoints.start()
+                if on_endpoints_ready is not None:
+                    on_endpoints_ready(endpoints_port)
             await stop.wait()
         finally:
+            if endpoints is not None:
+                await endpoints.stop()
             if api is not None:
                 await api.stop()
     finally:

@@ -31,6 +31,9 @@ is set (``settings_file_exposed``, with the ``chmod`` to run): it may hold the d
 password, and a file others can write could point the cloud at another database. Refusing is
 clearer than a warning nobody reads in a service log.
 
+``metrics`` places the plain-HTTP loopback listeners for ``/metrics``, ``/healthz`` and
+``/readyz`` (:class:`MetricsOptions`; issue 20).
+
 ``api_limits`` bounds the admin API's path (issue 14); see :class:`ApiLimitOptions` for each
 number and why. Every limit logs a stable reason code when it acts and is counted in
 ``GET /api/v1/limits``.
@@ -143,6 +146,25 @@ class ApiLimitOptions:
 
 
 @dataclass(frozen=True)
+class MetricsOptions:
+    """The observability listeners, kept in ``cloud.json`` under ``metrics``.
+
+    Plain HTTP on loopback by default (see :mod:`tether.cloud.observability.http` for why):
+    ``port`` serves the gateway process's ``/metrics``, ``/healthz`` and ``/readyz``; ``api_port``
+    the admin API process's ``/metrics`` and ``/healthz``. 9883 echoes MQTT's 8883 (choose
+    another if it is taken); 0 picks any free port; ``enabled: false`` serves none of it.
+    ``feed_max_lag`` is how far behind the registry the change feed may be (seconds) and the
+    process still be ready.
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9883
+    api_port: int = 9884
+    feed_max_lag: float = 5.0
+
+
+@dataclass(frozen=True)
 class CloudSettings:
     """Everything ``tether cloud serve`` needs, resolved against the data directory."""
 
@@ -151,6 +173,7 @@ class CloudSettings:
     gateway: GatewayOptions = field(default_factory=GatewayOptions)
     api: ApiOptions = field(default_factory=ApiOptions)
     api_limits: ApiLimitOptions = field(default_factory=ApiLimitOptions)
+    metrics: MetricsOptions = field(default_factory=MetricsOptions)
 
     @property
     def server_chain(self) -> Path:
@@ -200,6 +223,7 @@ class CloudSettings:
             "gateway": asdict(self.gateway),
             "api": asdict(self.api),
             "api_limits": asdict(self.api_limits),
+            "metrics": asdict(self.metrics),
         }
         return (json.dumps(data, indent=2) + "\n").encode()
 
@@ -222,6 +246,7 @@ class CloudSettings:
             gateway = GatewayOptions(**raw.get("gateway", {}))
             api = ApiOptions(**raw.get("api", {}))
             api_limits = ApiLimitOptions(**raw.get("api_limits", {}))
+            metrics = MetricsOptions(**raw.get("metrics", {}))
             url = str(raw["database_url"])
         except FileNotFoundError:
             raise ConfigurationError(
@@ -231,5 +256,10 @@ class CloudSettings:
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigurationError(f"{path} is damaged: {exc}") from None
         return cls(
-            data_dir=data_dir, database_url=url, gateway=gateway, api=api, api_limits=api_limits
+            data_dir=data_dir,
+            database_url=url,
+            gateway=gateway,
+            api=api,
+            api_limits=api_limits,
+            metrics=metrics,
         )

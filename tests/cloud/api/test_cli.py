@@ -23,6 +23,8 @@ from tether.pki import Role, sha256_fingerprint
 from tether.pki.store import CaDirectory, init_issuing, init_root
 
 TETHER = str(Path(sys.executable).with_name("tether"))
+# Any free metrics ports: a fixed default (9883) would clash with another serve running at once.
+NO_FIXED_METRICS_PORTS = ("--metrics-port", "0", "--api-metrics-port", "0")
 PASSPHRASE = "api cli passphrase 123"
 TOKEN_RE = re.compile(r"^tether_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$", re.MULTILINE)
 
@@ -124,7 +126,17 @@ def test_serve_runs_gateway_and_api(ca_dirs: dict[str, Path], tmp_path: Path) ->
     data = tmp_path / "data"
     token = _init(data, ca_dirs)
     server = subprocess.Popen(
-        [TETHER, "cloud", "serve", str(data), "--port", "0", "--api-port", "0"],
+        [
+            TETHER,
+            "cloud",
+            "serve",
+            str(data),
+            "--port",
+            "0",
+            "--api-port",
+            "0",
+            *NO_FIXED_METRICS_PORTS,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -245,7 +257,9 @@ def test_a_zero_api_limit_in_cloud_json_is_refused(
     raw = json.loads((data / "cloud.json").read_text())
     raw["api_limits"]["token_check_max_pending"] = 0
     (data / "cloud.json").write_text(json.dumps(raw))
-    refused = tether("cloud", "serve", data, "--port", "0", "--api-port", "0")
+    refused = tether(
+        "cloud", "serve", data, "--port", "0", "--api-port", "0", *NO_FIXED_METRICS_PORTS
+    )
     assert refused.returncode == 3
     assert "api_limits.token_check_max_pending must be a positive number" in refused.stderr
 
@@ -264,7 +278,17 @@ def test_serve_runs_the_api_in_its_own_process_which_never_outlives_serve(
     data = tmp_path / "data"
     token = _init(data, ca_dirs)
     server = subprocess.Popen(
-        [TETHER, "cloud", "serve", str(data), "--port", "0", "--api-port", "0"],
+        [
+            TETHER,
+            "cloud",
+            "serve",
+            str(data),
+            "--port",
+            "0",
+            "--api-port",
+            "0",
+            *NO_FIXED_METRICS_PORTS,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -310,7 +334,17 @@ def test_serve_reports_why_the_api_process_could_not_start(
     data = tmp_path / "data"
     _init(data, ca_dirs)
     done = subprocess.run(
-        [TETHER, "cloud", "serve", str(data), "--port", "0", "--api-port", "0"],
+        [
+            TETHER,
+            "cloud",
+            "serve",
+            str(data),
+            "--port",
+            "0",
+            "--api-port",
+            "0",
+            *NO_FIXED_METRICS_PORTS,
+        ],
         capture_output=True,
         text=True,
         timeout=90,
@@ -324,7 +358,17 @@ def test_serve_logs_when_its_api_process_dies(ca_dirs: dict[str, Path], tmp_path
     data = tmp_path / "data"
     _init(data, ca_dirs)
     server = subprocess.Popen(
-        [TETHER, "cloud", "serve", str(data), "--port", "0", "--api-port", "0"],
+        [
+            TETHER,
+            "cloud",
+            "serve",
+            str(data),
+            "--port",
+            "0",
+            "--api-port",
+            "0",
+            *NO_FIXED_METRICS_PORTS,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -62,6 +62,11 @@ from tether.cloud.api.schemas import (
     RevokeIn,
     WhoAmIOut,
 )
+from tether.cloud.hygiene import HygieneOptions, HygieneReport, LiveView
+from tether.cloud.hygiene import audit as audit_hygiene
+from tether.cloud.observability.live import LiveViewUnavailable
+from tether.cloud.observability.metrics import ApiMetrics, CountedRequests
+from tether.cloud.observability.overview import RefusalHistory, fleet_overview
 from tether.cloud.operations import AdminOperations
 from tether.cloud.registry import (
     ROOT_CRL_ISSUER,
@@ -105,8 +110,14 @@ def create_app(
     online_ca: IssuingCA | None = None,
     operations: AdminOperations | None = None,
     limits: ApiLimitOptions | None = None,
+    live_view: Callable[[], LiveView] | None = None,
+    gateway_metrics: Callable[[], str] | None = None,
 ) -> FastAPI:
     """The admin API app for ``registry``; ``online_ca`` enables console/CSR provisioning.
+
+    ``live_view`` reads the gateway's sessions for the hygiene audit's live checks (raising
+    ``LiveViewUnavailable``); without it those checks are reported as skipped.
+    ``gateway_metrics`` reads the gateway's ``/metrics`` text for the console's overview.
 
     ``limits`` bounds the request path (defaults: ``ApiLimitOptions()``). The app owns two
     thread pools (API work, token checks); ``app.state.tether_close()`` shuts them down
@@ -400,6 +411,26 @@ def create_app(
 
     # -- audit -----------------------------------------------------------------------------
 
+    def run_hygiene(options: HygieneOptions) -> HygieneReport:
+        view, why = None, "the API was started without a view of the gateway"
+        if live_view is not None:
+            try:
+                view = live_view()
+            except LiveViewUnavailable as exc:
+                why = exc.message
+        return audit_hygiene(registry, options, live=view, live_unavailable=why)
+
+    @app.get("/api/v1/audit/hygiene", tags=["audit"])
+    async def hygiene(
+        who: Admin,
+        certificate_days: Annotated[int, Query(ge=1, le=3650)] = 30,
+        ca_days: Annotated[int, Query(ge=1, le=3650)] = 90,
+        unseen_days: Annotated[int, Query(ge=1, le=3650)] = 30,
+    ) -> dict[str, Any]:
+        """The hygiene audit (``tether audit``'s checks and JSON; see tether.cloud.hygiene)."""
+        options = HygieneOptions(certificate_days, ca_days, unseen_days)
+        return (await run(run_hygiene, options)).to_dict()
+
     @app.get("/api/v1/audit", response_model=AuditPage, tags=["audit"])
     async def list_audit(
         who: Admin,
@@ -411,7 +442,17 @@ def create_app(
         page = await run(registry.list_audit, target=target, offset=offset, limit=limit)
         return AuditPage.of(page)
 
-    app.include_router(console_router(registry, ops, run=run, guard=guard))
+    history = RefusalHistory()
+    app.include_router(
+        console_router(
+            registry,
+            ops,
+            run=run,
+            guard=guard,
+            overview=partial(fleet_overview, registry, gateway=gateway_metrics, history=history),
+            hygiene=partial(run_hygiene, HygieneOptions()),
+        )
+    )
 
     # -- public CRLs -----------------------------------------------------------------------
 
@@ -430,4 +471,8 @@ def create_app(
 
     # Outermost of the app's own middleware: bodies and credentials before anything else.
     app.add_middleware(RequestGuard, guard=guard)
+    # Outermost, so refusals by the guard (401, 413, 429) are counted too.
+    metrics = ApiMetrics(guard, routes=lambda: app.routes)
+    app.state.tether_metrics = metrics
+    app.add_middleware(CountedRequests, metrics=metrics)
     return app

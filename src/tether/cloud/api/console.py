@@ -31,9 +31,10 @@ from fastapi.templating import Jinja2Templates
 from tether.cloud.api.errors import status_for
 from tether.cloud.api.guard import AdminGuard
 from tether.cloud.api.schemas import KEY_ESCROW_WARNING
+from tether.cloud.observability.overview import readable
 from tether.cloud.operations import AdminOperations
 from tether.cloud.registry import DeviceStatus, Registry
-from tether.errors import PermissionDeniedError, TetherError
+from tether.errors import ConfigurationError, PermissionDeniedError, TetherError
 from tether.pki import sha256_fingerprint
 from tether.pki.files import REVOCATION_REASONS, parse_reason
 
@@ -70,10 +71,14 @@ def console_router(
     *,
     run: Callable[..., Awaitable[Any]],
     guard: AdminGuard,
+    overview: Callable[[], Any] | None = None,
+    hygiene: Callable[[], Any] | None = None,
 ) -> APIRouter:
     """The ``/console`` pages: reads from ``registry``, every change through ``ops``.
 
-    ``run`` runs blocking work on the API's pool; ``guard`` checks sign-in tokens.
+    ``run`` runs blocking work on the API's pool; ``guard`` checks sign-in tokens;
+    ``overview`` builds the fleet overview (``tether.cloud.observability.overview``),
+    ``hygiene`` runs the hygiene audit (``tether.cloud.hygiene``).
     """
     router = APIRouter(prefix="/console", include_in_schema=False)
     sessions: dict[str, ConsoleSession] = {}
@@ -203,6 +208,26 @@ def console_router(
     @router.get("/")
     async def home() -> Response:
         return RedirectResponse("/console/devices", status_code=303)
+
+    @router.get("/overview")
+    async def fleet(request: Request) -> Response:
+        async def action(session: ConsoleSession) -> Response:
+            if overview is None:
+                raise ConfigurationError("this API was started without a fleet overview")
+            built = await run(overview)
+            return page(request, "overview.html", session, o=built, readable=readable)
+
+        return await guarded(request, action)
+
+    @router.get("/hygiene")
+    async def hygiene_page(request: Request) -> Response:
+        async def action(session: ConsoleSession) -> Response:
+            if hygiene is None:
+                raise ConfigurationError("this API was started without the hygiene audit")
+            report = await run(hygiene)
+            return page(request, "hygiene.html", session, report=report, readable=readable)
+
+        return await guarded(request, action)
 
     @router.get("/devices")
     async def devices(request: Request, search: str | None = None, offset: int = 0) -> Response:

@@ -28,12 +28,19 @@ import logging
 import multiprocessing
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tether.errors import ConfigurationError, TetherError
+
+if TYPE_CHECKING:
+    from tether.cloud.hygiene import LiveView
+    from tether.cloud.settings import CloudSettings
 
 log = logging.getLogger("tether.api")
 
@@ -49,6 +56,8 @@ class ApiProcessArgs:
     port: int | None  # None: api.port from cloud.json
     ca_passphrase: str | None  # the online device CA's, when api.device_ca is set
     log_level: str
+    log_format: str = "text"  # or "json" (tether.cloud.observability.logs)
+    metrics_port: int | None = None  # None: metrics.api_port from cloud.json
 
 
 class ApiStartError(ConfigurationError):
@@ -57,9 +66,11 @@ class ApiStartError(ConfigurationError):
     code = "api_start_failed"
 
 
-def _configure_child_logging(level: str) -> None:
+def _configure_child_logging(level: str, log_format: str = "text") -> None:
+    from tether.cloud.observability.logs import formatter
+
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(formatter(log_format))
     logging.basicConfig(level=level.upper(), handlers=[handler])
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
@@ -95,6 +106,8 @@ async def _serve_child(args: ApiProcessArgs, conn: Connection, parent_alive: Con
                 root_certificate=operations.root_certificate,
                 operations=operations,
                 limits=settings.api_limits,
+                live_view=_live_view(settings),
+                gateway_metrics=_gateway_metrics(settings),
             ),
             host=settings.api.host,
             port=settings.api.port if args.port is None else args.port,
@@ -109,14 +122,49 @@ async def _serve_child(args: ApiProcessArgs, conn: Connection, parent_alive: Con
         # exits, however it exits.
         loop.add_reader(parent_alive.fileno(), stop.set)
         port = await server.start()
-        conn.send(("ready", port, online is not None))
+        endpoints = None
+        metrics_port = None
+        if settings.metrics.enabled:
+            from tether.cloud.observability.endpoints import ApiEndpoints
+
+            endpoints = ApiEndpoints(
+                server.app.state.tether_metrics,
+                host=settings.metrics.host,
+                port=settings.metrics.api_port if args.metrics_port is None else args.metrics_port,
+            )
+            try:
+                metrics_port = await endpoints.start()
+            except TetherError:
+                await server.stop()
+                raise
+        conn.send(("ready", port, online is not None, metrics_port))
         try:
             await stop.wait()
         finally:
             loop.remove_reader(parent_alive.fileno())
+            if endpoints is not None:
+                await endpoints.stop()
             await server.stop()
     finally:
         registry.close()
+
+
+def _live_view(settings: CloudSettings) -> Callable[[], LiveView] | None:
+    """How the API reads the gateway's sessions (its ``/sessions``), if metrics are on."""
+    if not settings.metrics.enabled:
+        return None
+    from tether.cloud.observability.live import read_live_view
+
+    return partial(read_live_view, settings.metrics.host, settings.metrics.port)
+
+
+def _gateway_metrics(settings: CloudSettings) -> Callable[[], str] | None:
+    """How the console's overview reads the gateway's ``/metrics``, if metrics are on."""
+    if not settings.metrics.enabled:
+        return None
+    from tether.cloud.observability.overview import read_gateway_metrics
+
+    return partial(read_gateway_metrics, settings.metrics.host, settings.metrics.port)
 
 
 def _child_main(args: ApiProcessArgs, conn: Connection, parent_alive: Connection) -> None:
@@ -124,7 +172,7 @@ def _child_main(args: ApiProcessArgs, conn: Connection, parent_alive: Connection
     import uvloop
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _configure_child_logging(args.log_level)
+    _configure_child_logging(args.log_level, args.log_format)
     try:
         uvloop.run(_serve_child(args, conn, parent_alive))
     except TetherError as exc:
@@ -144,6 +192,7 @@ class ApiProcess:
         """Nothing starts until :meth:`start`."""
         self.args = args
         self.signs = False  # whether the child loaded an online device CA
+        self.metrics_port: int | None = None  # the child's /metrics listener, if any
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
         self._alive: Connection | None = None
@@ -174,10 +223,14 @@ class ApiProcess:
             if message is None:
                 raise ApiStartError("the admin API process did not start in time")
             raise ApiStartError(str(message[2]), code=str(message[1]))
-        _, port, self.signs = message
+        _, port, self.signs, self.metrics_port = message
         # The child's end of ``parent`` closes when it exits: say so at once if it dies early.
         asyncio.get_running_loop().add_reader(parent.fileno(), self._exited)
         return int(port)
+
+    def alive(self) -> bool:
+        """Whether the child is running (for the gateway's ``/readyz``)."""
+        return self._process is not None and self._process.is_alive()
 
     def _exited(self) -> None:
         loop = asyncio.get_running_loop()

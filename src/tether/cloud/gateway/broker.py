@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tether.cloud.gateway.identity import Identity
+from tether.cloud.gateway.stats import GatewayStats
 from tether.cloud.gateway.topictree import TopicTree
 
 SENDER_PROPERTY = "tether-sender"
@@ -66,7 +67,8 @@ def attributed_properties(
 class Broker:
     """Subscriptions per subscriber, and fan-out of published messages."""
 
-    def __init__(self) -> None:
+    def __init__(self, stats: GatewayStats | None = None) -> None:
+        self.stats = stats or GatewayStats()  # messages in and out, for the metrics
         self._tree: TopicTree[Subscriber, Subscription] = TopicTree()
         self._filters: dict[Subscriber, dict[str, Subscription]] = {}
 
@@ -110,6 +112,11 @@ class Broker:
             if subscription.no_local and subscriber is origin:
                 continue
             best[subscriber] = max(best.get(subscriber, 0), subscription.max_qos)
+        stats = self.stats
+        stats.messages_received += 1
         for subscriber, qos in best.items():
-            subscriber.deliver(message, min(message.qos, qos))
+            if subscriber.deliver(message, min(message.qos, qos)):
+                stats.messages_delivered += 1
+            else:
+                stats.messages_dropped += 1
         return len(best)

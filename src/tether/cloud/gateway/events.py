@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from tether.cloud.gateway.stats import note_event
+
 logger = logging.getLogger("tether.gateway")
 
 
@@ -15,6 +17,7 @@ def log_event(
     ``extra`` carries ``tether_code``, ``peer`` ("host:port") and ``identity`` (name or None)
     so log pipelines can match on them without parsing the message.
     """
+    note_event(code, level)  # settles the connection's handshake outcome (gateway.stats)
     who = f"{identity}@{peer}" if identity else peer
     logger.log(
         level,

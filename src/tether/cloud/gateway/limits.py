@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from tether.cloud.gateway.events import log_event, logger
+from tether.cloud.gateway.stats import note_event
 
 LOG_INTERVAL = 1.0  # seconds between two log lines of the same limit code
 FD_RESERVE = 64  # descriptors kept for the registry, log files, the API and the listener
@@ -66,6 +67,7 @@ class LimitCounters:
     ) -> None:
         """Count one action of ``code`` and log it unless its code was logged just now."""
         self._counts[code] += 1
+        note_event(code.value, level)  # even when the log line below is rate-limited
         now = time.monotonic()
         last = self._last_logged.get(code)
         if last is not None and now - last < LOG_INTERVAL:

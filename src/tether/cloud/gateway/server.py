@@ -63,6 +63,7 @@ from tether.cloud.gateway.limits import (
 from tether.cloud.gateway.policy import DefaultPolicy, TopicPolicy
 from tether.cloud.gateway.session import Session
 from tether.cloud.gateway.settings import LIMIT_SETTINGS, GatewaySettings
+from tether.cloud.gateway.stats import GatewayStats
 from tether.cloud.gateway.streams import (
     CLOSE_TIMEOUT,
     READ_CHUNK,
@@ -119,6 +120,11 @@ def _peer_name(address: object) -> str:
     return str(address)
 
 
+def _host(peer: str) -> str:
+    """The host part of a "host:port" peer name."""
+    return peer.rsplit(":", 1)[0]
+
+
 def _listen(host: str, port: int, *, backlog: int, reuse_port: bool) -> socket.socket:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, _, _, _, address = infos[0]
@@ -147,7 +153,8 @@ class Gateway:
         self.settings = settings
         self.authority = authority
         self.policy: TopicPolicy = policy or DefaultPolicy()
-        self.broker = Broker()
+        self.stats = GatewayStats()
+        self.broker = Broker(self.stats)
         self._ssl_context: ssl.SSLContext | None = None
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
@@ -170,6 +177,11 @@ class Gateway:
                 "The gateway is not started; call start() first.", code="gateway_not_started"
             )
         return int(self._listener.getsockname()[1])
+
+    @property
+    def listening(self) -> bool:
+        """Whether the listener is bound and the gateway is not stopping (for ``/readyz``)."""
+        return self._listener is not None and not self._stopping
 
     async def start(self) -> int:
         """Build the TLS context from the authority's CAs, bind, and return the bound port.
@@ -259,6 +271,10 @@ class Gateway:
             session.disconnect(DisconnectReasonCode.ADMINISTRATIVE_ACTION, reason)
         await asyncio.gather(*(session.wait_closed(CLOSE_TIMEOUT + 1) for session in targets))
         return len(targets)
+
+    def live_sessions(self) -> list[tuple[Identity, str]]:
+        """``(identity, peer)`` of every connected session (for the hygiene audit)."""
+        return [(session.identity, session.peer) for session in self._live if session.connected]
 
     def sessions(self) -> list[Identity]:
         """The identities of sessions whose CONNECT was accepted and that are still open."""
@@ -374,6 +390,7 @@ class Gateway:
         session: Session | None = None
         writer: asyncio.StreamWriter | None = None
         task = asyncio.current_task()
+        attempt = self.stats.attempt()  # this task's handshake outcome (gateway.stats)
         try:
             if self._stopping or self._ssl_context is None:
                 return
@@ -407,6 +424,7 @@ class Gateway:
                 extra={"tether_code": "gateway_internal_error", "peer": peer, "identity": None},
             )
         finally:
+            attempt.finish()
             self._leave_pending(task)
             self._open -= 1
             if writer is None:
@@ -539,6 +557,16 @@ class Gateway:
                 identity=previous.identity.name,
             )
             previous.disconnect(DisconnectReasonCode.SESSION_TAKEN_OVER, "session taken over")
+            if (
+                previous.identity.certificate_fingerprint
+                == session.identity.certificate_fingerprint
+            ):
+                self.stats.taken_over(
+                    session.identity.certificate_fingerprint,
+                    session.identity.name,
+                    _host(previous.peer),
+                    _host(session.peer),
+                )
         self._by_name[key] = session
 
 
