@@ -306,8 +306,9 @@ class _Linter:
                 "warning",
                 "eku.ca_missing",
                 "this issuing CA carries no extendedKeyUsage, so standard clients let it vouch "
-                "for any purpose (a client CA could mint a server certificate); issue a new "
-                "issuing CA with `tether ca issue-intermediate` (README: re-issuing a CA)",
+                "for any purpose (a client CA could mint a server certificate); stand up a new "
+                "issuing CA with `tether ca issue-intermediate` and move devices to it "
+                "(README, The trust chain: blast radius)",
             )
             return
         if ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in oids:
