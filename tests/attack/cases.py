@@ -46,7 +46,7 @@ from tether.cloud.service import CloudService
 from tether.device import CloudEndpoint, DeviceClient, DeviceIdentity, FileKey
 from tether.errors import TetherError
 from tether.pki import IssuingCA, RevokedEntry, Role, sha256_fingerprint
-from tether.secure_element.pkcs11_backend import Pkcs11SecureElement
+from tether.secure_element.pkcs11 import Pkcs11SecureElement
 
 SERIAL = "ATK-000001"
 OTHER = "ATK-000002"

@@ -47,8 +47,7 @@ from tether.secure_element.errors import (
     WrongPinError,
     map_pkcs11_error,
 )
-from tether.secure_element.pkcs11_backend import P256_PARAMS
-from tether.secure_element.profiles import profile_for_module
+from tether.secure_element.profiles import P256_PARAMS, profile_for_module
 
 
 def open_element(token: Token) -> Pkcs11SecureElement:

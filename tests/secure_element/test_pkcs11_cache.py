@@ -44,7 +44,7 @@ def pkcs11_tool(token: Token, *args: str) -> None:
 def searches(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[Any, Any]]]:
     """Every object-search template the backend sends to a token, in order (a spy only).
 
-    Every search in ``pkcs11_backend`` goes through ``_objects`` (python-pkcs11's session is
+    Every search in ``secure_element.pkcs11`` goes through ``_objects`` (python-pkcs11's session is
     a Cython class and cannot be wrapped), so this counts them all; the token still answers.
     """
     seen: list[dict[Any, Any]] = []

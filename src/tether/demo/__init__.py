@@ -9,7 +9,8 @@ stand-ins for peers (a rogue CA, an impostor server).
 
 from tether.demo.errors import DemoSetupError, DemoWorkspaceError
 from tether.demo.results import StepResult
-from tether.demo.story import STEP_TITLES, Demo, DemoOptions
+from tether.demo.state import DemoOptions
+from tether.demo.story import STEP_TITLES, Demo
 from tether.demo.workspace import (
     SoftHsmToken,
     TpmToken,

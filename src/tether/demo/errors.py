@@ -21,3 +21,13 @@ class DemoApiError(ConfigurationError):
     """The demo's own admin API refused a call the story makes (its answer is in the message)."""
 
     code = "demo_api_refused"
+
+
+class DemoStepOrderError(ConflictError):
+    """A step needs something an earlier step makes, and that step did not make it.
+
+    ``Demo.run`` stops at the first failed step, so this means a step ran out of order (a
+    caller running steps by hand, or a new step put before the one it depends on).
+    """
+
+    code = "demo_step_out_of_order"

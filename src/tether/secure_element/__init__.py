@@ -16,7 +16,7 @@ from tether.secure_element.base import (
 )
 from tether.secure_element.csr import build_csr
 from tether.secure_element.emulator import EMULATOR_LOGGER, EmulatedSecureElement
-from tether.secure_element.pkcs11_backend import Pkcs11Config, Pkcs11SecureElement
+from tether.secure_element.pkcs11 import Pkcs11Config, Pkcs11SecureElement
 
 __all__ = [
     "EMULATOR_LOGGER",

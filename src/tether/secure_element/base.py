@@ -7,7 +7,6 @@ key. No method returns private key material: that is the point of the package.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
@@ -16,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tether.pki.names import SERIAL_PATTERN
 from tether.pki.signer import Signer
 from tether.secure_element.errors import (
     CertificateMismatchError,
@@ -24,9 +24,10 @@ from tether.secure_element.errors import (
     UnsupportedKeyError,
 )
 
-# Labels end up in file names (emulator) and PKCS#11 URIs (pkcs11:object=...), so they are
-# restricted to characters that need no escaping in either place.
-LABEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# A key is labelled with the device serial it belongs to, so a label follows the profile's
+# one serial grammar. Labels also end up in file names (emulator) and PKCS#11 URIs
+# (pkcs11:object=...): the grammar's characters need no escaping in either place.
+LABEL_PATTERN = SERIAL_PATTERN
 
 DIGEST_SIZE = 32
 
@@ -186,6 +187,27 @@ class SecureElement(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+
+class ClosesOnExit:
+    """``with element:`` closes the element on the way out; both backends' context manager.
+
+    The subclass defines ``close`` (idempotent): leaving the block calls it, error or not.
+    """
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 class SecureElementSigner:

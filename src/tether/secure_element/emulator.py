@@ -24,7 +24,6 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from cryptography import x509
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from tether.errors import InvalidInputError
 from tether.secure_element.base import (
+    ClosesOnExit,
     KeyProtection,
     SecureElementSigner,
     check_certificate_matches,
@@ -94,7 +94,7 @@ def _write_private_file(path: Path, data: bytes, *, replace: bool) -> None:
         tmp.unlink(missing_ok=True)
 
 
-class EmulatedSecureElement:
+class EmulatedSecureElement(ClosesOnExit):
     """A ``SecureElement`` whose keys are passphrase-encrypted PKCS#8 files: not secure hardware.
 
     Open with ``EmulatedSecureElement.open(directory, passphrase)``; a new or empty
@@ -209,17 +209,6 @@ class EmulatedSecureElement:
     def close(self) -> None:
         self._keys.clear()
         self._closed = True
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- files -------------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """What differs between PKCS#11 tokens, in one place: one ``TokenProfile`` per module kind.
 
-The backend (``pkcs11_backend``) is the same for every token; what a token insists on is data
-here, chosen from the module's file name (``profile_for_module``) or given explicitly in
-``Pkcs11Config.profile``. Three profiles exist:
+The backend (``tether.secure_element.pkcs11``) is the same for every token; what a token
+insists on is data here, chosen from the module's file name (``profile_for_module``) or given
+explicitly in ``Pkcs11Config.profile``. Three profiles exist:
 
 * ``SOFTHSM2`` and ``GENERIC`` (any other vendor module): the strict template. The private
   key is a token object, private, CKA_SENSITIVE, not CKA_EXTRACTABLE and sign-only (no
