@@ -451,6 +451,7 @@ def create_app(
             guard=guard,
             overview=partial(fleet_overview, registry, gateway=gateway_metrics, history=history),
             hygiene=partial(run_hygiene, HygieneOptions()),
+            live_view=live_view,
         )
     )
 
