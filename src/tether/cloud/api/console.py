@@ -14,7 +14,7 @@ console sessions at the next page, in every process.
 
 Lists page with ``?offset=&limit=`` (limit 1..``MAX_LIMIT``), the device list also sorts
 (``?sort=`` one of ``DEVICE_SORTS``, the registry's whitelisted columns); a malformed or
-out-of-range value is a 422 page naming the parameter, never a silent clamp. A device's
+out-of-range value is a 400 page naming the parameter, never a silent clamp. A device's
 state is :mod:`tether.cloud.device_state`'s (a device with no usable certificate is not a
 green "enabled"), connected-now from the gateway's ``/sessions`` when reachable, else
 "unknown". Deactivating a CA cuts every device under it, so the form needs a ticked
@@ -88,7 +88,7 @@ class ConfirmationMissingError(InvalidInputError):
 
 
 def window(offset: str | None, limit: str | None) -> tuple[int, int]:
-    """``offset`` and ``limit`` from a page's query (422 on anything out of range)."""
+    """``offset`` and ``limit`` from a page's query (400 on anything out of range)."""
     try:
         start = 0 if offset in (None, "") else int(offset)
         size = DEFAULT_LIMIT if limit in (None, "") else int(limit)
