@@ -4,15 +4,22 @@ device state, paging, sorting, CA deactivation; CSRF and query validation over p
 from __future__ import annotations
 
 import re
+import socket
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import httpx
+import mqtt5
 import pytest
 from cryptography import x509
 
 from tests.cloud.api.conftest import ADMIN, Api, snapshot
 from tests.cloud.api.webdriver import Browser, chromium
+from tests.cloud.conftest import Cloud
+from tether.cloud.observability.endpoints import GatewayEndpoints
+from tether.cloud.observability.live import read_live_view
 from tether.cloud.registry import CAStatus, CertState, DeviceStatus
 from tether.cloud.registry.errors import InvalidRegistryInputError
 from tether.pki import sha256_fingerprint
@@ -241,3 +248,37 @@ def test_ca_status_form_needs_csrf_confirmation_and_a_known_status(api: Api) -> 
     again = client.post(url, data={"status": "active", "csrf_token": csrf})
     assert again.status_code == 303
     assert api.registry.get_ca(fingerprint).status is CAStatus.ACTIVE
+
+
+def _connected_column(client: httpx.Client, serial: str) -> str:
+    page = client.get("/console/devices", params={"search": serial}).text
+    cell = re.search(
+        rf'<tr data-serial="{serial}">.*?<td class="connection">([^<]+)</td>', page, re.S
+    )
+    assert cell is not None, page
+    return cell[1]
+
+
+def test_connected_now_comes_from_the_gateway_live_view_or_is_unknown(
+    cloud: Cloud, api_with: Callable[..., Api]
+) -> None:
+    endpoints = GatewayEndpoints(cloud.service, host="127.0.0.1", port=0, feed_max_lag=5.0)
+    port = cloud.running.call(endpoints.start())
+    api = api_with(live_view=partial(read_live_view, "127.0.0.1", port))
+    online = cloud.console_device("LIVE-1")
+    cloud.console_device("LIVE-2")
+    client, _ = _signed_in(api)
+    raw = socket.create_connection(("127.0.0.1", cloud.port), timeout=10)
+    sock = cloud.tls_context(online).wrap_socket(raw, server_hostname="127.0.0.1")
+    try:
+        sock.sendall(mqtt5.ConnectPacket("LIVE-1", clean_start=True).write())
+        assert sock.recv(4096)  # the CONNACK
+        assert _connected_column(client, "LIVE-1") == "connected"
+        assert _connected_column(client, "LIVE-2") == "not connected"
+        detail = client.get("/console/devices/LIVE-1").text
+        assert '<span id="connection">connected</span>' in detail
+    finally:
+        sock.close()
+        cloud.running.call(endpoints.stop())
+    # The gateway's view is gone: the console says so rather than "not connected".
+    assert _connected_column(client, "LIVE-1") == "unknown"
