@@ -24,6 +24,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import typer
@@ -36,7 +37,9 @@ from rich.table import Table
 from tether.cli.secrets import DATABASE_URL_ENV, read_database_url, read_secret
 from tether.cloud.admin import IssuedAdminToken
 from tether.cloud.api import ApiProcess, ApiProcessArgs
+from tether.cloud.device_state import device_states
 from tether.cloud.observability.endpoints import GatewayEndpoints
+from tether.cloud.observability.live import read_live_view
 from tether.cloud.observability.logs import LOG_FORMATS
 from tether.cloud.observability.logs import formatter as log_formatter
 from tether.cloud.operations import AdminOperations
@@ -268,14 +271,25 @@ def devices(
     search: str | None = typer.Option(None, help="Only serials containing this text."),
     limit: int = typer.Option(50, help="At most this many."),
 ) -> None:
-    """List devices with their status and when they were last seen."""
-    with _registry(data_dir) as registry:
+    """List devices with their state (enabled only with a valid certificate), whether they are
+    connected now (from the running gateway's /sessions; "unknown" if it cannot be read), and
+    when they were last seen."""
+    settings = CloudSettings.load(data_dir)
+    live = (
+        partial(read_live_view, settings.metrics.host, settings.metrics.port)
+        if settings.metrics.enabled
+        else None
+    )
+    with Registry.open(settings.database_url) as registry:
         page = registry.list_devices(search=search, limit=limit)
-    table = Table("serial", "status", "provisioning", "first seen", "last seen")
+        states = device_states(registry, page.items, live_view=live)
+    table = Table("serial", "state", "connected", "provisioning", "first seen", "last seen")
     for device in page.items:
+        state = states[device.serial]
         table.add_row(
             device.serial,
-            device.status,
+            state.label if state.healthy else f"[red]{state.label}[/]",
+            state.connection,
             device.provisioning,
             str(device.first_seen or "-"),
             str(device.last_seen or "-"),

@@ -19,6 +19,7 @@ import pytest
 from tests.cloud.conftest import Cloud
 from tether.cloud.admin import create_admin
 from tether.cloud.api import ApiServer, create_app
+from tether.cloud.hygiene import LiveView
 from tether.cloud.operations import AdminOperations
 from tether.cloud.registry import Registry
 from tether.cloud.settings import ApiLimitOptions
@@ -70,9 +71,14 @@ def pinned_context(cloud: Cloud) -> ssl.SSLContext:
 
 @contextmanager
 def serve_api(
-    cloud: Cloud, *, limits: ApiLimitOptions = ROOMY_LIMITS, admin: str | None = ADMIN
+    cloud: Cloud,
+    *,
+    limits: ApiLimitOptions = ROOMY_LIMITS,
+    admin: str | None = ADMIN,
+    live_view: Callable[[], LiveView] | None = None,
 ) -> Iterator[Api]:
-    """The admin API over ``cloud``'s registry on a free port (a new admin ``admin``)."""
+    """The admin API over ``cloud``'s registry on a free port (a new admin ``admin``);
+    ``live_view`` reads the gateway's sessions (``read_live_view`` on its endpoints)."""
     token = "" if admin is None else create_admin(cloud.registry, admin, actor="test:setup").token
     operations = AdminOperations(
         cloud.registry,
@@ -85,6 +91,7 @@ def serve_api(
             root_certificate=cloud.pki.root.certificate,
             operations=operations,
             limits=limits,
+            live_view=live_view,
         ),
         host="127.0.0.1",
         port=0,

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import ssl
 import stat
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tether.cloud.registry import CARole, Registry
+from tether.cloud.registry import CARole, DeviceStatus, Provisioning, Registry
 from tether.cloud.settings import CloudSettings
 from tether.device import CloudEndpoint, DeviceClient, DeviceIdentity, FileKey
 from tether.pki import Role, sha256_fingerprint
@@ -388,3 +389,26 @@ def test_serve_logs_when_its_api_process_dies(ca_dirs: dict[str, Path], tmp_path
         if server.poll() is None:
             server.kill()
             server.wait(10)
+
+
+def test_devices_table_shows_the_honest_state_and_unknown_connection(
+    ca_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    _init(data, ca_dirs)
+    raw = json.loads((data / "cloud.json").read_text())
+    with socket.socket() as probe:  # nothing listens there: connected now is unknown
+        probe.bind(("127.0.0.1", 0))
+        raw["metrics"]["port"] = probe.getsockname()[1]
+    (data / "cloud.json").write_text(json.dumps(raw))
+    with Registry.open(CloudSettings.load(data).database_url) as registry:
+        registry.add_device("CLI-NOCERT", provisioning=Provisioning.CONSOLE, actor="test:setup")
+        registry.add_device("CLI-OFF", provisioning=Provisioning.CONSOLE, actor="test:setup")
+        registry.set_device_status("CLI-OFF", DeviceStatus.DISABLED, actor="test:setup")
+    listed = tether("cloud", "devices", data)
+    assert listed.returncode == 0, listed.stderr
+    rows = {
+        line.split("│")[1].strip(): line for line in listed.stdout.splitlines() if "CLI-" in line
+    }
+    assert "no valid certificate" in rows["CLI-NOCERT"] and "unknown" in rows["CLI-NOCERT"]
+    assert "disabled" in rows["CLI-OFF"] and "enabled" not in rows["CLI-OFF"]

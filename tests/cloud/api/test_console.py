@@ -1,13 +1,27 @@
-"""The web console in a real headless chromium: sign in, create, disable, revoke; CSRF."""
+"""The web console in a real headless chromium: sign in, create, disable, revoke; honest
+device state, paging, sorting, CA deactivation; CSRF and query validation over plain HTTP."""
 
 from __future__ import annotations
 
 import re
+import socket
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
+import httpx
+import mqtt5
+import pytest
+from cryptography import x509
+
 from tests.cloud.api.conftest import ADMIN, Api, snapshot
-from tests.cloud.api.webdriver import chromium
-from tether.cloud.registry import CertState, DeviceStatus
+from tests.cloud.api.webdriver import Browser, chromium
+from tests.cloud.conftest import Cloud
+from tether.cloud.observability.endpoints import GatewayEndpoints
+from tether.cloud.observability.live import read_live_view
+from tether.cloud.registry import CAStatus, CertState, DeviceStatus
+from tether.cloud.registry.errors import InvalidRegistryInputError
 from tether.pki import sha256_fingerprint
 
 
@@ -87,3 +101,184 @@ def test_console_forms_need_the_csrf_token_and_a_session(api: Api) -> None:
     bad = anonymous.post("/console/devices", data={"serial": "bad serial!", "csrf_token": token[1]})
     assert bad.status_code == 422 and "pki_invalid_serial" in bad.text
     assert snapshot(api.registry) == before
+
+
+def _sign_in(browser: Browser, api: Api) -> str:
+    """Sign ``browser`` in with the test admin's token; the console's base URL."""
+    base = f"https://127.0.0.1:{api.port}"
+    browser.get(f"{base}/console/login")
+    browser.type("#token", api.token)
+    browser.click("#sign-in")
+    browser.wait_text("#admin-name", ADMIN)
+    return base
+
+
+def _serials(browser: Browser) -> list[str]:
+    return re.findall(r'<tr data-serial="([^"]+)"', browser.source)
+
+
+def test_device_state_paging_sorting_and_ca_deactivation_in_a_real_browser(
+    api: Api, tmp_path: Path
+) -> None:
+    revoked = api.cloud.console_device("ST-REVOKED")
+    api.registry.revoke_certificate(
+        sha256_fingerprint(revoked.certificate),
+        reason=x509.ReasonFlags.key_compromise,
+        actor="test:setup",
+    )
+    for serial in ("ST-A", "ST-B", "ST-C", "ST-D"):
+        api.cloud.console_device(serial)
+    now = datetime.now(UTC)
+    api.registry.touch_devices({"ST-C": now - timedelta(days=3), "ST-A": now - timedelta(hours=2)})
+    ca_fingerprint = api.cloud.fingerprint(api.cloud.pki.device_ca)
+    row = f'tr[data-fingerprint="{ca_fingerprint}"]'
+    with chromium() as browser:
+        base = _sign_in(browser, api)
+
+        # A device whose only certificate is revoked is not a green "enabled".
+        browser.get(f"{base}/console/devices?search=ST-REVOKED")
+        assert browser.text("#devices tr[data-serial='ST-REVOKED'] .device-state") == (
+            "no valid certificate"
+        )
+        assert 'class="status-disabled device-state"' in browser.source
+        browser.get(f"{base}/console/devices/ST-REVOKED")
+        assert browser.text("#device-state") == "no valid certificate"
+        assert browser.text("#device-status") == "enabled"  # the admin status, said as such
+        assert browser.text("#connection") == "unknown"  # this API has no live view
+        browser.get(f"{base}/console/devices?search=ST-A")
+        assert browser.text("tr[data-serial='ST-A'] .device-state") == "enabled"
+        assert "ago" in browser.text("tr[data-serial='ST-A']")  # readable last seen
+
+        # Paging: two a page, next and previous links keep the search.
+        browser.get(f"{base}/console/devices?search=ST-&limit=2")
+        assert _serials(browser) == ["ST-A", "ST-B"]
+        assert browser.text("#paging").startswith("1–2 of 5")
+        browser.click("#next")
+        browser.wait_text("#paging", "3–4 of 5")
+        assert _serials(browser) == ["ST-C", "ST-D"]
+        assert "offset=2" in browser.url and "search=ST-" in browser.url
+        browser.click("#next")
+        browser.wait_text("#paging", "5–5 of 5")
+        assert _serials(browser) == ["ST-REVOKED"]
+        browser.click("#previous")
+        browser.wait_text("#paging", "3–4 of 5")
+
+        # Sorting: last seen (never seen last), then descending, then serial descending.
+        browser.get(f"{base}/console/devices?search=ST-")
+        browser.click("#sort-last-seen")
+        browser.wait_text("#sort-last-seen", "▲")
+        assert _serials(browser)[:2] == ["ST-C", "ST-A"]
+        browser.click("#sort-last-seen")
+        browser.wait_text("#sort-last-seen", "▼")
+        assert _serials(browser)[:2] == ["ST-A", "ST-C"]
+        browser.click("#sort-serial")
+        browser.wait_text("#sort-serial", "▲")
+        browser.click("#sort-serial")
+        browser.wait_text("#sort-serial", "▼")
+        assert _serials(browser) == ["ST-REVOKED", "ST-D", "ST-C", "ST-B", "ST-A"]
+
+        # Deactivate the device CA from the CAs page: every device under it loses its state.
+        browser.get(f"{base}/console/cas")
+        assert "cut every device under this CA" in browser.text(row)
+        browser.click(f"{row} input[name=confirm]")
+        browser.click(f"{row} form.deactivate button")
+        browser.wait_text(f"{row} .ca-status", "inactive")
+        (tmp_path / "console-ca-inactive.png").write_bytes(browser.screenshot())
+        browser.get(f"{base}/console/devices?search=ST-A")
+        assert browser.text("tr[data-serial='ST-A'] .device-state") == "no valid certificate"
+        browser.get(f"{base}/console/audit")
+        assert "ca.status" in browser.text("#audit")
+
+    ca = api.registry.get_ca(ca_fingerprint)
+    assert ca.status is CAStatus.INACTIVE
+    entry = api.registry.list_audit(target=ca_fingerprint, limit=1).items[0]
+    assert entry.action == "ca.status" and entry.actor == ADMIN
+    assert (tmp_path / "console-ca-inactive.png").stat().st_size > 1000
+
+
+def _signed_in(api: Api) -> tuple[httpx.Client, str]:
+    """The anonymous client signed in to the console, and its session's CSRF token."""
+    client = api.anonymous
+    login = client.get("/console/login")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', login.text)
+    assert csrf is not None
+    response = client.post("/console/login", data={"token": api.token, "csrf_token": csrf[1]})
+    assert response.status_code == 303
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/console/cas").text)
+    assert token is not None
+    return client, token[1]
+
+
+def test_console_lists_refuse_bad_windows_and_orders(api: Api) -> None:
+    api.cloud.console_device("Q-1")
+    client, _ = _signed_in(api)
+    for path in ("/console/devices", "/console/audit"):
+        for query in ("offset=-1", "offset=abc", "limit=0", "limit=201", "limit=x"):
+            response = client.get(f"{path}?{query}")
+            assert response.status_code == 400, (path, query)
+            assert "console_invalid_query" in response.text
+    for sort in ("serial;drop", "created_at", "--serial"):
+        response = client.get("/console/devices", params={"sort": sort})
+        assert response.status_code == 400 and "sort must be one of" in response.text
+    assert client.get("/console/devices?limit=200&offset=0&sort=-last_seen").status_code == 200
+    with pytest.raises(InvalidRegistryInputError):
+        api.registry.list_devices(order="serial desc")
+
+
+def test_ca_status_form_needs_csrf_confirmation_and_a_known_status(api: Api) -> None:
+    client, csrf = _signed_in(api)
+    fingerprint = api.cloud.fingerprint(api.cloud.pki.device_ca)
+    url = f"/console/cas/{fingerprint}/status"
+    before = snapshot(api.registry)
+    forged = client.post(url, data={"status": "inactive", "confirm": "yes", "csrf_token": "x"})
+    assert forged.status_code == 403 and "csrf_token_invalid" in forged.text
+    unconfirmed = client.post(url, data={"status": "inactive", "csrf_token": csrf})
+    assert unconfirmed.status_code == 400 and "confirmation_required" in unconfirmed.text
+    final = client.post(url, data={"status": "revoked", "confirm": "yes", "csrf_token": csrf})
+    assert final.status_code == 400 and "console_invalid_query" in final.text
+    unknown = client.post(
+        f"/console/cas/{'0' * 64}/status",
+        data={"status": "inactive", "confirm": "yes", "csrf_token": csrf},
+    )
+    assert unknown.status_code == 404
+    assert snapshot(api.registry) == before
+    done = client.post(url, data={"status": "inactive", "confirm": "yes", "csrf_token": csrf})
+    assert done.status_code == 303 and done.headers["location"] == "/console/cas"
+    assert api.registry.get_ca(fingerprint).status is CAStatus.INACTIVE
+    again = client.post(url, data={"status": "active", "csrf_token": csrf})
+    assert again.status_code == 303
+    assert api.registry.get_ca(fingerprint).status is CAStatus.ACTIVE
+
+
+def _connected_column(client: httpx.Client, serial: str) -> str:
+    page = client.get("/console/devices", params={"search": serial}).text
+    cell = re.search(
+        rf'<tr data-serial="{serial}">.*?<td class="connection">([^<]+)</td>', page, re.S
+    )
+    assert cell is not None, page
+    return cell[1]
+
+
+def test_connected_now_comes_from_the_gateway_live_view_or_is_unknown(
+    cloud: Cloud, api_with: Callable[..., Api]
+) -> None:
+    endpoints = GatewayEndpoints(cloud.service, host="127.0.0.1", port=0, feed_max_lag=5.0)
+    port = cloud.running.call(endpoints.start())
+    api = api_with(live_view=partial(read_live_view, "127.0.0.1", port))
+    online = cloud.console_device("LIVE-1")
+    cloud.console_device("LIVE-2")
+    client, _ = _signed_in(api)
+    raw = socket.create_connection(("127.0.0.1", cloud.port), timeout=10)
+    sock = cloud.tls_context(online).wrap_socket(raw, server_hostname="127.0.0.1")
+    try:
+        sock.sendall(mqtt5.ConnectPacket("LIVE-1", clean_start=True).write())
+        assert sock.recv(4096)  # the CONNACK
+        assert _connected_column(client, "LIVE-1") == "connected"
+        assert _connected_column(client, "LIVE-2") == "not connected"
+        detail = client.get("/console/devices/LIVE-1").text
+        assert '<span id="connection">connected</span>' in detail
+    finally:
+        sock.close()
+        cloud.running.call(endpoints.stop())
+    # The gateway's view is gone: the console says so rather than "not connected".
+    assert _connected_column(client, "LIVE-1") == "unknown"

@@ -262,3 +262,17 @@ def test_listing_search_and_pagination(api: Api) -> None:
     assert one.json()["device_serial"] == "LST-A-2"
     assert api.http.get("/api/v1/devices", params={"limit": 0}).status_code == 422
     assert api.http.get("/api/v1/devices/NOPE-1").json()["code"] == "device_not_found"
+
+
+def test_device_detail_says_when_an_enabled_device_has_no_valid_certificate(api: Api) -> None:
+    issued = api.cloud.console_device("STATE-1")
+    assert api.http.get("/api/v1/devices/STATE-1").json()["state"] == "enabled"
+    api.http.post(
+        f"/api/v1/certificates/{sha256_fingerprint(issued.certificate)}/revoke",
+        json={"reason": "superseded"},
+    ).raise_for_status()
+    detail = api.http.get("/api/v1/devices/STATE-1").json()
+    assert detail["device"]["status"] == "enabled"  # the admin's switch, unchanged
+    assert detail["state"] == "no valid certificate"
+    api.http.post("/api/v1/devices/STATE-1/disable").raise_for_status()
+    assert api.http.get("/api/v1/devices/STATE-1").json()["state"] == "disabled"

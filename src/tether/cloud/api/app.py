@@ -62,6 +62,7 @@ from tether.cloud.api.schemas import (
     RevokeIn,
     WhoAmIOut,
 )
+from tether.cloud.device_state import device_states
 from tether.cloud.hygiene import HygieneOptions, HygieneReport, LiveView
 from tether.cloud.hygiene import audit as audit_hygiene
 from tether.cloud.observability.live import LiveViewUnavailable
@@ -269,9 +270,11 @@ def create_app(
         """One device and its certificates."""
         device = await run(registry.get_device, serial)
         certs = await run(registry.list_certificates, device_serial=serial, limit=1000)
+        states = await run(device_states, registry, [device], certificates={serial: certs.items})
         return DeviceDetailOut(
             device=DeviceOut.of(device),
             certificates=[CertificateOut.of(c) for c in certs.items],
+            state=states[serial].label,
         )
 
     @app.post(
@@ -451,6 +454,7 @@ def create_app(
             guard=guard,
             overview=partial(fleet_overview, registry, gateway=gateway_metrics, history=history),
             hygiene=partial(run_hygiene, HygieneOptions()),
+            live_view=live_view,
         )
     )
 

@@ -11,6 +11,15 @@ the page that hands out a console key embeds the three files as ``data:`` links,
 exists in that one response only. Every page re-reads the session's administrator by token
 id (a cheap indexed read, no KDF), so revoking the admin or rotating its token ends its
 console sessions at the next page, in every process.
+
+Lists page with ``?offset=&limit=`` (limit 1..``MAX_LIMIT``), the device list also sorts
+(``?sort=`` one of ``DEVICE_SORTS``, the registry's whitelisted columns); a malformed or
+out-of-range value is a 400 page naming the parameter, never a silent clamp. A device's
+state is :mod:`tether.cloud.device_state`'s (a device with no usable certificate is not a
+green "enabled"), connected-now from the gateway's ``/sessions`` when reachable, else
+"unknown". Deactivating a CA cuts every device under it, so the form needs a ticked
+confirmation box, checked on the server (no script). Times show as ``readable`` distances
+with the exact UTC time as the tooltip (one macro, ``templates/_time.html``).
 """
 
 from __future__ import annotations
@@ -21,8 +30,10 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
@@ -31,10 +42,17 @@ from fastapi.templating import Jinja2Templates
 from tether.cloud.api.errors import status_for
 from tether.cloud.api.guard import AdminGuard
 from tether.cloud.api.schemas import KEY_ESCROW_WARNING
+from tether.cloud.device_state import device_states
+from tether.cloud.hygiene import LiveView
 from tether.cloud.observability.overview import readable
 from tether.cloud.operations import AdminOperations
-from tether.cloud.registry import DeviceStatus, Registry
-from tether.errors import ConfigurationError, PermissionDeniedError, TetherError
+from tether.cloud.registry import CAStatus, DeviceStatus, Page, Registry
+from tether.errors import (
+    ConfigurationError,
+    InvalidInputError,
+    PermissionDeniedError,
+    TetherError,
+)
 from tether.pki import sha256_fingerprint
 from tether.pki.files import REVOCATION_REASONS, parse_reason
 
@@ -42,7 +60,57 @@ SESSION_COOKIE = "tether_session"
 LOGIN_COOKIE = "tether_login_csrf"
 SESSION_LIFETIME = 8 * 3600.0
 _MAX_SESSIONS = 10_000
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+DEVICE_SORTS = ("serial", "-serial", "last_seen", "-last_seen", "status", "-status")
 _templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
+
+
+def exact(at: datetime) -> str:
+    """The exact time the console shows as a tooltip beside a ``readable`` distance."""
+    return at.strftime("%Y-%m-%d %H:%M UTC")
+
+
+# Times render through the ``when`` macro (templates/_time.html): readable, exact as tooltip.
+_templates.env.globals.update(readable=readable, exact=exact)
+
+
+class ConsoleQueryError(InvalidInputError):
+    """A console page was asked for a window or order it does not serve."""
+
+    code = "console_invalid_query"
+
+
+class ConfirmationMissingError(InvalidInputError):
+    """A form that cuts devices was sent without its confirmation box ticked."""
+
+    code = "confirmation_required"
+
+
+def window(offset: str | None, limit: str | None) -> tuple[int, int]:
+    """``offset`` and ``limit`` from a page's query (400 on anything out of range)."""
+    try:
+        start = 0 if offset in (None, "") else int(offset)
+        size = DEFAULT_LIMIT if limit in (None, "") else int(limit)
+    except ValueError:
+        raise ConsoleQueryError("offset and limit must be whole numbers.") from None
+    if start < 0:
+        raise ConsoleQueryError("offset must be 0 or more.")
+    if not 1 <= size <= MAX_LIMIT:
+        raise ConsoleQueryError(f"limit must be between 1 and {MAX_LIMIT}.")
+    return start, size
+
+
+def page_links(path: str, page: Page[Any], **params: str | None) -> dict[str, str | None]:
+    """The previous and next links of ``page``, keeping the other query parameters."""
+    kept = {k: v for k, v in params.items() if v}
+
+    def link(offset: int) -> str:
+        return f"{path}?{urlencode({**kept, 'offset': offset, 'limit': page.limit})}"
+
+    previous = link(max(page.offset - page.limit, 0)) if page.offset > 0 else None
+    following = None if page.next_offset is None else link(page.next_offset)
+    return {"previous": previous, "next": following}
 
 
 class CSRFError(PermissionDeniedError):
@@ -73,12 +141,14 @@ def console_router(
     guard: AdminGuard,
     overview: Callable[[], Any] | None = None,
     hygiene: Callable[[], Any] | None = None,
+    live_view: Callable[[], LiveView] | None = None,
 ) -> APIRouter:
     """The ``/console`` pages: reads from ``registry``, every change through ``ops``.
 
     ``run`` runs blocking work on the API's pool; ``guard`` checks sign-in tokens;
     ``overview`` builds the fleet overview (``tether.cloud.observability.overview``),
-    ``hygiene`` runs the hygiene audit (``tether.cloud.hygiene``).
+    ``hygiene`` runs the hygiene audit (``tether.cloud.hygiene``); ``live_view`` reads the
+    gateway's sessions for "connected now" (without it, or when it fails: unknown).
     """
     router = APIRouter(prefix="/console", include_in_schema=False)
     sessions: dict[str, ConsoleSession] = {}
@@ -215,7 +285,7 @@ def console_router(
             if overview is None:
                 raise ConfigurationError("this API was started without a fleet overview")
             built = await run(overview)
-            return page(request, "overview.html", session, o=built, readable=readable)
+            return page(request, "overview.html", session, o=built)
 
         return await guarded(request, action)
 
@@ -225,17 +295,38 @@ def console_router(
             if hygiene is None:
                 raise ConfigurationError("this API was started without the hygiene audit")
             report = await run(hygiene)
-            return page(request, "hygiene.html", session, report=report, readable=readable)
+            return page(request, "hygiene.html", session, report=report)
 
         return await guarded(request, action)
 
     @router.get("/devices")
-    async def devices(request: Request, search: str | None = None, offset: int = 0) -> Response:
+    async def devices(
+        request: Request,
+        search: str | None = None,
+        offset: str | None = None,
+        limit: str | None = None,
+        sort: str | None = None,
+    ) -> Response:
         async def action(session: ConsoleSession) -> Response:
+            start, size = window(offset, limit)
+            order = sort or "serial"
+            if order not in DEVICE_SORTS:
+                raise ConsoleQueryError(f"sort must be one of {', '.join(DEVICE_SORTS)}.")
             listing = await run(
-                registry.list_devices, search=search or None, offset=max(offset, 0), limit=50
-            )
-            return page(request, "devices.html", session, page=listing, search=search)
+                registry.list_devices,
+                search=search or None, offset=start, limit=size, order=order,
+            )  # fmt: skip
+            states = await run(device_states, registry, listing.items, live_view=live_view)
+            kept = {"search": search} if search else {}
+            sorts = {
+                key: "/console/devices?" + urlencode({**kept, "sort": key, "limit": size})
+                for key in DEVICE_SORTS
+            }
+            return page(
+                request, "devices.html", session,
+                page=listing, search=search, states=states, sort=order, sorts=sorts,
+                links=page_links("/console/devices", listing, search=search, sort=sort),
+            )  # fmt: skip
 
         return await guarded(request, action)
 
@@ -269,6 +360,10 @@ def console_router(
         async def action(session: ConsoleSession) -> Response:
             record = await run(registry.get_device, serial)
             certs = await run(registry.list_certificates, device_serial=serial, limit=1000)
+            states = await run(
+                device_states, registry, [record],
+                live_view=live_view, certificates={serial: certs.items},
+            )  # fmt: skip
             chain: list[tuple[str, str]] = []
             if certs.items:
                 newest = certs.items[-1]
@@ -279,7 +374,8 @@ def console_router(
                     chain.append((root.subject.rfc4514_string(), sha256_fingerprint(root)))
             return page(
                 request, "device.html", session,
-                device=record, certificates=certs.items, chain=chain, reasons=REVOCATION_REASONS,
+                device=record, state=states[serial], certificates=certs.items, chain=chain,
+                reasons=REVOCATION_REASONS,
             )  # fmt: skip
 
         return await guarded(request, action)
@@ -321,10 +417,29 @@ def console_router(
 
         return await guarded(request, action)
 
-    @router.get("/audit")
-    async def audit(request: Request, offset: int = 0) -> Response:
+    @router.post("/cas/{fingerprint}/status")
+    async def ca_status(request: Request, fingerprint: str) -> Response:
         async def action(session: ConsoleSession) -> Response:
-            listing = await run(registry.list_audit, offset=max(offset, 0), limit=100)
+            form = await checked_form(request, session)
+            wanted = form.get("status", "")
+            if wanted not in (CAStatus.ACTIVE.value, CAStatus.INACTIVE.value):
+                raise ConsoleQueryError("status must be active or inactive.")
+            if wanted == CAStatus.INACTIVE.value and form.get("confirm") != "yes":
+                raise ConfirmationMissingError(
+                    "Deactivating a CA cuts every device under it: tick the confirmation box."
+                )
+            await run(ops.set_ca_status, fingerprint, CAStatus(wanted), actor=session.admin)
+            return RedirectResponse("/console/cas", status_code=303)
+
+        return await guarded(request, action)
+
+    @router.get("/audit")
+    async def audit(
+        request: Request, offset: str | None = None, limit: str | None = None
+    ) -> Response:
+        async def action(session: ConsoleSession) -> Response:
+            start, size = window(offset, limit)
+            listing = await run(registry.list_audit, offset=start, limit=size)
             rows = [
                 {"id": e.id, "at": e.at, "actor": e.actor, "action": e.action,
                  "target": e.target, "details": dict(e.details)}
@@ -332,7 +447,8 @@ def console_router(
             ]  # fmt: skip
             return page(
                 request, "audit.html", session,
-                entries=rows, total=listing.total, next_offset=listing.next_offset,
+                entries=rows, total=listing.total,
+                links=page_links("/console/audit", listing),
             )  # fmt: skip
 
         return await guarded(request, action)

@@ -129,6 +129,9 @@ class AuditPage(_PageOut):
 class DeviceDetailOut(_Out):
     device: DeviceOut
     certificates: list[CertificateOut]
+    # tether.cloud.device_state's label: "enabled" only with a usable certificate, else
+    # "no valid certificate" or "disabled" (device.status stays the admin's switch).
+    state: str | None = None
 
 
 class NewDeviceIn(BaseModel):

@@ -43,6 +43,13 @@ from tether.cloud.registry.records import (
     Provisioning,
 )
 
+# What ``list_devices(order=...)`` may sort by: the only columns that reach ORDER BY.
+DEVICE_ORDERS = {
+    "serial": DeviceModel.serial,
+    "last_seen": DeviceModel.last_seen,
+    "status": DeviceModel.status,
+}
+
 
 class Devices(RegistryBase):
     """The devices the registry knows, and which CA each belongs to."""
@@ -87,17 +94,32 @@ class Devices(RegistryBase):
         status: DeviceStatus | None = None,
         offset: int = 0,
         limit: int = 50,
+        order: str = "serial",
     ) -> Page[DeviceRecord]:
-        """Devices ordered by serial; ``search`` matches any part of the serial, literally."""
+        """Devices in ``order`` (a key of ``DEVICE_ORDERS``, ``-`` for descending: ``serial``
+        by default), ties by serial; ``search`` matches any part of the serial, literally.
+
+        Only whitelisted columns sort, so ``order`` never reaches SQL as text.
+        """
         check_page(offset, limit)
+        column = DEVICE_ORDERS.get(order.removeprefix("-"))
+        if column is None:
+            raise InvalidRegistryInputError(
+                f"Devices sort by one of {', '.join(sorted(DEVICE_ORDERS))} "
+                "(prefix - for descending)."
+            )
         stmt = select(DeviceModel)
         if search:
             escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             stmt = stmt.where(DeviceModel.serial.like(f"%{escaped}%", escape="\\"))
         if status is not None:
             stmt = stmt.where(DeviceModel.status == DeviceStatus(status).value)
+        if column is not DeviceModel.serial:  # never seen sorts last both ways
+            key = column.desc() if order.startswith("-") else column.asc()
+            stmt = stmt.order_by(key.nulls_last())
+        tie = DeviceModel.serial.desc() if order == "-serial" else DeviceModel.serial
         with self._read() as session:
-            return page_of(session, stmt, DeviceModel.serial, device_record, offset, limit)
+            return page_of(session, stmt, tie, device_record, offset, limit)
 
     def touch_device(self, serial: str, at: datetime) -> None:
         """Record that the device connected at ``at`` (aware). Not audited: hot path.
