@@ -166,6 +166,9 @@ def token_device(token: Token, pki: DevicePKI, tmp_path: Path) -> TokenDevice:
     read = subprocess.run(
         [
             "pkcs11-tool", "--module", token.module, "--token-label", token.label,
+            # Logged in, as Tether always is: tpm2-pkcs11 1.9 now and then fails an anonymous
+            # read of a public key object ("cannot create EVP_PKEY"; about 1 in 30 here).
+            "--login", "--pin", token.pin,
             "--read-object", "--type", "pubkey", "--label", label, "-o", str(pub_der),
         ],
         capture_output=True, timeout=60, check=False,
