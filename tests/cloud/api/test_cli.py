@@ -123,26 +123,19 @@ def _read_until(stream: object, pattern: str, deadline: float) -> re.Match[str]:
     raise AssertionError(f"no line matching {pattern!r}; saw {seen}")
 
 
+def _serve(data: Path) -> subprocess.Popen[str]:
+    """``tether cloud serve DATA`` on free ports, its output piped for ``_read_until``."""
+    return subprocess.Popen(
+        [TETHER, "cloud", "serve", str(data), "--port", "0", "--api-port", "0",
+         *NO_FIXED_METRICS_PORTS],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+    )  # fmt: skip
+
+
 def test_serve_runs_gateway_and_api(ca_dirs: dict[str, Path], tmp_path: Path) -> None:
     data = tmp_path / "data"
     token = _init(data, ca_dirs)
-    server = subprocess.Popen(
-        [
-            TETHER,
-            "cloud",
-            "serve",
-            str(data),
-            "--port",
-            "0",
-            "--api-port",
-            "0",
-            *NO_FIXED_METRICS_PORTS,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-    )
+    server = _serve(data)
     try:
         deadline = time.monotonic() + 30
         gateway_port = int(
@@ -278,23 +271,7 @@ def test_serve_runs_the_api_in_its_own_process_which_never_outlives_serve(
 ) -> None:
     data = tmp_path / "data"
     token = _init(data, ca_dirs)
-    server = subprocess.Popen(
-        [
-            TETHER,
-            "cloud",
-            "serve",
-            str(data),
-            "--port",
-            "0",
-            "--api-port",
-            "0",
-            *NO_FIXED_METRICS_PORTS,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-    )
+    server = _serve(data)
     try:
         deadline = time.monotonic() + 30
         _read_until(server.stdout, r"listening on 127\.0\.0\.1:(\d+)", deadline)
@@ -358,23 +335,7 @@ def test_serve_reports_why_the_api_process_could_not_start(
 def test_serve_logs_when_its_api_process_dies(ca_dirs: dict[str, Path], tmp_path: Path) -> None:
     data = tmp_path / "data"
     _init(data, ca_dirs)
-    server = subprocess.Popen(
-        [
-            TETHER,
-            "cloud",
-            "serve",
-            str(data),
-            "--port",
-            "0",
-            "--api-port",
-            "0",
-            *NO_FIXED_METRICS_PORTS,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-    )
+    server = _serve(data)
     try:
         deadline = time.monotonic() + 30
         _read_until(server.stdout, r"listening on 127\.0\.0\.1:(\d+)", deadline)
