@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -64,6 +65,9 @@ class ApiStartError(ConfigurationError):
     """The API process could not start; the child's own error code and message."""
 
     code = "api_start_failed"
+
+
+API_NICENESS = 5  # added to the API process's nice value (os.nice) at start
 
 
 def _configure_child_logging(level: str, log_format: str = "text") -> None:
@@ -172,6 +176,11 @@ def _child_main(args: ApiProcessArgs, conn: Connection, parent_alive: Connection
     import uvloop
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The admin API yields the CPU to the gateway and to whoever commits a revocation: on a
+    # small machine a flood of (refused) API requests must not take the cores a revocation
+    # needs (bench/abuse.py, token flood). Lower priority only; it still gets every idle cycle.
+    with contextlib.suppress(OSError):
+        os.nice(API_NICENESS)
     _configure_child_logging(args.log_level, args.log_format)
     try:
         uvloop.run(_serve_child(args, conn, parent_alive))
