@@ -19,6 +19,7 @@ from tether.cloud.registry.engine import BEGIN_OPTION
 from tether.cloud.registry.errors import SchemaVersionError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+MIGRATION_BUSY_TIMEOUT_MS = 120_000  # how long an opener waits for another's migration
 
 
 def alembic_config() -> Config:
@@ -67,8 +68,14 @@ def upgrade(engine: Engine) -> None:
     with engine.connect() as outer:
         sqlite = outer.dialect.name == "sqlite"
         raw = outer.connection.dbapi_connection  # not an SQLAlchemy execute: no autobegin
+        busy = None
         if sqlite and raw is not None:
             raw.execute("PRAGMA foreign_keys=OFF")
+            # A process that opens the registry while another migrates it waits for that
+            # migration (a one-time start-up cost, seconds on a slow disk) instead of failing
+            # after the ordinary busy timeout.
+            busy = raw.execute("PRAGMA busy_timeout").fetchone()[0]
+            raw.execute(f"PRAGMA busy_timeout={MIGRATION_BUSY_TIMEOUT_MS:d}")
         try:
             options = outer.execution_options(**{BEGIN_OPTION: "IMMEDIATE"})
             with options.begin():
@@ -76,6 +83,7 @@ def upgrade(engine: Engine) -> None:
         finally:
             if sqlite and raw is not None:
                 raw.execute("PRAGMA foreign_keys=ON")
+                raw.execute(f"PRAGMA busy_timeout={int(busy):d}")
 
 
 def _upgrade_in(connection: Connection, *, check_foreign_keys: bool) -> None:
