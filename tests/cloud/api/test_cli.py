@@ -132,6 +132,13 @@ def _serve(data: Path) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+def _kill(server: subprocess.Popen[str]) -> None:
+    """End a ``serve`` that a failed assertion left running."""
+    if server.poll() is None:
+        server.kill()
+        server.wait(10)
+
+
 def test_serve_runs_gateway_and_api(ca_dirs: dict[str, Path], tmp_path: Path) -> None:
     data = tmp_path / "data"
     token = _init(data, ca_dirs)
@@ -166,9 +173,7 @@ def test_serve_runs_gateway_and_api(ca_dirs: dict[str, Path], tmp_path: Path) ->
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=20) == 0
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait(10)
+        _kill(server)
 
 
 def test_init_refuses_a_database_password_on_the_command_line(
@@ -347,9 +352,7 @@ def test_serve_logs_when_its_api_process_dies(ca_dirs: dict[str, Path], tmp_path
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=20) == 0
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait(10)
+        _kill(server)
 
 
 def test_devices_table_shows_the_honest_state_and_unknown_connection(
