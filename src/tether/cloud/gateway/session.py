@@ -314,6 +314,12 @@ class Session:
                 f"client id {packet.client_id!r} is not the certificate's identity "
                 f"{self.identity.name!r}; connect with the device serial as client id",
             )
+        if not self._policy.may_connect(self.identity):
+            return (
+                ConnAckReasonCode.NOT_AUTHORIZED,
+                "connect_not_authorized",
+                self._policy.explain(self.identity, "connect", self.identity.name),
+            )
         if packet.authentication_method is not None:
             return (
                 ConnAckReasonCode.BAD_AUTHENTICATION_METHOD,
@@ -342,13 +348,18 @@ class Session:
     def _publish_refusal(self, topic: str, response_topic: str | None) -> tuple[str, str] | None:
         """(code, words) if the policy refuses this topic or Response Topic, else None."""
         if not self._policy.may_publish(self.identity, topic):
-            return "publish_not_authorized", f"topic {topic!r} is outside what it may publish"
+            why = self._policy.explain(self.identity, "publish", topic)
+            return (
+                "publish_not_authorized",
+                f"topic {topic!r} is outside what it may publish ({why})",
+            )
         if response_topic is not None and not self._policy.may_request_reply(
             self.identity, response_topic
         ):
+            why = self._policy.explain(self.identity, "publish", response_topic)
             return (
                 "response_topic_not_authorized",
-                f"Response Topic {response_topic!r} is outside what it may publish",
+                f"Response Topic {response_topic!r} is outside what it may publish ({why})",
             )
         return None
 
@@ -537,6 +548,11 @@ class Session:
         self._over_quota = mqtt5.SubAckReasonCode.QUOTA_EXCEEDED in codes
 
     def _route_will(self, will: mqtt5.Will) -> None:
+        # Checked again now: the policy may have changed since CONNECT (or withdrawn connect).
+        refusal = self._publish_refusal(will.topic, will.response_topic)
+        if refusal is not None:
+            self._log(logging.WARNING, refusal[0], f"Will not published: {refusal[1]}")
+            return
         message = Message(
             topic=will.topic,
             payload=will.payload or b"",

@@ -87,7 +87,8 @@ def _one(
         )
         return SubAckReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
     if not policy.may_subscribe(identity, pattern):
-        _refused(peer, identity, "subscribe_not_authorized", pattern, "refused by policy")
+        why = policy.explain(identity, "subscribe", pattern)
+        _refused(peer, identity, "subscribe_not_authorized", pattern, f"refused by policy: {why}")
         return SubAckReasonCode.NOT_AUTHORIZED
     if (
         not broker.has_subscription(subscriber, pattern)

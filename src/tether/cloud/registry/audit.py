@@ -47,6 +47,13 @@ class AuditAction(StrEnum):
     ADMIN_ROTATE = "admin.rotate"
     ADMIN_REVOKE = "admin.revoke"
     CRL_PUBLISH = "crl.publish"
+    POLICY_PUT = "policy.put"
+    POLICY_DELETE = "policy.delete"
+    POLICY_ATTACH = "policy.attach"
+    POLICY_DETACH = "policy.detach"
+    DEVICE_GROUP_ADD = "device.group_add"
+    DEVICE_GROUP_REMOVE = "device.group_remove"
+    DEVICE_ATTRIBUTE = "device.attribute"
 
 
 def _check_details(details: Mapping[str, DetailValue]) -> str:

@@ -211,3 +211,83 @@ class PublishedCRLModel(Base):
     issuer: Mapped[str] = mapped_column(String(64), unique=True)
     der: Mapped[bytes] = mapped_column(LargeBinary)
     uploaded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PolicyModel(Base):
+    """A named policy; its documents are the versions (the newest is current)."""
+
+    __tablename__ = "policies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    current_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PolicyVersionModel(Base):
+    """One version of a policy document (canonical JSON), never changed once written."""
+
+    __tablename__ = "policy_versions"
+    __table_args__ = (
+        UniqueConstraint("policy_id", "version", name="uq_policy_versions_policy_version"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    policy_id: Mapped[int] = mapped_column(ForeignKey("policies.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    document: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str] = mapped_column(String(200))
+
+
+class PolicyAttachmentModel(Base):
+    """A policy attached to a device, a device group, a CA (by fingerprint) or a service."""
+
+    __tablename__ = "policy_attachments"
+    __table_args__ = (
+        UniqueConstraint(
+            "policy_id", "target_kind", "target", name="uq_policy_attachments_policy_target"
+        ),
+        CheckConstraint("target_kind IN ('device', 'group', 'ca', 'service')", name="kind"),
+        Index("ix_policy_attachments_target", "target_kind", "target"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    policy_id: Mapped[int] = mapped_column(ForeignKey("policies.id", ondelete="RESTRICT"))
+    target_kind: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    policy: Mapped[PolicyModel] = relationship(lazy="joined", innerjoin=True)
+
+
+class DeviceGroupModel(Base):
+    """A device's membership of a named group (groups exist by being named)."""
+
+    __tablename__ = "device_groups"
+    __table_args__ = (
+        UniqueConstraint("device_id", "group_name", name="uq_device_groups_device_group"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    group_name: Mapped[str] = mapped_column(String(64), index=True)
+
+    device: Mapped[DeviceModel] = relationship(lazy="joined", innerjoin=True)
+
+
+class DeviceAttributeModel(Base):
+    """One named attribute of a device (what ``${attr.<name>}`` resolves to)."""
+
+    __tablename__ = "device_attributes"
+    __table_args__ = (
+        UniqueConstraint("device_id", "name", name="uq_device_attributes_device_name"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(32))
+    value: Mapped[str] = mapped_column(String(128))
+
+    device: Mapped[DeviceModel] = relationship(lazy="joined", innerjoin=True)

@@ -9,7 +9,8 @@ Layout (the way step-ca splits ``db/``): each aggregate is a module with one mix
 ``cas`` (CAs, registration codes), ``devices`` (devices, the serial's binding to one CA,
 rebinding), ``certificates`` (certificates, revocation, provisioning a device with its first
 certificate), ``jit`` (self-registration on first connect), ``admins``, ``crls`` (published
-CRLs and applying them), ``audit`` (the log, its action enum, the feed) and ``verdict`` (the
+CRLs and applying them), ``policies`` (policy documents, attachments, device groups and
+attributes), ``audit`` (the log, its action enum, the feed) and ``verdict`` (the
 pure connection decision and its one query). ``base`` holds the engines, the clock and the
 two transactions; ``convert`` turns rows into records.
 
@@ -36,10 +37,11 @@ from tether.cloud.registry.devices import Devices
 from tether.cloud.registry.engine import create_registry_engine, parse_url, safe_url
 from tether.cloud.registry.errors import DatabaseUnavailableError
 from tether.cloud.registry.jit import JustInTime
+from tether.cloud.registry.policies import Policies
 from tether.cloud.registry.verdict import Verdicts
 
 
-class Registry(CAs, Devices, Certificates, JustInTime, Admins, CRLs, AuditLog, Verdicts):
+class Registry(CAs, Devices, Certificates, JustInTime, Admins, CRLs, AuditLog, Verdicts, Policies):
     """The registry on one database. Thread-safe: share one instance per process.
 
     Use :meth:`open`; close with :meth:`close` (or use it as a context manager).
