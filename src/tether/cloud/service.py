@@ -30,6 +30,7 @@ from cryptography import x509
 from tether.cloud.authority import RegistryAuthority
 from tether.cloud.gateway import Gateway, GatewaySettings, HandshakeRefused, Identity
 from tether.cloud.observability.feed import FeedStats
+from tether.cloud.policy.live import LivePolicy
 from tether.cloud.registry import (
     AuditAction,
     AuditEntry,
@@ -119,8 +120,10 @@ class CloudService:
         self.authority = RegistryAuthority(
             registry, verdict_threads=gateway_settings.verdict_threads
         )
-        self.gateway = Gateway(gateway_settings, self)
         self._feed_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-feed")
+        # Topic policies from the registry, re-read on the feed's lane after each change.
+        self.policy = LivePolicy(registry, lane=self._feed_lane)
+        self.gateway = Gateway(gateway_settings, self, policy=self.policy)
         self._seen_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-last-seen")
         self.poll_interval = poll_interval
         self._follower: asyncio.Task[None] | None = None
@@ -180,6 +183,7 @@ class CloudService:
         """Start the gateway and the registry feed; returns the gateway's port."""
         self._last_seen = await self._in(self._feed_lane, self.registry.last_audit_id)
         self.feed.polled(self._last_seen)
+        await self.policy.load()
         port = await self.gateway.start()
         self._follower = asyncio.create_task(self._follow(), name="tether-registry-feed")
         self._flusher = asyncio.create_task(self._flush_seen(), name="tether-last-seen")
@@ -236,6 +240,8 @@ class CloudService:
                 )
                 self.feed.ended(ending.code, count, entry.at)
                 dropped += count
+            # Policy, group and attribute changes re-evaluate the live sessions they touch.
+            dropped += await self.policy.on_audit_entry(entry, self.gateway)
         self.feed.polled(self._last_seen)
         return dropped
 

@@ -95,6 +95,11 @@ class Broker:
         for topic_filter in self._filters.pop(subscriber, {}):
             self._tree.remove(topic_filter, subscriber)
 
+    def subscriptions(self) -> list[tuple[Subscriber, str]]:
+        """Every (subscriber, filter) held now (a copy: the caller may unsubscribe while
+        iterating); the policy's re-evaluation walks it after a policy change."""
+        return [(s, f) for s, filters in self._filters.items() for f in filters]
+
     def subscription_count(self, subscriber: Subscriber | None = None) -> int:
         """How many subscriptions are live, in all or for one subscriber."""
         if subscriber is not None:

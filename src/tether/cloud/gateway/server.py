@@ -253,8 +253,15 @@ class Gateway:
             trusted_cas=list(self.authority.trusted_ca_certificates()),
         )
 
-    async def drop_sessions(self, predicate: Callable[[Identity], bool], *, reason: str) -> int:
-        """Disconnect (0x98 Administrative action) every live session whose identity matches.
+    async def drop_sessions(
+        self,
+        predicate: Callable[[Identity], bool],
+        *,
+        reason: str,
+        code: DisconnectReasonCode = DisconnectReasonCode.ADMINISTRATIVE_ACTION,
+    ) -> int:
+        """Disconnect (``code``: 0x98 Administrative action unless told) every live session
+        whose identity matches.
 
         Includes connections authorized but still waiting for CONNECT. Returns how many were
         dropped, after they have closed (bounded wait).
@@ -268,7 +275,7 @@ class Gateway:
                 peer=session.peer,
                 identity=session.identity.name,
             )
-            session.disconnect(DisconnectReasonCode.ADMINISTRATIVE_ACTION, reason)
+            session.disconnect(code, reason)
         await asyncio.gather(*(session.wait_closed(CLOSE_TIMEOUT + 1) for session in targets))
         return len(targets)
 

@@ -98,8 +98,9 @@ class PolicyDocument:
         return {
             "version": self.version,
             "statements": [
-                {
-                    "sid": s.sid,
+                # A positional name ("#2") is not a sid: it is given again on parsing.
+                ({} if s.sid.startswith("#") else {"sid": s.sid})
+                | {
                     "effect": s.effect.value,
                     "actions": sorted(a.value for a in s.actions),
                     "resources": list(s.resources),
