@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from tether import __version__
-from tether.cli import audit, ca, cloud, demo, device, factory, lint
+from tether.cli import audit, ca, cloud, demo, device, factory, lint, policy
 from tether.errors import TetherError
 
 app = typer.Typer(
@@ -23,7 +23,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for group in (ca, lint, factory, cloud, device, demo, audit):
+for group in (ca, lint, factory, cloud, device, demo, audit, policy):
     group.register(app)
 
 

@@ -34,6 +34,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tether.cloud.admin import IssuedAdminToken, create_admin, revoke_admin, rotate_admin
+from tether.cloud.policy.admin import PolicyAdmin
 from tether.cloud.registry import (
     ROOT_CRL_ISSUER,
     AdminRecord,
@@ -152,8 +153,11 @@ def load_crl(data: bytes) -> x509.CertificateRevocationList:
     return crl
 
 
-class AdminOperations:
-    """Every admin write on one registry, with the cloud's online CA (if any)."""
+class AdminOperations(PolicyAdmin):
+    """Every admin write on one registry, with the cloud's online CA (if any).
+
+    Policy, group and attribute writes come from :class:`~tether.cloud.policy.admin.PolicyAdmin`.
+    """
 
     def __init__(
         self,

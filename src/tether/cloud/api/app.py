@@ -37,6 +37,7 @@ from tether.cloud.admin import AdminCredentialError
 from tether.cloud.api.console import console_router
 from tether.cloud.api.errors import LimitExceededError, status_for
 from tether.cloud.api.guard import ADMIN_STATE_KEY, AdminGuard, RequestGuard
+from tether.cloud.api.policies import policy_router
 from tether.cloud.api.schemas import (
     AdminOut,
     AdminTokenOut,
@@ -444,6 +445,8 @@ def create_app(
         """The audit log, newest first."""
         page = await run(registry.list_audit, target=target, offset=offset, limit=limit)
         return AuditPage.of(page)
+
+    app.include_router(policy_router(registry, ops, run=run, admin=admin))
 
     history = RefusalHistory()
     app.include_router(

@@ -372,11 +372,40 @@ def console_router(
                 root = ops.root_certificate
                 if issuer.certificate().issuer == root.subject:
                     chain.append((root.subject.rfc4514_string(), sha256_fingerprint(root)))
+            effective = await run(ops.effective_policy, "device", serial)
             return page(
                 request, "device.html", session,
                 device=record, state=states[serial], certificates=certs.items, chain=chain,
-                reasons=REVOCATION_REASONS,
+                reasons=REVOCATION_REASONS, policy=effective,
             )  # fmt: skip
+
+        return await guarded(request, action)
+
+    @router.post("/devices/{serial}/groups")
+    async def device_group(request: Request, serial: str) -> Response:
+        """Add (``add=group``) or remove (``remove=group``) a group of the device."""
+
+        async def action(session: ConsoleSession) -> Response:
+            form = await checked_form(request, session)
+            if form.get("remove"):
+                await run(ops.remove_device_group, serial, form["remove"], actor=session.admin)
+            else:
+                group = form.get("group", "").strip()
+                await run(ops.add_device_group, serial, group, actor=session.admin)
+            return RedirectResponse(f"/console/devices/{serial}", status_code=303)
+
+        return await guarded(request, action)
+
+    @router.post("/devices/{serial}/attributes")
+    async def device_attribute(request: Request, serial: str) -> Response:
+        """Set an attribute (an empty value removes it)."""
+
+        async def action(session: ConsoleSession) -> Response:
+            form = await checked_form(request, session)
+            value = form.get("value", "").strip() or None
+            name = form.get("name", "").strip()
+            await run(ops.set_device_attribute, serial, name, value, actor=session.admin)
+            return RedirectResponse(f"/console/devices/{serial}", status_code=303)
 
         return await guarded(request, action)
 
