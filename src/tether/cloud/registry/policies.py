@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from tether.cloud.registry.audit import AuditAction, write_audit
@@ -241,10 +241,9 @@ class Policies(RegistryBase):
                     "detach it everywhere first."
                 )
             version = policy.current_version
-            for row in session.scalars(
-                select(PolicyVersionModel).where(PolicyVersionModel.policy_id == policy.id)
-            ):
-                session.delete(row)
+            session.execute(
+                delete(PolicyVersionModel).where(PolicyVersionModel.policy_id == policy.id)
+            )
             session.delete(policy)
             write_audit(session, now, actor, AuditAction.POLICY_DELETE, name, {"version": version})
 
