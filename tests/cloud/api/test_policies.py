@@ -1,0 +1,76 @@
+"""Policies through the API: schema, versions, refusals that name the statement, attachments,
+groups and attributes, a device's effective policy and the ``test`` question."""
+
+from __future__ import annotations
+
+from tests.cloud.api.conftest import ADMIN, Api, snapshot
+from tether.cloud.registry import Provisioning
+
+DOC = {
+    "statements": [
+        {"sid": "connect", "effect": "allow", "actions": ["connect"]},
+        {"sid": "fw", "effect": "allow", "actions": ["subscribe", "receive"],
+         "resources": ["groups/${group}/firmware"]},
+        {"sid": "line", "effect": "allow", "actions": ["publish"],
+         "resources": ["lines/${attr.line}/status"]},
+    ]
+}  # fmt: skip
+
+
+def test_policies_round_trip_and_apply_to_a_device(api: Api) -> None:
+    api.registry.add_device("API-POL-1", provisioning=Provisioning.CONSOLE, actor="t")
+    schema = api.http.get("/api/v1/policies/schema")
+    assert schema.status_code == 200 and schema.json()["title"] == "Tether policy document"
+    assert api.anonymous.get("/api/v1/policies/schema").status_code == 401
+
+    created = api.http.put("/api/v1/policies/fleet", json=DOC)
+    assert created.status_code == 200, created.text
+    assert created.json()["version"] == 1 and created.json()["created_by"] == ADMIN
+    assert api.http.put("/api/v1/policies/fleet", json=DOC).json()["version"] == 1
+    attached = api.http.post(
+        "/api/v1/policies/fleet/attachments", json={"kind": "device", "target": "API-POL-1"}
+    )
+    assert attached.status_code == 201, attached.text
+    assert api.http.put("/api/v1/devices/API-POL-1/groups/line-7").json() == ["line-7"]
+    attrs = api.http.put("/api/v1/devices/API-POL-1/attributes/line", json={"value": "L7"})
+    assert attrs.json() == {"line": "L7"}
+
+    effective = api.http.get("/api/v1/devices/API-POL-1/policy").json()
+    assert effective["groups"] == ["line-7"] and effective["policies"] == ["fleet"]
+    assert {r["pattern"] for r in effective["rules"]} >= {
+        "groups/line-7/firmware",
+        "lines/L7/status",
+    }
+
+    asked = api.http.post(
+        "/api/v1/policies/test",
+        json={"name": "API-POL-1", "action": "subscribe", "resource": "groups/line-7/firmware"},
+    ).json()
+    assert asked["allowed"] and asked["statement"] == "fw" and asked["policy"] == "fleet"
+    refused = api.http.post(
+        "/api/v1/policies/test",
+        json={"name": "API-POL-1", "action": "publish", "resource": "lines/L8/status"},
+    ).json()
+    assert not refused["allowed"] and "no statement allows it" in refused["explanation"]
+
+    assert api.http.delete("/api/v1/policies/fleet").status_code == 409
+    detached = api.http.delete("/api/v1/policies/fleet/attachments/device/API-POL-1")
+    assert detached.status_code == 204
+    assert api.http.delete("/api/v1/policies/fleet").status_code == 204
+    assert api.http.get("/api/v1/policies/fleet").status_code == 404
+
+
+def test_refusals_name_the_statement_and_change_nothing(api: Api) -> None:
+    api.registry.add_device("API-POL-2", provisioning=Provisioning.CONSOLE, actor="t")
+    before = snapshot(api.registry)
+    bad = {"statements": [{"sid": "oops", "effect": "allow", "actions": ["publish"],
+                           "resources": ["a/#/b"]}]}  # fmt: skip
+    response = api.http.put("/api/v1/policies/fleet", json=bad)
+    assert response.status_code == 400
+    assert response.json()["code"] == "policy_invalid"
+    assert 'statement "oops"' in response.json()["message"]
+    assert api.http.put("/api/v1/policies/builtin:device", json=DOC).status_code == 400
+    bad_value = api.http.put("/api/v1/devices/API-POL-2/attributes/line", json={"value": "a/b"})
+    assert bad_value.status_code == 400
+    assert api.http.put("/api/v1/devices/NOPE/groups/g").status_code == 404
+    assert snapshot(api.registry) == before
