@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from tether.cloud.policy import Action, NamedPolicy, Subject, evaluate, parse_document
 from tether.cloud.policy.evaluate import Evaluator
+from tether.cloud.policy.patterns import covers, overlaps
 
 FLEET = parse_document(
     {
@@ -72,3 +76,33 @@ def test_decisions_are_cached_within_a_bound() -> None:
     for i in range(5000):
         evaluator.decide(Action.PUBLISH, f"devices/SN1/{i}")
     assert len(evaluator._cache) <= 4096
+
+
+MIXED = parse_document(
+    {
+        "statements": [
+            {"sid": "c", "effect": "allow", "actions": ["connect"]},
+            {"sid": "d1", "effect": "deny", "actions": ["subscribe", "publish"],
+             "resources": ["a/secret/#", "+/x", "$SYS/b"]},
+            {"sid": "a1", "effect": "allow", "actions": ["subscribe", "publish"],
+             "resources": ["a/#", "+/+/y", "$SYS/#", "#"]},
+            {"sid": "a2", "effect": "allow", "actions": ["subscribe", "publish"],
+             "resources": ["b/+", "/"]},
+        ]
+    }
+)  # fmt: skip
+_level = st.sampled_from(["a", "b", "x", "y", "secret", "", "$SYS", "+"])
+
+
+@given(st.lists(_level, min_size=1, max_size=4), st.booleans())
+@settings(max_examples=400)
+def test_the_first_level_index_never_changes_a_decision(levels: list[str], multi: bool) -> None:
+    topic_filter = "/".join([*levels, "#"] if multi else levels) or "/"
+    evaluator = Evaluator(_subject(MIXED))
+    patterns = [(s.effect.value, r) for s in MIXED.statements[1:] for r in s.resources]
+    for action in (Action.SUBSCRIBE, Action.PUBLISH):
+        if action is Action.PUBLISH and ("+" in topic_filter or "#" in topic_filter):
+            continue
+        denied = any(e == "deny" and overlaps(r, topic_filter) for e, r in patterns)
+        allowed = any(e == "allow" and covers(r, topic_filter) for e, r in patterns)
+        assert evaluator._decide(action, topic_filter).allowed is (allowed and not denied)

@@ -28,7 +28,7 @@ from tether.cloud.gateway.topics import (
     is_valid_topic_name,
 )
 from tether.cloud.policy.document import CLIENT_ACTIONS, Action, Effect, PolicyDocument
-from tether.cloud.policy.patterns import client_matches, covers, expand, overlaps
+from tether.cloud.policy.patterns import client_matches, covers_levels, expand, overlaps_levels
 
 CACHE_SIZE = 4096
 
@@ -88,6 +88,32 @@ class _Rule:
     version: int
     sid: str
     pattern: str
+    levels: tuple[str, ...]
+
+
+class _Rules:
+    """One action's rules of one effect, also indexed by their first level: a resource whose
+    first level is a literal only meets the rules that start with it or with a wildcard."""
+
+    __slots__ = ("all", "by_first", "wild")
+
+    def __init__(self) -> None:
+        self.all: list[_Rule] = []
+        self.by_first: dict[str, list[_Rule]] = {}
+        self.wild: list[_Rule] = []
+
+    def add(self, rule: _Rule) -> None:
+        self.all.append(rule)
+        first = rule.levels[0]
+        if first in ("+", "#"):
+            self.wild.append(rule)
+        else:
+            self.by_first.setdefault(first, []).append(rule)
+
+    def candidates(self, first: str) -> list[_Rule] | tuple[list[_Rule], ...]:
+        if first in ("+", "#"):
+            return (self.all,)
+        return (self.by_first.get(first, []), self.wild)
 
 
 @dataclass
@@ -95,11 +121,11 @@ class Evaluator:
     """Decisions for one :class:`Subject` (not thread-safe: one event loop uses it)."""
 
     subject: Subject
-    _rules: dict[Action, tuple[list[_Rule], list[_Rule]]] = field(init=False, repr=False)
+    _rules: dict[Action, tuple[_Rules, _Rules]] = field(init=False, repr=False)
     _cache: dict[tuple[Action, str], Decision] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._rules = {action: ([], []) for action in Action}
+        self._rules = {action: (_Rules(), _Rules()) for action in Action}
         self._cache = {}
         attributes = self.subject.attribute_map
         for policy in self.subject.policies:
@@ -112,11 +138,16 @@ class Evaluator:
                         attributes=attributes,
                     ):
                         rule = _Rule(
-                            statement.effect, policy.name, policy.version, statement.sid, pattern
+                            statement.effect,
+                            policy.name,
+                            policy.version,
+                            statement.sid,
+                            pattern,
+                            tuple(pattern.split("/")),
                         )
                         for action in statement.actions:
                             denies, allows = self._rules[action]
-                            (denies if statement.effect is Effect.DENY else allows).append(rule)
+                            (denies if statement.effect is Effect.DENY else allows).add(rule)
 
     def decide(self, action: Action, resource: str) -> Decision:
         """The decision for ``action`` on ``resource`` (a topic name, filter or client id)."""
@@ -143,22 +174,29 @@ class Evaluator:
             return Decision(False, action, resource, reason=invalid)
         denies, allows = self._rules[action]
         if action in CLIENT_ACTIONS:
-            deny_applies = allow_applies = client_matches
+            for rule in denies.all:
+                if client_matches(rule.pattern, resource):
+                    return _decided(False, action, resource, rule)
+            for rule in allows.all:
+                if client_matches(rule.pattern, resource):
+                    return _decided(True, action, resource, rule)
         else:
-            deny_applies, allow_applies = overlaps, covers
-        for rule in denies:
-            if deny_applies(rule.pattern, resource):
-                return _decided(False, action, resource, rule)
-        for rule in allows:
-            if allow_applies(rule.pattern, resource):
-                return _decided(True, action, resource, rule)
+            levels = resource.split("/")  # once per decision, not once per pattern
+            for group in denies.candidates(levels[0]):
+                for rule in group:
+                    if overlaps_levels(rule.levels, levels):
+                        return _decided(False, action, resource, rule)
+            for group in allows.candidates(levels[0]):
+                for rule in group:
+                    if covers_levels(rule.levels, levels):
+                        return _decided(True, action, resource, rule)
         return Decision(False, action, resource, reason="no statement allows it")
 
     def statements(self) -> list[tuple[str, int, str, str, Action, str]]:
         """Every compiled rule: (policy, version, statement, effect, action, pattern)."""
         out = []
         for action, (denies, allows) in self._rules.items():
-            for rule in (*denies, *allows):
+            for rule in (*denies.all, *allows.all):
                 out.append(
                     (rule.policy, rule.version, rule.sid, rule.effect.value, action, rule.pattern)
                 )

@@ -76,7 +76,7 @@ def expand(
     return expanded
 
 
-def _dollar_split(p: list[str], f: list[str]) -> bool:
+def _dollar_split(p: Sequence[str], f: Sequence[str]) -> bool:
     """A wildcard first level never matches a '$' topic (spec 4.7.2): no topic in common."""
     p_wild = p[0] in (SINGLE, MULTI)
     f_wild = f[0] in (SINGLE, MULTI)
@@ -90,24 +90,7 @@ def covers(pattern: str, topic_filter: str) -> bool:
 
     For a topic name (no wildcards) this is exactly MQTT matching. Both must be valid.
     """
-    p = pattern.split("/")
-    f = topic_filter.split("/")
-    if _dollar_split(p, f):
-        return False
-    i = 0
-    while True:
-        if i < len(p) and p[i] == MULTI:
-            return True
-        if i == len(f):
-            return i == len(p)
-        if f[i] == MULTI:
-            # One or more levels below the parent (the parent itself: see the module doc).
-            return p[i:] == [SINGLE, MULTI]
-        if i == len(p):
-            return False
-        if p[i] != SINGLE and p[i] != f[i]:
-            return False
-        i += 1
+    return covers_levels(pattern.split("/"), topic_filter.split("/"))
 
 
 def overlaps(pattern: str, topic_filter: str) -> bool:
@@ -115,14 +98,41 @@ def overlaps(pattern: str, topic_filter: str) -> bool:
 
     For a topic name this is exactly MQTT matching. Both must be valid.
     """
-    p = pattern.split("/")
-    f = topic_filter.split("/")
+    return overlaps_levels(pattern.split("/"), topic_filter.split("/"))
+
+
+def covers_levels(p: Sequence[str], f: Sequence[str]) -> bool:
+    """:func:`covers` on levels already split (the evaluator splits each pattern once)."""
     if _dollar_split(p, f):
         return False
+    p_len = len(p)
+    f_len = len(f)
     i = 0
     while True:
-        p_end = i == len(p)
-        f_end = i == len(f)
+        if i < p_len and p[i] == MULTI:
+            return True
+        if i == f_len:
+            return i == p_len
+        if f[i] == MULTI:
+            # One or more levels below the parent (the parent itself: see the module doc).
+            return p_len == i + 2 and p[i] == SINGLE and p[i + 1] == MULTI
+        if i == p_len:
+            return False
+        if p[i] != SINGLE and p[i] != f[i]:
+            return False
+        i += 1
+
+
+def overlaps_levels(p: Sequence[str], f: Sequence[str]) -> bool:
+    """:func:`overlaps` on levels already split."""
+    if _dollar_split(p, f):
+        return False
+    p_len = len(p)
+    f_len = len(f)
+    i = 0
+    while True:
+        p_end = i == p_len
+        f_end = i == f_len
         if (not p_end and p[i] == MULTI) or (not f_end and f[i] == MULTI):
             return True
         if p_end or f_end:
