@@ -193,12 +193,15 @@ def test(
     subscribe: str | None = typer.Option(None, help="May it subscribe to this filter?"),
     receive: str | None = typer.Option(None, help="May it receive on this topic or filter?"),
     connect: bool = typer.Option(False, "--connect", help="May it connect?"),
+    enroll: bool = typer.Option(False, "--enroll", help="May it enroll (EST)?"),
 ) -> None:
     """Print the gateway's decision now and the statement that made it; exit 1 if refused."""
     kind, name = _one({"device": device, "service": service}, "who asks")
     questions = {"publish": publish, "subscribe": subscribe, "receive": receive}
     if connect:
         questions["connect"] = name
+    if enroll:
+        questions["enroll"] = name
     action, resource = _one(questions, "the question")
     with _operations(data_dir) as ops:
         decision = ops.test_policy(kind, name, Action(action), resource)
