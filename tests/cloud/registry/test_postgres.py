@@ -26,6 +26,7 @@ from tether.cloud.registry import (
     VerdictCode,
 )
 from tether.cloud.registry.models import Base
+from tether.cloud.registry.policies import PolicyInUseError, TargetKind
 
 pytestmark = pytest.mark.postgres
 
@@ -97,3 +98,24 @@ def test_registry_on_postgres(pg_url: str, device_ca: LocalCA, factory_ca: Local
             assert compare_metadata(context, Base.metadata) == []
     finally:
         engine.dispose()
+
+
+def test_policies_on_postgres(pg_url: str) -> None:
+    """Migration 0006 on PostgreSQL: versions, attachments, groups, attributes, snapshot."""
+    document = '{"statements":[{"actions":["connect"],"effect":"allow","resources":["+"]}]}'
+    with Registry.open(pg_url) as reg:
+        reg.add_device("pol-1", provisioning=Provisioning.CONSOLE, actor="a")
+        assert reg.put_policy("fleet", document, actor="a").version == 1
+        assert reg.put_policy("fleet", document.replace("allow", "deny"), actor="a").version == 2
+        reg.attach_policy("fleet", TargetKind.GROUP, "line-7", actor="a")
+        reg.add_device_group("pol-1", "line-7", actor="a")
+        reg.set_device_attribute("pol-1", "model", "X2", actor="a")
+        snapshot = reg.policy_snapshot()
+        assert snapshot.policies["fleet"][0] == 2
+        assert snapshot.groups == {"pol-1": ("line-7",)}
+        assert snapshot.attributes == {"pol-1": (("model", "X2"),)}
+        with pytest.raises(PolicyInUseError):
+            reg.delete_policy("fleet", actor="a")
+        reg.detach_policy("fleet", TargetKind.GROUP, "line-7", actor="a")
+        reg.delete_policy("fleet", actor="a")
+        assert reg.list_policies() == []

@@ -7,8 +7,9 @@ own thread when the service starts and again after every policy, group or attrib
 the change feed sees (:data:`POLICY_ACTIONS`), in whichever process it was made. Decisions are
 then pure in-memory matching on the event loop.
 
-After a reload every live session whose subject changed (its policies, their versions, its
-groups or attributes) is re-evaluated at once (:func:`reevaluate`):
+After a reload every live session is re-evaluated at once (:func:`reevaluate`; a session
+whose policies, groups and attributes did not change keeps what it has, since its decisions do
+not change):
 
 - it lost the ``connect`` right: DISCONNECT **0x87 Not authorized**, the reason string naming
   the policy and statement (the client's reconnect is refused with CONNACK 0x87 the same way);
