@@ -74,3 +74,21 @@ def test_refusals_name_the_statement_and_change_nothing(api: Api) -> None:
     assert bad_value.status_code == 400
     assert api.http.put("/api/v1/devices/NOPE/groups/g").status_code == 404
     assert snapshot(api.registry) == before
+
+
+def test_the_provisioning_path_sets_groups_and_attributes_or_refuses_before_anything(
+    api: Api,
+) -> None:
+    made = api.http.post(
+        "/api/v1/devices",
+        json={"serial": "API-POL-3", "groups": ["line-7"], "attributes": {"model": "X2"}},
+    )
+    assert made.status_code == 201, made.text
+    assert api.registry.device_groups("API-POL-3") == ("line-7",)
+    assert api.registry.device_attributes("API-POL-3") == {"model": "X2"}
+    before = snapshot(api.registry)
+    refused = api.http.post(
+        "/api/v1/devices", json={"serial": "API-POL-4", "attributes": {"model": "a/b"}}
+    )
+    assert refused.status_code == 400 and "Attribute value" in refused.json()["message"]
+    assert snapshot(api.registry) == before

@@ -246,10 +246,15 @@ def create_app(
 
         Without ``csr_pem`` the answer carries the private key, once (``key_escrow_warning``).
         """
+        ops.check_labels(body.groups, body.attributes)
+        labels = partial(
+            ops.label_device, body.serial, groups=body.groups, attributes=body.attributes
+        )
         if body.csr_pem is not None:
             device, cert = await run(
                 ops.create_csr_device, body.serial, body.csr_pem.encode(), actor=who.name
             )
+            await run(labels, actor=who.name)
             return CsrDeviceOut(
                 device=DeviceOut.of(device),
                 certificate=CertificateOut.of(cert),
@@ -257,6 +262,7 @@ def create_app(
                 pinned_ca_pem=ops.pinned_ca_pem,
             )
         bundle = await run(ops.create_console_device, body.serial, actor=who.name)
+        await run(labels, actor=who.name)
         return ConsoleBundleOut(
             device=DeviceOut.of(bundle.device),
             certificate=CertificateOut.of(bundle.certificate),

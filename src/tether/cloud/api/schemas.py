@@ -140,6 +140,10 @@ class NewDeviceIn(BaseModel):
 
     serial: str = Field(min_length=1, max_length=128)
     csr_pem: Pem | None = None
+    # Policy labels given at birth (``${group}``, ``${attr.<name>}``); checked before anything
+    # is made, so a bad one refuses the whole request.
+    groups: list[str] = Field(default_factory=list, max_length=32)
+    attributes: dict[str, str] = Field(default_factory=dict, max_length=32)
 
 
 class ConsoleBundleOut(_Out):

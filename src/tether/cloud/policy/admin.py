@@ -10,7 +10,7 @@ reserved: the built-in defaults are not stored and cannot be replaced.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,12 @@ from tether.cloud.policy.document import Action, parse_document
 from tether.cloud.policy.evaluate import Decision, Evaluator, Subject
 from tether.cloud.policy.resolve import Resolver
 from tether.cloud.registry import DeviceNotFoundError
-from tether.cloud.registry.policies import AttachmentRecord, PolicyRecord, TargetKind
+from tether.cloud.registry.policies import (
+    AttachmentRecord,
+    PolicyRecord,
+    TargetKind,
+    check_labels,
+)
 from tether.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -106,6 +111,17 @@ class PolicyAdmin:
     ) -> dict[str, str]:
         """Set or (``None``) remove a device attribute."""
         return self.registry.set_device_attribute(serial, name, value, actor=actor)
+
+    def check_labels(self, groups: Sequence[str], attributes: Mapping[str, str]) -> None:
+        """Refuse bad groups or attributes before a device is made (the provisioning path)."""
+        check_labels(groups, attributes)
+
+    def label_device(
+        self, serial: str, *, groups: Sequence[str], attributes: Mapping[str, str], actor: str
+    ) -> None:
+        """Give a new device its groups and attributes (one transaction, each change audited)."""
+        if groups or attributes:
+            self.registry.label_device(serial, groups=groups, attributes=attributes, actor=actor)
 
     # -- questions (read-only) -------------------------------------------------------------
 

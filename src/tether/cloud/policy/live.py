@@ -22,6 +22,10 @@ not change):
 - publishing is checked per PUBLISH, so a narrowed publish right refuses the very next one
   (PUBACK 0x87, or DISCONNECT 0x87 at QoS 0).
 
+A reload that fails (the registry is unreachable) is logged (``policy_reload_failed``) and
+retried every ``RETRY_INTERVAL`` until it works, on its own task: the feed itself goes on to
+the next entry, so a revocation behind a policy change is never held up by it.
+
 Scale: the snapshot holds the groups and attributes of every device that has any, in memory
 in every gateway process, and is re-read whole on each change: fine for fleets of ~10^5 such
 devices; beyond that, per-device reads at verdict time are the next step.
@@ -43,7 +47,7 @@ from tether.cloud.policy.document import Action
 from tether.cloud.policy.evaluate import Subject
 from tether.cloud.policy.resolve import Resolver
 from tether.cloud.registry import AuditAction, AuditEntry
-from tether.cloud.registry.policies import PolicySnapshot
+from tether.errors import TetherError
 
 if TYPE_CHECKING:
     from tether.cloud.gateway import Gateway
@@ -63,7 +67,7 @@ POLICY_ACTIONS = frozenset(
     }
 )
 LOST_CONNECT = DisconnectReasonCode.NOT_AUTHORIZED
-_EMPTY = PolicySnapshot(policies={}, attachments=(), groups={}, attributes={})
+RETRY_INTERVAL = 1.0  # seconds between reload attempts after a failed one
 
 
 class LivePolicy(DocumentPolicy):
@@ -78,6 +82,7 @@ class LivePolicy(DocumentPolicy):
         self._registry = registry
         self._lane = lane
         self._resolver: Resolver | None = None
+        self._retry: asyncio.Task[None] | None = None
 
     def _subject(self, identity: Identity) -> Subject:
         if self._resolver is None:
@@ -101,10 +106,31 @@ class LivePolicy(DocumentPolicy):
         """
         if entry.action not in POLICY_ACTIONS:
             return 0
-        await self.load()
-        return await reevaluate(
-            gateway, self, reason=f"{entry.action} {entry.target} by {entry.actor}"
-        )
+        reason = f"{entry.action} {entry.target} by {entry.actor}"
+        try:
+            await self.load()
+        except TetherError as exc:
+            # The feed has moved past this entry and must go on (a revocation may follow):
+            # retry the reload on our own until it works, never silently keep a stale policy.
+            log.error(
+                "cannot reload policies after %s (%s): %s; retrying every %.0f s",
+                reason, exc.code, exc.message, RETRY_INTERVAL,
+                extra={"tether_code": "policy_reload_failed"},
+            )  # fmt: skip
+            if self._retry is None or self._retry.done():
+                self._retry = asyncio.create_task(self._retry_load(gateway, reason))
+            return 0
+        return await reevaluate(gateway, self, reason=reason)
+
+    async def _retry_load(self, gateway: Gateway, reason: str) -> None:
+        while True:
+            await asyncio.sleep(RETRY_INTERVAL)
+            try:
+                await self.load()
+            except TetherError:
+                continue
+            await reevaluate(gateway, self, reason=f"{reason} (after a failed reload)")
+            return
 
 
 async def reevaluate(gateway: Gateway, policy: DocumentPolicy, *, reason: str) -> int:

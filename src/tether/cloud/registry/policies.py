@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -124,6 +124,39 @@ def check_name(name: str, what: str = "Policy") -> str:
             "starting with a letter or digit."
         )
     return name
+
+
+def check_labels(
+    groups: Sequence[str], attributes: Mapping[str, str]
+) -> tuple[tuple[str, ...], dict[str, str]]:
+    """Groups and attributes as the registry stores them; InvalidRegistryInputError if not.
+
+    The provisioning path calls this before it makes a device, so a bad label refuses the
+    whole request before anything (a key, a certificate) exists.
+    """
+    checked_groups = tuple(dict.fromkeys(check_name(g, "Group") for g in groups))
+    if len(checked_groups) > MAX_GROUPS_PER_DEVICE:
+        raise InvalidRegistryInputError(f"A device is in at most {MAX_GROUPS_PER_DEVICE} groups.")
+    if len(attributes) > MAX_ATTRIBUTES_PER_DEVICE:
+        raise InvalidRegistryInputError(
+            f"A device has at most {MAX_ATTRIBUTES_PER_DEVICE} attributes."
+        )
+    for name, value in attributes.items():
+        check_attribute(name, value)
+    return checked_groups, dict(attributes)
+
+
+def check_attribute(name: str, value: str | None) -> None:
+    """An attribute name (a-z 0-9 _ -) and value (one topic level, or None to remove)."""
+    if not isinstance(name, str) or not ATTRIBUTE_NAME_RE.fullmatch(name):
+        raise InvalidRegistryInputError(
+            f"Attribute name {name!r} is not valid: 1 to 32 of a-z 0-9 _ -, starting a-z."
+        )
+    if value is not None and (not isinstance(value, str) or not VALUE_RE.fullmatch(value)):
+        raise InvalidRegistryInputError(
+            f"Attribute value {value!r} is not valid: 1 to 128 of A-Z a-z 0-9 _ . : - "
+            "(it becomes one topic level)."
+        )
 
 
 def _digest(document: str) -> str:
@@ -388,15 +421,7 @@ class Policies(RegistryBase):
         """
         actor = check_actor(actor)
         serial = check_serial(serial)
-        if not isinstance(name, str) or not ATTRIBUTE_NAME_RE.fullmatch(name):
-            raise InvalidRegistryInputError(
-                f"Attribute name {name!r} is not valid: 1 to 32 of a-z 0-9 _ -, starting a-z."
-            )
-        if value is not None and (not isinstance(value, str) or not VALUE_RE.fullmatch(value)):
-            raise InvalidRegistryInputError(
-                f"Attribute value {value!r} is not valid: 1 to 128 of A-Z a-z 0-9 _ . : - "
-                "(it becomes one topic level)."
-            )
+        check_attribute(name, value)
         now = self._clock()
         with self._write() as session:
             device = load_device(session, serial)
@@ -425,6 +450,60 @@ class Policies(RegistryBase):
                     {"name": name, "from": old, "to": value},
                 )  # fmt: skip
             return dict(_attributes(session, device))
+
+    def label_device(
+        self,
+        serial: str,
+        *,
+        groups: Sequence[str] = (),
+        attributes: Mapping[str, str] | None = None,
+        actor: str,
+    ) -> None:
+        """Add groups and set attributes in one transaction (the provisioning path's call);
+        each change has its own audit row, and a bad name or value changes nothing."""
+        actor = check_actor(actor)
+        serial = check_serial(serial)
+        groups, attributes = check_labels(groups, attributes or {})
+        now = self._clock()
+        with self._write() as session:
+            device = load_device(session, serial)
+            have = set(_groups(session, device))
+            for group in groups:
+                if group in have:
+                    continue
+                have.add(group)
+                session.add(DeviceGroupModel(device_id=device.id, group_name=group))
+                write_audit(
+                    session, now, actor, AuditAction.DEVICE_GROUP_ADD, serial, {"group": group}
+                )
+            if len(have) > MAX_GROUPS_PER_DEVICE:
+                raise InvalidRegistryInputError(
+                    f"A device is in at most {MAX_GROUPS_PER_DEVICE} groups."
+                )
+            current = dict(_attributes(session, device))
+            for name, value in attributes.items():
+                if current.get(name) == value:
+                    continue
+                row = session.scalars(
+                    select(DeviceAttributeModel).where(
+                        (DeviceAttributeModel.device_id == device.id)
+                        & (DeviceAttributeModel.name == name)
+                    )
+                ).first()
+                if row is None:
+                    session.add(DeviceAttributeModel(device_id=device.id, name=name, value=value))
+                else:
+                    row.value = value
+                write_audit(
+                    session, now, actor, AuditAction.DEVICE_ATTRIBUTE, serial,
+                    {"name": name, "from": current.get(name), "to": value},
+                )  # fmt: skip
+                current[name] = value
+            if len(current) > MAX_ATTRIBUTES_PER_DEVICE:
+                raise InvalidRegistryInputError(
+                    f"A device has at most {MAX_ATTRIBUTES_PER_DEVICE} attributes."
+                )
+            flush_or(session, _conflict)
 
     def device_groups(self, serial: str) -> tuple[str, ...]:
         """A device's groups, sorted. Raises DeviceNotFoundError."""
