@@ -21,12 +21,8 @@ from tether.cloud.policy.document import Action, parse_document
 from tether.cloud.policy.evaluate import Decision, Evaluator, Subject
 from tether.cloud.policy.resolve import Resolver
 from tether.cloud.registry import DeviceNotFoundError
-from tether.cloud.registry.policies import (
-    AttachmentRecord,
-    PolicyRecord,
-    TargetKind,
-    check_labels,
-)
+from tether.cloud.registry.labels import check_labels
+from tether.cloud.registry.policies import AttachmentRecord, PolicyRecord, TargetKind
 from tether.errors import InvalidInputError
 
 if TYPE_CHECKING:

@@ -9,8 +9,8 @@ Layout (the way step-ca splits ``db/``): each aggregate is a module with one mix
 ``cas`` (CAs, registration codes), ``devices`` (devices, the serial's binding to one CA,
 rebinding), ``certificates`` (certificates, revocation, provisioning a device with its first
 certificate), ``jit`` (self-registration on first connect), ``admins``, ``crls`` (published
-CRLs and applying them), ``policies`` (policy documents, attachments, device groups and
-attributes), ``audit`` (the log, its action enum, the feed) and ``verdict`` (the
+CRLs and applying them), ``policies`` (policy documents and attachments), ``labels`` (device
+groups and attributes), ``audit`` (the log, its action enum, the feed) and ``verdict`` (the
 pure connection decision and its one query). ``base`` holds the engines, the clock and the
 two transactions; ``convert`` turns rows into records.
 
