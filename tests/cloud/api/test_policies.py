@@ -4,6 +4,7 @@ groups and attributes, a device's effective policy and the ``test`` question."""
 from __future__ import annotations
 
 from tests.cloud.api.conftest import ADMIN, Api, snapshot
+from tests.cloud.api.test_console import _signed_in
 from tether.cloud.registry import Provisioning
 
 DOC = {
@@ -92,3 +93,39 @@ def test_the_provisioning_path_sets_groups_and_attributes_or_refuses_before_anyt
     )
     assert refused.status_code == 400 and "Attribute value" in refused.json()["message"]
     assert snapshot(api.registry) == before
+
+
+def test_the_console_shows_the_effective_policy_and_edits_groups_and_attributes(
+    api: Api,
+) -> None:
+    api.registry.add_device("WEB-POL-1", provisioning=Provisioning.CONSOLE, actor="t")
+    client, csrf = _signed_in(api)
+    page = client.get("/console/devices/WEB-POL-1")
+    assert page.status_code == 200
+    assert "builtin:device" in page.text and "devices/WEB-POL-1/+/#" in page.text
+    added = client.post(
+        "/console/devices/WEB-POL-1/groups", data={"group": "line-7", "csrf_token": csrf}
+    )
+    assert added.status_code == 303
+    set_attr = client.post(
+        "/console/devices/WEB-POL-1/attributes",
+        data={"name": "model", "value": "X2", "csrf_token": csrf},
+    )
+    assert set_attr.status_code == 303
+    page = client.get("/console/devices/WEB-POL-1")
+    assert "line-7" in page.text and "model=X2" in page.text
+    forged = client.post(
+        "/console/devices/WEB-POL-1/groups", data={"group": "evil", "csrf_token": "x"}
+    )
+    assert forged.status_code == 403
+    bad = client.post(
+        "/console/devices/WEB-POL-1/attributes",
+        data={"name": "model", "value": "a/b", "csrf_token": csrf},
+    )
+    assert bad.status_code == 400
+    removed = client.post(
+        "/console/devices/WEB-POL-1/groups", data={"remove": "line-7", "csrf_token": csrf}
+    )
+    assert removed.status_code == 303
+    assert api.registry.device_groups("WEB-POL-1") == ()
+    assert api.registry.device_attributes("WEB-POL-1") == {"model": "X2"}

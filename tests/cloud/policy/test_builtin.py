@@ -68,13 +68,13 @@ identities = st.sampled_from([DEVICE, SERVICE])
 
 
 @given(identities, paths)
-@settings(max_examples=500)
+@settings(max_examples=400)
 def test_publish_agrees_with_the_original_rules(identity: Identity, topic: str) -> None:
     assert POLICY.may_publish(identity, topic) is _legacy_publish(identity, topic)
 
 
 @given(identities, paths)
-@settings(max_examples=500)
+@settings(max_examples=400)
 def test_subscribe_agrees_with_the_original_rules(identity: Identity, topic_filter: str) -> None:
     assert POLICY.may_subscribe(identity, topic_filter) is _legacy_subscribe(identity, topic_filter)
 

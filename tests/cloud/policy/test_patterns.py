@@ -46,7 +46,7 @@ def _paho(topic_filter: str, topic: str) -> bool:
 
 
 @given(topic_filters(), topic_names())
-@settings(max_examples=600)
+@settings(max_examples=300)
 def test_on_topic_names_covers_and_overlaps_are_mqtt_matching(pattern: str, topic: str) -> None:
     assert is_valid_topic_filter(pattern) and is_valid_topic_name(topic)
     expected = _paho(pattern, topic)
@@ -61,7 +61,7 @@ def _is_parent_topic(topic_filter: str, topic: str) -> bool:
 
 
 @given(topic_filters(), topic_filters(), st.lists(topic_names(), min_size=1, max_size=8))
-@settings(max_examples=600)
+@settings(max_examples=300)
 def test_a_covered_filter_only_matches_topics_the_pattern_matches(
     pattern: str, topic_filter: str, topics: list[str]
 ) -> None:
