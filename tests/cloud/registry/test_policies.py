@@ -56,8 +56,9 @@ def test_invalid_and_reserved_documents_change_nothing(registry: Registry) -> No
     bad = {"statements": [{"sid": "oops", "effect": "allow", "actions": ["publish"]}]}
     with pytest.raises(InvalidPolicyError, match='statement "oops"'):
         ops.put_policy("fleet", bad, actor="alice")
-    with pytest.raises(ReservedPolicyNameError):
-        ops.put_policy("builtin:device", DOC, actor="alice")
+    for reserved in ("builtin:device", "schema", "test"):
+        with pytest.raises(ReservedPolicyNameError):
+            ops.put_policy(reserved, DOC, actor="alice")
     with pytest.raises(InvalidRegistryInputError):
         ops.put_policy("no spaces", DOC, actor="alice")
     assert registry.list_policies() == [] and _actions(registry) == []

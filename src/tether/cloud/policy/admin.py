@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 
 class ReservedPolicyNameError(InvalidInputError):
-    """``builtin:*`` names the built-in defaults; they are not stored or replaced."""
+    """``builtin:*`` names the built-in defaults (not stored or replaced); ``schema`` and
+    ``test`` are API routes."""
 
     code = "policy_name_reserved"
 
@@ -45,11 +46,17 @@ class EffectivePolicy:
     ]  # policy, version, sid, effect, action, pattern
 
 
+# Path segments of the API's own policy routes (``/policies/schema``, ``/policies/test``).
+RESERVED_NAMES = frozenset({"schema", "test"})
+
+
 def _check_not_builtin(name: str) -> None:
     if name.startswith(BUILTIN_PREFIX):
         raise ReservedPolicyNameError(
             f"{name!r} is a built-in policy; write your own under another name."
         )
+    if name in RESERVED_NAMES:
+        raise ReservedPolicyNameError(f"{name!r} is reserved (an API route); pick another name.")
 
 
 def subject_for(registry: Registry, kind: str, name: str) -> Subject:
