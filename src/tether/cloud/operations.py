@@ -34,6 +34,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tether.cloud.admin import IssuedAdminToken, create_admin, revoke_admin, rotate_admin
+from tether.cloud.enrollment.admin import EnrollmentAdmin
 from tether.cloud.registry import (
     ROOT_CRL_ISSUER,
     AdminRecord,
@@ -152,8 +153,11 @@ def load_crl(data: bytes) -> x509.CertificateRevocationList:
     return crl
 
 
-class AdminOperations:
-    """Every admin write on one registry, with the cloud's online CA (if any)."""
+class AdminOperations(EnrollmentAdmin):
+    """Every admin write on one registry, with the cloud's online CA (if any).
+
+    Enrollment's admin writes (claims, one-time tokens) are the ``EnrollmentAdmin`` mixin.
+    """
 
     def __init__(
         self,

@@ -50,6 +50,9 @@ class IdentityKind(StrEnum):
 
     DEVICE = "device"
     SERVICE = "service"
+    # A claim certificate (issue 16): it may only enroll on ``$tether/enroll``; every topic
+    # policy refuses it everything else (the default policy grants unknown kinds nothing).
+    CLAIM = "claim"
 
 
 @dataclass(frozen=True)

@@ -34,12 +34,15 @@ from tether.cloud.registry.certificates import Certificates
 from tether.cloud.registry.crls import CRLs
 from tether.cloud.registry.devices import Devices
 from tether.cloud.registry.engine import create_registry_engine, parse_url, safe_url
+from tether.cloud.registry.enrollment import Enrollments
 from tether.cloud.registry.errors import DatabaseUnavailableError
 from tether.cloud.registry.jit import JustInTime
 from tether.cloud.registry.verdict import Verdicts
 
 
-class Registry(CAs, Devices, Certificates, JustInTime, Admins, CRLs, AuditLog, Verdicts):
+class Registry(
+    CAs, Devices, Certificates, JustInTime, Admins, CRLs, AuditLog, Verdicts, Enrollments
+):
     """The registry on one database. Thread-safe: share one instance per process.
 
     Use :meth:`open`; close with :meth:`close` (or use it as a context manager).
