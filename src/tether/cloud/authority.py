@@ -168,6 +168,20 @@ class RegistryAuthority:
             claim = self._claim_identity(name, ca, issuer, fingerprint, now)
             if claim is not None:
                 return verdict.audit_position, claim
+        if (
+            not verdict.allowed
+            and verdict.reason_code is VerdictCode.SERIAL_BOUND_TO_OTHER_CA
+            and self.registry.in_enrollment_grace(fingerprint)
+        ):
+            # A birth certificate whose device just enrolled: enroll-only until the overlap
+            # ends, so a device whose reply was lost can retry (enrollment/service.py).
+            return verdict.audit_position, Identity(
+                kind=IdentityKind.CLAIM,
+                name=name,
+                certificate_fingerprint=fingerprint,
+                issuer=issuer,
+                issuer_fingerprint=ca.fingerprint,
+            )
         if not verdict.allowed:
             if verdict.reason_code is VerdictCode.SERIAL_BOUND_TO_OTHER_CA:
                 self._audit_bound_refusal(name, ca.fingerprint, fingerprint)

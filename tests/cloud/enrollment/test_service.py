@@ -33,6 +33,14 @@ def test_factory_unit_enrolls_and_the_serial_moves_to_the_operational_ca(world: 
     assert device.ca_fingerprint == world.enrollment.ca_fingerprint
     # The operational certificate connects; the birth certificate does not any more.
     assert world.identity(outcome.certificate).kind is IdentityKind.DEVICE
+    # Within the overlap the birth certificate connects enroll-only (a lost reply's retry)...
+    assert world.identity(birth).kind is IdentityKind.CLAIM
+    retry = world.enrollment.credential_for(world.identity(birth))
+    assert world.enrollment.enroll(csr_pem(key, "unit-1"), retry).certificate == outcome.certificate
+    # ...then it is retired and refused.
+    later = world.registry._clock() + timedelta(hours=1, seconds=1)
+    world.registry._clock = lambda: later
+    assert world.enrollment.retire_due() == [fingerprint(birth)]
     with pytest.raises(HandshakeRefused) as refused:
         world.identity(birth)
     assert refused.value.code == VerdictCode.SERIAL_BOUND_TO_OTHER_CA

@@ -108,3 +108,15 @@ class EnrollmentAdmin:
             token_hash(token), serial=serial, expires_at=expires, actor=actor
         )
         return IssuedEnrollmentToken(token=token, serial=serial, expires_at=expires)
+
+    def request_renewal(self, serial: str, *, actor: str) -> None:
+        """Ask a connected device to renew now (server-side push); audited.
+
+        The audit row ``device.renew_requested`` is the message: the gateway's enrollment
+        handler (``enrollment/mqtt.py``) follows the log and publishes
+        ``devices/<serial>/tether/renew-now`` to the device's live session.
+        """
+        device = self.registry.get_device(serial)
+        self.registry.audit(
+            actor=actor, action="device.renew_requested", target=device.serial, details={}
+        )

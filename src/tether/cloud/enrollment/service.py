@@ -7,7 +7,9 @@ device made itself (a CSR; the cloud never makes an operational key):
 - ``factory``: the factory certificate in the SE, presented over mutual TLS. The serial is
   the certificate's; enrollment moves the serial from the factory CA to the operational CA
   (the one explicit path besides ``move-device``), so the factory certificate stops working
-  once the device has enrolled (the gateway refuses it: ``serial_bound_to_other_ca``).
+  once the device has enrolled: for the overlap it may still connect *enroll-only* (so a
+  device whose reply was lost retries and gets the same certificate), then it is retired and
+  refused (``serial_bound_to_other_ca``).
 - ``claim``: a claim certificate (shared by a batch, e.g. in firmware) that may do nothing but
   enroll; its policy says which serials or how many, until when. It keeps working for other
   serials until its policy ends (count used up or expiry): that is the claim policy's choice.
@@ -193,6 +195,8 @@ class EnrollmentService:
         """The credential a verified TLS identity is: claim, current (renewal) or factory."""
         if identity.kind is IdentityKind.CLAIM:
             claim = self.registry.claim_for_certificate(identity.certificate_fingerprint)
+            if claim is None:  # a birth certificate in its grace period: a retry
+                return Credential(CredentialKind.FACTORY, identity=identity)
             return Credential(CredentialKind.CLAIM, identity=identity, claim=claim)
         if identity.issuer_fingerprint == self.ca_fingerprint:
             return Credential(CredentialKind.CURRENT, identity=identity)
@@ -251,7 +255,7 @@ class EnrollmentService:
             certificate=self.ca.issue_device_certificate(csr, target, validity=self.validity),
             operational_ca=self.ca_fingerprint,
             actor=self.actor,
-            overlap=timedelta(0),
+            overlap=self.overlap,  # the birth certificate's grace period for a retry
             previous_owner=(
                 credential.identity.issuer_fingerprint
                 if credential.kind is CredentialKind.FACTORY and credential.identity
@@ -335,8 +339,6 @@ class EnrollmentService:
         elif credential.kind is CredentialKind.TOKEN:
             assert credential.token is not None
             fixed = self.registry.enrollment_token_serial(token_hash(credential.token))
-        elif credential.kind is CredentialKind.CLAIM and credential.claim is None:
-            raise EnrollmentNotAllowedError("this claim certificate has no claim any more")
         if fixed is not None and asked is not None and asked != fixed:
             raise EnrollmentSerialMismatchError(
                 f"the request is for the serial {asked!r} but the credential is for {fixed!r}; "

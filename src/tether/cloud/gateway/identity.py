@@ -50,8 +50,9 @@ class IdentityKind(StrEnum):
 
     DEVICE = "device"
     SERVICE = "service"
-    # A claim certificate (issue 16): it may only enroll on ``$tether/enroll``; every topic
-    # policy refuses it everything else (the default policy grants unknown kinds nothing).
+    # Enroll-only (issue 16): a claim certificate, or a birth certificate in its grace period
+    # after its device enrolled. It may only publish ``$tether/enroll``; every topic policy
+    # refuses it everything else (the default policy grants unknown kinds nothing).
     CLAIM = "claim"
 
 

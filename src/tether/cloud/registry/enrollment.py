@@ -237,6 +237,34 @@ class Enrollments(RegistryBase):
             )
             return None if model is None else _claim_record(model)
 
+    def in_enrollment_grace(self, fingerprint: str) -> bool:
+        """Whether this certificate was succeeded and its overlap has not ended yet.
+
+        The gateway lets such a (birth) certificate connect *enroll-only* after its serial
+        moved to the operational CA, so a device whose enroll reply was lost can retry and
+        get the same result instead of being stranded.
+        """
+        fingerprint = check_fingerprint(fingerprint)
+        now = self._clock()
+        with self._read() as session:
+            return (
+                session.scalar(
+                    select(CertificateSuccessionModel.id)
+                    .join(
+                        CertificateModel,
+                        CertificateSuccessionModel.predecessor_id == CertificateModel.id,
+                    )
+                    .where(
+                        CertificateModel.fingerprint == fingerprint,
+                        CertificateModel.state == CertState.ACTIVE.value,
+                        CertificateSuccessionModel.retired_at.is_(None),
+                        CertificateSuccessionModel.retire_at > now,
+                    )
+                    .limit(1)
+                )
+                is not None
+            )
+
     def add_enrollment_token(
         self, token_hash: str, *, serial: str, expires_at: datetime, actor: str
     ) -> None:
