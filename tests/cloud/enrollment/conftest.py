@@ -11,10 +11,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.cloud.conftest import ACTOR, CloudPKI
+from tests.cloud.conftest import ACTOR, Cloud, CloudPKI
 from tests.pki.util import cn, csr_for
 from tether.cloud.authority import RegistryAuthority
 from tether.cloud.enrollment import EnrollmentService
+from tether.cloud.enrollment.mqtt import MqttEnrollment
 from tether.cloud.gateway.identity import Identity
 from tether.cloud.operations import AdminOperations
 from tether.cloud.registry import CARole, Registry
@@ -86,3 +87,33 @@ def world(cloud_pki: CloudPKI, tmp_path: Path) -> Iterator[World]:
 
 def fingerprint(certificate: x509.Certificate) -> str:
     return sha256_fingerprint(certificate)
+
+
+@dataclass
+class Enrolling:
+    cloud: Cloud
+    handler: MqttEnrollment
+    admin: AdminOperations
+
+
+@pytest.fixture
+def enrolling(cloud: Cloud) -> Iterator[Enrolling]:
+    service = EnrollmentService(
+        cloud.registry,
+        cloud.pki.device_ca,
+        overlap=timedelta(seconds=30),
+        chain_extra=(cloud.pki.root.certificate,),
+    )
+    handler = MqttEnrollment(service, tick=0.2)
+
+    async def attach() -> None:
+        handler.attach(cloud.service.gateway.broker)
+
+    cloud.running.call(attach())
+    admin = AdminOperations(
+        cloud.registry, root_certificate=cloud.pki.root.certificate, online_ca=cloud.pki.device_ca
+    )
+    try:
+        yield Enrolling(cloud, handler, admin)
+    finally:
+        cloud.running.call(handler.close())

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import queue
-from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -16,43 +13,10 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.cloud.conftest import ACTOR, TIMEOUT, Cloud, write_identity
-from tests.cloud.enrollment.conftest import csr_pem
+from tests.cloud.conftest import ACTOR, TIMEOUT, write_identity
+from tests.cloud.enrollment.conftest import Enrolling, csr_pem
 from tests.cloud.gateway.harness import PahoClient
-from tether.cloud.enrollment import EnrollmentService
-from tether.cloud.enrollment.mqtt import MqttEnrollment
-from tether.cloud.operations import AdminOperations
 from tether.pki import generate_key
-
-
-@dataclass
-class Enrolling:
-    cloud: Cloud
-    handler: MqttEnrollment
-    admin: AdminOperations
-
-
-@pytest.fixture
-def enrolling(cloud: Cloud) -> Iterator[Enrolling]:
-    service = EnrollmentService(
-        cloud.registry,
-        cloud.pki.device_ca,
-        overlap=timedelta(seconds=30),
-        chain_extra=(cloud.pki.root.certificate,),
-    )
-    handler = MqttEnrollment(service, tick=0.2)
-
-    async def attach() -> None:
-        handler.attach(cloud.service.gateway.broker)
-
-    cloud.running.call(attach())
-    admin = AdminOperations(
-        cloud.registry, root_certificate=cloud.pki.root.certificate, online_ca=cloud.pki.device_ca
-    )
-    try:
-        yield Enrolling(cloud, handler, admin)
-    finally:
-        cloud.running.call(handler.close())
 
 
 def ask(client: PahoClient, topic: str, request: dict[str, Any], tag: bytes) -> dict[str, Any]:

@@ -30,14 +30,15 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from tether.cloud.enrollment.service import EnrollmentService, EnrollOutcome
+from mqtt5 import DisconnectReasonCode
+
+from tether.cloud.enrollment.service import EnrollmentService, EnrollOutcome, EnrollResult
 from tether.cloud.gateway.broker import Broker, Message
 from tether.cloud.gateway.identity import Identity, IdentityKind
-from tether.cloud.gateway.reserved import RESERVED_PREFIX
+from tether.cloud.gateway.reserved import RESERVED_PREFIX, ReservedClient
 from tether.errors import InvalidInputError, TetherError
 
 log = logging.getLogger("tether.enrollment")
@@ -127,40 +128,41 @@ class MqttEnrollment:
 
     # -- ReservedTopics --------------------------------------------------------------------
 
-    def handle(
-        self, identity: Identity, message: Message, reply: Callable[[Message], bool]
-    ) -> bool:
+    def handle(self, client: ReservedClient, message: Message) -> bool:
         """Accept ``$tether/enroll`` and ``$tether/renew``; anything else is refused."""
         if message.topic not in (ENROLL_TOPIC, RENEW_TOPIC):
             return False
         reply_topic = message.response_topic or f"{message.topic}/reply"
         if self._in_flight >= self.max_in_flight:
-            self._send(reply, message, reply_topic, self._refused("enrollment_busy", (
+            self._send(client, message, reply_topic, self._refused("enrollment_busy", (
                 f"{self._in_flight} enrollments are being served; retry in a moment"
             )))  # fmt: skip
             return True
         self._in_flight += 1
-        task = asyncio.get_running_loop().create_task(
-            self._serve(identity, message, reply, reply_topic)
-        )
+        task = asyncio.get_running_loop().create_task(self._serve(client, message, reply_topic))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
 
-    async def _serve(
-        self,
-        identity: Identity,
-        message: Message,
-        reply: Callable[[Message], bool],
-        reply_topic: str,
-    ) -> None:
+    async def _serve(self, client: ReservedClient, message: Message, reply_topic: str) -> None:
+        identity = client.identity
         try:
             answer = await asyncio.get_running_loop().run_in_executor(
                 self._threads, self._work, identity, message
             )
         finally:
             self._in_flight -= 1
-        self._send(reply, message, reply_topic, answer)
+        self._send(client, message, reply_topic, answer)
+        if (
+            answer.get("result") == EnrollResult.ENROLLED.value
+            and identity.issuer_fingerprint != self.enrollment.ca_fingerprint
+        ):
+            # The serial belongs to the operational CA now: this birth session ends here,
+            # after its reply (a retry within the overlap may reconnect enroll-only).
+            client.disconnect(
+                DisconnectReasonCode.ADMINISTRATIVE_ACTION,
+                "enrolled: connect with the operational certificate",
+            )
 
     def _work(self, identity: Identity, message: Message) -> dict[str, Any]:
         try:
@@ -191,10 +193,8 @@ class MqttEnrollment:
         return {"result": "refused", "code": code, "message": text}
 
     @staticmethod
-    def _send(
-        reply: Callable[[Message], bool], request: Message, topic: str, answer: dict[str, Any]
-    ) -> None:
-        reply(
+    def _send(client: ReservedClient, request: Message, topic: str, answer: dict[str, Any]) -> None:
+        client.deliver(
             Message(
                 topic=topic,
                 payload=json.dumps(answer).encode("utf-8"),
@@ -203,7 +203,8 @@ class MqttEnrollment:
                 payload_format_indicator=1,
                 content_type="application/json",
                 correlation_data=request.correlation_data,
-            )
+            ),
+            max(request.qos, 0),
         )
 
     # -- the clock: retirement after the overlap, server-side "renew now" ------------------

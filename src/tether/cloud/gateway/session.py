@@ -530,9 +530,7 @@ class Session:
             response_topic=packet.response_topic,
             correlation_data=packet.correlation_data,
         )
-        accepted = handler is not None and handler.handle(
-            self.identity, message, lambda reply: self.deliver(reply, reply.qos)
-        )
+        accepted = handler is not None and handler.handle(self, message)
         if not accepted:
             self._log(logging.WARNING, "reserved_topic_refused", f"{packet.topic!r} refused")
         if packet.qos == QoS.AT_LEAST_ONCE and packet.packet_id is not None:

@@ -5,8 +5,8 @@ The enroll operation itself (CSR checks, the hook, signing) lives in
 is the one transaction that turns a signed certificate into a device's operational identity:
 it re-checks the birth credential under the write lock (a token is spent once, a claim's count
 is not exceeded by two racing requests), binds or moves the serial to the operational CA (the
-one path besides ``rebind_device`` that may move a serial; audited as ``device.rebind`` with
-``via: enrollment``, so the gateway's feed drops a session of the old CA), records the
+one path besides ``rebind_device`` that may move a serial; audited as
+``device.enroll_rebind``), records the
 certificate, its succession and the enrollment row keyed by the request, all with their audit
 rows. A second request with the same key finds the first one's row and gets its result back.
 """
@@ -44,6 +44,11 @@ from tether.cloud.registry.models import (
 )
 from tether.cloud.registry.records import CertState, DeviceStatus, Provisioning
 from tether.errors import ConflictError, NotFoundError, PermissionDeniedError
+
+# The serial moved to the operational CA by enrollment. Not ``device.rebind``: the gateway's
+# feed ends every session of the old CA on that, and it would race the enroll reply on the
+# birth session; the enrollment handler ends that session itself once it has replied.
+ENROLL_REBIND = "device.enroll_rebind"
 
 
 class EnrollmentTokenError(PermissionDeniedError):
@@ -483,6 +488,6 @@ def _device_for(
     device.ca = ca
     device.ca_id = ca.id
     device.updated_at = now
-    details = {"from": owner, "to": ca.fingerprint, "via": "enrollment"}
-    write_audit(session, now, actor, AuditAction.DEVICE_REBIND, serial, details)
+    details = {"from": owner, "to": ca.fingerprint}
+    write_audit(session, now, actor, ENROLL_REBIND, serial, details)
     return device
