@@ -247,3 +247,43 @@ def test_a_failing_hook_is_a_clear_refusal_and_issues_nothing(world: World, beha
     assert world.certificates() == count
     rows = [e for e in world.registry.list_audit(limit=20).items if e.action == "enrollment.hook"]
     assert rows[0].details["verdict"] == refused.value.code
+
+
+def test_a_storm_is_committed_in_groups_and_a_refusal_spoils_nothing(world: World) -> None:
+    """Concurrent enrollments share commits; each is durable when returned; a replayed token
+    in the same group is refused alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tether.cloud.registry import Registry
+
+    tokens = [world.admin.create_enrollment_token(f"st-{i}", actor=ACTOR).token for i in range(24)]
+    spent = world.admin.create_enrollment_token("st-spent", actor=ACTOR).token
+    world.enrollment.enroll(
+        csr_pem(generate_key(), "st-spent"), Credential(CredentialKind.TOKEN, token=spent)
+    )
+    racing = world.admin.create_enrollment_token("st-race", actor=ACTOR).token
+    jobs = [(f"st-{i}", t) for i, t in enumerate(tokens)] + [("st-spent", spent)] * 3
+    jobs += [("st-race", racing)] * 3  # one token, three different CSRs at once
+
+    def one(job: tuple[str, str]) -> object:
+        serial, token = job
+        try:
+            return world.enrollment.enroll(
+                csr_pem(generate_key(), serial), Credential(CredentialKind.TOKEN, token=token)
+            )
+        except TetherError as exc:
+            return exc.code
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, jobs))
+    refused = [r for r in results if isinstance(r, str)]
+    assert refused == ["enrollment_token_used"] * 5
+    assert world.registry.list_certificates(device_serial="st-race").total == 1
+    committer = world.registry._committer  # type: ignore[attr-defined]
+    assert committer.batches <= committer.committed
+    # Every returned certificate is committed: a separate connection sees it.
+    with Registry.open(world.registry._engine.url.render_as_string(hide_password=False)) as other:
+        for result in results:
+            if not isinstance(result, str):
+                other.get_certificate(fingerprint(result.certificate))  # type: ignore[attr-defined]
+        assert other.list_audit(limit=1).total == world.registry.list_audit(limit=1).total

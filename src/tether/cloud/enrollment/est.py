@@ -145,7 +145,7 @@ class EstServer:
         port: int = 8444,
         request_deadline: float = 10.0,
         max_connections: int = 256,
-        threads: int = 4,
+        threads: int = 16,
     ) -> None:
         self.enrollment = enrollment
         self.authority = authority

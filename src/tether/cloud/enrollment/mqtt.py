@@ -95,7 +95,7 @@ class MqttEnrollment:
         enrollment: EnrollmentService,
         *,
         max_in_flight: int = 64,
-        threads: int = 4,
+        threads: int = 16,
         tick: float = 1.0,
     ) -> None:
         self.enrollment = enrollment

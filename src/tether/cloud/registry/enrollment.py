@@ -14,6 +14,7 @@ rows. A second request with the same key finds the first one's row and gets its 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -24,6 +25,8 @@ from sqlalchemy.orm import Session
 
 from tether.cloud.registry.audit import AuditAction, change_status, write_audit
 from tether.cloud.registry.base import RegistryBase, check_actor, check_fingerprint, check_serial
+from tether.cloud.registry.batch import GroupCommitter
+from tether.cloud.registry.bulk_enroll import bulk_record
 from tether.cloud.registry.cas import load_ca
 from tether.cloud.registry.certificates import (
     _audit_added,
@@ -49,6 +52,7 @@ from tether.errors import ConflictError, NotFoundError, PermissionDeniedError
 # feed ends every session of the old CA on that, and it would race the enroll reply on the
 # birth session; the enrollment handler ends that session itself once it has replied.
 ENROLL_REBIND = "device.enroll_rebind"
+_COMMITTER_LOCK = threading.Lock()
 
 
 class EnrollmentTokenError(PermissionDeniedError):
@@ -320,55 +324,72 @@ class Enrollments(RegistryBase):
 
         Returns the earlier request's record (``replayed``) if one with the same key exists.
         Raises EnrollmentTokenUsedError, ClaimPolicyError, SerialBoundError,
-        EnrollmentDeviceDisabledError and the refusals of ``add_certificate``.
+        EnrollmentDeviceDisabledError and the refusals of ``add_certificate``. Concurrent
+        callers share commits (``registry/batch.py``); it returns only once committed.
         """
         actor = check_actor(write.actor)
         serial = check_serial(write.serial)
-        now = self._clock()
-        with self._write() as session:
-            existing = session.scalar(
-                select(EnrollmentModel).where(
-                    EnrollmentModel.request_digest == write.request_digest
-                )
-            )
-            if existing is not None:
-                return _enrollment_record(existing, replayed=True)
-            ca = load_ca(session, check_fingerprint(write.operational_ca))
-            check_issued_by(write.certificate, ca)
-            self._spend_credential(session, write, serial, now)
-            device = _device_for(session, write, serial, ca, actor, now)
-            cert = insert_certificate(session, write.certificate, ca, device, CertState.ACTIVE, now)
-            _audit_added(session, now, actor, cert, ca.fingerprint, serial, CertState.ACTIVE)
-            if write.predecessor is not None:
-                old = _load_cert(session, check_fingerprint(write.predecessor))
-                session.add(
-                    CertificateSuccessionModel(
-                        predecessor_id=old.id,
-                        successor_id=cert.id,
-                        kind=write.result,
-                        retire_at=now + write.overlap,
-                        retired_at=None,
+        return self._group_commit().submit(
+            lambda session: self._record_in(session, write, serial, actor, self._clock()),
+            bulk_item=write,
+        )
+
+    def _group_commit(self) -> GroupCommitter:
+        committer = getattr(self, "_committer", None)
+        if committer is None:
+            with _COMMITTER_LOCK:
+                committer = getattr(self, "_committer", None)
+                if committer is None:
+                    committer = self._committer = GroupCommitter(
+                        self,
+                        bulk=lambda session, writes: bulk_record(session, writes, self._clock()),
                     )
+        return committer
+
+    def _record_in(
+        self, session: Session, write: EnrollmentWrite, serial: str, actor: str, now: datetime
+    ) -> EnrollmentRecord:
+        existing = session.scalar(
+            select(EnrollmentModel).where(EnrollmentModel.request_digest == write.request_digest)
+        )
+        if existing is not None:
+            return _enrollment_record(existing, replayed=True)
+        ca = load_ca(session, check_fingerprint(write.operational_ca))
+        check_issued_by(write.certificate, ca)
+        self._spend_credential(session, write, serial, now)
+        device = _device_for(session, write, serial, ca, actor, now)
+        cert = insert_certificate(session, write.certificate, ca, device, CertState.ACTIVE, now)
+        _audit_added(session, now, actor, cert, ca.fingerprint, serial, CertState.ACTIVE)
+        if write.predecessor is not None:
+            old = _load_cert(session, check_fingerprint(write.predecessor))
+            session.add(
+                CertificateSuccessionModel(
+                    predecessor_id=old.id,
+                    successor_id=cert.id,
+                    kind=write.result,
+                    retire_at=now + write.overlap,
+                    retired_at=None,
                 )
-            model = EnrollmentModel(
-                request_digest=write.request_digest,
-                serial=serial,
-                credential=write.credential,
-                result=write.result,
-                certificate=cert,
-                attributes=json.dumps(dict(write.attributes), sort_keys=True),
-                created_at=now,
             )
-            session.add(model)
-            session.flush()
-            details: dict[str, str | int | None] = {
-                "credential": write.credential,
-                "certificate": cert.fingerprint,
-                "predecessor": write.predecessor,
-                "attributes": len(write.attributes),
-            }
-            write_audit(session, now, actor, f"enrollment.{write.result}", serial, details)
-            return _enrollment_record(model, replayed=False)
+        model = EnrollmentModel(
+            request_digest=write.request_digest,
+            serial=serial,
+            credential=write.credential,
+            result=write.result,
+            certificate=cert,
+            attributes=json.dumps(dict(write.attributes), sort_keys=True),
+            created_at=now,
+        )
+        session.add(model)
+        session.flush()
+        details: dict[str, str | int | None] = {
+            "credential": write.credential,
+            "certificate": cert.fingerprint,
+            "predecessor": write.predecessor,
+            "attributes": len(write.attributes),
+        }
+        write_audit(session, now, actor, f"enrollment.{write.result}", serial, details)
+        return _enrollment_record(model, replayed=False)
 
     def _spend_credential(
         self, session: Session, write: EnrollmentWrite, serial: str, now: datetime

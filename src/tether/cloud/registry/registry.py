@@ -75,6 +75,9 @@ class Registry(
 
     def close(self) -> None:
         """Release all connections; the registry cannot be used afterwards."""
+        committer = getattr(self, "_committer", None)
+        if committer is not None:
+            committer.close()
         self._engine.dispose()
 
     def __enter__(self) -> Registry:
