@@ -4,7 +4,7 @@ renewal and rotation with succession, and every refusal changing nothing."""
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography import x509
@@ -287,3 +287,13 @@ def test_a_storm_is_committed_in_groups_and_a_refusal_spoils_nothing(world: Worl
             if not isinstance(result, str):
                 other.get_certificate(fingerprint(result.certificate))  # type: ignore[attr-defined]
         assert other.list_audit(limit=1).total == world.registry.list_audit(limit=1).total
+
+
+def test_a_claim_stops_connecting_when_its_policy_expires(world: World) -> None:
+    bundle = world.admin.create_claim("brief", valid_for=timedelta(seconds=2), actor=ACTOR)
+    cert = x509.load_pem_x509_certificate(bundle.certificate_pem.encode())
+    assert world.identity(cert).kind is IdentityKind.CLAIM
+    time.sleep(max(0.0, (bundle.claim.expires_at - datetime.now(UTC)).total_seconds()) + 0.5)
+    with pytest.raises(HandshakeRefused) as refused:
+        world.identity(cert)
+    assert refused.value.code in ("certificate_expired", "claim_expired")
