@@ -212,3 +212,21 @@ def test_est_refusals(est: Est) -> None:
     assert (status, code) == (422, "pki_unsupported_key")  # policy: 422, as in the API
     status, _, code = est.curl("unknown-op")
     assert (status, code) == (404, "est_not_found")
+
+
+def test_simplereenroll_refuses_another_ca_and_a_birth_certificate(est: Est) -> None:
+    cloud = est.cloud
+    service = cloud.service_identity("svc-est")  # a registered identity of another CA
+    status, _, code = est.curl(
+        "simplereenroll", body=est.csr(service.key_path, "svc-est", "svc"),
+        cert=service.cert_path, key=service.key_path,
+    )  # fmt: skip
+    assert (status, code) == (403, "enrollment_not_allowed")
+    key = generate_key()
+    birth_cert = cloud.pki.factory_ca.issue_device_certificate_for_key(key.public_key(), "est-9")
+    birth = write_identity(est.work, "est-9-birth", birth_cert, key)
+    status, _, code = est.curl(
+        "simplereenroll", body=est.csr(birth.key_path, "est-9", "b9"),
+        cert=birth.cert_path, key=birth.key_path,
+    )  # fmt: skip
+    assert (status, code) == (403, "renewal_wrong_ca")

@@ -120,3 +120,17 @@ def test_malformed_request_gets_a_clear_refusal(enrolling: Enrolling) -> None:
     garbage = ask(client, "$tether/enroll", {"csr": "not a csr"}, b"b2")
     assert garbage["code"] == "pki_malformed_input"
     close(client)
+
+
+def test_renew_now_is_pushed_to_a_connected_device(enrolling: Enrolling) -> None:
+    cloud = enrolling.cloud
+    issued = cloud.console_device("push-1")  # a device CA (operational) certificate
+    client = cloud.paho(issued, "push-1")
+    client.client.subscribe("devices/push-1/tether/renew-now", qos=1)
+    client.subacks.get(timeout=TIMEOUT)
+    enrolling.admin.request_renewal("push-1", actor=ACTOR)
+    message = client.messages.get(timeout=TIMEOUT)
+    assert message.topic == "devices/push-1/tether/renew-now"
+    renewed = ask(client, "$tether/renew", {"csr": csr_pem(issued.key, None).decode()}, b"p")
+    assert renewed["result"] == "renewed"
+    close(client)
