@@ -25,7 +25,17 @@ from pathlib import Path
 
 from bench.common import REPO, run_one
 
-BENCHMARKS = ("connect", "issuance", "revocation", "abuse", "scale", "memory", "tokens", "policy")
+BENCHMARKS = (
+    "connect",
+    "issuance",
+    "revocation",
+    "abuse",
+    "scale",
+    "memory",
+    "tokens",
+    "policy",
+    "enrollment",
+)
 JSON_PATH = REPO / "docs" / "benchmarks.json"
 DOC_PATH = REPO / "docs" / "benchmarks.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"

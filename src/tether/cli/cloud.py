@@ -38,6 +38,7 @@ from tether.cli.secrets import DATABASE_URL_ENV, read_database_url, read_secret
 from tether.cloud.admin import IssuedAdminToken
 from tether.cloud.api import ApiProcess, ApiProcessArgs
 from tether.cloud.device_state import device_states
+from tether.cloud.enrollment.runtime import enrollment_companions
 from tether.cloud.observability.endpoints import GatewayEndpoints
 from tether.cloud.observability.live import read_live_view
 from tether.cloud.observability.logs import LOG_FORMATS
@@ -414,7 +415,7 @@ def serve(
     settings = CloudSettings.load(data_dir)
     overrides = {} if port is None else {"port": port}
     passphrase = None
-    if settings.api.device_ca is not None:
+    if settings.api.device_ca is not None or settings.enrollment.enabled:
         passphrase = read_secret(
             "online device CA passphrase",
             env_var="TETHER_CA_PASSPHRASE",
@@ -436,6 +437,7 @@ def serve(
     registry = Registry.open(settings.database_url)
     try:
         service = CloudService(registry, settings.gateway_settings(**overrides))
+        extras = enrollment_companions(settings, service, passphrase)
 
         def ready(bound: int) -> None:
             console.print(
@@ -475,6 +477,7 @@ def serve(
                 on_api_ready=api_ready,
                 endpoints=endpoints,
                 on_endpoints_ready=endpoints_ready,
+                extras=extras,
             )
         )
     finally:

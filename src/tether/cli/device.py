@@ -17,6 +17,7 @@ from rich.text import Text
 from tether.cli.secrets import read_secret
 from tether.device.config import CloudEndpoint, DeviceIdentity, FileKey, KeySource, Pkcs11Key
 from tether.device.connection import DeviceClient
+from tether.device.enrollment import Renewal, due_for_renewal, enroll, renew
 from tether.device.explain import ExplainStep, explain_steps
 from tether.device.preflight import probe_server
 from tether.errors import InvalidInputError
@@ -100,12 +101,22 @@ def connect(
     explain: Annotated[
         bool, typer.Option("--explain", help="Show the five handshake steps.")
     ] = False,
+    renew_at: Annotated[
+        float | None,
+        typer.Option(
+            "--renew-at",
+            help="Renew first once this fraction of the certificate's lifetime has passed "
+            "(e.g. 0.67).",
+        ),
+    ] = None,
 ) -> None:
     """Connect as the device in --cert, trusting only --ca; optionally publish or subscribe."""
     source = _key_source(key, pkcs11_module, token, key_label, pin_file)
     identity = DeviceIdentity.load(cert, source)
     endpoint = CloudEndpoint(host=host, port=port, pinned_ca=ca, server_name=server_name)
     console = Console(highlight=False, emoji=False, markup=False)
+    if renew_at is not None and due_for_renewal(identity.load_certificate(), fraction=renew_at):
+        _print_renewal(console, renew(identity, endpoint, timeout=timeout), cert)
     server = None
     if explain:
         server = probe_server(identity, endpoint, timeout)
@@ -133,8 +144,68 @@ def connect(
                 console.print(f"received on {received.topic}: {text}")
 
 
+def _print_renewal(console: Console, renewal: Renewal, out: Path) -> None:
+    retry = " (the cloud's answer to an earlier identical request)" if renewal.replayed else ""
+    console.print(
+        f"{renewal.result} {renewal.serial}: certificate valid until "
+        f"{renewal.certificate.not_valid_after_utc:%Y-%m-%d %H:%M}Z written to {out}{retry}"
+    )
+    if renewal.key_label is not None:
+        console.print(f"the key is now {renewal.key_label!r} in the token: use --key-label for it")
+
+
+def enroll_command(
+    cert: Annotated[Path, typer.Option("--cert", help="The birth certificate (factory or claim).")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the operational certificate.")],
+    ca: Annotated[Path, typer.Option("--ca", help="The pinned cloud CA (PEM).")],
+    host: Annotated[str, typer.Option("--host", help="Cloud host name or address.")],
+    key: Annotated[Path | None, typer.Option("--key", help="Private key file.")] = None,
+    pkcs11_module: Annotated[str | None, typer.Option("--pkcs11-module")] = None,
+    token: Annotated[str | None, typer.Option("--token", help="PKCS#11 token label.")] = None,
+    key_label: Annotated[str | None, typer.Option("--key-label")] = None,
+    pin_file: Annotated[Path | None, typer.Option("--pin-file")] = None,
+    serial: Annotated[
+        str | None, typer.Option("--serial", help="The device's serial (with a claim certificate).")
+    ] = None,
+    port: Annotated[int, typer.Option("--port")] = 8883,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1)] = 10.0,
+) -> None:
+    """Exchange a birth certificate for an operational one (a CSR made in the SE)."""
+    source = _key_source(key, pkcs11_module, token, key_label, pin_file)
+    identity = DeviceIdentity.load(cert, source)
+    endpoint = CloudEndpoint(host=host, port=port, pinned_ca=ca)
+    renewal = enroll(identity, endpoint, out=out, serial=serial, timeout=timeout)
+    _print_renewal(Console(highlight=False, markup=False), renewal, out)
+
+
+def renew_command(
+    cert: Annotated[Path, typer.Option("--cert", help="The current operational certificate.")],
+    ca: Annotated[Path, typer.Option("--ca", help="The pinned cloud CA (PEM).")],
+    host: Annotated[str, typer.Option("--host", help="Cloud host name or address.")],
+    key: Annotated[Path | None, typer.Option("--key", help="Private key file.")] = None,
+    pkcs11_module: Annotated[str | None, typer.Option("--pkcs11-module")] = None,
+    token: Annotated[str | None, typer.Option("--token", help="PKCS#11 token label.")] = None,
+    key_label: Annotated[str | None, typer.Option("--key-label")] = None,
+    pin_file: Annotated[Path | None, typer.Option("--pin-file")] = None,
+    rotate_to: Annotated[
+        str | None,
+        typer.Option("--rotate-to", help="Generate a new SE key with this label and rotate to it."),
+    ] = None,
+    port: Annotated[int, typer.Option("--port")] = 8883,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1)] = 10.0,
+) -> None:
+    """Renew the operational certificate (same SE key), or rotate to a new SE key."""
+    source = _key_source(key, pkcs11_module, token, key_label, pin_file)
+    identity = DeviceIdentity.load(cert, source)
+    endpoint = CloudEndpoint(host=host, port=port, pinned_ca=ca)
+    renewal = renew(identity, endpoint, new_label=rotate_to, timeout=timeout)
+    _print_renewal(Console(highlight=False, markup=False), renewal, cert)
+
+
 def register(root: typer.Typer) -> None:
     """Add the `device` group to the root app."""
     group = typer.Typer(help="The device agent: mutual TLS and MQTT 5 to the cloud.")
     group.command("connect")(connect)
+    group.command("enroll")(enroll_command)
+    group.command("renew")(renew_command)
     root.add_typer(group, name="device")

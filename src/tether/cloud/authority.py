@@ -164,6 +164,24 @@ class RegistryAuthority:
         verdict = self.registry.check_connection(
             cert_fingerprint=fingerprint, device_serial=name, issuer_fingerprint=ca.fingerprint
         )
+        if not verdict.allowed and verdict.reason_code is VerdictCode.DEVICE_UNKNOWN:
+            claim = self._claim_identity(name, ca, issuer, fingerprint, now)
+            if claim is not None:
+                return verdict.audit_position, claim
+        if (
+            not verdict.allowed
+            and verdict.reason_code is VerdictCode.SERIAL_BOUND_TO_OTHER_CA
+            and self.registry.in_enrollment_grace(fingerprint)
+        ):
+            # A birth certificate whose device just enrolled: enroll-only until the overlap
+            # ends, so a device whose reply was lost can retry (enrollment/service.py).
+            return verdict.audit_position, Identity(
+                kind=IdentityKind.CLAIM,
+                name=name,
+                certificate_fingerprint=fingerprint,
+                issuer=issuer,
+                issuer_fingerprint=ca.fingerprint,
+            )
         if not verdict.allowed:
             if verdict.reason_code is VerdictCode.SERIAL_BOUND_TO_OTHER_CA:
                 self._audit_bound_refusal(name, ca.fingerprint, fingerprint)
@@ -189,6 +207,36 @@ class RegistryAuthority:
             issuer_fingerprint=ca.fingerprint,
         )
         return verdict.audit_position, identity
+
+    def _claim_identity(
+        self,
+        name: str,
+        ca: CARecord,
+        issuer: str,
+        fingerprint: str,
+        now: dt.datetime,
+    ) -> Identity | None:
+        """A claim certificate's identity (it may only enroll), or None if it is not one.
+
+        Asked only when the verdict found an active certificate bound to no device, so a
+        normal handshake pays nothing for claims. An expired claim is refused here.
+        """
+        claim = self.registry.claim_for_certificate(fingerprint)
+        if claim is None:
+            return None
+        if now >= claim.expires_at:
+            raise HandshakeRefused(
+                f"the claim {claim.name!r} expired at {claim.expires_at:%Y-%m-%d %H:%M:%SZ}; "
+                "its certificate no longer connects",
+                code="claim_expired",
+            )
+        return Identity(
+            kind=IdentityKind.CLAIM,
+            name=name,
+            certificate_fingerprint=fingerprint,
+            issuer=issuer,
+            issuer_fingerprint=ca.fingerprint,
+        )
 
     def _audit_bound_refusal(self, serial: str, issuer: str, fingerprint: str) -> None:
         """Audit a CA trying to vouch for a serial it does not own, at most once a minute each.

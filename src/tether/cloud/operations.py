@@ -34,6 +34,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tether.cloud.admin import IssuedAdminToken, create_admin, revoke_admin, rotate_admin
+from tether.cloud.enrollment.admin import EnrollmentAdmin
 from tether.cloud.policy.admin import PolicyAdmin
 from tether.cloud.registry import (
     ROOT_CRL_ISSUER,
@@ -153,10 +154,11 @@ def load_crl(data: bytes) -> x509.CertificateRevocationList:
     return crl
 
 
-class AdminOperations(PolicyAdmin):
+class AdminOperations(PolicyAdmin, EnrollmentAdmin):
     """Every admin write on one registry, with the cloud's online CA (if any).
 
-    Policy, group and attribute writes come from :class:`~tether.cloud.policy.admin.PolicyAdmin`.
+    Policy, group and attribute writes come from :class:`~tether.cloud.policy.admin.PolicyAdmin`;
+    enrollment's (claims, one-time tokens) from ``EnrollmentAdmin``.
     """
 
     def __init__(

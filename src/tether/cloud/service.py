@@ -308,6 +308,7 @@ async def serve_until_signalled(
     on_api_ready: Callable[[int], None] | None = None,
     endpoints: Companion | None = None,
     on_endpoints_ready: Callable[[int], None] | None = None,
+    extras: Sequence[Companion] = (),
 ) -> None:
     """Run ``service`` (and ``api``, on the same loop) until SIGINT or SIGTERM, then stop.
 
@@ -323,9 +324,13 @@ async def serve_until_signalled(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     port = await service.start()
+    started: list[Companion] = []
     try:
         if on_ready is not None:
             on_ready(port)
+        for extra in extras:  # enrollment (issue 16): after the gateway, before the API
+            await extra.start()
+            started.append(extra)
         if api is not None:
             api_port = await api.start()
             if on_api_ready is not None:
@@ -342,4 +347,6 @@ async def serve_until_signalled(
             if api is not None:
                 await api.stop()
     finally:
+        for extra in reversed(started):
+            await extra.stop()
         await service.stop()

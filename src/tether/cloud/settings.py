@@ -49,6 +49,7 @@ from typing import Any
 
 from cryptography import x509
 
+from tether.cloud.enrollment.settings import EnrollmentOptions
 from tether.cloud.gateway import GatewaySettings
 from tether.errors import ConfigurationError
 
@@ -174,6 +175,7 @@ class CloudSettings:
     api: ApiOptions = field(default_factory=ApiOptions)
     api_limits: ApiLimitOptions = field(default_factory=ApiLimitOptions)
     metrics: MetricsOptions = field(default_factory=MetricsOptions)
+    enrollment: EnrollmentOptions = field(default_factory=EnrollmentOptions)
 
     @property
     def server_chain(self) -> Path:
@@ -224,6 +226,7 @@ class CloudSettings:
             "api": asdict(self.api),
             "api_limits": asdict(self.api_limits),
             "metrics": asdict(self.metrics),
+            "enrollment": asdict(self.enrollment),
         }
         return (json.dumps(data, indent=2) + "\n").encode()
 
@@ -247,6 +250,7 @@ class CloudSettings:
             api = ApiOptions(**raw.get("api", {}))
             api_limits = ApiLimitOptions(**raw.get("api_limits", {}))
             metrics = MetricsOptions(**raw.get("metrics", {}))
+            enrollment = EnrollmentOptions(**raw.get("enrollment", {}))
             url = str(raw["database_url"])
         except FileNotFoundError:
             raise ConfigurationError(
@@ -262,4 +266,5 @@ class CloudSettings:
             api=api,
             api_limits=api_limits,
             metrics=metrics,
+            enrollment=enrollment,
         )

@@ -8,7 +8,9 @@ blocking calls with timeouts and turns every failure into a ``TetherError``.
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -356,6 +358,41 @@ class DeviceClient:
                 + "; check the device's topic policy"
             )
         return PubAckResult(int(code), code.name, puback.reason_string)
+
+    def request(
+        self, topic: str, payload: bytes, *, timeout: float = DEFAULT_TIMEOUT_S
+    ) -> ReceivedMessage:
+        """MQTT 5 request/response: publish with a fresh Response Topic and Correlation Data
+        and wait for the reply (the cloud answers ``$tether/`` requests on the session, so no
+        subscription is needed first). Other messages that arrive meanwhile are kept."""
+        client = self._require_client()
+        tag = secrets.token_hex(8)
+        reply_topic = f"$tether/reply/{tag}"
+        future = client.publish(
+            mqtt5.PublishPacket(
+                topic=topic,
+                payload=payload,
+                qos=mqtt5.QoS.AT_LEAST_ONCE,
+                response_topic=reply_topic,
+                correlation_data=tag.encode(),
+            )
+        )
+        _wait(future, timeout, f"PUBACK for {topic!r}")
+        deadline = time.monotonic() + timeout
+        others: list[ReceivedMessage] = []
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DeviceTimeoutError(f"no reply to {topic!r} within {timeout:g} s")
+                message = self.receive(left)
+                if message.topic == reply_topic:
+                    return message
+                others.append(message)
+        finally:
+            for message in others:
+                with contextlib.suppress(queue.Full):
+                    self.messages.put_nowait(message)
 
     def subscribe(
         self, topic_filter: str, qos: int = 1, timeout: float = DEFAULT_TIMEOUT_S

@@ -10,11 +10,14 @@ runs on the gateway's event loop; nothing here blocks or awaits.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tether.cloud.gateway.identity import Identity
 from tether.cloud.gateway.stats import GatewayStats
 from tether.cloud.gateway.topictree import TopicTree
+
+if TYPE_CHECKING:
+    from tether.cloud.gateway.reserved import ReservedTopics
 
 SENDER_PROPERTY = "tether-sender"
 
@@ -71,6 +74,8 @@ class Broker:
         self.stats = stats or GatewayStats()  # messages in and out, for the metrics
         self._tree: TopicTree[Subscriber, Subscription] = TopicTree()
         self._filters: dict[Subscriber, dict[str, Subscription]] = {}
+        # The handler of ``$tether/...`` publishes (gateway/reserved.py), if one is attached.
+        self.reserved: ReservedTopics | None = None
 
     def subscribe(self, subscriber: Subscriber, subscription: Subscription) -> bool:
         """Add or replace a subscription; ``True`` if it replaced one with the same filter."""

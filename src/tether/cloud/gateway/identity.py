@@ -50,6 +50,10 @@ class IdentityKind(StrEnum):
 
     DEVICE = "device"
     SERVICE = "service"
+    # Enroll-only (issue 16): a claim certificate, or a birth certificate in its grace period
+    # after its device enrolled. It may only publish ``$tether/enroll``; every topic policy
+    # refuses it everything else (the default policy grants unknown kinds nothing).
+    CLAIM = "claim"
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from tether.cloud.gateway.flow import Admission, OutboundFlow
 from tether.cloud.gateway.identity import Identity
 from tether.cloud.gateway.limits import LimitCode, LimitCounters
 from tether.cloud.gateway.policy import TopicPolicy
+from tether.cloud.gateway.reserved import RESERVED_PREFIX
 from tether.cloud.gateway.settings import GatewaySettings
 from tether.cloud.gateway.streams import CLOSE_GRACE, READ_ERRORS, PacketStream, close_writer
 
@@ -490,6 +491,9 @@ class Session:
         if packet.subscription_ids:
             self._protocol_error("a client PUBLISH must not carry subscription identifiers")
             return
+        if packet.topic.startswith(RESERVED_PREFIX):
+            self._on_reserved(packet)
+            return
         refusal = self._publish_refusal(packet.topic, packet.response_topic)
         if refusal is not None:
             code, text = refusal
@@ -525,6 +529,30 @@ class Session:
                 else mqtt5.PubAckReasonCode.NO_MATCHING_SUBSCRIBERS
             )
             self._write(mqtt5.PubAckPacket(packet.packet_id, reason_code=code).write())
+
+    def _on_reserved(self, packet: mqtt5.PublishPacket) -> None:
+        """A ``$tether/...`` request for the cloud itself (gateway/reserved.py): not routed."""
+        handler = self._broker.reserved
+        message = Message(
+            topic=packet.topic,
+            payload=packet.payload,
+            qos=int(packet.qos),
+            sender=self.identity,
+            response_topic=packet.response_topic,
+            correlation_data=packet.correlation_data,
+        )
+        accepted = handler is not None and handler.handle(self, message)
+        if not accepted:
+            self._log(logging.WARNING, "reserved_topic_refused", f"{packet.topic!r} refused")
+        if packet.qos == QoS.AT_LEAST_ONCE and packet.packet_id is not None:
+            code = (
+                mqtt5.PubAckReasonCode.SUCCESS
+                if accepted
+                else mqtt5.PubAckReasonCode.NOT_AUTHORIZED
+            )
+            self._write(mqtt5.PubAckPacket(packet.packet_id, reason_code=code).write())
+        elif not accepted:
+            self.disconnect(DisconnectReasonCode.NOT_AUTHORIZED, "reserved_topic_refused")
 
     def _on_subscribe(self, packet: mqtt5.SubscribePacket) -> None:
         if packet.subscription_id is not None:

@@ -6,7 +6,11 @@ document of its kind, so nothing changes until an operator writes and attaches a
 - a device connects, and publishes, subscribes and receives only under
   ``devices/<serial>/<something>`` (wildcards inside its subtree, never across devices);
 - a service connects, subscribes to and receives any filter under ``devices/`` (at least two
-  levels), and publishes only ``devices/<serial>/commands/<...>`` with a non-empty serial.
+  levels), and publishes only ``devices/<serial>/commands/<...>`` with a non-empty serial;
+- an enroll-only identity (a claim certificate, or a birth certificate in its grace period
+  after enrolling) connects and may ``enroll`` and nothing else: its requests go on the
+  reserved ``$tether/`` topics, which the gateway answers before any topic policy. No
+  attachment applies to it (see ``resolve.Resolver.subject``).
 
 The equivalence with the original hand-written rules is a property test
 (``tests/cloud/policy/test_builtin.py``). ``tether policy builtin`` prints these documents
@@ -20,6 +24,7 @@ from tether.cloud.policy.document import PolicyDocument, parse_document
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_DEVICE = "builtin:device"
 BUILTIN_SERVICE = "builtin:service"
+BUILTIN_CLAIM = "builtin:claim"
 
 _DEVICE = {
     "version": "1",
@@ -59,12 +64,25 @@ _SERVICE = {
     ],
 }
 
+_CLAIM = {
+    "version": "1",
+    "statements": [
+        {
+            "sid": "enroll-only",
+            "effect": "allow",
+            "actions": ["connect", "enroll"],
+            "resources": ["${serial}"],
+        },
+    ],
+}
+
 BUILTIN: dict[str, PolicyDocument] = {
     BUILTIN_DEVICE: parse_document(_DEVICE),
     BUILTIN_SERVICE: parse_document(_SERVICE),
+    BUILTIN_CLAIM: parse_document(_CLAIM),
 }
 
 
 def builtin_for(kind: str) -> str:
-    """The built-in policy name for an identity kind (``device`` or ``service``)."""
-    return BUILTIN_SERVICE if kind == "service" else BUILTIN_DEVICE
+    """The built-in policy name for an identity kind (``device``, ``service`` or ``claim``)."""
+    return {"service": BUILTIN_SERVICE, "claim": BUILTIN_CLAIM}.get(kind, BUILTIN_DEVICE)

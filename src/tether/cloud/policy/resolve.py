@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from tether.cloud.policy.builtin import BUILTIN, builtin_for
+from tether.cloud.policy.builtin import BUILTIN, BUILTIN_CLAIM, builtin_for
 from tether.cloud.policy.document import (
     Action,
     Effect,
@@ -76,7 +76,17 @@ class Resolver:
         return self._attached.get((kind, target), [])
 
     def subject(self, kind: str, name: str, issuer_fingerprint: str = "") -> Subject:
-        """The subject of a ``device`` or ``service`` identity (see the module docstring)."""
+        """The subject of a ``device`` or ``service`` identity (see the module docstring).
+
+        An enroll-only identity (``claim``: a claim certificate, or a birth certificate in its
+        grace period) gets the built-in claim policy and nothing attached: connect and enroll
+        only (its requests use the reserved ``$tether/`` topics, answered before topic policy),
+        so no attachment can widen what a shared claim key can do.
+        """
+        if kind == "claim":
+            return Subject(
+                kind, name, (), (), (NamedPolicy(BUILTIN_CLAIM, 0, BUILTIN[BUILTIN_CLAIM]),)
+            )
         groups: tuple[str, ...] = ()
         attributes: tuple[tuple[str, str], ...] = ()
         if kind == "service":

@@ -291,3 +291,69 @@ class DeviceAttributeModel(Base):
     value: Mapped[str] = mapped_column(String(128))
 
     device: Mapped[DeviceModel] = relationship(lazy="joined", innerjoin=True)
+
+
+class ClaimModel(Base):
+    """A claim: a shared birth certificate that may only enroll, and its policy (issue 16)."""
+
+    __tablename__ = "claims"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    certificate_id: Mapped[int] = mapped_column(
+        ForeignKey("certificates.id", ondelete="RESTRICT"), unique=True
+    )
+    serials: Mapped[str | None] = mapped_column(Text)  # JSON list; NULL: any serial
+    max_enrollments: Mapped[int | None] = mapped_column(Integer)
+    enrollments: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    certificate: Mapped[CertificateModel] = relationship(lazy="joined", innerjoin=True)
+
+
+class EnrollmentTokenModel(Base):
+    """A one-time enrollment token for one serial: only its SHA-256 is kept."""
+
+    __tablename__ = "enrollment_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    serial: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class EnrollmentModel(Base):
+    """One distinct enroll request and the certificate it issued (what a retry gets back)."""
+
+    __tablename__ = "enrollments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    serial: Mapped[str] = mapped_column(String(128), index=True)
+    credential: Mapped[str] = mapped_column(String(200))
+    result: Mapped[str] = mapped_column(String(16))
+    certificate_id: Mapped[int] = mapped_column(ForeignKey("certificates.id", ondelete="RESTRICT"))
+    attributes: Mapped[str] = mapped_column(Text)  # JSON object the hook set
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    certificate: Mapped[CertificateModel] = relationship(lazy="joined", innerjoin=True)
+
+
+class CertificateSuccessionModel(Base):
+    """Which certificate replaced which, and when the predecessor is retired."""
+
+    __tablename__ = "certificate_successions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    predecessor_id: Mapped[int] = mapped_column(ForeignKey("certificates.id", ondelete="RESTRICT"))
+    successor_id: Mapped[int] = mapped_column(
+        ForeignKey("certificates.id", ondelete="RESTRICT"), unique=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))
+    retire_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

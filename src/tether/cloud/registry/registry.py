@@ -35,6 +35,7 @@ from tether.cloud.registry.certificates import Certificates
 from tether.cloud.registry.crls import CRLs
 from tether.cloud.registry.devices import Devices
 from tether.cloud.registry.engine import create_registry_engine, parse_url, safe_url
+from tether.cloud.registry.enrollment import Enrollments
 from tether.cloud.registry.errors import DatabaseUnavailableError
 from tether.cloud.registry.jit import JustInTime
 from tether.cloud.registry.labels import DeviceLabels
@@ -43,7 +44,17 @@ from tether.cloud.registry.verdict import Verdicts
 
 
 class Registry(
-    CAs, Devices, Certificates, JustInTime, Admins, CRLs, AuditLog, Verdicts, Policies, DeviceLabels
+    CAs,
+    Devices,
+    Certificates,
+    JustInTime,
+    Admins,
+    CRLs,
+    AuditLog,
+    Verdicts,
+    Policies,
+    DeviceLabels,
+    Enrollments,
 ):
     """The registry on one database. Thread-safe: share one instance per process.
 
@@ -77,6 +88,9 @@ class Registry(
 
     def close(self) -> None:
         """Release all connections; the registry cannot be used afterwards."""
+        committer = getattr(self, "_committer", None)
+        if committer is not None:
+            committer.close()
         self._engine.dispose()
 
     def __enter__(self) -> Registry:
