@@ -104,3 +104,27 @@ def decode(frame: bytes) -> mqtt5.Packet:
             "malformed.",
         )
     return packet
+
+
+def connect_protocol(frame: bytes) -> tuple[str, int] | None:
+    """The (protocol name, protocol level) a CONNECT frame announces, or ``None``.
+
+    Read without decoding, so the session can pick the codec (level 4: MQTT 3.1.1, level 5:
+    MQTT 5) before either is asked. ``None`` when the frame is not a CONNECT or too short to
+    say; never raises. The variable header starts the same way in every MQTT version: a
+    2-byte length, the name, one level byte (3.1.1 section 3.1.2.1, MQTT 5 section 3.1.2.1).
+    """
+    if len(frame) < 2 or frame[0] != 0x10:
+        return None
+    index = 1
+    while index < len(frame) and index <= _MAX_LENGTH_BYTES and frame[index] & 0x80:
+        index += 1
+    index += 1
+    if index + 2 > len(frame):
+        return None
+    name_length = int.from_bytes(frame[index : index + 2], "big")
+    level_at = index + 2 + name_length
+    if level_at >= len(frame):
+        return None
+    name = frame[index + 2 : level_at].decode("utf-8", "replace")
+    return name, frame[level_at]
