@@ -1,0 +1,231 @@
+"""MQTT 3.1.1 packet handling for a session: our codec, the same identity rules as MQTT 5.
+
+3.1.1 cannot say why (no reason codes, no server DISCONNECT), so where MQTT 5 answers a
+refusal with a code, 3.1.1 closes the connection as its spec requires ("the Server MUST
+close the Network Connection" for any protocol violation, section 4.8) and the gateway logs
+the reason with the same event code:
+
+- CONNECT: client id = identity name, else CONNACK 0x02 Identifier rejected; a Will outside
+  the policy, or retained (no retained messages yet), gets CONNACK 0x05 Not authorized. User
+  name and password are ignored: the certificate is the credential. Clean Session 0 is
+  accepted with Session Present 0 and the session still ends with the connection (persistent
+  sessions are not built yet; logged). Keep-alive 0 or above ``max_keep_alive`` is held to
+  ``max_keep_alive`` (3.1.1 cannot announce it).
+- PUBLISH at QoS 0, 1 (PUBACK) and 2 (PUBREC / PUBREL / PUBCOMP, exactly once, the same
+  bookkeeping as MQTT 5). A topic with a wildcard, a retained publish, and a publish the
+  policy refuses close the connection (3.1.1 has no negative acknowledgement).
+- SUBSCRIBE: per filter the granted QoS, or 0x80 for every refusal MQTT 5 would name
+  (invalid, shared, policy, quota). UNSUBSCRIBE, PINGREQ, DISCONNECT (no Will then).
+- Outgoing: a 3.1.1 client announces no Receive Maximum, so at most ``max_inflight_messages``
+  QoS 1/2 messages are unacknowledged (the rest wait, bounded, as for MQTT 5). Properties
+  are not delivered; the sender is learned from a ``$sender/...`` subscription
+  (:mod:`tether.cloud.gateway.senders`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from mqtt5 import DisconnectReasonCode
+
+from tether.cloud.gateway.broker import Message, attributed_properties
+from tether.cloud.gateway.mqtt311 import decode, encode
+from tether.cloud.gateway.mqtt311.packets import (
+    SUBACK_FAILURE,
+    ConnAck,
+    ConnAckCode,
+    Connect,
+    Disconnect,
+    PingReq,
+    PingResp,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    SubAck,
+    Subscribe,
+    UnsubAck,
+    Unsubscribe,
+)
+from tether.cloud.gateway.protocol import ProtocolHandler
+from tether.cloud.gateway.subscriptions import SubscribeRequest
+from tether.cloud.gateway.topics import is_valid_topic_name
+
+if TYPE_CHECKING:
+    pass
+
+PLACEHOLDER_PACKET_ID = 1  # replaced by OutboundFlow when the message is written
+
+
+class Mqtt311Handler(ProtocolHandler):
+    """MQTT 3.1.1 for one session (see the module docstring)."""
+
+    version = "3.1.1"
+
+    def decode(self, frame: bytes) -> object:
+        """Our 3.1.1 codec; ``Mqtt311MalformedError`` for bytes it cannot read."""
+        return decode(frame)
+
+    def malformed_connect(self) -> None:
+        """3.1.1 answers a malformed CONNECT by closing, without CONNACK (spec 3.1.4)."""
+
+    def disconnect_packet(self, reason: DisconnectReasonCode, text: str | None) -> bytes | None:
+        """Nothing: a 3.1.1 server closes the connection without a packet."""
+        return None
+
+    def connect(self, packet: object) -> bool:
+        """Check and accept a CONNECT (see the module docstring); writes CONNACK."""
+        session = self.session
+        if not isinstance(packet, Connect):
+            session.log(logging.WARNING, "mqtt_protocol_error", "the first packet is not CONNECT")
+            return False
+        refused = self._connect_refusal(packet)
+        if refused is not None:
+            return_code, code, text = refused
+            session.log(
+                logging.WARNING,
+                code,
+                f"MQTT 3.1.1 CONNECT refused with 0x{int(return_code):02x}: {text}",
+            )
+            session.write(encode(ConnAck(return_code)))
+            return False
+        if not packet.clean_session:
+            session.log(
+                logging.WARNING,
+                "mqtt_persistent_session_unsupported",
+                "Clean Session 0: accepted with Session Present 0; nothing is kept after this "
+                "connection",
+            )
+        will = packet.will
+        identity = session.identity
+        session.accept(
+            client_id=packet.client_id,
+            keep_alive=packet.keep_alive,
+            receive_maximum=session.settings.max_inflight_messages,
+            max_packet_size=None,
+            will=None
+            if will is None
+            else Message(
+                topic=will.topic,
+                payload=will.payload,
+                qos=will.qos,
+                sender=identity,
+                user_properties=attributed_properties(identity, []),
+            ),
+        )
+        session.write(encode(ConnAck(ConnAckCode.ACCEPTED, session_present=False)))
+        return True
+
+    def _connect_refusal(self, packet: Connect) -> tuple[ConnAckCode, str, str] | None:
+        session = self.session
+        text = session.client_id_refusal(packet.client_id)
+        if text is not None:
+            return ConnAckCode.IDENTIFIER_REJECTED, "mqtt_client_id_mismatch", text
+        will = packet.will
+        if will is not None:
+            if will.retain:
+                return (
+                    ConnAckCode.NOT_AUTHORIZED,
+                    "mqtt_retain_unsupported",
+                    "retained Will messages are not supported",
+                )
+            if not is_valid_topic_name(will.topic):
+                return (
+                    ConnAckCode.NOT_AUTHORIZED,
+                    "mqtt_topic_name_invalid",
+                    f"Will topic {will.topic!r} is not a valid topic name",
+                )
+            refusal = session.publish_refusal(will.topic, None)
+            if refusal is not None:
+                return ConnAckCode.NOT_AUTHORIZED, refusal[0], f"Will: {refusal[1]}"
+        return None
+
+    def _close(self, code: str, text: str) -> None:
+        """A 3.1.1 protocol violation or refusal: log why and close (spec 4.8)."""
+        self.session.log(logging.WARNING, code, f"MQTT 3.1.1: {text}; connection closed")
+        self.session.disconnect(DisconnectReasonCode.PROTOCOL_ERROR, text)
+
+    def handle(self, packet: object) -> None:
+        """One packet after CONNECT."""
+        session = self.session
+        match packet:
+            case Publish():
+                self._on_publish(packet)
+            case PubAck() | PubComp():
+                session.acknowledge(packet.packet_id)
+            case PubRec():
+                if session.outbound_in_flight(packet.packet_id):
+                    session.write(encode(PubRel(packet.packet_id)))
+                else:
+                    self._close("mqtt_protocol_error", f"PUBREC for unknown id {packet.packet_id}")
+            case PubRel():
+                # PUBCOMP even for an unknown identifier: the client resends PUBREL after a
+                # lost PUBCOMP, and 3.1.1 has no "not found" to say (spec 4.3.3).
+                session.release_exactly_once(packet.packet_id)
+                session.write(encode(PubComp(packet.packet_id)))
+            case Subscribe():
+                requests = [SubscribeRequest(pattern, qos) for pattern, qos in packet.filters]
+                codes = session.subscriptions.subscribe(requests)
+                returned = tuple(int(c) if int(c) < 0x80 else SUBACK_FAILURE for c in codes)
+                session.write(encode(SubAck(packet.packet_id, returned)))
+                session.over_quota = 0x97 in (int(c) for c in codes)
+            case Unsubscribe():
+                for pattern in packet.filters:
+                    session.subscriptions.unsubscribe(pattern)
+                session.write(encode(UnsubAck(packet.packet_id)))
+            case PingReq():
+                session.write(encode(PingResp()))
+            case Disconnect():
+                session.log(logging.INFO, "mqtt_disconnected", "client DISCONNECT (3.1.1)")
+                session.end(publish_will=False)  # spec 3.14.4: discard the Will
+            case _:
+                self._close("mqtt_protocol_error", f"unexpected {type(packet).__name__}")
+
+    def _on_publish(self, packet: Publish) -> None:
+        session = self.session
+        if not is_valid_topic_name(packet.topic):
+            self._close("mqtt_topic_name_invalid", f"PUBLISH topic {packet.topic!r} is invalid")
+            return
+        if packet.retain:
+            self._close("mqtt_retain_unsupported", "PUBLISH with retain is not supported")
+            return
+        refusal = session.publish_refusal(packet.topic, None)
+        if refusal is not None:
+            self._close(refusal[0], f"PUBLISH refused by policy: {refusal[1]}")
+            return
+        message = Message(
+            topic=packet.topic,
+            payload=packet.payload,
+            qos=packet.qos,
+            sender=session.identity,
+            user_properties=attributed_properties(session.identity, []),
+        )
+        packet_id = packet.packet_id
+        if packet.qos == 2 and packet_id is not None:
+            first = session.receive_exactly_once(packet_id)
+            if first is None:
+                self._close(
+                    "mqtt_receive_maximum_exceeded",
+                    f"more than {session.settings.receive_maximum} QoS 2 messages unreleased",
+                )
+                return
+            if first:
+                session.route(message)
+            session.write(encode(PubRec(packet_id)))
+            return
+        session.route(message)
+        if packet.qos == 1 and packet_id is not None:
+            session.write(encode(PubAck(packet_id)))
+
+    def encode_publish(self, message: Message, qos: int) -> bytes:
+        """A 3.1.1 PUBLISH: topic and payload only (3.1.1 has no properties)."""
+        return encode(
+            Publish(
+                message.topic,
+                message.payload,
+                qos=qos,
+                packet_id=PLACEHOLDER_PACKET_ID if qos else None,
+            )
+        )

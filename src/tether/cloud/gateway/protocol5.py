@@ -1,0 +1,459 @@
+"""MQTT 5 packet handling for a session: the ``mqtt5`` codec, strict to the spec.
+
+What it supports, and what it refuses (each with the reason code the spec names):
+
+- CONNECT: client id = identity name (else CONNACK 0x85); enhanced authentication refused
+  (CONNACK 0x8C); a requested Session Expiry is answered with 0 (no session outlives its
+  connection yet); a Will is checked against the policy (CONNACK 0x87), a retained Will is
+  refused (0x9A, Retain Available 0).
+- PUBLISH at QoS 0, 1 (PUBACK) and 2 (PUBREC / PUBREL / PUBCOMP, exactly once). A topic name
+  with a wildcard -> DISCONNECT 0x90 [MQTT-3.3.2-2]; QoS > 0 with packet identifier 0 ->
+  0x82 [MQTT-2.2.1-3]; retain -> 0x9A; a client PUBLISH with subscription identifiers -> 0x82.
+  Topic aliases up to the Topic Alias Maximum in CONNACK: alias 0 or beyond it -> 0x94
+  [MQTT-3.3.2-9]; an unknown alias with an empty topic -> 0x82. A publish the policy refuses,
+  or whose Response Topic the sender may not name, gets PUBACK / PUBREC 0x87; at QoS 0,
+  which has no acknowledgement, DISCONNECT 0x87 so the client sees the refusal.
+- SUBSCRIBE: no filter -> 0x82 [MQTT-3.8.3-2]; reserved bits in subscription options ->
+  0x81 [MQTT-3.8.3-5] (read from the raw frame: the codec ignores them); a subscription
+  identifier is kept and sent with every message the filter matches; per-filter codes in
+  :mod:`tether.cloud.gateway.subscriptions`.
+- AUTH -> DISCONNECT 0x82 (no Authentication Method was agreed: MQTT 5 section 4.12).
+- Request Problem Information 0 -> no Reason String in PUBACK, PUBREC, PUBREL, PUBCOMP or
+  SUBACK [MQTT-3.1.2-29] (CONNACK and DISCONNECT may still carry one).
+- Outgoing topic aliases up to the client's Topic Alias Maximum: the first topics delivered
+  take an alias each for the whole connection (never reassigned). A PUBLISH leaves the topic
+  out only once the alias was set by a PUBLISH already written to the socket, so a message
+  that waited in the queue can never refer to an alias the client has not seen yet.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import mqtt5
+from mqtt5 import ConnAckReasonCode, DisconnectReasonCode, QoS
+
+from tether.cloud.gateway.broker import Message, attributed_properties
+from tether.cloud.gateway.errors import MalformedPacketError
+from tether.cloud.gateway.framing import decode
+from tether.cloud.gateway.protocol import ProtocolHandler
+from tether.cloud.gateway.subscriptions import SubscribeRequest
+from tether.cloud.gateway.topics import is_valid_topic_name
+
+if TYPE_CHECKING:
+    from tether.cloud.gateway.session import Session
+
+CLIENT_RECEIVE_MAXIMUM = 65_535  # what a CONNECT without Receive Maximum means (spec 3.1.2.11)
+PLACEHOLDER_PACKET_ID = 1  # replaced by OutboundFlow when the message is written
+_RESERVED_OPTION_BITS = 0xC0  # subscription options bits 6 and 7 (spec 3.8.3.1)
+
+
+def mqtt5_connack(reason: ConnAckReasonCode, reason_str: str) -> bytes:
+    """A refusing MQTT 5 CONNACK."""
+    return mqtt5.ConnAckPacket(reason_code=reason, reason_str=reason_str).write()
+
+
+class Mqtt5Handler(ProtocolHandler):
+    """MQTT 5 for one session (see the module docstring)."""
+
+    version = "5"
+
+    def __init__(self, session: Session) -> None:
+        super().__init__(session)
+        self._problem_info = True
+        self._aliases_in: dict[int, str] = {}
+        self._alias_out_max = 0
+        self._aliases_out: dict[str, int] = {}
+        self._aliases_confirmed: set[int] = set()
+        self._frame = b""
+
+    def decode(self, frame: bytes) -> object:
+        """The ``mqtt5`` codec, behind ``framing.decode``'s one error."""
+        self._frame = frame  # for checks the codec does not make (subscription options)
+        return decode(frame)
+
+    def malformed_connect(self) -> None:
+        """CONNACK 0x81."""
+        self.session.write(mqtt5_connack(ConnAckReasonCode.MALFORMED_PACKET, "malformed packet"))
+
+    def disconnect_packet(self, reason: DisconnectReasonCode, text: str | None) -> bytes | None:
+        """A DISCONNECT with the reason (and its words unless the client asked for none)."""
+        return mqtt5.DisconnectPacket(reason_code=reason, reason_str=text).write()
+
+    # -- CONNECT -------------------------------------------------------------------------------
+
+    def connect(self, packet: object) -> bool:
+        """Check and accept a CONNECT (see the module docstring); writes CONNACK."""
+        session = self.session
+        if not isinstance(packet, mqtt5.ConnectPacket):
+            session.log(logging.WARNING, "mqtt_protocol_error", "the first packet is not CONNECT")
+            return False
+        refusal = self._connect_refusal(packet)
+        if refusal is not None:
+            reason, code, text = refusal
+            session.log(logging.WARNING, code, f"CONNECT refused with 0x{int(reason):02x}: {text}")
+            session.write(mqtt5_connack(reason, text))
+            return False
+        self._problem_info = packet.request_problem_info is not False
+        self._alias_out_max = packet.topic_alias_max or 0
+        settings = session.settings
+        server_keep_alive = session.accept(
+            client_id=packet.client_id,
+            keep_alive=packet.keep_alive,
+            receive_maximum=packet.receive_max or CLIENT_RECEIVE_MAXIMUM,
+            max_packet_size=packet.max_packet_size,
+            will=self._will_message(packet.will),
+        )
+        session.write(
+            mqtt5.ConnAckPacket(
+                session_present=False,
+                reason_code=ConnAckReasonCode.SUCCESS,
+                # We keep no session state; tell a client that asked for one.
+                session_expiry_interval=0 if packet.session_expiry_interval else None,
+                server_keep_alive=server_keep_alive,
+                receive_max=settings.receive_maximum,
+                topic_alias_max=settings.topic_alias_maximum,
+                max_qos=QoS.EXACTLY_ONCE,
+                retain_available=False,
+                max_packet_size=settings.max_packet_size,
+                wildcard_subscription_available=True,
+                subscription_id_available=True,
+                shared_subscription_available=False,
+            ).write()
+        )
+        return True
+
+    def _connect_refusal(
+        self, packet: mqtt5.ConnectPacket
+    ) -> tuple[ConnAckReasonCode, str, str] | None:
+        session = self.session
+        text = session.client_id_refusal(packet.client_id)
+        if text is not None:
+            return ConnAckReasonCode.CLIENT_ID_NOT_VALID, "mqtt_client_id_mismatch", text
+        if packet.authentication_method is not None:
+            return (
+                ConnAckReasonCode.BAD_AUTHENTICATION_METHOD,
+                "mqtt_auth_method_unsupported",
+                "enhanced authentication is not supported; the certificate is the credential",
+            )
+        will = packet.will
+        if will is not None:
+            if will.retain:
+                return (
+                    ConnAckReasonCode.RETAIN_NOT_SUPPORTED,
+                    "mqtt_retain_unsupported",
+                    "retained Will messages are not supported",
+                )
+            if not is_valid_topic_name(will.topic):
+                return (
+                    ConnAckReasonCode.TOPIC_NAME_INVALID,
+                    "mqtt_topic_name_invalid",
+                    f"Will topic {will.topic!r} is not a valid topic name",
+                )
+            refusal = session.publish_refusal(will.topic, will.response_topic)
+            if refusal is not None:
+                return (ConnAckReasonCode.NOT_AUTHORIZED, refusal[0], f"Will: {refusal[1]}")
+        return None
+
+    def _will_message(self, will: mqtt5.Will | None) -> Message | None:
+        if will is None:
+            return None
+        identity = self.session.identity
+        return Message(
+            topic=will.topic,
+            payload=will.payload or b"",
+            qos=int(will.qos),
+            sender=identity,
+            user_properties=attributed_properties(identity, will.user_properties),
+            payload_format_indicator=will.payload_format_indicator,
+            message_expiry_interval=will.message_expiry_interval,
+            content_type=will.content_type,
+            response_topic=will.response_topic,
+            correlation_data=will.correlation_data,
+        )
+
+    # -- packets after CONNECT -----------------------------------------------------------------
+
+    def handle(self, packet: object) -> None:
+        """One packet after CONNECT."""
+        session = self.session
+        if isinstance(packet, mqtt5.PublishPacket):
+            self._on_publish(packet)
+        elif isinstance(packet, mqtt5.PubAckPacket | mqtt5.PubCompPacket):
+            session.acknowledge(packet.packet_id)
+        elif isinstance(packet, mqtt5.PubRecPacket):
+            self._on_pubrec(packet)
+        elif isinstance(packet, mqtt5.PubRelPacket):
+            found = session.release_exactly_once(packet.packet_id)
+            code = (
+                mqtt5.PubCompReasonCode.SUCCESS
+                if found
+                else mqtt5.PubCompReasonCode.PACKET_ID_NOT_FOUND
+            )
+            session.write(mqtt5.PubCompPacket(packet.packet_id, reason_code=code).write())
+        elif isinstance(packet, mqtt5.SubscribePacket):
+            self._on_subscribe(packet)
+        elif isinstance(packet, mqtt5.UnsubscribePacket):
+            codes = [
+                mqtt5.UnsubAckReasonCode.SUCCESS
+                if session.subscriptions.unsubscribe(pattern)
+                else mqtt5.UnsubAckReasonCode.NO_SUBSCRIPTION_EXISTED
+                for pattern in packet.patterns
+            ]
+            session.write(mqtt5.UnsubAckPacket(packet.packet_id, codes).write())
+        elif isinstance(packet, mqtt5.PingReqPacket):
+            session.write(mqtt5.PingRespPacket().write())
+        elif isinstance(packet, mqtt5.DisconnectPacket):
+            normal = packet.reason_code == DisconnectReasonCode.NORMAL_DISCONNECTION
+            session.log(
+                logging.INFO,
+                "mqtt_disconnected",
+                f"client DISCONNECT 0x{int(packet.reason_code):02x}",
+            )
+            session.end(publish_will=False if normal else None)
+        elif isinstance(packet, mqtt5.AuthPacket):
+            self._refuse(
+                DisconnectReasonCode.PROTOCOL_ERROR,
+                "mqtt_protocol_error",
+                "AUTH without an agreed Authentication Method (MQTT 5 section 4.12)",
+            )
+        else:
+            self._refuse(
+                DisconnectReasonCode.PROTOCOL_ERROR,
+                "mqtt_protocol_error",
+                f"unexpected {type(packet).__name__} from a client",
+            )
+
+    def _refuse(self, reason: DisconnectReasonCode, code: str, text: str) -> None:
+        self.session.log(logging.WARNING, code, text)
+        self.session.disconnect(reason, text)
+
+    def _reason(self, text: str) -> str | None:
+        """A Reason String, unless the client asked for none [MQTT-3.1.2-29]."""
+        return text if self._problem_info else None
+
+    def _inbound_topic(self, packet: mqtt5.PublishPacket) -> str | None:
+        """The PUBLISH's topic after its alias; ``None`` once the session was refused."""
+        alias = packet.topic_alias
+        if alias is None:
+            return packet.topic
+        if not 1 <= alias <= self.session.settings.topic_alias_maximum:
+            self._refuse(
+                DisconnectReasonCode.TOPIC_ALIAS_INVALID,
+                "mqtt_topic_alias_invalid",
+                f"topic alias {alias} is outside 1..{self.session.settings.topic_alias_maximum}",
+            )
+            return None
+        if packet.topic:
+            self._aliases_in[alias] = packet.topic
+            return packet.topic
+        topic = self._aliases_in.get(alias)
+        if topic is None:
+            self._refuse(
+                DisconnectReasonCode.PROTOCOL_ERROR,
+                "mqtt_protocol_error",
+                f"topic alias {alias} was never set (an empty topic needs a known alias)",
+            )
+        return topic
+
+    def _on_publish(self, packet: mqtt5.PublishPacket) -> None:
+        session = self.session
+        if packet.retain:
+            self._refuse(
+                DisconnectReasonCode.RETAIN_NOT_SUPPORTED,
+                "mqtt_retain_unsupported",
+                "PUBLISH with retain (Retain Available is 0)",
+            )
+            return
+        if packet.qos != QoS.AT_MOST_ONCE and not packet.packet_id:
+            self._refuse(
+                DisconnectReasonCode.PROTOCOL_ERROR,
+                "mqtt_protocol_error",
+                f"QoS {int(packet.qos)} PUBLISH with packet identifier 0 [MQTT-2.2.1-3]",
+            )
+            return
+        if packet.subscription_ids:
+            self._refuse(
+                DisconnectReasonCode.PROTOCOL_ERROR,
+                "mqtt_protocol_error",
+                "a client PUBLISH must not carry subscription identifiers",
+            )
+            return
+        topic = self._inbound_topic(packet)
+        if topic is None:
+            return
+        if not is_valid_topic_name(topic):
+            self._refuse(
+                DisconnectReasonCode.TOPIC_NAME_INVALID,
+                "mqtt_topic_name_invalid",
+                f"PUBLISH topic {topic!r} is not a valid topic name [MQTT-3.3.2-2]",
+            )
+            return
+        packet_id = packet.packet_id
+        refusal = session.publish_refusal(topic, packet.response_topic)
+        if refusal is not None:
+            code, text = refusal
+            session.log(logging.WARNING, code, f"PUBLISH refused by policy: {text}")
+            if packet.qos == QoS.AT_LEAST_ONCE:
+                session.write(
+                    mqtt5.PubAckPacket(
+                        packet_id,
+                        reason_code=mqtt5.PubAckReasonCode.NOT_AUTHORIZED,
+                        reason_str=self._reason(code),
+                    ).write()
+                )
+            elif packet.qos == QoS.EXACTLY_ONCE:
+                session.write(
+                    mqtt5.PubRecPacket(
+                        packet_id,
+                        reason_code=mqtt5.PubRecReasonCode.NOT_AUTHORIZED,
+                        reason_str=self._reason(code),
+                    ).write()
+                )
+            else:
+                session.disconnect(DisconnectReasonCode.NOT_AUTHORIZED, code)
+            return
+        if packet.qos == QoS.EXACTLY_ONCE:
+            first = session.receive_exactly_once(packet_id)
+            if first is None:
+                self._refuse(
+                    DisconnectReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
+                    "mqtt_receive_maximum_exceeded",
+                    f"more than {session.settings.receive_maximum} QoS 2 messages unreleased",
+                )
+                return
+            matched = session.route(self._message(packet, topic)) if first else 1
+            code2 = (
+                mqtt5.PubRecReasonCode.SUCCESS
+                if matched
+                else mqtt5.PubRecReasonCode.NO_MATCHING_SUBSCRIBERS
+            )
+            session.write(mqtt5.PubRecPacket(packet_id, reason_code=code2).write())
+            return
+        matched = session.route(self._message(packet, topic))
+        if packet.qos == QoS.AT_LEAST_ONCE:
+            code1 = (
+                mqtt5.PubAckReasonCode.SUCCESS
+                if matched
+                else mqtt5.PubAckReasonCode.NO_MATCHING_SUBSCRIBERS
+            )
+            session.write(mqtt5.PubAckPacket(packet_id, reason_code=code1).write())
+
+    def _message(self, packet: mqtt5.PublishPacket, topic: str) -> Message:
+        identity = self.session.identity
+        return Message(
+            topic=topic,
+            payload=packet.payload,
+            qos=int(packet.qos),
+            sender=identity,
+            user_properties=attributed_properties(identity, packet.user_properties),
+            payload_format_indicator=packet.payload_format_indicator,
+            message_expiry_interval=packet.message_expiry_interval,
+            content_type=packet.content_type,
+            response_topic=packet.response_topic,
+            correlation_data=packet.correlation_data,
+        )
+
+    def _on_pubrec(self, packet: mqtt5.PubRecPacket) -> None:
+        session = self.session
+        if not session.outbound_in_flight(packet.packet_id):
+            session.write(
+                mqtt5.PubRelPacket(
+                    packet.packet_id, reason_code=mqtt5.PubRelReasonCode.PACKET_ID_NOT_FOUND
+                ).write()
+            )
+            return
+        if int(packet.reason_code) >= 0x80:
+            session.acknowledge(packet.packet_id)  # the flow ends here (MQTT 5 4.3.3)
+            return
+        session.write(mqtt5.PubRelPacket(packet.packet_id).write())
+
+    def _on_subscribe(self, packet: mqtt5.SubscribePacket) -> None:
+        session = self.session
+        if not packet.topic_filters:
+            self._refuse(
+                DisconnectReasonCode.PROTOCOL_ERROR,
+                "mqtt_protocol_error",
+                "SUBSCRIBE without a topic filter [MQTT-3.8.3-2]",
+            )
+            return
+        if _reserved_option_bits(self._frame):
+            self._refuse(
+                DisconnectReasonCode.MALFORMED_PACKET,
+                "mqtt_malformed_packet",
+                "SUBSCRIBE with reserved subscription option bits set [MQTT-3.8.3-5]",
+            )
+            return
+        requests = [
+            SubscribeRequest(f.pattern, int(f.max_qos), no_local=f.no_local)
+            for f in packet.topic_filters
+        ]
+        codes = session.subscriptions.subscribe(requests, packet.subscription_id)
+        session.write(mqtt5.SubAckPacket(packet.packet_id, codes).write())
+        session.over_quota = mqtt5.SubAckReasonCode.QUOTA_EXCEEDED in codes
+
+    # -- outgoing ------------------------------------------------------------------------------
+
+    def encode_publish(self, message: Message, qos: int) -> bytes:
+        """The PUBLISH for ``message``, with subscription identifiers and a topic alias."""
+        topic = message.topic
+        alias = self._aliases_out.get(topic)
+        if alias is None and len(self._aliases_out) < self._alias_out_max:
+            alias = len(self._aliases_out) + 1
+            self._aliases_out[topic] = alias
+        return mqtt5.PublishPacket(
+            "" if alias in self._aliases_confirmed else topic,
+            message.payload,
+            qos=QoS(qos),
+            packet_id=PLACEHOLDER_PACKET_ID if qos >= 1 else None,
+            payload_format_indicator=message.payload_format_indicator,
+            message_expiry_interval=message.message_expiry_interval,
+            content_type=message.content_type,
+            response_topic=message.response_topic,
+            correlation_data=message.correlation_data,
+            subscription_ids=self.session.subscriptions.subscription_ids(topic),
+            topic_alias=alias,
+            user_properties=list(message.user_properties),
+        ).write()
+
+    def written(self, message: Message) -> None:
+        """The alias of a written PUBLISH is known to the client from now on."""
+        alias = self._aliases_out.get(message.topic)
+        if alias is not None:
+            self._aliases_confirmed.add(alias)
+
+
+def _reserved_option_bits(frame: bytes) -> bool:
+    """Whether any subscription options byte of a SUBSCRIBE frame has bits 6-7 set.
+
+    Walks the frame the codec already accepted: fixed header, packet identifier, properties
+    (a variable byte integer length), then (2-byte length, filter, options byte) pairs.
+    """
+    try:
+        index = 1
+        while frame[index] & 0x80:
+            index += 1
+        index += 1 + 2  # remaining length done; the packet identifier
+        length, index = _variable_int(frame, index)
+        index += length
+        while index < len(frame):
+            index += 2 + int.from_bytes(frame[index : index + 2], "big")
+            if frame[index] & _RESERVED_OPTION_BITS:
+                return True
+            index += 1
+    except IndexError as exc:
+        raise MalformedPacketError("The peer sent a SUBSCRIBE cut short.") from exc
+    return False
+
+
+def _variable_int(frame: bytes, index: int) -> tuple[int, int]:
+    value = 0
+    multiplier = 1
+    while True:
+        byte = frame[index]
+        value += (byte & 0x7F) * multiplier
+        multiplier *= 128
+        index += 1
+        if not byte & 0x80:
+            return value, index
