@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 CLIENT_RECEIVE_MAXIMUM = 65_535  # what a CONNECT without Receive Maximum means (spec 3.1.2.11)
 PLACEHOLDER_PACKET_ID = 1  # replaced by OutboundFlow when the message is written
+AUTH_TYPE = 15
 _RESERVED_OPTION_BITS = 0xC0  # subscription options bits 6 and 7 (spec 3.8.3.1)
 
 
@@ -71,6 +72,10 @@ class Mqtt5Handler(ProtocolHandler):
     def decode(self, frame: bytes) -> object:
         """The ``mqtt5`` codec, behind ``framing.decode``'s one error."""
         self._frame = frame  # for checks the codec does not make (subscription options)
+        if frame[0] >> 4 == AUTH_TYPE:
+            # No Authentication Method was agreed, so any AUTH is a Protocol Error (0x82),
+            # whether or not the codec can read it (it refuses the legal 2-byte form).
+            return mqtt5.AuthPacket()
         return decode(frame)
 
     def malformed_connect(self) -> None:
