@@ -94,7 +94,7 @@ async def refuse_connect(
 ) -> None:
     """After a refused handshake: answer a CONNECT that arrives before ``deadline``, then close.
 
-    The client then sees why it was refused (MQTT 5 CONNACK 0x86/0x87, 3.1.1 CONNACK 0x05)
+    The client then sees why it was refused (MQTT 5 CONNACK 0x86/0x87, 3.1.1 0x04/0x05)
     instead of a bare close.
     Anything else, or nothing, just closes.
     """
@@ -109,12 +109,15 @@ async def refuse_connect(
                     ack = mqtt5.ConnAckPacket(reason_code=reason, reason_str=reason_str)
                     writer.write(ack.write())
             else:
-                # 3.1.1 (or older): its CONNACK codes are few; 0x05 Not authorized covers
-                # every refused verdict, 0x01 an unsupported protocol level.
-                code = (
-                    ConnAckCode.NOT_AUTHORIZED
-                    if announced == (MQTT311_NAME, MQTT311_LEVEL)
-                    else ConnAckCode.UNACCEPTABLE_PROTOCOL_VERSION
-                )
+                # 3.1.1 (or older): its CONNACK codes are few. 0x04 Bad user name or password
+                # for a credential refused (revoked, unknown: MQTT 5's 0x86), 0x05 Not
+                # authorized for the rest; 0x01 for an unsupported protocol level.
+                code = ConnAckCode.UNACCEPTABLE_PROTOCOL_VERSION
+                if announced == (MQTT311_NAME, MQTT311_LEVEL):
+                    code = (
+                        ConnAckCode.BAD_USERNAME_OR_PASSWORD
+                        if reason == ConnAckReasonCode.BAD_USER_NAME_OR_PASSWORD
+                        else ConnAckCode.NOT_AUTHORIZED
+                    )
                 writer.write(encode311(ConnAck(code)))
     await close_writer(writer)
