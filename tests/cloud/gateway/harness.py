@@ -178,17 +178,24 @@ class PahoClient:
         self.client.loop_stop()
 
 
-def paho_connect(port: int, pki: GatewayPKI, identity: Issued, client_id: str) -> PahoClient:
+def paho_connect(
+    port: int, pki: GatewayPKI, identity: Issued, client_id: str, protocol: int = paho.MQTTv5
+) -> PahoClient:
     """Connect paho with ``identity``'s certificate and wait for the CONNACK."""
-    return paho_connect_pinned(port, pki.root.cert_path, identity, client_id)
+    return paho_connect_pinned(port, pki.root.cert_path, identity, client_id, protocol)
 
 
-def paho_connect_pinned(port: int, ca_path: Path, identity: Issued, client_id: str) -> PahoClient:
-    """Connect paho trusting only ``ca_path``; a missing or failed CONNACK fails the test."""
+def paho_connect_pinned(
+    port: int, ca_path: Path, identity: Issued, client_id: str, protocol: int = paho.MQTTv5
+) -> PahoClient:
+    """Connect paho trusting only ``ca_path``; a missing or failed CONNACK fails the test.
+
+    ``protocol`` is ``paho.MQTTv5`` or ``paho.MQTTv311``.
+    """
     client = paho.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
-        protocol=paho.MQTTv5,
+        protocol=protocol,
     )
     client.tls_set(
         ca_certs=str(ca_path),
@@ -233,9 +240,12 @@ def wait_for_log(
     raise AssertionError(f"no log record with code {code!r}; saw {codes}")
 
 
-def mosquitto_args(pki: GatewayPKI, identity: Issued, port: int, client_id: str) -> list[str]:
+def mosquitto_args(
+    pki: GatewayPKI, identity: Issued, port: int, client_id: str, version: str = "mqttv5"
+) -> list[str]:
+    """mosquitto_pub / mosquitto_sub arguments; ``version`` is ``mqttv5`` or ``mqttv311``."""
     return [
-        "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv5", "-i", client_id,
+        "-h", "127.0.0.1", "-p", str(port), "-V", version, "-i", client_id,
         "--cafile", str(pki.root.cert_path),
         "--cert", str(identity.cert_path),
         "--key", str(identity.key_path),
