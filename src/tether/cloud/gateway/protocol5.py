@@ -9,8 +9,8 @@ What it supports, and what it refuses (each with the reason code the spec names)
 - PUBLISH at QoS 0, 1 (PUBACK) and 2 (PUBREC / PUBREL / PUBCOMP, exactly once). A topic name
   with a wildcard -> DISCONNECT 0x90 [MQTT-3.3.2-2]; QoS > 0 with packet identifier 0 ->
   0x82 [MQTT-2.2.1-3]; retain -> 0x9A; a client PUBLISH with subscription identifiers -> 0x82.
-  Topic aliases up to the Topic Alias Maximum in CONNACK: alias 0 or beyond it -> 0x94
-  [MQTT-3.3.2-9]; an unknown alias with an empty topic -> 0x82. A publish the policy refuses,
+  An alias beyond the Topic Alias Maximum in CONNACK -> 0x94 [MQTT-3.3.2-9] (alias 0 the
+  codec refuses: 0x81); an unknown alias with an empty topic -> 0x82. A publish the policy refuses,
   or whose Response Topic the sender may not name, gets PUBACK / PUBREC 0x87; at QoS 0,
   which has no acknowledgement, DISCONNECT 0x87 so the client sees the refusal.
 - SUBSCRIBE: no filter -> 0x82 [MQTT-3.8.3-2]; reserved bits in subscription options ->
@@ -20,10 +20,7 @@ What it supports, and what it refuses (each with the reason code the spec names)
 - AUTH -> DISCONNECT 0x82 (no Authentication Method was agreed: MQTT 5 section 4.12).
 - Request Problem Information 0 -> no Reason String in PUBACK, PUBREC, PUBREL, PUBCOMP or
   SUBACK [MQTT-3.1.2-29] (CONNACK and DISCONNECT may still carry one).
-- Outgoing topic aliases up to the client's Topic Alias Maximum: the first topics delivered
-  take an alias each for the whole connection (never reassigned). A PUBLISH leaves the topic
-  out only once the alias was set by a PUBLISH already written to the socket, so a message
-  that waited in the queue can never refer to an alias the client has not seen yet.
+- Topic aliases both ways, as :mod:`tether.cloud.gateway.aliases` describes.
 """
 
 from __future__ import annotations
@@ -34,9 +31,9 @@ from typing import TYPE_CHECKING
 import mqtt5
 from mqtt5 import ConnAckReasonCode, DisconnectReasonCode, QoS
 
+from tether.cloud.gateway.aliases import AliasError, TopicAliases
 from tether.cloud.gateway.broker import Message, attributed_properties
-from tether.cloud.gateway.errors import MalformedPacketError
-from tether.cloud.gateway.framing import decode
+from tether.cloud.gateway.framing import decode, subscribe_options_reserved
 from tether.cloud.gateway.protocol import ProtocolHandler
 from tether.cloud.gateway.subscriptions import SubscribeRequest
 from tether.cloud.gateway.topics import is_valid_topic_name
@@ -47,7 +44,6 @@ if TYPE_CHECKING:
 CLIENT_RECEIVE_MAXIMUM = 65_535  # what a CONNECT without Receive Maximum means (spec 3.1.2.11)
 PLACEHOLDER_PACKET_ID = 1  # replaced by OutboundFlow when the message is written
 AUTH_TYPE = 15
-_RESERVED_OPTION_BITS = 0xC0  # subscription options bits 6 and 7 (spec 3.8.3.1)
 
 
 def mqtt5_connack(reason: ConnAckReasonCode, reason_str: str) -> bytes:
@@ -63,10 +59,7 @@ class Mqtt5Handler(ProtocolHandler):
     def __init__(self, session: Session) -> None:
         super().__init__(session)
         self._problem_info = True
-        self._aliases_in: dict[int, str] = {}
-        self._alias_out_max = 0
-        self._aliases_out: dict[str, int] = {}
-        self._aliases_confirmed: set[int] = set()
+        self._aliases = TopicAliases(session.settings.topic_alias_maximum)
         self._frame = b""
 
     def decode(self, frame: bytes) -> object:
@@ -101,7 +94,7 @@ class Mqtt5Handler(ProtocolHandler):
             session.write(mqtt5_connack(reason, text))
             return False
         self._problem_info = packet.request_problem_info is not False
-        self._alias_out_max = packet.topic_alias_max or 0
+        self._aliases.allow_outbound(packet.topic_alias_max or 0)
         settings = session.settings
         server_keep_alive = session.accept(
             client_id=packet.client_id,
@@ -240,27 +233,11 @@ class Mqtt5Handler(ProtocolHandler):
 
     def _inbound_topic(self, packet: mqtt5.PublishPacket) -> str | None:
         """The PUBLISH's topic after its alias; ``None`` once the session was refused."""
-        alias = packet.topic_alias
-        if alias is None:
-            return packet.topic
-        if not 1 <= alias <= self.session.settings.topic_alias_maximum:
-            self._refuse(
-                DisconnectReasonCode.TOPIC_ALIAS_INVALID,
-                "mqtt_topic_alias_invalid",
-                f"topic alias {alias} is outside 1..{self.session.settings.topic_alias_maximum}",
-            )
+        try:
+            return self._aliases.resolve(packet.topic, packet.topic_alias)
+        except AliasError as exc:
+            self._refuse(exc.reason, exc.code, exc.text)
             return None
-        if packet.topic:
-            self._aliases_in[alias] = packet.topic
-            return packet.topic
-        topic = self._aliases_in.get(alias)
-        if topic is None:
-            self._refuse(
-                DisconnectReasonCode.PROTOCOL_ERROR,
-                "mqtt_protocol_error",
-                f"topic alias {alias} was never set (an empty topic needs a known alias)",
-            )
-        return topic
 
     def _on_publish(self, packet: mqtt5.PublishPacket) -> None:
         session = self.session
@@ -383,7 +360,7 @@ class Mqtt5Handler(ProtocolHandler):
                 "SUBSCRIBE without a topic filter [MQTT-3.8.3-2]",
             )
             return
-        if _reserved_option_bits(self._frame):
+        if subscribe_options_reserved(self._frame):
             self._refuse(
                 DisconnectReasonCode.MALFORMED_PACKET,
                 "mqtt_malformed_packet",
@@ -402,13 +379,9 @@ class Mqtt5Handler(ProtocolHandler):
 
     def encode_publish(self, message: Message, qos: int) -> bytes:
         """The PUBLISH for ``message``, with subscription identifiers and a topic alias."""
-        topic = message.topic
-        alias = self._aliases_out.get(topic)
-        if alias is None and len(self._aliases_out) < self._alias_out_max:
-            alias = len(self._aliases_out) + 1
-            self._aliases_out[topic] = alias
+        topic, alias = self._aliases.outbound(message.topic)
         return mqtt5.PublishPacket(
-            "" if alias in self._aliases_confirmed else topic,
+            topic,
             message.payload,
             qos=QoS(qos),
             packet_id=PLACEHOLDER_PACKET_ID if qos >= 1 else None,
@@ -417,48 +390,11 @@ class Mqtt5Handler(ProtocolHandler):
             content_type=message.content_type,
             response_topic=message.response_topic,
             correlation_data=message.correlation_data,
-            subscription_ids=self.session.subscriptions.subscription_ids(topic),
+            subscription_ids=self.session.subscriptions.subscription_ids(message.topic),
             topic_alias=alias,
             user_properties=list(message.user_properties),
         ).write()
 
     def written(self, message: Message) -> None:
         """The alias of a written PUBLISH is known to the client from now on."""
-        alias = self._aliases_out.get(message.topic)
-        if alias is not None:
-            self._aliases_confirmed.add(alias)
-
-
-def _reserved_option_bits(frame: bytes) -> bool:
-    """Whether any subscription options byte of a SUBSCRIBE frame has bits 6-7 set.
-
-    Walks the frame the codec already accepted: fixed header, packet identifier, properties
-    (a variable byte integer length), then (2-byte length, filter, options byte) pairs.
-    """
-    try:
-        index = 1
-        while frame[index] & 0x80:
-            index += 1
-        index += 1 + 2  # remaining length done; the packet identifier
-        length, index = _variable_int(frame, index)
-        index += length
-        while index < len(frame):
-            index += 2 + int.from_bytes(frame[index : index + 2], "big")
-            if frame[index] & _RESERVED_OPTION_BITS:
-                return True
-            index += 1
-    except IndexError as exc:
-        raise MalformedPacketError("The peer sent a SUBSCRIBE cut short.") from exc
-    return False
-
-
-def _variable_int(frame: bytes, index: int) -> tuple[int, int]:
-    value = 0
-    multiplier = 1
-    while True:
-        byte = frame[index]
-        value += (byte & 0x7F) * multiplier
-        multiplier *= 128
-        index += 1
-        if not byte & 0x80:
-            return value, index
+        self._aliases.written(message.topic)

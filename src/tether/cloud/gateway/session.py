@@ -12,9 +12,9 @@ checks and answers every packet; the session keeps what both versions share:
 - the identity rules: the client id must equal the identity name, every publish (and Will)
   is checked against the same ``TopicPolicy`` and attributed to the certificate;
 - the subscriptions (:mod:`.subscriptions`: policy, quotas, ``$sender`` views, identifiers);
-- outgoing flow (:class:`~tether.cloud.gateway.flow.OutboundFlow`): the client's Receive
-  Maximum (QoS 1 and 2 beyond it wait, bounded), its Maximum Packet Size (bigger messages are
-  dropped for it), the slow-consumer bounds; QoS 2 identifiers stay in flight until PUBCOMP;
+- outgoing flow (:mod:`.outbox` over :mod:`.flow`): the client's Receive Maximum (QoS 1 and
+  2 beyond it wait, bounded), its Maximum Packet Size (bigger messages are dropped for it),
+  the slow-consumer bounds; QoS 2 identifiers stay in flight until PUBCOMP;
 - incoming QoS 2 (exactly once): a packet identifier is routed once, on its first PUBLISH,
   and remembered until PUBREL, so a resent PUBLISH (DUP) is acknowledged, not routed again.
   At most ``receive_maximum`` such identifiers wait (MQTT 5 4.9: beyond is 0x93);
@@ -41,12 +41,12 @@ from mqtt5 import ConnAckReasonCode, DisconnectReasonCode
 from tether.cloud.gateway.broker import Broker, Message
 from tether.cloud.gateway.errors import MalformedPacketError, PacketTooLargeError
 from tether.cloud.gateway.events import log_event
-from tether.cloud.gateway.flow import Admission, OutboundFlow
 from tether.cloud.gateway.framing import connect_protocol
 from tether.cloud.gateway.identity import Identity
 from tether.cloud.gateway.limits import LimitCode, LimitCounters
 from tether.cloud.gateway.mqtt311.codec import encode as encode311
 from tether.cloud.gateway.mqtt311.packets import ConnAck, ConnAckCode
+from tether.cloud.gateway.outbox import Outbox
 from tether.cloud.gateway.policy import TopicPolicy
 from tether.cloud.gateway.protocol import MQTT5_LEVEL, MQTT311_LEVEL, MQTT311_NAME, ProtocolHandler
 from tether.cloud.gateway.protocol5 import Mqtt5Handler, mqtt5_connack
@@ -56,7 +56,6 @@ from tether.cloud.gateway.streams import CLOSE_GRACE, READ_ERRORS, PacketStream,
 from tether.cloud.gateway.subscriptions import SessionSubscriptions
 
 KEEP_ALIVE_GRACE = 1.5
-DRAIN_POLL = 0.01  # seconds between checks of a full socket buffer with messages waiting
 CONNECT_HEADER = 0x10  # the first byte of every CONNECT, in every MQTT version
 
 
@@ -103,18 +102,30 @@ class Session:
         self._closed = asyncio.Event()
         self._keep_alive = settings.max_keep_alive
         self._client_max_packet_size: int | None = None
-        self._flow = self._new_flow(settings.max_inflight_messages)
-        self._pump: asyncio.Task[None] | None = None
+        self._outbox = Outbox(
+            writer,
+            settings=settings,
+            counters=counters,
+            peer=peer,
+            identity=identity.name,
+            overflow=lambda: self.disconnect(
+                DisconnectReasonCode.QUOTA_EXCEEDED, "slow consumer: queue full"
+            ),
+        )
         self._exactly_once: set[int] = set()  # incoming QoS 2 identifiers before PUBREL
         self.over_quota = False
         self._will: Message | None = None
         self._publish_will = True
-        self.dropped_messages = 0
 
     @property
     def connected(self) -> bool:
         """Whether CONNECT was accepted and the session is not closing."""
         return self._connected and not self._closing
+
+    @property
+    def dropped_messages(self) -> int:
+        """Messages dropped for this client (too big for it, or QoS 0 to a full buffer)."""
+        return self._outbox.dropped
 
     @property
     def protocol_version(self) -> str | None:
@@ -135,8 +146,7 @@ class Session:
                 await self._serve()
         finally:
             self._closing = True
-            if self._pump is not None:
-                self._pump.cancel()
+            self._outbox.stop()
             self.subscriptions.clear()
             if self._connected and self._will is not None and self._publish_will:
                 self.route(self._will)
@@ -182,34 +192,13 @@ class Session:
             return False
         data = self._protocol.encode_publish(message, qos)
         if self._client_max_packet_size is not None and len(data) > self._client_max_packet_size:
-            return self._drop(LimitCode.OVERSIZE_FOR_CLIENT, "message exceeds the client's maximum")
-        admission, ready = self._flow.offer(data, qos, self._buffered())
-        if admission is Admission.WRITE:
-            self.write(ready)
-            self._protocol.written(message)
-            return True
-        if admission is Admission.QUEUED:
-            self.counters.hit(
-                LimitCode.RECEIVE_MAXIMUM_WAIT,
-                f"QoS {qos} message waits: {self._flow.inflight} unacknowledged (client Receive "
-                f"Maximum {self._flow.receive_maximum}), {self._flow.queued} queued",
-                peer=self.peer,
-                identity=self.identity.name,
-                level=logging.INFO,
+            return self._outbox.drop(
+                LimitCode.OVERSIZE_FOR_CLIENT, "message exceeds the client's maximum"
             )
-            self._start_pump()
-            return True
-        if admission is Admission.DROPPED:
-            return self._drop(LimitCode.SLOW_CONSUMER_DROP, "slow consumer: QoS 0 message dropped")
-        self.counters.hit(
-            LimitCode.SLOW_CONSUMER_DISCONNECT,
-            f"slow consumer: {self._flow.queued} messages ({self._flow.queued_bytes} "
-            "bytes) wait and the next does not fit; DISCONNECT 0x97",
-            peer=self.peer,
-            identity=self.identity.name,
-        )
-        self.disconnect(DisconnectReasonCode.QUOTA_EXCEEDED, "slow consumer: queue full")
-        return False
+        sent = self._outbox.send(data, qos)
+        if sent:
+            self._protocol.written(message)
+        return sent is not False
 
     # -- the protocol handlers' API ----------------------------------------------------------
 
@@ -235,7 +224,7 @@ class Session:
             self._keep_alive = server_keep_alive
         else:
             self._keep_alive = keep_alive
-        self._flow = self._new_flow(receive_maximum)
+        self._outbox.open_window(receive_maximum)
         self._client_max_packet_size = max_packet_size
         self._will = will
         self._connected = True
@@ -293,19 +282,15 @@ class Session:
 
     def outbound_in_flight(self, packet_id: int) -> bool:
         """Whether an outgoing QoS 1/2 message with this identifier awaits its acknowledgement."""
-        return self._flow.in_flight(packet_id)
+        return self._outbox.in_flight(packet_id)
 
     def acknowledge(self, packet_id: int) -> None:
         """PUBACK or PUBCOMP (or a refusing PUBREC): the identifier is free again."""
-        if self._flow.acknowledge(packet_id):
-            self._release()
+        self._outbox.acknowledge(packet_id)
 
     def write(self, data: bytes) -> None:
         """Write bytes to the client (nothing once the transport is closing)."""
-        if self._writer.is_closing():
-            return
-        with contextlib.suppress(Exception):
-            self._writer.write(data)
+        self._outbox.write(data)
 
     def end(self, *, publish_will: bool | None = None) -> None:
         """The client said goodbye (DISCONNECT): stop reading; optionally suppress the Will."""
@@ -322,50 +307,6 @@ class Session:
     def _abort(self) -> None:
         with contextlib.suppress(Exception):
             self._writer.transport.abort()
-
-    def _new_flow(self, client_receive_maximum: int) -> OutboundFlow:
-        return OutboundFlow(
-            receive_maximum=client_receive_maximum,
-            write_buffer_limit=self.settings.write_buffer_limit,
-            max_queued_messages=self.settings.max_queued_messages,
-            max_queued_bytes=self.settings.max_queued_bytes,
-        )
-
-    def _buffered(self) -> int:
-        return int(self._writer.transport.get_write_buffer_size())
-
-    def _drop(self, code: LimitCode, why: str) -> bool:
-        self.dropped_messages += 1
-        self.counters.hit(code, why, peer=self.peer, identity=self.identity.name)
-        return False
-
-    def _release(self) -> None:
-        """Write the waiting messages the window and the buffer now allow."""
-        for data in self._flow.release(self._buffered()):
-            self.write(data)
-
-    def _start_pump(self) -> None:
-        if self._flow.full(self._buffered()) and (self._pump is None or self._pump.done()):
-            self._pump = asyncio.get_running_loop().create_task(self._drain_and_release())
-
-    async def _drain_and_release(self) -> None:
-        """Release while a full socket buffer drains; acknowledgements release the rest.
-
-        It releases before it ends, so what still waits then waits for the window only (an
-        acknowledgement will come) and never for a buffer nobody watches.
-        """
-        while True:
-            self._release()
-            if self._closing or not self._flow.queued or not self._flow.full(self._buffered()):
-                return
-            try:
-                await self._writer.drain()
-            except Exception:
-                return
-            if self._flow.full(self._buffered()):
-                # drain() returns at once when the transport is not paused (its high-water
-                # mark is not ours): poll instead of spinning the loop.
-                await asyncio.sleep(DRAIN_POLL)
 
     async def _handshake(self, connect_deadline: float) -> bool:
         try:
@@ -431,7 +372,7 @@ class Session:
                     frame = await self._stream.read_frame()
                     if frame is not None and not self._closing:
                         protocol.handle(protocol.decode(frame))
-                    if self._buffered() > self.settings.max_packet_size:
+                    if self._outbox.buffered() > self.settings.max_packet_size:
                         # Stop reading while the client does not read its acknowledgements.
                         await self._writer.drain()
                 if self.over_quota:
