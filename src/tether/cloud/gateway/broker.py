@@ -10,11 +10,14 @@ runs on the gateway's event loop; nothing here blocks or awaits.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tether.cloud.gateway.identity import Identity
 from tether.cloud.gateway.stats import GatewayStats
 from tether.cloud.gateway.topictree import TopicTree
+
+if TYPE_CHECKING:
+    from tether.cloud.gateway.retained import RetainedMessages
 
 SENDER_PROPERTY = "tether-sender"
 
@@ -37,6 +40,7 @@ class Message:
     content_type: str | None = None
     response_topic: str | None = None
     correlation_data: bytes | None = None
+    retain: bool = False  # a retained message delivered to a new subscription (issue 17)
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,9 @@ class Broker:
         self.stats = stats or GatewayStats()  # messages in and out, for the metrics
         self._tree: TopicTree[Subscriber, Subscription] = TopicTree()
         self._filters: dict[Subscriber, dict[str, Subscription]] = {}
+        # Retained messages (issue 17): set by whoever builds the gateway, else unavailable.
+        # Not routing state, so it does not live in the tree: see gateway/retained.py.
+        self.retained: RetainedMessages | None = None
 
     def subscribe(self, subscriber: Subscriber, subscription: Subscription) -> bool:
         """Add or replace a subscription; ``True`` if it replaced one with the same filter."""

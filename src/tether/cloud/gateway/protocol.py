@@ -14,6 +14,7 @@ MQTT 5 CONNACK would be unreadable to an older client).
 from __future__ import annotations
 
 import abc
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from mqtt5 import DisconnectReasonCode
@@ -51,8 +52,9 @@ class ProtocolHandler(abc.ABC):
         """
 
     @abc.abstractmethod
-    def handle(self, packet: object) -> None:
-        """One packet after CONNECT."""
+    def handle(self, packet: object) -> Awaitable[None] | None:
+        """One packet after CONNECT; an awaitable when the session must wait for it to finish
+        (a retained message being stored) before it reads the next packet."""
 
     @abc.abstractmethod
     def encode_publish(self, message: Message, qos: int) -> bytes:

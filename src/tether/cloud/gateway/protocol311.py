@@ -6,14 +6,15 @@ close the Network Connection" for any protocol violation, section 4.8) and the g
 the reason with the same event code:
 
 - CONNECT: client id = identity name, else CONNACK 0x02 Identifier rejected; a Will outside
-  the policy, or retained (no retained messages yet), gets CONNACK 0x05 Not authorized. User
+  the policy, or retained without a retained store, gets CONNACK 0x05 Not authorized. User
   name and password are ignored: the certificate is the credential. Clean Session 0 is
   accepted with Session Present 0 and the session still ends with the connection (persistent
   sessions are not built yet; logged). Keep-alive 0 or above ``max_keep_alive`` is held to
   ``max_keep_alive`` (3.1.1 cannot announce it).
 - PUBLISH at QoS 0, 1 (PUBACK) and 2 (PUBREC / PUBREL / PUBCOMP, exactly once, the same
-  bookkeeping as MQTT 5). A topic with a wildcard, a retained publish, and a publish the
-  policy refuses close the connection (3.1.1 has no negative acknowledgement).
+  bookkeeping as MQTT 5). A topic with a wildcard, a publish the policy refuses, and a
+  retained publish without a retained store close the connection (3.1.1 has no negative
+  acknowledgement); with a store, a retained publish is stored before it is acknowledged.
 - SUBSCRIBE: per filter the granted QoS, or 0x80 for every refusal MQTT 5 would name
   (invalid, shared, policy, quota). UNSUBSCRIBE, PINGREQ, DISCONNECT (no Will then).
 - Outgoing: a 3.1.1 client announces no Receive Maximum, so at most ``max_inflight_messages``
@@ -25,6 +26,7 @@ the reason with the same event code:
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from mqtt5 import DisconnectReasonCode
@@ -114,6 +116,7 @@ class Mqtt311Handler(ProtocolHandler):
                 sender=identity,
                 user_properties=attributed_properties(identity, []),
             ),
+            will_retain=will is not None and will.retain,
         )
         session.write(encode(ConnAck(ConnAckCode.ACCEPTED, session_present=False)))
         return True
@@ -125,7 +128,7 @@ class Mqtt311Handler(ProtocolHandler):
             return ConnAckCode.IDENTIFIER_REJECTED, "mqtt_client_id_mismatch", text
         will = packet.will
         if will is not None:
-            if will.retain:
+            if will.retain and session.retained is None:
                 return (
                     ConnAckCode.NOT_AUTHORIZED,
                     "mqtt_retain_unsupported",
@@ -147,12 +150,12 @@ class Mqtt311Handler(ProtocolHandler):
         self.session.log(logging.WARNING, code, f"MQTT 3.1.1: {text}; connection closed")
         self.session.disconnect(DisconnectReasonCode.PROTOCOL_ERROR, text)
 
-    def handle(self, packet: object) -> None:
-        """One packet after CONNECT."""
+    def handle(self, packet: object) -> Awaitable[None] | None:
+        """One packet after CONNECT (an awaitable while a retained message is stored)."""
         session = self.session
         match packet:
             case Publish():
-                self._on_publish(packet)
+                return self._on_publish(packet)
             case PubAck() | PubComp():
                 session.acknowledge(packet.packet_id)
             case PubRec():
@@ -163,7 +166,7 @@ class Mqtt311Handler(ProtocolHandler):
             case PubRel():
                 # PUBCOMP even for an unknown identifier: the client resends PUBREL after a
                 # lost PUBCOMP, and 3.1.1 has no "not found" to say (spec 4.3.3).
-                session.release_exactly_once(packet.packet_id)
+                session.exactly_once.release(packet.packet_id)
                 session.write(encode(PubComp(packet.packet_id)))
             case Subscribe():
                 requests = [SubscribeRequest(pattern, qos) for pattern, qos in packet.filters]
@@ -171,6 +174,7 @@ class Mqtt311Handler(ProtocolHandler):
                 returned = tuple(int(c) if int(c) < 0x80 else SUBACK_FAILURE for c in codes)
                 session.write(encode(SubAck(packet.packet_id, returned)))
                 session.over_quota = 0x97 in (int(c) for c in codes)
+                session.send_retained()
             case Unsubscribe():
                 for pattern in packet.filters:
                     session.subscriptions.unsubscribe(pattern)
@@ -183,18 +187,18 @@ class Mqtt311Handler(ProtocolHandler):
             case _:
                 self._close("mqtt_protocol_error", f"unexpected {type(packet).__name__}")
 
-    def _on_publish(self, packet: Publish) -> None:
+    def _on_publish(self, packet: Publish) -> Awaitable[None] | None:
         session = self.session
         if not is_valid_topic_name(packet.topic):
             self._close("mqtt_topic_name_invalid", f"PUBLISH topic {packet.topic!r} is invalid")
-            return
-        if packet.retain:
+            return None
+        if packet.retain and session.retained is None:
             self._close("mqtt_retain_unsupported", "PUBLISH with retain is not supported")
-            return
+            return None
         refusal = session.publish_refusal(packet.topic, None)
         if refusal is not None:
             self._close(refusal[0], f"PUBLISH refused by policy: {refusal[1]}")
-            return
+            return None
         message = Message(
             topic=packet.topic,
             payload=packet.payload,
@@ -203,21 +207,34 @@ class Mqtt311Handler(ProtocolHandler):
             user_properties=attributed_properties(session.identity, []),
         )
         packet_id = packet.packet_id
+        first: bool | None = True
         if packet.qos == 2 and packet_id is not None:
-            first = session.receive_exactly_once(packet_id)
+            first = session.exactly_once.receive(packet_id)
             if first is None:
                 self._close(
                     "mqtt_receive_maximum_exceeded",
                     f"more than {session.settings.receive_maximum} QoS 2 messages unreleased",
                 )
-                return
-            if first:
-                session.route(message)
-            session.write(encode(PubRec(packet_id)))
-            return
-        session.route(message)
-        if packet.qos == 1 and packet_id is not None:
-            session.write(encode(PubAck(packet_id)))
+                return None
+        if first:
+            session.route(message)
+        ack = None
+        if packet_id is not None:
+            ack = encode(PubAck(packet_id) if packet.qos == 1 else PubRec(packet_id))
+        if packet.retain and first:
+            return self._retain_then_ack(message, ack)
+        if ack is not None:
+            session.write(ack)
+        return None
+
+    async def _retain_then_ack(self, message: Message, ack: bytes | None) -> None:
+        """Store the retained message, then acknowledge (3.1.1 cannot say "over quota": the
+        store logs it, and the message still reached the live subscribers)."""
+        retained = self.session.retained
+        assert retained is not None  # checked in _on_publish
+        await retained.store(message)
+        if ack is not None:
+            self.session.write(ack)
 
     def encode_publish(self, message: Message, qos: int) -> bytes:
         """A 3.1.1 PUBLISH: topic and payload only (3.1.1 has no properties)."""
@@ -226,6 +243,7 @@ class Mqtt311Handler(ProtocolHandler):
                 message.topic,
                 message.payload,
                 qos=qos,
+                retain=message.retain,
                 packet_id=PLACEHOLDER_PACKET_ID if qos else None,
             )
         )

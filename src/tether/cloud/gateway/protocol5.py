@@ -4,11 +4,13 @@ What it supports, and what it refuses (each with the reason code the spec names)
 
 - CONNECT: client id = identity name (else CONNACK 0x85); enhanced authentication refused
   (CONNACK 0x8C); a requested Session Expiry is answered with 0 (no session outlives its
-  connection yet); a Will is checked against the policy (CONNACK 0x87), a retained Will is
-  refused (0x9A, Retain Available 0).
+  connection yet); a Will is checked against the policy (CONNACK 0x87); a retained Will
+  needs a retained store (else CONNACK 0x9A, Retain Available 0).
 - PUBLISH at QoS 0, 1 (PUBACK) and 2 (PUBREC / PUBREL / PUBCOMP, exactly once). A topic name
   with a wildcard -> DISCONNECT 0x90 [MQTT-3.3.2-2]; QoS > 0 with packet identifier 0 ->
-  0x82 [MQTT-2.2.1-3]; retain -> 0x9A; a client PUBLISH with subscription identifiers -> 0x82.
+  0x82 [MQTT-2.2.1-3]; retain without a retained store -> 0x9A (with one: stored, PUBACK
+  0x97 if the sender's retained bounds refuse it); a client PUBLISH with subscription
+  identifiers -> 0x82.
   An alias beyond the Topic Alias Maximum in CONNACK -> 0x94 [MQTT-3.3.2-9] (alias 0 the
   codec refuses: 0x81); an unknown alias with an empty topic -> 0x82. A publish the policy refuses,
   or whose Response Topic the sender may not name, gets PUBACK / PUBREC 0x87; at QoS 0,
@@ -26,6 +28,7 @@ What it supports, and what it refuses (each with the reason code the spec names)
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import mqtt5
@@ -35,6 +38,8 @@ from tether.cloud.gateway.aliases import AliasError, TopicAliases
 from tether.cloud.gateway.broker import Message, attributed_properties
 from tether.cloud.gateway.framing import decode, subscribe_options_reserved
 from tether.cloud.gateway.protocol import ProtocolHandler
+from tether.cloud.gateway.protocol5_connect import connect_refusal, mqtt5_connack, will_message
+from tether.cloud.gateway.stores import StoreOutcome
 from tether.cloud.gateway.subscriptions import SubscribeRequest
 from tether.cloud.gateway.topics import is_valid_topic_name
 
@@ -44,11 +49,11 @@ if TYPE_CHECKING:
 CLIENT_RECEIVE_MAXIMUM = 65_535  # what a CONNECT without Receive Maximum means (spec 3.1.2.11)
 PLACEHOLDER_PACKET_ID = 1  # replaced by OutboundFlow when the message is written
 AUTH_TYPE = 15
-
-
-def mqtt5_connack(reason: ConnAckReasonCode, reason_str: str) -> bytes:
-    """A refusing MQTT 5 CONNACK."""
-    return mqtt5.ConnAckPacket(reason_code=reason, reason_str=reason_str).write()
+# PUBACK and PUBREC share these reason codes (MQTT 5 sections 3.4.2.1, 3.5.2.1).
+SUCCESS = 0x00
+NO_MATCHING_SUBSCRIBERS = 0x10
+NOT_AUTHORIZED = 0x87
+QUOTA_EXCEEDED = 0x97
 
 
 class Mqtt5Handler(ProtocolHandler):
@@ -87,7 +92,7 @@ class Mqtt5Handler(ProtocolHandler):
         if not isinstance(packet, mqtt5.ConnectPacket):
             session.log(logging.WARNING, "mqtt_protocol_error", "the first packet is not CONNECT")
             return False
-        refusal = self._connect_refusal(packet)
+        refusal = connect_refusal(session, packet)
         if refusal is not None:
             reason, code, text = refusal
             session.log(logging.WARNING, code, f"CONNECT refused with 0x{int(reason):02x}: {text}")
@@ -101,7 +106,8 @@ class Mqtt5Handler(ProtocolHandler):
             keep_alive=packet.keep_alive,
             receive_maximum=packet.receive_max or CLIENT_RECEIVE_MAXIMUM,
             max_packet_size=packet.max_packet_size,
-            will=self._will_message(packet.will),
+            will=will_message(session.identity, packet.will),
+            will_retain=packet.will is not None and packet.will.retain,
         )
         session.write(
             mqtt5.ConnAckPacket(
@@ -113,7 +119,7 @@ class Mqtt5Handler(ProtocolHandler):
                 receive_max=settings.receive_maximum,
                 topic_alias_max=settings.topic_alias_maximum,
                 max_qos=QoS.EXACTLY_ONCE,
-                retain_available=False,
+                retain_available=session.retained is not None,
                 max_packet_size=settings.max_packet_size,
                 wildcard_subscription_available=True,
                 subscription_id_available=True,
@@ -122,68 +128,19 @@ class Mqtt5Handler(ProtocolHandler):
         )
         return True
 
-    def _connect_refusal(
-        self, packet: mqtt5.ConnectPacket
-    ) -> tuple[ConnAckReasonCode, str, str] | None:
-        session = self.session
-        text = session.client_id_refusal(packet.client_id)
-        if text is not None:
-            return ConnAckReasonCode.CLIENT_ID_NOT_VALID, "mqtt_client_id_mismatch", text
-        if packet.authentication_method is not None:
-            return (
-                ConnAckReasonCode.BAD_AUTHENTICATION_METHOD,
-                "mqtt_auth_method_unsupported",
-                "enhanced authentication is not supported; the certificate is the credential",
-            )
-        will = packet.will
-        if will is not None:
-            if will.retain:
-                return (
-                    ConnAckReasonCode.RETAIN_NOT_SUPPORTED,
-                    "mqtt_retain_unsupported",
-                    "retained Will messages are not supported",
-                )
-            if not is_valid_topic_name(will.topic):
-                return (
-                    ConnAckReasonCode.TOPIC_NAME_INVALID,
-                    "mqtt_topic_name_invalid",
-                    f"Will topic {will.topic!r} is not a valid topic name",
-                )
-            refusal = session.publish_refusal(will.topic, will.response_topic)
-            if refusal is not None:
-                return (ConnAckReasonCode.NOT_AUTHORIZED, refusal[0], f"Will: {refusal[1]}")
-        return None
-
-    def _will_message(self, will: mqtt5.Will | None) -> Message | None:
-        if will is None:
-            return None
-        identity = self.session.identity
-        return Message(
-            topic=will.topic,
-            payload=will.payload or b"",
-            qos=int(will.qos),
-            sender=identity,
-            user_properties=attributed_properties(identity, will.user_properties),
-            payload_format_indicator=will.payload_format_indicator,
-            message_expiry_interval=will.message_expiry_interval,
-            content_type=will.content_type,
-            response_topic=will.response_topic,
-            correlation_data=will.correlation_data,
-        )
-
     # -- packets after CONNECT -----------------------------------------------------------------
 
-    def handle(self, packet: object) -> None:
-        """One packet after CONNECT."""
+    def handle(self, packet: object) -> Awaitable[None] | None:
+        """One packet after CONNECT (an awaitable while a retained message is stored)."""
         session = self.session
         if isinstance(packet, mqtt5.PublishPacket):
-            self._on_publish(packet)
+            return self._on_publish(packet)
         elif isinstance(packet, mqtt5.PubAckPacket | mqtt5.PubCompPacket):
             session.acknowledge(packet.packet_id)
         elif isinstance(packet, mqtt5.PubRecPacket):
             self._on_pubrec(packet)
         elif isinstance(packet, mqtt5.PubRelPacket):
-            found = session.release_exactly_once(packet.packet_id)
+            found = session.exactly_once.release(packet.packet_id)
             code = (
                 mqtt5.PubCompReasonCode.SUCCESS
                 if found
@@ -239,88 +196,90 @@ class Mqtt5Handler(ProtocolHandler):
             self._refuse(exc.reason, exc.code, exc.text)
             return None
 
-    def _on_publish(self, packet: mqtt5.PublishPacket) -> None:
+    def _on_publish(self, packet: mqtt5.PublishPacket) -> Awaitable[None] | None:
         session = self.session
-        if packet.retain:
+        if packet.retain and session.retained is None:
             self._refuse(
                 DisconnectReasonCode.RETAIN_NOT_SUPPORTED,
                 "mqtt_retain_unsupported",
                 "PUBLISH with retain (Retain Available is 0)",
             )
-            return
+            return None
         if packet.qos != QoS.AT_MOST_ONCE and not packet.packet_id:
             self._refuse(
                 DisconnectReasonCode.PROTOCOL_ERROR,
                 "mqtt_protocol_error",
                 f"QoS {int(packet.qos)} PUBLISH with packet identifier 0 [MQTT-2.2.1-3]",
             )
-            return
+            return None
         if packet.subscription_ids:
             self._refuse(
                 DisconnectReasonCode.PROTOCOL_ERROR,
                 "mqtt_protocol_error",
                 "a client PUBLISH must not carry subscription identifiers",
             )
-            return
+            return None
         topic = self._inbound_topic(packet)
         if topic is None:
-            return
+            return None
         if not is_valid_topic_name(topic):
             self._refuse(
                 DisconnectReasonCode.TOPIC_NAME_INVALID,
                 "mqtt_topic_name_invalid",
                 f"PUBLISH topic {topic!r} is not a valid topic name [MQTT-3.3.2-2]",
             )
-            return
-        packet_id = packet.packet_id
+            return None
         refusal = session.publish_refusal(topic, packet.response_topic)
         if refusal is not None:
             code, text = refusal
             session.log(logging.WARNING, code, f"PUBLISH refused by policy: {text}")
-            if packet.qos == QoS.AT_LEAST_ONCE:
-                session.write(
-                    mqtt5.PubAckPacket(
-                        packet_id,
-                        reason_code=mqtt5.PubAckReasonCode.NOT_AUTHORIZED,
-                        reason_str=self._reason(code),
-                    ).write()
-                )
-            elif packet.qos == QoS.EXACTLY_ONCE:
-                session.write(
-                    mqtt5.PubRecPacket(
-                        packet_id,
-                        reason_code=mqtt5.PubRecReasonCode.NOT_AUTHORIZED,
-                        reason_str=self._reason(code),
-                    ).write()
-                )
-            else:
+            if packet.qos == QoS.AT_MOST_ONCE:
                 session.disconnect(DisconnectReasonCode.NOT_AUTHORIZED, code)
-            return
+            else:
+                session.write(self._ack(packet, NOT_AUTHORIZED, self._reason(code)))
+            return None
+        first = True
         if packet.qos == QoS.EXACTLY_ONCE:
-            first = session.receive_exactly_once(packet_id)
-            if first is None:
+            new = session.exactly_once.receive(packet.packet_id)
+            if new is None:
                 self._refuse(
                     DisconnectReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
                     "mqtt_receive_maximum_exceeded",
                     f"more than {session.settings.receive_maximum} QoS 2 messages unreleased",
                 )
-                return
-            matched = session.route(self._message(packet, topic)) if first else 1
-            code2 = (
-                mqtt5.PubRecReasonCode.SUCCESS
-                if matched
-                else mqtt5.PubRecReasonCode.NO_MATCHING_SUBSCRIBERS
-            )
-            session.write(mqtt5.PubRecPacket(packet_id, reason_code=code2).write())
-            return
-        matched = session.route(self._message(packet, topic))
+                return None
+            first = new
+        message = self._message(packet, topic)
+        matched = session.route(message) if first else 1  # a resend was routed already
+        reason = SUCCESS if matched else NO_MATCHING_SUBSCRIBERS
+        if packet.retain and first:
+            return self._retain_then_ack(packet, message, reason)
+        if packet.qos != QoS.AT_MOST_ONCE:
+            session.write(self._ack(packet, reason))
+        return None
+
+    async def _retain_then_ack(
+        self, packet: mqtt5.PublishPacket, message: Message, reason: int
+    ) -> None:
+        """Store the retained message, then acknowledge: 0x97 if its bounds refused it."""
+        retained = self.session.retained
+        assert retained is not None  # checked in _on_publish
+        outcome = await retained.store(message)
+        if outcome in (StoreOutcome.OVER_COUNT, StoreOutcome.OVER_BYTES):
+            reason = QUOTA_EXCEEDED
+        if packet.qos != QoS.AT_MOST_ONCE:
+            text = "retained message refused: quota" if reason == QUOTA_EXCEEDED else None
+            self.session.write(self._ack(packet, reason, self._reason(text) if text else None))
+
+    def _ack(self, packet: mqtt5.PublishPacket, reason: int, text: str | None = None) -> bytes:
+        """PUBACK (QoS 1) or PUBREC (QoS 2) with ``reason`` (the codes are the same)."""
         if packet.qos == QoS.AT_LEAST_ONCE:
-            code1 = (
-                mqtt5.PubAckReasonCode.SUCCESS
-                if matched
-                else mqtt5.PubAckReasonCode.NO_MATCHING_SUBSCRIBERS
-            )
-            session.write(mqtt5.PubAckPacket(packet_id, reason_code=code1).write())
+            return mqtt5.PubAckPacket(
+                packet.packet_id, reason_code=mqtt5.PubAckReasonCode(reason), reason_str=text
+            ).write()
+        return mqtt5.PubRecPacket(
+            packet.packet_id, reason_code=mqtt5.PubRecReasonCode(reason), reason_str=text
+        ).write()
 
     def _message(self, packet: mqtt5.PublishPacket, topic: str) -> Message:
         identity = self.session.identity
@@ -368,11 +327,17 @@ class Mqtt5Handler(ProtocolHandler):
             )
             return
         requests = [
-            SubscribeRequest(f.pattern, int(f.max_qos), no_local=f.no_local)
+            SubscribeRequest(
+                f.pattern,
+                int(f.max_qos),
+                no_local=f.no_local,
+                retain_handling=int(f.retain_handling),
+            )
             for f in packet.topic_filters
         ]
         codes = session.subscriptions.subscribe(requests, packet.subscription_id)
         session.write(mqtt5.SubAckPacket(packet.packet_id, codes).write())
+        session.send_retained()
         session.over_quota = mqtt5.SubAckReasonCode.QUOTA_EXCEEDED in codes
 
     # -- outgoing ------------------------------------------------------------------------------
@@ -384,6 +349,7 @@ class Mqtt5Handler(ProtocolHandler):
             topic,
             message.payload,
             qos=QoS(qos),
+            retain=message.retain,
             packet_id=PLACEHOLDER_PACKET_ID if qos >= 1 else None,
             payload_format_indicator=message.payload_format_indicator,
             message_expiry_interval=message.message_expiry_interval,

@@ -15,9 +15,8 @@ checks and answers every packet; the session keeps what both versions share:
 - outgoing flow (:mod:`.outbox` over :mod:`.flow`): the client's Receive Maximum (QoS 1 and
   2 beyond it wait, bounded), its Maximum Packet Size (bigger messages are dropped for it),
   the slow-consumer bounds; QoS 2 identifiers stay in flight until PUBCOMP;
-- incoming QoS 2 (exactly once): a packet identifier is routed once, on its first PUBLISH,
-  and remembered until PUBREL, so a resent PUBLISH (DUP) is acknowledged, not routed again.
-  At most ``receive_maximum`` such identifiers wait (MQTT 5 4.9: beyond is 0x93);
+- incoming QoS 2 (:mod:`.exactly_once`), retained messages (:mod:`.retained`, when the
+  gateway has a store: stored before the acknowledgement, sent after SUBACK);
 - the Will, published on an abnormal close unless the identity was dropped administratively.
   Its delay is min(Will Delay Interval, Session Expiry): the gateway grants Session Expiry 0
   (no session outlives its connection yet), so the session ends with the connection and the
@@ -38,9 +37,11 @@ from collections.abc import Callable
 
 from mqtt5 import ConnAckReasonCode, DisconnectReasonCode
 
+from tether.cloud.gateway import rules
 from tether.cloud.gateway.broker import Broker, Message
 from tether.cloud.gateway.errors import MalformedPacketError, PacketTooLargeError
 from tether.cloud.gateway.events import log_event
+from tether.cloud.gateway.exactly_once import ExactlyOnce
 from tether.cloud.gateway.framing import connect_protocol
 from tether.cloud.gateway.identity import Identity
 from tether.cloud.gateway.limits import LimitCode, LimitCounters
@@ -49,8 +50,10 @@ from tether.cloud.gateway.mqtt311.packets import ConnAck, ConnAckCode
 from tether.cloud.gateway.outbox import Outbox
 from tether.cloud.gateway.policy import TopicPolicy
 from tether.cloud.gateway.protocol import MQTT5_LEVEL, MQTT311_LEVEL, MQTT311_NAME, ProtocolHandler
-from tether.cloud.gateway.protocol5 import Mqtt5Handler, mqtt5_connack
+from tether.cloud.gateway.protocol5 import Mqtt5Handler
+from tether.cloud.gateway.protocol5_connect import mqtt5_connack
 from tether.cloud.gateway.protocol311 import Mqtt311Handler
+from tether.cloud.gateway.retained import RetainedMessages
 from tether.cloud.gateway.settings import GatewaySettings
 from tether.cloud.gateway.streams import CLOSE_GRACE, READ_ERRORS, PacketStream, close_writer
 from tether.cloud.gateway.subscriptions import SessionSubscriptions
@@ -112,9 +115,11 @@ class Session:
                 DisconnectReasonCode.QUOTA_EXCEEDED, "slow consumer: queue full"
             ),
         )
-        self._exactly_once: set[int] = set()  # incoming QoS 2 identifiers before PUBREL
+        self.exactly_once = ExactlyOnce(settings.receive_maximum)  # incoming QoS 2
         self.over_quota = False
+        self._retained_tasks: set[asyncio.Task[None]] = set()
         self._will: Message | None = None
+        self._will_retain = False
         self._publish_will = True
 
     @property
@@ -147,9 +152,14 @@ class Session:
         finally:
             self._closing = True
             self._outbox.stop()
+            for task in self._retained_tasks:
+                task.cancel()
             self.subscriptions.clear()
             if self._connected and self._will is not None and self._publish_will:
                 self.route(self._will)
+                if self._will_retain and self.retained is not None:
+                    with contextlib.suppress(Exception):
+                        await self.retained.store(self._will)
             await close_writer(self._writer)
             self._closed.set()
 
@@ -210,6 +220,7 @@ class Session:
         receive_maximum: int,
         max_packet_size: int | None,
         will: Message | None,
+        will_retain: bool = False,
     ) -> int | None:
         """CONNECT accepted: take over an older session, start the session's state.
 
@@ -227,6 +238,7 @@ class Session:
         self._outbox.open_window(receive_maximum)
         self._client_max_packet_size = max_packet_size
         self._will = will
+        self._will_retain = will_retain
         self._connected = True
         self._on_connected(self)
         self.log(
@@ -238,47 +250,38 @@ class Session:
         return server_keep_alive
 
     def client_id_refusal(self, client_id: str) -> str | None:
-        """Why ``client_id`` may not connect with this certificate, or ``None``."""
-        if client_id != self.identity.name:
-            return (
-                f"client id {client_id!r} is not the certificate's identity "
-                f"{self.identity.name!r}; connect with the device serial as client id"
-            )
-        return None
+        """Why ``client_id`` may not connect with this certificate (:mod:`.rules`)."""
+        return rules.client_id_refusal(self.identity, client_id)
 
     def publish_refusal(self, topic: str, response_topic: str | None) -> tuple[str, str] | None:
-        """(code, words) if the policy refuses this topic or Response Topic, else None."""
-        if not self.policy.may_publish(self.identity, topic):
-            return "publish_not_authorized", f"topic {topic!r} is outside what it may publish"
-        if response_topic is not None and not self.policy.may_request_reply(
-            self.identity, response_topic
-        ):
-            return (
-                "response_topic_not_authorized",
-                f"Response Topic {response_topic!r} is outside what it may publish",
-            )
-        return None
+        """(code, words) if the policy refuses this publish (:mod:`.rules`), else None."""
+        return rules.publish_refusal(self.policy, self.identity, topic, response_topic)
 
     def route(self, message: Message) -> int:
         """Hand a message this client published to the broker; how many subscribers matched."""
         return self._broker.publish(message, origin=self)
 
-    def receive_exactly_once(self, packet_id: int) -> bool | None:
-        """An incoming QoS 2 PUBLISH: ``True`` to route it (first time), ``False`` if it is a
-        resend of one already routed, ``None`` if ``receive_maximum`` identifiers already wait."""
-        if packet_id in self._exactly_once:
-            return False
-        if len(self._exactly_once) >= self.settings.receive_maximum:
-            return None
-        self._exactly_once.add(packet_id)
-        return True
+    @property
+    def retained(self) -> RetainedMessages | None:
+        """The gateway's retained messages, or ``None`` if it offers none (Retain Available 0)."""
+        return self._broker.retained
 
-    def release_exactly_once(self, packet_id: int) -> bool:
-        """PUBREL: forget the identifier; ``False`` if it was not waiting."""
-        if packet_id in self._exactly_once:
-            self._exactly_once.remove(packet_id)
-            return True
-        return False
+    def send_retained(self) -> None:
+        """After SUBACK: deliver the retained messages the new subscriptions are owed."""
+        retained = self.retained
+        due = self.subscriptions.retained_due()
+        if retained is None or not due:
+            return
+        task = asyncio.get_running_loop().create_task(
+            retained.send(
+                due,
+                limit=self.settings.max_retained_per_subscribe,
+                closing=lambda: self._closing,
+                peer=self.peer,
+            )
+        )
+        self._retained_tasks.add(task)
+        task.add_done_callback(self._retained_tasks.discard)
 
     def outbound_in_flight(self, packet_id: int) -> bool:
         """Whether an outgoing QoS 1/2 message with this identifier awaits its acknowledgement."""
@@ -371,7 +374,11 @@ class Session:
                 async with asyncio.timeout(self._keep_alive * KEEP_ALIVE_GRACE):
                     frame = await self._stream.read_frame()
                     if frame is not None and not self._closing:
-                        protocol.handle(protocol.decode(frame))
+                        pending = protocol.handle(protocol.decode(frame))
+                        if pending is not None:
+                            # A retained message is being stored: its acknowledgement (and
+                            # the next packet) waits, so PUBACKs stay in order.
+                            await pending
                     if self._outbox.buffered() > self.settings.max_packet_size:
                         # Stop reading while the client does not read its acknowledgements.
                         await self._writer.drain()

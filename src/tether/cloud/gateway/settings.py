@@ -36,6 +36,7 @@ LIMIT_SETTINGS = (
     "verdict_threads",
     "max_inflight_messages",
     "topic_alias_maximum",
+    "max_retained_per_subscribe",
 )
 
 
@@ -68,7 +69,8 @@ class GatewaySettings:
     ``max_inflight_messages`` is the outgoing QoS 1/2 window of an MQTT 3.1.1 client (it
     announces no Receive Maximum; beyond the window messages wait as above);
     ``topic_alias_maximum`` is the Topic Alias Maximum in CONNACK: how many inbound topic
-    aliases one MQTT 5 session may set (0 refuses them).
+    aliases one MQTT 5 session may set (0 refuses them); ``max_retained_per_subscribe``
+    bounds the retained messages one new filter is sent.
     """
 
     certificate_chain: Path
@@ -94,6 +96,7 @@ class GatewaySettings:
     verdict_threads: int = 4
     max_inflight_messages: int = 20
     topic_alias_maximum: int = 16
+    max_retained_per_subscribe: int = 100
 
     def __post_init__(self) -> None:
         problems = []
@@ -127,6 +130,7 @@ class GatewaySettings:
             "max_subscriptions_per_session",
             "max_queued_messages",
             "verdict_threads",
+            "max_retained_per_subscribe",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")

@@ -15,7 +15,9 @@ offline session (count and bytes; overflow refuses the newest, so what a device 
 reconnect is the oldest messages in order, never a gap in the middle), and the session
 expiry (a requested expiry is capped at ``max_session_expiry``).
 
-Not wired into the session loop yet (issue 17, part 4): see docs/decisions.md.
+The retained store is wired in (:mod:`tether.cloud.gateway.retained`, set on
+``Broker.retained`` by whoever builds the gateway); the session store is not yet (issue 17,
+part 4): see docs/decisions.md.
 """
 
 from __future__ import annotations

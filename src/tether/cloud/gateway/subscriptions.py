@@ -47,6 +47,7 @@ class SubscribeRequest:
     pattern: str
     max_qos: int
     no_local: bool = False
+    retain_handling: int = 0  # MQTT 5: 0 send retained, 1 only for a new filter, 2 never
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,7 @@ class SessionSubscriptions:
         self._settings = settings
         self._counters = counters
         self._held: dict[str, _Held] = {}
+        self._retained_due: list[tuple[Subscriber, str, int]] = []
         self._with_ids = 0  # how many held filters carry a subscription identifier
 
     def __len__(self) -> int:
@@ -101,6 +103,15 @@ class SessionSubscriptions:
             )
             codes.extend([SubAckReasonCode.QUOTA_EXCEEDED] * over)
         return codes
+
+    def retained_due(self) -> list[tuple[Subscriber, str, int]]:
+        """(subscriber, filter, granted QoS) owed retained messages by the last SUBSCRIBE.
+
+        The subscriber is the session or a ``$sender`` view (which rewrites the topic); the
+        filter is the one the broker matches. Taken once: the list is emptied.
+        """
+        due, self._retained_due = self._retained_due, []
+        return due
 
     def unsubscribe(self, pattern: str) -> bool:
         """Remove a filter; ``True`` if the session held it."""
@@ -162,6 +173,7 @@ class SessionSubscriptions:
             )
             return SubAckReasonCode.QUOTA_EXCEEDED
         granted = min(request.max_qos, MAX_QOS)
+        is_new = pattern not in self._held
         self.unsubscribe(pattern)  # a SUBSCRIBE to a held filter replaces it (spec 3.8.4)
         proxy = ViewSubscriber(self._subscriber, view) if view is not None else None
         if proxy is not None:
@@ -171,6 +183,8 @@ class SessionSubscriptions:
                 self._subscriber, Subscription(pattern, granted, no_local=request.no_local)
             )
         self._held[pattern] = _Held(granted, subscription_id, proxy)
+        if request.retain_handling == 0 or (request.retain_handling == 1 and is_new):
+            self._retained_due.append((proxy or self._subscriber, inner, granted))
         if subscription_id is not None:
             self._with_ids += 1
         return SubAckReasonCode(granted)
