@@ -75,7 +75,7 @@ def retained_for(client: RawClient, timeout: float = 0.5) -> list[mqtt5.PublishP
             return seen
         assert isinstance(packet, mqtt5.PublishPacket)
         seen.append(packet)
-        if packet.qos:
+        if int(packet.qos):
             client.send(mqtt5.PubAckPacket(packet.packet_id))
 
 

@@ -17,6 +17,7 @@ from tether.cloud.gateway.stats import GatewayStats
 from tether.cloud.gateway.topictree import TopicTree
 
 if TYPE_CHECKING:
+    from tether.cloud.gateway.persistence import PersistentSessions
     from tether.cloud.gateway.retained import RetainedMessages
 
 SENDER_PROPERTY = "tether-sender"
@@ -78,6 +79,8 @@ class Broker:
         # Retained messages (issue 17): set by whoever builds the gateway, else unavailable.
         # Not routing state, so it does not live in the tree: see gateway/retained.py.
         self.retained: RetainedMessages | None = None
+        # Persistent sessions (issue 17), the same way: None = no session outlives a connection.
+        self.sessions: PersistentSessions | None = None
 
     def subscribe(self, subscriber: Subscriber, subscription: Subscription) -> bool:
         """Add or replace a subscription; ``True`` if it replaced one with the same filter."""

@@ -45,7 +45,7 @@ class ProtocolHandler(abc.ABC):
         """The first frame did not decode: answer as this version requires (then the close)."""
 
     @abc.abstractmethod
-    def connect(self, packet: object) -> bool:
+    async def connect(self, packet: object) -> bool:
         """Check the CONNECT, accept it through ``session.accept`` and write CONNACK.
 
         ``False`` (after writing the refusal) if it is refused.

@@ -7,10 +7,11 @@ the reason with the same event code:
 
 - CONNECT: client id = identity name, else CONNACK 0x02 Identifier rejected; a Will outside
   the policy, or retained without a retained store, gets CONNACK 0x05 Not authorized. User
-  name and password are ignored: the certificate is the credential. Clean Session 0 is
-  accepted with Session Present 0 and the session still ends with the connection (persistent
-  sessions are not built yet; logged). Keep-alive 0 or above ``max_keep_alive`` is held to
-  ``max_keep_alive`` (3.1.1 cannot announce it).
+  name and password are ignored: the certificate is the credential. Clean Session 0 keeps
+  the session for ``default_expiry`` (one hour) when the gateway keeps sessions
+  (:mod:`.persistence`); without, it is accepted with Session Present 0 and logged.
+  Keep-alive 0 or above ``max_keep_alive`` is held to ``max_keep_alive`` (3.1.1 cannot
+  announce it).
 - PUBLISH at QoS 0, 1 (PUBACK) and 2 (PUBREC / PUBREL / PUBCOMP, exactly once, the same
   bookkeeping as MQTT 5). A topic with a wildcard, a publish the policy refuses, and a
   retained publish without a retained store close the connection (3.1.1 has no negative
@@ -77,7 +78,7 @@ class Mqtt311Handler(ProtocolHandler):
         """Nothing: a 3.1.1 server closes the connection without a packet."""
         return None
 
-    def connect(self, packet: object) -> bool:
+    async def connect(self, packet: object) -> bool:
         """Check and accept a CONNECT (see the module docstring); writes CONNACK."""
         session = self.session
         if not isinstance(packet, Connect):
@@ -93,16 +94,21 @@ class Mqtt311Handler(ProtocolHandler):
             )
             session.write(encode(ConnAck(return_code)))
             return False
+        persistence = session.sessions
+        expiry = 0
         if not packet.clean_session:
-            session.log(
-                logging.WARNING,
-                "mqtt_persistent_session_unsupported",
-                "Clean Session 0: accepted with Session Present 0; nothing is kept after this "
-                "connection",
-            )
+            if persistence is not None:
+                expiry = persistence.default_expiry
+            else:
+                session.log(
+                    logging.WARNING,
+                    "mqtt_persistent_session_unsupported",
+                    "Clean Session 0: accepted with Session Present 0; nothing is kept after "
+                    "this connection",
+                )
         will = packet.will
         identity = session.identity
-        session.accept(
+        accepted = await session.accept(
             client_id=packet.client_id,
             keep_alive=packet.keep_alive,
             receive_maximum=session.settings.max_inflight_messages,
@@ -117,8 +123,13 @@ class Mqtt311Handler(ProtocolHandler):
                 user_properties=attributed_properties(identity, []),
             ),
             will_retain=will is not None and will.retain,
+            clean_start=packet.clean_session,
+            session_expiry=expiry,
         )
-        session.write(encode(ConnAck(ConnAckCode.ACCEPTED, session_present=False)))
+        if not session.connected:
+            return False
+        present = accepted.session_present
+        session.write(encode(ConnAck(ConnAckCode.ACCEPTED, session_present=present)))
         return True
 
     def _connect_refusal(self, packet: Connect) -> tuple[ConnAckCode, str, str] | None:

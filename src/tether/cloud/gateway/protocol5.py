@@ -86,7 +86,7 @@ class Mqtt5Handler(ProtocolHandler):
 
     # -- CONNECT -------------------------------------------------------------------------------
 
-    def connect(self, packet: object) -> bool:
+    async def connect(self, packet: object) -> bool:
         """Check and accept a CONNECT (see the module docstring); writes CONNACK."""
         session = self.session
         if not isinstance(packet, mqtt5.ConnectPacket):
@@ -101,21 +101,30 @@ class Mqtt5Handler(ProtocolHandler):
         self._problem_info = packet.request_problem_info is not False
         self._aliases.allow_outbound(packet.topic_alias_max or 0)
         settings = session.settings
-        server_keep_alive = session.accept(
+        will = packet.will
+        requested = packet.session_expiry_interval or 0
+        accepted = await session.accept(
             client_id=packet.client_id,
             keep_alive=packet.keep_alive,
             receive_maximum=packet.receive_max or CLIENT_RECEIVE_MAXIMUM,
             max_packet_size=packet.max_packet_size,
-            will=will_message(session.identity, packet.will),
-            will_retain=packet.will is not None and packet.will.retain,
+            will=will_message(session.identity, will),
+            will_retain=will is not None and will.retain,
+            will_delay=(will.will_delay_interval or 0) if will is not None else 0,
+            clean_start=packet.clean_start,
+            session_expiry=requested,
         )
+        if not session.connected:
+            return False  # dropped while the stored session was read
         session.write(
             mqtt5.ConnAckPacket(
-                session_present=False,
+                session_present=accepted.session_present,
                 reason_code=ConnAckReasonCode.SUCCESS,
-                # We keep no session state; tell a client that asked for one.
-                session_expiry_interval=0 if packet.session_expiry_interval else None,
-                server_keep_alive=server_keep_alive,
+                # Say so when the expiry granted is not the one asked for (spec 3.2.2.3.2).
+                session_expiry_interval=accepted.session_expiry
+                if accepted.session_expiry != requested
+                else None,
+                server_keep_alive=accepted.server_keep_alive,
                 receive_max=settings.receive_maximum,
                 topic_alias_max=settings.topic_alias_maximum,
                 max_qos=QoS.EXACTLY_ONCE,

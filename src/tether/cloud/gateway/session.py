@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from mqtt5 import ConnAckReasonCode, DisconnectReasonCode
 
@@ -53,16 +54,28 @@ from tether.cloud.gateway.protocol import MQTT5_LEVEL, MQTT311_LEVEL, MQTT311_NA
 from tether.cloud.gateway.protocol5 import Mqtt5Handler
 from tether.cloud.gateway.protocol5_connect import mqtt5_connack
 from tether.cloud.gateway.protocol311 import Mqtt311Handler
-from tether.cloud.gateway.retained import RetainedMessages
+from tether.cloud.gateway.session_state import SessionState
 from tether.cloud.gateway.settings import GatewaySettings
+from tether.cloud.gateway.stores import StoredSession
 from tether.cloud.gateway.streams import CLOSE_GRACE, READ_ERRORS, PacketStream, close_writer
 from tether.cloud.gateway.subscriptions import SessionSubscriptions
 
 KEEP_ALIVE_GRACE = 1.5
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """What CONNACK says about an accepted CONNECT."""
+
+    server_keep_alive: int | None  # None: the client's keep-alive stands
+    session_present: bool
+    session_expiry: int  # granted (0: nothing outlives the connection)
+
+
 CONNECT_HEADER = 0x10  # the first byte of every CONNECT, in every MQTT version
 
 
-class Session:
+class Session(SessionState):
     """One client's MQTT session; the server creates it after the authority's verdict.
 
     ``run`` drives it to the end; ``deliver`` and ``disconnect`` are called from other
@@ -120,7 +133,11 @@ class Session:
         self._retained_tasks: set[asyncio.Task[None]] = set()
         self._will: Message | None = None
         self._will_retain = False
+        self._will_delay = 0
         self._publish_will = True
+        self._expiry = 0  # the Session Expiry granted (0: the session ends with the connection)
+        self._discard = False
+        self._resumed: StoredSession | None = None
 
     @property
     def connected(self) -> bool:
@@ -154,12 +171,9 @@ class Session:
             self._outbox.stop()
             for task in self._retained_tasks:
                 task.cancel()
+            snapshot = self.subscriptions.snapshot()
             self.subscriptions.clear()
-            if self._connected and self._will is not None and self._publish_will:
-                self.route(self._will)
-                if self._will_retain and self.retained is not None:
-                    with contextlib.suppress(Exception):
-                        await self.retained.store(self._will)
+            await self._finish(snapshot)
             await close_writer(self._writer)
             self._closed.set()
 
@@ -169,8 +183,10 @@ class Session:
             return
         self._closing = True
         if reason in (DisconnectReasonCode.ADMINISTRATIVE_ACTION,):
-            # A revoked or disabled identity must not get a last word through its Will.
+            # A revoked or disabled identity must not get a last word through its Will, nor
+            # keep a session to resume.
             self._publish_will = False
+            self._discard = True
         if self._connected and self._protocol is not None:
             data = self._protocol.disconnect_packet(reason, reason_str)
             if data is not None:
@@ -212,7 +228,7 @@ class Session:
 
     # -- the protocol handlers' API ----------------------------------------------------------
 
-    def accept(
+    async def accept(
         self,
         *,
         client_id: str,
@@ -221,13 +237,16 @@ class Session:
         max_packet_size: int | None,
         will: Message | None,
         will_retain: bool = False,
-    ) -> int | None:
-        """CONNECT accepted: take over an older session, start the session's state.
+        will_delay: int = 0,
+        clean_start: bool = True,
+        session_expiry: int = 0,
+    ) -> Accepted:
+        """CONNECT accepted: take over an older session, resume or delete a stored one.
 
-        Returns the Server Keep Alive to announce (MQTT 5), or ``None`` if the client's own
-        keep-alive stands. A keep-alive of 0 or above ``max_keep_alive`` becomes the maximum:
-        no connection stays silent for ever (a 3.1.1 client is not told; it is held to it).
-        The handler writes CONNACK right after.
+        A keep-alive of 0 or above ``max_keep_alive`` becomes the maximum (announced as
+        Server Keep Alive in MQTT 5; a 3.1.1 client is not told, it is held to it). The
+        Session Expiry is granted up to the persistence's maximum, and only when the gateway
+        keeps sessions. The handler writes CONNACK right after.
         """
         server_keep_alive: int | None = None
         if keep_alive == 0 or keep_alive > self.settings.max_keep_alive:
@@ -239,15 +258,21 @@ class Session:
         self._client_max_packet_size = max_packet_size
         self._will = will
         self._will_retain = will_retain
-        self._connected = True
+        self._will_delay = will_delay
         self._on_connected(self)
+        persistence = self.sessions
+        if persistence is not None:
+            self._expiry = min(session_expiry, persistence.max_expiry)
+            self._resumed = await persistence.begin(self, self.identity, clean=clean_start)
+        self._connected = not self._closing
         self.log(
             logging.INFO,
             "mqtt_connected",
             f"MQTT {self.protocol_version} CONNECT accepted (client id {client_id!r}, "
-            f"keep-alive {self._keep_alive} s)",
+            f"keep-alive {self._keep_alive} s, session expiry {self._expiry} s, "
+            f"session present {self._resumed is not None})",
         )
-        return server_keep_alive
+        return Accepted(server_keep_alive, self._resumed is not None, self._expiry)
 
     def client_id_refusal(self, client_id: str) -> str | None:
         """Why ``client_id`` may not connect with this certificate (:mod:`.rules`)."""
@@ -260,28 +285,6 @@ class Session:
     def route(self, message: Message) -> int:
         """Hand a message this client published to the broker; how many subscribers matched."""
         return self._broker.publish(message, origin=self)
-
-    @property
-    def retained(self) -> RetainedMessages | None:
-        """The gateway's retained messages, or ``None`` if it offers none (Retain Available 0)."""
-        return self._broker.retained
-
-    def send_retained(self) -> None:
-        """After SUBACK: deliver the retained messages the new subscriptions are owed."""
-        retained = self.retained
-        due = self.subscriptions.retained_due()
-        if retained is None or not due:
-            return
-        task = asyncio.get_running_loop().create_task(
-            retained.send(
-                due,
-                limit=self.settings.max_retained_per_subscribe,
-                closing=lambda: self._closing,
-                peer=self.peer,
-            )
-        )
-        self._retained_tasks.add(task)
-        task.add_done_callback(self._retained_tasks.discard)
 
     def outbound_in_flight(self, packet_id: int) -> bool:
         """Whether an outgoing QoS 1/2 message with this identifier awaits its acknowledgement."""
@@ -364,7 +367,10 @@ class Session:
             self.log(logging.WARNING, exc.code, exc.message)
             self._protocol.malformed_connect()
             return False
-        return self._protocol.connect(packet)
+        if not await self._protocol.connect(packet):
+            return False
+        await self._resume()
+        return True
 
     async def _serve(self) -> None:
         protocol = self._protocol

@@ -15,9 +15,9 @@ offline session (count and bytes; overflow refuses the newest, so what a device 
 reconnect is the oldest messages in order, never a gap in the middle), and the session
 expiry (a requested expiry is capped at ``max_session_expiry``).
 
-The retained store is wired in (:mod:`tether.cloud.gateway.retained`, set on
-``Broker.retained`` by whoever builds the gateway); the session store is not yet (issue 17,
-part 4): see docs/decisions.md.
+Both are wired in through the broker by whoever builds the gateway: ``Broker.retained``
+(:mod:`tether.cloud.gateway.retained`) and ``Broker.sessions``
+(:mod:`tether.cloud.gateway.persistence`); see docs/decisions.md (issue 17).
 """
 
 from __future__ import annotations
@@ -105,6 +105,10 @@ class SessionStore(Protocol):
 
     def load_session(self, kind: str, name: str) -> StoredSession | None:
         """The session if it exists and has not expired (an expired one is deleted)."""
+        ...
+
+    def list_sessions(self) -> list[StoredSession]:
+        """Every stored session that has not expired (the gateway restores them at start)."""
         ...
 
     def delete_session(self, kind: str, name: str) -> bool:

@@ -35,6 +35,7 @@ from tether.cloud.gateway.limits import LimitCode, LimitCounters
 from tether.cloud.gateway.policy import TopicPolicy
 from tether.cloud.gateway.senders import ViewSubscriber, is_view, parse_view
 from tether.cloud.gateway.settings import GatewaySettings
+from tether.cloud.gateway.stores import StoredSubscription
 from tether.cloud.gateway.topics import is_shared_subscription, is_valid_topic_filter, matches
 
 MAX_QOS = 2
@@ -55,6 +56,7 @@ class _Held:
     granted: int
     subscription_id: int | None
     view: ViewSubscriber | None
+    no_local: bool = False
 
 
 class SessionSubscriptions:
@@ -103,6 +105,13 @@ class SessionSubscriptions:
             )
             codes.extend([SubAckReasonCode.QUOTA_EXCEEDED] * over)
         return codes
+
+    def snapshot(self) -> list[StoredSubscription]:
+        """The held filters as a persistent session stores them."""
+        return [
+            StoredSubscription(pattern, held.granted, held.no_local, held.subscription_id)
+            for pattern, held in self._held.items()
+        ]
 
     def retained_due(self) -> list[tuple[Subscriber, str, int]]:
         """(subscriber, filter, granted QoS) owed retained messages by the last SUBSCRIBE.
@@ -182,7 +191,7 @@ class SessionSubscriptions:
             self._broker.subscribe(
                 self._subscriber, Subscription(pattern, granted, no_local=request.no_local)
             )
-        self._held[pattern] = _Held(granted, subscription_id, proxy)
+        self._held[pattern] = _Held(granted, subscription_id, proxy, request.no_local)
         if request.retain_handling == 0 or (request.retain_handling == 1 and is_new):
             self._retained_due.append((proxy or self._subscriber, inner, granted))
         if subscription_id is not None:

@@ -56,6 +56,14 @@ def _size(message: StoredMessage) -> int:
     return len(message.topic.encode()) + len(message.payload)
 
 
+def _session(row: MqttSessionModel) -> StoredSession:
+    subscriptions = tuple(
+        StoredSubscription(str(f), int(q), bool(n), None if i is None else int(i))
+        for f, q, n, i in json.loads(row.subscriptions)
+    )
+    return StoredSession(row.kind, row.name, row.expires_at, subscriptions)
+
+
 def literal_prefix(topic_filter: str) -> str:
     """The levels of a filter before its first wildcard, without the trailing '/'.
 
@@ -179,11 +187,17 @@ class RegistryMqttState(RegistryBase):
             if row.expires_at <= self._clock():
                 self._drop(session, row)
                 return None
-            subscriptions = tuple(
-                StoredSubscription(str(f), int(q), bool(n), None if i is None else int(i))
-                for f, q, n, i in json.loads(row.subscriptions)
+            return _session(row)
+
+    def list_sessions(self) -> list[StoredSession]:
+        """Every session that has not expired, in the order they were first saved."""
+        with self._read() as session:
+            rows = session.scalars(
+                select(MqttSessionModel)
+                .where(MqttSessionModel.expires_at > self._clock())
+                .order_by(MqttSessionModel.id)
             )
-            return StoredSession(kind, name, row.expires_at, subscriptions)
+            return [_session(row) for row in rows]
 
     def delete_session(self, kind: str, name: str) -> bool:
         """Delete the session and everything queued for it."""
