@@ -58,7 +58,7 @@ def test_connack_advertises_the_limits(gateway, pki):
     assert ack.session_present is False
     assert ack.session_expiry_interval == 0  # no persistent sessions
     assert ack.server_keep_alive == 1200  # keep-alive 0 is replaced by the maximum
-    assert ack.shared_subscription_available is False
+    assert ack.shared_subscription_available is True
     assert ack.subscription_id_available is True
     assert ack.topic_alias_max == 16
 
@@ -151,7 +151,7 @@ def test_subscribe_reason_codes_per_filter_and_wildcard_abuse(device, caplog):
         SubAckReasonCode.NOT_AUTHORIZED,
         SubAckReasonCode.NOT_AUTHORIZED,
         SubAckReasonCode.TOPIC_FILTER_INVALID,
-        SubAckReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
+        SubAckReasonCode.NOT_AUTHORIZED,  # only services may share
         SubAckReasonCode.GRANTED_QOS_AT_LEAST_ONCE,
     ]
     record = wait_for_log(caplog, "subscribe_not_authorized")

@@ -234,3 +234,34 @@ def test_the_will_waits_for_its_delay_and_a_reconnect_cancels_it(kept, pki):
         assert time.monotonic() - started > 0.5  # it waited for its delay
     finally:
         service.close()
+
+
+def test_qos2_is_exactly_once_across_a_reconnect_mid_flow(kept, pki):
+    service = connect(kept, pki, pki.service, SERVICE_NAME)
+    try:
+        service.send(
+            mqtt5.SubscribePacket(1, [TopicFilter("devices/+/telemetry", max_qos=QoS.AT_MOST_ONCE)])
+        )
+        assert isinstance(service.recv(), mqtt5.SubAckPacket)
+        telemetry = f"{OWN}/telemetry"
+        device, _ = persistent_device(kept, pki)
+        device.send(mqtt5.PublishPacket(telemetry, b"once", qos=QoS.EXACTLY_ONCE, packet_id=9))
+        assert isinstance(device.recv(), mqtt5.PubRecPacket)
+        device.close()  # the connection breaks before PUBREL
+        device, ack = persistent_device(kept, pki)
+        assert ack.session_present is True
+        device.send(
+            mqtt5.PublishPacket(
+                telemetry, b"once", qos=QoS.EXACTLY_ONCE, packet_id=9, duplicate=True
+            )
+        )
+        assert isinstance(device.recv(), mqtt5.PubRecPacket)
+        device.send(mqtt5.PubRelPacket(9))
+        comp = device.recv()
+        assert comp.reason_code == mqtt5.PubCompReasonCode.SUCCESS  # known after the reconnect
+        assert service.recv().payload == b"once"
+        with pytest.raises(TimeoutError):
+            service.recv(timeout=0.5)  # and not a second time
+        device.close()
+    finally:
+        service.close()

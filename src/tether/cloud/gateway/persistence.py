@@ -39,6 +39,7 @@ from tether.cloud.gateway.stores import (
     StoredSubscription,
     StoreOutcome,
 )
+from tether.cloud.gateway.topics import is_shared_subscription
 
 T = TypeVar("T")
 TAKEOVER_WAIT = 5.0  # seconds a resuming session waits for the one it took over to park
@@ -132,6 +133,7 @@ class PersistentSessions:
         subscriptions: list[StoredSubscription],
         will: Message | None,
         will_delay: int,
+        qos2_received: list[int] | None = None,
     ) -> None:
         """The connection ended: park the session for ``expiry`` s, or delete it (expiry 0)."""
         key = _key(identity)
@@ -141,7 +143,9 @@ class PersistentSessions:
         if expiry <= 0:
             await self.call(self.store.delete_session, kind, name)
             return
-        saved = await self.call(self.store.save_session, kind, name, expiry, subscriptions)
+        saved = await self.call(
+            self.store.save_session, kind, name, expiry, subscriptions, qos2_received or []
+        )
         self.park(identity, broker, saved, will=will, will_delay=will_delay, expiry=expiry)
 
     def park(
@@ -222,7 +226,9 @@ class OfflineSession:
         self._broker = broker
         self.timers: list[asyncio.TimerHandle] = []
         for subscription in saved.subscriptions:
-            if not is_view(subscription.topic_filter):
+            if not is_view(subscription.topic_filter) and not is_shared_subscription(
+                subscription.topic_filter
+            ):
                 broker.subscribe(
                     self, Subscription(subscription.topic_filter, subscription.max_qos)
                 )

@@ -132,7 +132,7 @@ class Mqtt5Handler(ProtocolHandler):
                 max_packet_size=settings.max_packet_size,
                 wildcard_subscription_available=True,
                 subscription_id_available=True,
-                shared_subscription_available=False,
+                shared_subscription_available=True,
             ).write()
         )
         return True

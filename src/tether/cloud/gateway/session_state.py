@@ -15,6 +15,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from tether.cloud.gateway.broker import Broker, Message
+from tether.cloud.gateway.exactly_once import ExactlyOnce
 from tether.cloud.gateway.identity import Identity
 from tether.cloud.gateway.persistence import PersistentSessions, delivered
 from tether.cloud.gateway.retained import RetainedMessages
@@ -47,6 +48,7 @@ class SessionState:
     _will: Message | None
     _will_delay: int
     _will_retain: bool
+    exactly_once: ExactlyOnce
 
     @property
     def sessions(self) -> PersistentSessions | None:
@@ -104,6 +106,7 @@ class SessionState:
                 subscriptions=snapshot,
                 will=will if delay else None,
                 will_delay=delay,
+                qos2_received=self.exactly_once.snapshot(),
             )
         except Exception as exc:  # the store is down: the session is lost, and said so
             self._session().log(
@@ -115,6 +118,7 @@ class SessionState:
         stored, persistence = self._resumed, self.sessions
         if stored is None or persistence is None:
             return
+        self.exactly_once.restore(stored.qos2_received)
         for held in stored.subscriptions:  # through the policy as it is now
             request = SubscribeRequest(held.topic_filter, held.max_qos, held.no_local, 2)
             self.subscriptions.subscribe([request], held.subscription_id)

@@ -70,6 +70,7 @@ class StoredSession:
     name: str
     expires_at: datetime
     subscriptions: tuple[StoredSubscription, ...]
+    qos2_received: tuple[int, ...] = ()  # incoming QoS 2 identifiers routed, not yet released
 
 
 class StoreOutcome(enum.Enum):
@@ -98,9 +99,18 @@ class SessionStore(Protocol):
     """Persistent sessions and the messages queued for them while they are offline."""
 
     def save_session(
-        self, kind: str, name: str, expiry: int, subscriptions: Sequence[StoredSubscription]
+        self,
+        kind: str,
+        name: str,
+        expiry: int,
+        subscriptions: Sequence[StoredSubscription],
+        qos2_received: Sequence[int] = (),
     ) -> StoredSession:
-        """Keep the session for ``expiry`` seconds (capped) from now, replacing an older one."""
+        """Keep the session for ``expiry`` seconds (capped) from now, replacing an older one.
+
+        ``qos2_received`` keeps exactly-once across a reconnect mid-flow: a PUBLISH resent
+        after it is acknowledged, not routed again, and its PUBREL completes.
+        """
         ...
 
     def load_session(self, kind: str, name: str) -> StoredSession | None:

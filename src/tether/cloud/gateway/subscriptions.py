@@ -1,7 +1,8 @@
 """One session's subscriptions: SUBSCRIBE filter by filter, each with its SUBACK code.
 
-Per filter, in this order: 0x8F Topic Filter invalid, 0x9E shared subscriptions not
-supported, 0x87 Not authorized (the policy), then the quotas:
+Per filter, in this order: 0x8F Topic Filter invalid, 0x87 Not authorized (a shared
+subscription from a device, :mod:`tether.cloud.gateway.shared`; the policy, on the filter
+inside a ``$sender`` view or a ``$share`` group), then the quotas:
 
 - only the first ``max_filters_per_subscribe`` filters of one SUBSCRIBE are considered; every
   filter after them gets 0x97 Quota exceeded without being looked at (the packet itself is
@@ -28,13 +29,15 @@ from dataclasses import dataclass
 
 from mqtt5 import SubAckReasonCode
 
+from tether.cloud.gateway import shared
 from tether.cloud.gateway.broker import Broker, Subscriber, Subscription
 from tether.cloud.gateway.events import log_event
-from tether.cloud.gateway.identity import Identity
+from tether.cloud.gateway.identity import Identity, IdentityKind
 from tether.cloud.gateway.limits import LimitCode, LimitCounters
 from tether.cloud.gateway.policy import TopicPolicy
 from tether.cloud.gateway.senders import ViewSubscriber, is_view, parse_view
 from tether.cloud.gateway.settings import GatewaySettings
+from tether.cloud.gateway.shared import SharedGroup, parse_shared
 from tether.cloud.gateway.stores import StoredSubscription
 from tether.cloud.gateway.topics import is_shared_subscription, is_valid_topic_filter, matches
 
@@ -57,6 +60,11 @@ class _Held:
     subscription_id: int | None
     view: ViewSubscriber | None
     no_local: bool = False
+    group: SharedGroup | None = None
+
+    def matches(self, pattern: str, topic: str) -> bool:
+        """Whether this held filter matches a delivered topic (a shared one by its filter)."""
+        return matches(self.group.key.inner if self.group is not None else pattern, topic)
 
 
 class SessionSubscriptions:
@@ -131,6 +139,8 @@ class SessionSubscriptions:
             self._with_ids -= 1
         if held.view is not None:
             self._broker.remove(held.view)
+        elif held.group is not None:
+            shared.leave(self._broker, held.group, self._subscriber)
         else:
             self._broker.unsubscribe(self._subscriber, pattern)
         return True
@@ -140,6 +150,8 @@ class SessionSubscriptions:
         for held in self._held.values():
             if held.view is not None:
                 self._broker.remove(held.view)
+            elif held.group is not None:
+                shared.leave(self._broker, held.group, self._subscriber)
         self._held.clear()
         self._with_ids = 0
         self._broker.remove(self._subscriber)
@@ -151,7 +163,7 @@ class SessionSubscriptions:
         return sorted(
             held.subscription_id
             for pattern, held in self._held.items()
-            if held.subscription_id is not None and matches(pattern, topic)
+            if held.subscription_id is not None and held.matches(pattern, topic)
         )
 
     def _one(self, request: SubscribeRequest, subscription_id: int | None) -> SubAckReasonCode:
@@ -160,14 +172,14 @@ class SessionSubscriptions:
         if not is_valid_topic_filter(pattern) or (is_view(pattern) and view is None):
             self._refused("mqtt_topic_filter_invalid", pattern, "not a valid topic filter")
             return SubAckReasonCode.TOPIC_FILTER_INVALID
-        if is_shared_subscription(pattern):
-            self._refused(
-                "mqtt_shared_subscriptions_unsupported",
-                pattern,
-                "shared subscriptions are not supported",
-            )
-            return SubAckReasonCode.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
-        inner = view.inner if view is not None else pattern
+        share = parse_shared(pattern) if is_shared_subscription(pattern) else None
+        if is_shared_subscription(pattern) and share is None:
+            self._refused("mqtt_topic_filter_invalid", pattern, "not a valid shared filter")
+            return SubAckReasonCode.TOPIC_FILTER_INVALID
+        if share is not None and self._identity.kind is not IdentityKind.SERVICE:
+            self._refused("subscribe_not_authorized", pattern, "only services may share")
+            return SubAckReasonCode.NOT_AUTHORIZED
+        inner = view.inner if view is not None else share.inner if share is not None else pattern
         if not self._policy.may_subscribe(self._identity, inner):
             self._refused("subscribe_not_authorized", pattern, "refused by policy")
             return SubAckReasonCode.NOT_AUTHORIZED
@@ -185,14 +197,19 @@ class SessionSubscriptions:
         is_new = pattern not in self._held
         self.unsubscribe(pattern)  # a SUBSCRIBE to a held filter replaces it (spec 3.8.4)
         proxy = ViewSubscriber(self._subscriber, view) if view is not None else None
-        if proxy is not None:
+        group = None
+        if share is not None:
+            group = shared.join(self._broker, share, self._subscriber, granted)
+        elif proxy is not None:
             self._broker.subscribe(proxy, Subscription(inner, granted))
         else:
             self._broker.subscribe(
                 self._subscriber, Subscription(pattern, granted, no_local=request.no_local)
             )
-        self._held[pattern] = _Held(granted, subscription_id, proxy, request.no_local)
-        if request.retain_handling == 0 or (request.retain_handling == 1 and is_new):
+        self._held[pattern] = _Held(granted, subscription_id, proxy, request.no_local, group)
+        if group is not None:
+            pass  # no retained messages for a shared subscription (spec 3.8.4)
+        elif request.retain_handling == 0 or (request.retain_handling == 1 and is_new):
             self._retained_due.append((proxy or self._subscriber, inner, granted))
         if subscription_id is not None:
             self._with_ids += 1

@@ -245,6 +245,7 @@ class MqttSessionModel(Base):
     name: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     subscriptions: Mapped[str] = mapped_column(Text)
+    qos2_received: Mapped[str] = mapped_column(Text)  # JSON list of packet identifiers
 
 
 class MqttQueuedModel(Base):

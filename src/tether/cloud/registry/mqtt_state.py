@@ -61,7 +61,8 @@ def _session(row: MqttSessionModel) -> StoredSession:
         StoredSubscription(str(f), int(q), bool(n), None if i is None else int(i))
         for f, q, n, i in json.loads(row.subscriptions)
     )
-    return StoredSession(row.kind, row.name, row.expires_at, subscriptions)
+    received = tuple(int(packet_id) for packet_id in json.loads(row.qos2_received))
+    return StoredSession(row.kind, row.name, row.expires_at, subscriptions, received)
 
 
 def literal_prefix(topic_filter: str) -> str:
@@ -160,7 +161,12 @@ class RegistryMqttState(RegistryBase):
     # -- sessions ------------------------------------------------------------------------------
 
     def save_session(
-        self, kind: str, name: str, expiry: int, subscriptions: Sequence[StoredSubscription]
+        self,
+        kind: str,
+        name: str,
+        expiry: int,
+        subscriptions: Sequence[StoredSubscription],
+        qos2_received: Sequence[int] = (),
     ) -> StoredSession:
         """Keep the session for min(expiry, max_session_expiry) seconds from now."""
         expires_at = self._clock() + timedelta(
@@ -176,7 +182,10 @@ class RegistryMqttState(RegistryBase):
                 session.add(row)
             row.expires_at = expires_at
             row.subscriptions = encoded
-        return StoredSession(kind, name, expires_at, tuple(subscriptions))
+            row.qos2_received = json.dumps(sorted(qos2_received))
+        return StoredSession(
+            kind, name, expires_at, tuple(subscriptions), tuple(sorted(qos2_received))
+        )
 
     def load_session(self, kind: str, name: str) -> StoredSession | None:
         """The live session, or ``None`` (an expired one is deleted with its queue)."""

@@ -47,6 +47,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(64), nullable=False),
         sa.Column("expires_at", sa.DateTime(), nullable=False),
         sa.Column("subscriptions", sa.Text(), nullable=False),
+        sa.Column("qos2_received", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_mqtt_sessions"),
         sa.UniqueConstraint("kind", "name", name="uq_mqtt_sessions_kind"),
     )
