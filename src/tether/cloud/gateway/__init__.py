@@ -7,7 +7,8 @@ versions apply), ``framing`` and ``streams`` (bounded frame reads; the ``mqtt5``
 attribution views), ``limits`` (the bounds' counters and report), ``subscriptions`` (one
 session's filters: syntax, policy, quotas, identifiers), ``flow`` and ``outbox`` (outgoing
 Receive Maximum and slow-consumer bounds), ``exactly_once`` (incoming QoS 2), ``aliases``
-(MQTT 5 topic aliases), ``stores`` and ``retained`` (state that outlives a connection),
+(MQTT 5 topic aliases), ``shared`` (``$share`` groups), ``stores``, ``retained`` and
+``persistence`` (state that outlives a connection; ``session_state`` is the session's side),
 ``protocol`` / ``protocol5`` / ``protocol5_connect`` / ``protocol311`` (one version's packet
 handling), ``session`` (one client's session loop), ``tls`` (the server context), ``server``
 (listener, connection caps, verdicts, session table). ``identity`` is the contract with the
