@@ -263,7 +263,11 @@ class Session(SessionState):
         persistence = self.sessions
         if persistence is not None:
             self._expiry = min(session_expiry, persistence.max_expiry)
-            self._resumed = await persistence.begin(self, self.identity, clean=clean_start)
+            try:
+                self._resumed = await persistence.begin(self, self.identity, clean=clean_start)
+            except Exception as exc:  # the store is down: connect, but keep nothing
+                self.log(logging.WARNING, "session_store_unavailable", f"no session: {exc}")
+                self._expiry = 0
         self._connected = not self._closing
         self.log(
             logging.INFO,
