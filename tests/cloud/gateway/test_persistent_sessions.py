@@ -266,3 +266,19 @@ def test_qos2_is_exactly_once_across_a_reconnect_mid_flow(kept, pki):
         device.close()
     finally:
         service.close()
+
+
+def test_attach_stores_gives_a_gateway_both_and_restores(gateway, pki, database):
+    from tether.cloud.gateway.state import attach_stores
+
+    store = RegistryMqttState.on(database)
+    store.save_session("device", DEVICE_SERIAL, 600, [])
+    detach = gateway.call(attach_stores(gateway.gateway.broker, store))
+    try:
+        device, ack = persistent_device(gateway, pki)
+        assert ack.session_present is True
+        assert ack.retain_available is True
+        device.close()
+    finally:
+        gateway.close()
+        detach()

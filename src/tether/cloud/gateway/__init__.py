@@ -8,7 +8,8 @@ attribution views), ``limits`` (the bounds' counters and report), ``subscription
 session's filters: syntax, policy, quotas, identifiers), ``flow`` and ``outbox`` (outgoing
 Receive Maximum and slow-consumer bounds), ``exactly_once`` (incoming QoS 2), ``aliases``
 (MQTT 5 topic aliases), ``shared`` (``$share`` groups), ``stores``, ``retained`` and
-``persistence`` (state that outlives a connection; ``session_state`` is the session's side),
+``persistence`` (state that outlives a connection; ``state`` attaches them, ``session_state``
+is the session's side),
 ``protocol`` / ``protocol5`` / ``protocol5_connect`` / ``protocol311`` (one version's packet
 handling), ``session`` (one client's session loop), ``tls`` (the server context), ``server``
 (listener, connection caps, verdicts, session table). ``identity`` is the contract with the
