@@ -66,17 +66,20 @@ def subscribe(client: RawClient, pattern: str, retain_handling=mqtt5.RetainHandl
     return [int(code) for code in ack.reason_codes]
 
 
-def retained_for(client: RawClient, timeout: float = 0.5) -> list[mqtt5.PublishPacket]:
+def retained_for(client: RawClient, count: int) -> list[mqtt5.PublishPacket]:
+    """The next ``count`` PUBLISH packets (each within the harness timeout: the retained
+    lookup runs on a thread, slow under load), then no more for a moment."""
     seen = []
-    while True:
-        try:
-            packet = client.recv(timeout=timeout)
-        except TimeoutError:
-            return seen
-        assert isinstance(packet, mqtt5.PublishPacket)
+    for _ in range(count):
+        packet = client.recv()
+        assert isinstance(packet, mqtt5.PublishPacket), packet
         seen.append(packet)
         if int(packet.qos):
             client.send(mqtt5.PubAckPacket(packet.packet_id))
+    with pytest.raises(TimeoutError):
+        extra = client.recv(timeout=0.5)
+        raise AssertionError(f"one more than expected: {extra}")
+    return seen
 
 
 def test_set_replace_and_clear(retained_gateway, pki):
@@ -87,16 +90,16 @@ def test_set_replace_and_clear(retained_gateway, pki):
         publish(device, STATUS, b"off", 2)
         service = connect(retained_gateway, pki, pki.service, SERVICE_NAME)
         assert subscribe(service, "devices/+/status") == [1]
-        [got] = retained_for(service)
+        [got] = retained_for(service, 1)
         assert (got.topic, got.payload, got.retain) == (STATUS, b"off", True)
         assert got.user_properties == [("tether-sender", DEVICE_SERIAL)]
         publish(device, STATUS, b"", 3)  # an empty payload clears it
-        live = retained_for(service)
+        live = retained_for(service, 1)
         assert [(p.payload, p.retain) for p in live] == [(b"", False)]  # live: RETAIN 0
         service.close()
         late = connect(retained_gateway, pki, pki.service, SERVICE_NAME)
         assert subscribe(late, "devices/#") == [1]
-        assert retained_for(late) == []
+        assert retained_for(late, 0) == []
         late.close()
     finally:
         device.close()
@@ -109,23 +112,23 @@ def test_the_receive_policy_and_retain_handling_apply(retained_gateway, pki):
     other = connect(retained_gateway, pki, pki.other_device, OTHER_SERIAL)
     try:
         assert subscribe(other, f"{OWN}/commands/#") == [0x87]
-        assert retained_for(other) == []
+        assert retained_for(other, 0) == []
     finally:
         other.close()
     device = connect(retained_gateway, pki)
     try:
         assert subscribe(device, f"{OWN}/commands/#", mqtt5.RetainHandling.SEND_NEVER) == [1]
-        assert retained_for(device) == []
+        assert retained_for(device, 0) == []
         assert subscribe(
             device, f"{OWN}/+/config", mqtt5.RetainHandling.SEND_IF_SUBSCRIPTION_NOT_EXISTS
         ) == [1]
-        assert [p.payload for p in retained_for(device)] == [b"v2"]
+        assert [p.payload for p in retained_for(device, 1)] == [b"v2"]
         assert subscribe(
             device, f"{OWN}/+/config", mqtt5.RetainHandling.SEND_IF_SUBSCRIPTION_NOT_EXISTS
         ) == [1]
-        assert retained_for(device) == []  # not new any more
+        assert retained_for(device, 0) == []  # not new any more
         assert subscribe(device, f"$sender/service/+/{OWN}/commands/#") == [1]
-        [viewed] = retained_for(device)
+        [viewed] = retained_for(device, 1)
         assert viewed.topic == f"$sender/service/{SERVICE_NAME}/{OWN}/commands/config"
     finally:
         device.close()
@@ -139,7 +142,7 @@ def test_the_per_identity_bound_refuses_with_0x97_and_still_delivers(gateway, pk
         assert subscribe(service, "devices/+/+") == [1]
         publish(device, STATUS, b"1")
         assert publish(device, f"{OWN}/other", b"2", 2) == mqtt5.PubAckReasonCode.QUOTA_EXCEEDED
-        assert [p.payload for p in retained_for(service)] == [b"1", b"2"]
+        assert [p.payload for p in retained_for(service, 2)] == [b"1", b"2"]
         assert publish(device, STATUS, b"3", 3) == mqtt5.PubAckReasonCode.SUCCESS  # a replace
     finally:
         device.close()
@@ -183,7 +186,7 @@ def test_retained_messages_survive_a_gateway_restart(gateway_factory, pki, datab
     service = connect(second, pki, pki.service, SERVICE_NAME)
     try:
         assert subscribe(service, "devices/+/status") == [1]
-        assert [p.payload for p in retained_for(service)] == [b"kept"]
+        assert [p.payload for p in retained_for(service, 1)] == [b"kept"]
     finally:
         service.close()
         retained.close()
