@@ -30,6 +30,7 @@ from paho.mqtt.properties import Properties
 from tests.cloud.gateway.pki import GatewayPKI, Issued
 from tether.cloud.gateway import Gateway, GatewaySettings, StaticAuthority
 from tether.cloud.gateway.framing import PacketFramer
+from tether.cloud.gateway.framing import decode as decode_mqtt5
 
 T = TypeVar("T")
 TIMEOUT = 10.0
@@ -92,7 +93,7 @@ def client_context(
 
 
 class RawClient:
-    """An MQTT 5 client over a plain ``ssl`` socket, packet by packet, for protocol tests."""
+    """An MQTT client over a plain ``ssl`` socket, packet by packet, for protocol tests."""
 
     def __init__(
         self,
@@ -101,9 +102,11 @@ class RawClient:
         *,
         timeout: float = TIMEOUT,
         receive_buffer: int | None = None,
+        decode: Callable[[bytes], Any] = decode_mqtt5,
     ) -> None:
         """Connect and do the TLS handshake; ``receive_buffer`` shrinks SO_RCVBUF first (a
-        slow consumer whose kernel buffer fills quickly)."""
+        slow consumer whose kernel buffer fills quickly); ``decode`` reads what comes back
+        (``tether.cloud.gateway.mqtt311.decode`` for a 3.1.1 client)."""
         raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             if receive_buffer is not None:
@@ -115,6 +118,7 @@ class RawClient:
             raw.close()
             raise
         self.framer = PacketFramer(1024 * 1024)
+        self._decode = decode
 
     def send(self, data: bytes | Any) -> None:
         self.sock.sendall(data if isinstance(data, bytes) else data.write())
@@ -123,9 +127,9 @@ class RawClient:
         """The next packet, or ``None`` when the gateway closed the connection."""
         deadline = time.monotonic() + timeout
         while True:
-            packet = self.framer.next_packet()
-            if packet is not None:
-                return packet
+            frame = self.framer.next_frame()
+            if frame is not None:
+                return self._decode(frame)
             self.sock.settimeout(max(deadline - time.monotonic(), 0.01))
             try:
                 data = self.sock.recv(65536)
@@ -174,17 +178,24 @@ class PahoClient:
         self.client.loop_stop()
 
 
-def paho_connect(port: int, pki: GatewayPKI, identity: Issued, client_id: str) -> PahoClient:
+def paho_connect(
+    port: int, pki: GatewayPKI, identity: Issued, client_id: str, protocol: int = paho.MQTTv5
+) -> PahoClient:
     """Connect paho with ``identity``'s certificate and wait for the CONNACK."""
-    return paho_connect_pinned(port, pki.root.cert_path, identity, client_id)
+    return paho_connect_pinned(port, pki.root.cert_path, identity, client_id, protocol)
 
 
-def paho_connect_pinned(port: int, ca_path: Path, identity: Issued, client_id: str) -> PahoClient:
-    """Connect paho trusting only ``ca_path``; a missing or failed CONNACK fails the test."""
+def paho_connect_pinned(
+    port: int, ca_path: Path, identity: Issued, client_id: str, protocol: int = paho.MQTTv5
+) -> PahoClient:
+    """Connect paho trusting only ``ca_path``; a missing or failed CONNACK fails the test.
+
+    ``protocol`` is ``paho.MQTTv5`` or ``paho.MQTTv311``.
+    """
     client = paho.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
-        protocol=paho.MQTTv5,
+        protocol=protocol,
     )
     client.tls_set(
         ca_certs=str(ca_path),
@@ -229,9 +240,12 @@ def wait_for_log(
     raise AssertionError(f"no log record with code {code!r}; saw {codes}")
 
 
-def mosquitto_args(pki: GatewayPKI, identity: Issued, port: int, client_id: str) -> list[str]:
+def mosquitto_args(
+    pki: GatewayPKI, identity: Issued, port: int, client_id: str, version: str = "mqttv5"
+) -> list[str]:
+    """mosquitto_pub / mosquitto_sub arguments; ``version`` is ``mqttv5`` or ``mqttv311``."""
     return [
-        "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv5", "-i", client_id,
+        "-h", "127.0.0.1", "-p", str(port), "-V", version, "-i", client_id,
         "--cafile", str(pki.root.cert_path),
         "--cert", str(identity.cert_path),
         "--key", str(identity.key_path),

@@ -17,7 +17,9 @@ from tether.cloud.gateway.stats import GatewayStats
 from tether.cloud.gateway.topictree import TopicTree
 
 if TYPE_CHECKING:
+    from tether.cloud.gateway.persistence import PersistentSessions
     from tether.cloud.gateway.reserved import ReservedTopics
+    from tether.cloud.gateway.retained import RetainedMessages
 
 SENDER_PROPERTY = "tether-sender"
 
@@ -40,6 +42,7 @@ class Message:
     content_type: str | None = None
     response_topic: str | None = None
     correlation_data: bytes | None = None
+    retain: bool = False  # a retained message delivered to a new subscription (issue 17)
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,11 @@ class Broker:
         self._filters: dict[Subscriber, dict[str, Subscription]] = {}
         # The handler of ``$tether/...`` publishes (gateway/reserved.py), if one is attached.
         self.reserved: ReservedTopics | None = None
+        # Retained messages (issue 17): set by whoever builds the gateway, else unavailable.
+        # Not routing state, so it does not live in the tree: see gateway/retained.py.
+        self.retained: RetainedMessages | None = None
+        # Persistent sessions (issue 17), the same way: None = no session outlives a connection.
+        self.sessions: PersistentSessions | None = None
 
     def subscribe(self, subscriber: Subscriber, subscription: Subscription) -> bool:
         """Add or replace a subscription; ``True`` if it replaced one with the same filter."""
@@ -99,11 +107,6 @@ class Broker:
         """Forget every subscription of a closed session."""
         for topic_filter in self._filters.pop(subscriber, {}):
             self._tree.remove(topic_filter, subscriber)
-
-    def subscriptions(self) -> list[tuple[Subscriber, str]]:
-        """Every (subscriber, filter) held now (a copy: the caller may unsubscribe while
-        iterating); the policy's re-evaluation walks it after a policy change."""
-        return [(s, f) for s, filters in self._filters.items() for f in filters]
 
     def subscription_count(self, subscriber: Subscriber | None = None) -> int:
         """How many subscriptions are live, in all or for one subscriber."""

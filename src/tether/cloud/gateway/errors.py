@@ -2,7 +2,7 @@
 
 ``HandshakeRefused`` (the authority's verdict) lives in :mod:`tether.cloud.gateway.identity`
 because it is part of the contract with the registry; the errors here are the gateway's own:
-a broken configuration and a peer that does not speak MQTT 5 properly.
+a broken configuration and a peer that does not speak MQTT (3.1.1 or 5) properly.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ class GatewayConfigurationError(ConfigurationError):
 
 
 class MqttProtocolError(InvalidInputError):
-    """A peer broke the MQTT 5 protocol; the gateway answers DISCONNECT and closes."""
+    """A peer broke the MQTT protocol; the gateway answers DISCONNECT (MQTT 5) and closes."""
 
     code = "mqtt_protocol_error"
 
 
 class MalformedPacketError(MqttProtocolError):
-    """Bytes from a peer do not decode as an MQTT 5 packet (DISCONNECT 0x81)."""
+    """Bytes from a peer do not decode as an MQTT packet (MQTT 5: DISCONNECT 0x81)."""
 
     code = "mqtt_malformed_packet"
 

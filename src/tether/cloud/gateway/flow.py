@@ -1,5 +1,9 @@
 """Outgoing flow control for one session: the client's Receive Maximum and a bounded queue.
 
+QoS 2 messages count like QoS 1 (MQTT 5 section 4.9): an identifier is in flight from the
+PUBLISH until PUBCOMP; "QoS 1" below means "QoS 1 or 2". The identifier sits at the same
+place in a 3.1.1 PUBLISH, so one window serves both protocol versions.
+
 Sans-I/O: the session says how many bytes its socket buffer holds, this decides what to write.
 
 - **QoS 1 window.** At most the client's Receive Maximum QoS 1 PUBLISH packets are
@@ -109,8 +113,12 @@ class OutboundFlow:
         self._queued_bytes += len(data)
         return Admission.QUEUED, b""
 
+    def in_flight(self, packet_id: int) -> bool:
+        """Whether ``packet_id`` was written and not yet acknowledged."""
+        return packet_id in self._inflight
+
     def acknowledge(self, packet_id: int) -> bool:
-        """A PUBACK from the client; ``True`` if it acknowledged a message in flight."""
+        """A PUBACK or PUBCOMP from the client; ``True`` if it acknowledged a message in flight."""
         if packet_id in self._inflight:
             self._inflight.remove(packet_id)
             return True

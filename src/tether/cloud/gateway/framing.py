@@ -104,3 +104,65 @@ def decode(frame: bytes) -> mqtt5.Packet:
             "malformed.",
         )
     return packet
+
+
+def connect_protocol(frame: bytes) -> tuple[str, int] | None:
+    """The (protocol name, protocol level) a CONNECT frame announces, or ``None``.
+
+    Read without decoding, so the session can pick the codec (level 4: MQTT 3.1.1, level 5:
+    MQTT 5) before either is asked. ``None`` when the frame is not a CONNECT or too short to
+    say; never raises. The variable header starts the same way in every MQTT version: a
+    2-byte length, the name, one level byte (3.1.1 section 3.1.2.1, MQTT 5 section 3.1.2.1).
+    """
+    if len(frame) < 2 or frame[0] != 0x10:
+        return None
+    index = 1
+    while index < len(frame) and index <= _MAX_LENGTH_BYTES and frame[index] & 0x80:
+        index += 1
+    index += 1
+    if index + 2 > len(frame):
+        return None
+    name_length = int.from_bytes(frame[index : index + 2], "big")
+    level_at = index + 2 + name_length
+    if level_at >= len(frame):
+        return None
+    name = frame[index + 2 : level_at].decode("utf-8", "replace")
+    return name, frame[level_at]
+
+
+_RESERVED_OPTION_BITS = 0xC0  # SUBSCRIBE subscription options bits 6 and 7 (MQTT 5 3.8.3.1)
+
+
+def subscribe_options_reserved(frame: bytes) -> bool:
+    """Whether an MQTT 5 SUBSCRIBE frame has reserved bits set in a subscription options byte.
+
+    The ``mqtt5`` codec ignores those bits, and [MQTT-3.8.3-5] makes them a malformed packet,
+    so the frame the codec accepted is walked once more: fixed header, packet identifier,
+    properties (a variable byte integer length), then (2-byte length, filter, options) pairs.
+    """
+    try:
+        index = _skip_variable_int(frame, 1) + 2
+        length = 0
+        multiplier = 1
+        while True:
+            byte = frame[index]
+            length += (byte & 0x7F) * multiplier
+            multiplier *= 128
+            index += 1
+            if not byte & 0x80:
+                break
+        index += length
+        while index < len(frame):
+            index += 2 + int.from_bytes(frame[index : index + 2], "big")
+            if frame[index] & _RESERVED_OPTION_BITS:
+                return True
+            index += 1
+    except IndexError as exc:
+        raise MalformedPacketError("The peer sent a SUBSCRIBE cut short.") from exc
+    return False
+
+
+def _skip_variable_int(frame: bytes, index: int) -> int:
+    while frame[index] & 0x80:
+        index += 1
+    return index + 1

@@ -283,6 +283,10 @@ class Gateway:
         """``(identity, peer)`` of every connected session (for the hygiene audit)."""
         return [(session.identity, session.peer) for session in self._live if session.connected]
 
+    def connected_sessions(self) -> list[Session]:
+        """The sessions whose CONNECT was accepted and that are still open (policy re-checks)."""
+        return [session for session in self._live if session.connected]
+
     def sessions(self) -> list[Identity]:
         """The identities of sessions whose CONNECT was accepted and that are still open."""
         return [session.identity for session in self._live if session.connected]

@@ -34,6 +34,9 @@ LIMIT_SETTINGS = (
     "max_queued_messages",
     "max_queued_bytes",
     "verdict_threads",
+    "max_inflight_messages",
+    "topic_alias_maximum",
+    "max_retained_per_subscribe",
 )
 
 
@@ -62,6 +65,12 @@ class GatewaySettings:
     wait in a queue of at most ``max_queued_messages`` messages and ``max_queued_bytes``
     bytes (overflow: DISCONNECT 0x97). ``verdict_threads`` sizes the thread pool that runs
     the authority's verdicts and nothing else.
+
+    ``max_inflight_messages`` is the outgoing QoS 1/2 window of an MQTT 3.1.1 client (it
+    announces no Receive Maximum; beyond the window messages wait as above);
+    ``topic_alias_maximum`` is the Topic Alias Maximum in CONNACK: how many inbound topic
+    aliases one MQTT 5 session may set (0 refuses them); ``max_retained_per_subscribe``
+    bounds the retained messages one new filter is sent.
     """
 
     certificate_chain: Path
@@ -85,6 +94,9 @@ class GatewaySettings:
     max_queued_messages: int = 1000
     max_queued_bytes: int = 1024 * 1024
     verdict_threads: int = 4
+    max_inflight_messages: int = 20
+    topic_alias_maximum: int = 16
+    max_retained_per_subscribe: int = 100
 
     def __post_init__(self) -> None:
         problems = []
@@ -106,6 +118,10 @@ class GatewaySettings:
             problems.append("handshake_timeout must be positive")
         if not 1 <= self.receive_maximum <= MQTT_MAX_RECEIVE_MAXIMUM:
             problems.append(f"receive_maximum must be in 1..{MQTT_MAX_RECEIVE_MAXIMUM}")
+        if not 0 <= self.topic_alias_maximum <= 65_535:
+            problems.append("topic_alias_maximum must be in 0..65535")
+        if not 1 <= self.max_inflight_messages <= 65_535:
+            problems.append("max_inflight_messages must be in 1..65535")
         for name in (
             "max_connections",
             "max_pending_connections",
@@ -114,6 +130,7 @@ class GatewaySettings:
             "max_subscriptions_per_session",
             "max_queued_messages",
             "verdict_threads",
+            "max_retained_per_subscribe",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")

@@ -14,7 +14,10 @@ import mqtt5
 from mqtt5 import ConnAckReasonCode
 
 from tether.cloud.gateway.errors import MalformedPacketError, PacketTooLargeError
-from tether.cloud.gateway.framing import PacketFramer
+from tether.cloud.gateway.framing import PacketFramer, connect_protocol, decode
+from tether.cloud.gateway.mqtt311.codec import encode as encode311
+from tether.cloud.gateway.mqtt311.packets import ConnAck, ConnAckCode
+from tether.cloud.gateway.protocol import MQTT5_LEVEL, MQTT311_LEVEL, MQTT311_NAME
 
 READ_CHUNK = 64 * 1024
 CLOSE_TIMEOUT = 2.0
@@ -33,14 +36,23 @@ class PacketStream:
         self.framer = PacketFramer(max_packet_size)
 
     async def read(self) -> mqtt5.Packet | None:
-        """The next packet, or ``None`` at end of stream (or a transport error).
+        """The next MQTT 5 packet, or ``None`` at end of stream (or a transport error).
 
         Raises ``PacketTooLargeError`` / ``MalformedPacketError`` for a bad stream.
         """
+        frame = await self.read_frame()
+        return None if frame is None else decode(frame)
+
+    async def read_frame(self) -> bytes | None:
+        """The next complete packet's bytes, undecoded (the session picks the codec).
+
+        ``None`` at end of stream; raises ``PacketTooLargeError`` / ``MalformedPacketError``
+        when a fixed header proves the stream bad.
+        """
         while True:
-            packet = self.framer.next_packet()
-            if packet is not None:
-                return packet
+            frame = self.framer.next_frame()
+            if frame is not None:
+                return frame
             try:
                 data = await self._reader.read(READ_CHUNK)
             except READ_ERRORS:
@@ -82,12 +94,30 @@ async def refuse_connect(
 ) -> None:
     """After a refused handshake: answer a CONNECT that arrives before ``deadline``, then close.
 
-    The client then sees why it was refused (CONNACK 0x86/0x87) instead of a bare close.
+    The client then sees why it was refused (MQTT 5 CONNACK 0x86/0x87, 3.1.1 0x04/0x05)
+    instead of a bare close.
     Anything else, or nothing, just closes.
     """
     with contextlib.suppress(TimeoutError, MalformedPacketError, PacketTooLargeError):
         async with asyncio.timeout_at(deadline):
-            packet = await stream.read()
-            if isinstance(packet, mqtt5.ConnectPacket):
-                writer.write(mqtt5.ConnAckPacket(reason_code=reason, reason_str=reason_str).write())
+            frame = await stream.read_frame()
+            announced = None if frame is None else connect_protocol(frame)
+            if frame is None or announced is None:
+                pass
+            elif announced[1] == MQTT5_LEVEL:
+                if isinstance(decode(frame), mqtt5.ConnectPacket):
+                    ack = mqtt5.ConnAckPacket(reason_code=reason, reason_str=reason_str)
+                    writer.write(ack.write())
+            else:
+                # 3.1.1 (or older): its CONNACK codes are few. 0x04 Bad user name or password
+                # for a credential refused (revoked, unknown: MQTT 5's 0x86), 0x05 Not
+                # authorized for the rest; 0x01 for an unsupported protocol level.
+                code = ConnAckCode.UNACCEPTABLE_PROTOCOL_VERSION
+                if announced == (MQTT311_NAME, MQTT311_LEVEL):
+                    code = (
+                        ConnAckCode.BAD_USERNAME_OR_PASSWORD
+                        if reason == ConnAckReasonCode.BAD_USER_NAME_OR_PASSWORD
+                        else ConnAckCode.NOT_AUTHORIZED
+                    )
+                writer.write(encode311(ConnAck(code)))
     await close_writer(writer)

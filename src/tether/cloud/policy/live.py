@@ -140,22 +140,16 @@ async def reevaluate(gateway: Gateway, policy: DocumentPolicy, *, reason: str) -
     disconnected with 0x87 (see the module docstring).
     """
     removed = 0
-    for subscriber, topic_filter in gateway.broker.subscriptions():
-        identity = getattr(subscriber, "identity", None)
-        if not isinstance(identity, Identity):
-            continue
-        decision = policy.decide(identity, Action.SUBSCRIBE, topic_filter)
-        if decision.allowed:
-            continue
-        gateway.broker.unsubscribe(subscriber, topic_filter)
-        removed += 1
-        log_event(
-            logging.WARNING,
-            "subscription_removed_by_policy",
-            f"subscription {topic_filter!r} removed after {reason}: {decision.explain()}",
-            peer=str(getattr(subscriber, "peer", "")),
-            identity=identity.name,
-        )
+    for session in gateway.connected_sessions():
+        for topic_filter, why in session.subscriptions.remove_refused():
+            removed += 1
+            log_event(
+                logging.WARNING,
+                "subscription_removed_by_policy",
+                f"subscription {topic_filter!r} removed after {reason}: {why}",
+                peer=session.peer,
+                identity=session.identity.name,
+            )
     lost: dict[Identity, str] = {}
     for identity in gateway.sessions():
         decision = policy.decide(identity, Action.CONNECT, identity.name)

@@ -357,3 +357,57 @@ class CertificateSuccessionModel(Base):
     kind: Mapped[str] = mapped_column(String(16))
     retire_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class RetainedMessageModel(Base):
+    """The retained message of one topic (issue 17; see ``cloud/registry/mqtt_state.py``).
+
+    ``topic_hash`` (SHA-256 of the topic) is the unique key: a topic may be up to 64 KiB,
+    too long for a portable unique index on the text itself.
+    """
+
+    __tablename__ = "mqtt_retained"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    topic_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    topic: Mapped[str] = mapped_column(Text)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    qos: Mapped[int] = mapped_column(Integer)
+    sender_kind: Mapped[str] = mapped_column(String(16))
+    sender_name: Mapped[str] = mapped_column(String(64), index=True)
+    user_properties: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(Integer)
+    stored_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class MqttSessionModel(Base):
+    """A persistent MQTT session of one identity, kept while it is offline."""
+
+    __tablename__ = "mqtt_sessions"
+    __table_args__ = (UniqueConstraint("kind", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    subscriptions: Mapped[str] = mapped_column(Text)
+    qos2_received: Mapped[str] = mapped_column(Text)  # JSON list of packet identifiers
+
+
+class MqttQueuedModel(Base):
+    """One QoS 1/2 message queued for an offline persistent session, oldest first by id."""
+
+    __tablename__ = "mqtt_queued"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int] = mapped_column(
+        ForeignKey("mqtt_sessions.id", ondelete="CASCADE"), index=True
+    )
+    topic: Mapped[str] = mapped_column(Text)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    qos: Mapped[int] = mapped_column(Integer)
+    sender_kind: Mapped[str] = mapped_column(String(16))
+    sender_name: Mapped[str] = mapped_column(String(64))
+    user_properties: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(Integer)
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,0 +1,264 @@
+"""Persistent sessions for the gateway's sessions, over a :class:`~.stores.SessionStore`.
+
+A client that connects with Clean Start 0 and a Session Expiry (3.1.1: Clean Session 0,
+which gets ``default_expiry``, one hour as in AWS IoT) keeps its session when it goes:
+
+- its subscriptions are saved (expiry capped by ``StoreLimits.max_session_expiry``) and an
+  :class:`OfflineSession` takes its place in the broker, queueing every QoS 1/2 message that
+  matches a plain filter into the store (bounded there; QoS 0 is not queued: at most once);
+- a delayed Will waits min(Will Delay Interval, Session Expiry) and is not published if the
+  client comes back first (MQTT 5 3.1.3.2.2);
+- on reconnect with Clean Start 0 the session resumes: Session Present 1, the filters are
+  subscribed again (through the policy, as it is now) and the queue is delivered in order;
+  Clean Start 1 deletes it. A session dropped administratively (revoked, disabled) is
+  deleted, never resumed. At expiry it is deleted with its queue.
+
+Store calls run on one thread (``tether-sessions``) in order. Stored state survives a gateway
+restart and is shared through the database; the offline stand-ins live in the process, so
+messages published while no gateway holds one are not queued (``restore`` puts them back at
+start). See docs/decisions.md (issue 17) for what is left: cross-worker handover, QoS 2 state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+from tether.cloud.gateway.broker import Broker, Message, Subscription
+from tether.cloud.gateway.events import log_event
+from tether.cloud.gateway.identity import Identity, IdentityKind
+from tether.cloud.gateway.senders import is_view
+from tether.cloud.gateway.stores import (
+    SessionStore,
+    StoredMessage,
+    StoredSession,
+    StoredSubscription,
+    StoreOutcome,
+)
+from tether.cloud.gateway.topics import is_shared_subscription
+
+T = TypeVar("T")
+TAKEOVER_WAIT = 5.0  # seconds a resuming session waits for the one it took over to park
+DEFAULT_EXPIRY = 3600  # 3.1.1 Clean Session 0 has no expiry of its own (AWS IoT: one hour)
+MAX_EXPIRY = 7 * 24 * 3600  # AWS IoT's maximum; the store caps again (StoreLimits)
+
+
+class Closable(Protocol):
+    """A live session as the persistence sees it."""
+
+    async def wait_closed(self, timeout: float) -> bool:
+        """Wait until the session has ended."""
+        ...
+
+
+def _key(identity: Identity) -> tuple[str, str]:
+    return identity.kind.value, identity.name
+
+
+def stored(message: Message, qos: int) -> StoredMessage:
+    """A message as the store keeps it, at the QoS it is to be delivered with."""
+    return StoredMessage(
+        topic=message.topic,
+        payload=message.payload,
+        qos=qos,
+        sender_kind=message.sender.kind.value,
+        sender_name=message.sender.name,
+        user_properties=message.user_properties,
+    )
+
+
+class PersistentSessions:
+    """The gateway's persistent sessions (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        *,
+        default_expiry: int = DEFAULT_EXPIRY,
+        max_expiry: int = MAX_EXPIRY,
+    ) -> None:
+        self.store = store
+        self.default_expiry = default_expiry
+        self.max_expiry = max_expiry
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-sessions")
+        self._offline: dict[tuple[str, str], OfflineSession] = {}
+        self._live: dict[tuple[str, str], Closable] = {}
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a store call on the sessions thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue a store call without waiting (order is kept: one thread)."""
+        self._thread.submit(fn, *args)
+
+    async def begin(
+        self, session: Closable, identity: Identity, *, clean: bool
+    ) -> StoredSession | None:
+        """A CONNECT was accepted: the stored session to resume, or ``None`` (deleted if clean).
+
+        Waits for a session it took over to park first, and stops the offline stand-in.
+        """
+        key = _key(identity)
+        previous = self._live.get(key)
+        self._live[key] = session
+        if previous is not None and previous is not session:
+            await previous.wait_closed(TAKEOVER_WAIT)
+        offline = self._offline.pop(key, None)
+        if offline is not None:
+            offline.stop()  # back in time: no Will, no more queueing
+        kind, name = key
+        if clean:
+            await self.call(self.store.delete_session, kind, name)
+            return None
+        return await self.call(self.store.load_session, kind, name)
+
+    def forget(self, session: Closable, identity: Identity) -> None:
+        """A session that keeps nothing ended: forget it as the live one."""
+        key = _key(identity)
+        if self._live.get(key) is session:
+            del self._live[key]
+
+    async def end(
+        self,
+        session: Closable,
+        identity: Identity,
+        broker: Broker,
+        *,
+        expiry: int,
+        subscriptions: list[StoredSubscription],
+        will: Message | None,
+        will_delay: int,
+        qos2_received: list[int] | None = None,
+    ) -> None:
+        """The connection ended: park the session for ``expiry`` s, or delete it (expiry 0)."""
+        key = _key(identity)
+        if self._live.get(key) is session:
+            del self._live[key]
+        kind, name = key
+        if expiry <= 0:
+            await self.call(self.store.delete_session, kind, name)
+            return
+        saved = await self.call(
+            self.store.save_session, kind, name, expiry, subscriptions, qos2_received or []
+        )
+        self.park(identity, broker, saved, will=will, will_delay=will_delay, expiry=expiry)
+
+    def park(
+        self,
+        identity: Identity,
+        broker: Broker,
+        saved: StoredSession,
+        *,
+        will: Message | None = None,
+        will_delay: int = 0,
+        expiry: int,
+    ) -> None:
+        """Put an offline stand-in for a saved session into the broker."""
+        key = _key(identity)
+        old = self._offline.pop(key, None)
+        if old is not None:
+            old.stop()
+        offline = OfflineSession(self, identity, broker, saved)
+        self._offline[key] = offline
+        loop = asyncio.get_running_loop()
+        offline.timers.append(loop.call_later(expiry, self._expire, key, offline))
+        if will is not None:
+            offline.timers.append(
+                loop.call_later(min(will_delay, expiry), offline.publish_will, will)
+            )
+
+    async def restore(self, broker: Broker) -> int:
+        """At gateway start: stand-ins for the stored sessions whose clients are away.
+
+        Returns how many were restored.
+        """
+        now = datetime.now(UTC)
+        restored = 0
+        for saved in await self.call(self.store.list_sessions):
+            key = (saved.kind, saved.name)
+            remaining = int((saved.expires_at - now).total_seconds())
+            if remaining <= 0 or key in self._offline or key in self._live:
+                continue
+            identity = Identity(IdentityKind(saved.kind), saved.name, "", "")
+            self.park(identity, broker, saved, expiry=remaining)
+            restored += 1
+        return restored
+
+    def _expire(self, key: tuple[str, str], offline: OfflineSession) -> None:
+        if self._offline.get(key) is offline:
+            del self._offline[key]
+            offline.stop()
+            self.submit(self.store.delete_session, *key)
+
+    def close(self) -> None:
+        """Stop the stand-ins' timers and the thread (pending calls finish first)."""
+        for offline in self._offline.values():
+            offline.stop()
+        self._offline.clear()
+        self._thread.shutdown(wait=True)
+
+
+def delivered(message: StoredMessage) -> Message:
+    """A queued message as the session delivers it, attributed as it was when published."""
+    sender = Identity(IdentityKind(message.sender_kind), message.sender_name, "", "")
+    return Message(
+        topic=message.topic,
+        payload=message.payload,
+        qos=message.qos,
+        sender=sender,
+        user_properties=message.user_properties,
+    )
+
+
+class OfflineSession:
+    """Stands in the broker for a persistent session whose client is away: queues for it."""
+
+    def __init__(
+        self, owner: PersistentSessions, identity: Identity, broker: Broker, saved: StoredSession
+    ) -> None:
+        self._owner = owner
+        self._identity = identity
+        self._broker = broker
+        self.timers: list[asyncio.TimerHandle] = []
+        for subscription in saved.subscriptions:
+            if not is_view(subscription.topic_filter) and not is_shared_subscription(
+                subscription.topic_filter
+            ):
+                broker.subscribe(
+                    self, Subscription(subscription.topic_filter, subscription.max_qos)
+                )
+
+    def deliver(self, message: Message, qos: int) -> bool:
+        """Queue a QoS 1/2 message in the store (QoS 0 is not kept for an absent client)."""
+        if qos == 0:
+            return True
+        kind, name = _key(self._identity)
+        self._owner.submit(self._enqueue, kind, name, stored(message, qos))
+        return True
+
+    def _enqueue(self, kind: str, name: str, message: StoredMessage) -> None:
+        outcome = self._owner.store.enqueue(kind, name, message)
+        if outcome in (StoreOutcome.OVER_COUNT, StoreOutcome.OVER_BYTES):
+            log_event(
+                logging.WARNING,
+                "session_queue_full",
+                f"offline session queue full ({outcome.value}): the newest message is refused",
+                peer="-",
+                identity=name,
+            )
+
+    def publish_will(self, will: Message) -> None:
+        """The Will Delay passed without a reconnect: publish the Will."""
+        self._broker.publish(will)
+
+    def stop(self) -> None:
+        """Leave the broker and cancel the timers."""
+        for timer in self.timers:
+            timer.cancel()
+        self.timers.clear()
+        self._broker.remove(self)

@@ -1,0 +1,284 @@
+"""Persistent sessions in a real registry database: across a disconnect and a restart.
+
+Queued QoS 1 delivery in order and its bound, Clean Start 1 deleting the session, an
+administrative drop deleting it, MQTT 3.1.1 Clean Session 0, and the Will Delay Interval.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mqtt5
+import pytest
+from mqtt5 import ConnAckReasonCode, QoS, TopicFilter
+
+from tests.cloud.gateway.harness import GatewayThread, RawClient, client_context, wait_for_log
+from tests.cloud.gateway.pki import DEVICE_SERIAL, SERVICE_NAME
+from tests.cloud.gateway.test_mqtt5_strict import connect
+from tether.cloud.gateway.mqtt311 import decode, encode
+from tether.cloud.gateway.mqtt311.packets import ConnAck, Connect, Disconnect, Publish, Subscribe
+from tether.cloud.gateway.persistence import PersistentSessions
+from tether.cloud.gateway.stores import StoreLimits
+from tether.cloud.registry import Registry
+from tether.cloud.registry.mqtt_state import RegistryMqttState
+
+OWN = f"devices/{DEVICE_SERIAL}"
+COMMANDS = f"{OWN}/commands/#"
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Iterator[Registry]:
+    registry = Registry.open(f"sqlite:///{tmp_path / 'registry.db'}")
+    yield registry
+    registry.close()
+
+
+def keep_sessions(running: GatewayThread, registry: Registry, **limits: int) -> PersistentSessions:
+    sessions = PersistentSessions(RegistryMqttState.on(registry, StoreLimits(**limits)))
+    running.gateway.broker.sessions = sessions
+    return sessions
+
+
+@pytest.fixture
+def kept(gateway, database) -> Iterator[GatewayThread]:
+    sessions = keep_sessions(gateway, database)
+    yield gateway
+    gateway.close()
+    sessions.close()
+
+
+def persistent_device(
+    running: GatewayThread, pki, *, clean: bool = False, expiry: int = 600, **kwargs
+):
+    client = RawClient(running.port, client_context(pki, pki.device))
+    client.send(
+        mqtt5.ConnectPacket(
+            DEVICE_SERIAL, clean_start=clean, session_expiry_interval=expiry, keep_alive=30,
+            **kwargs,
+        )
+    )  # fmt: skip
+    ack = client.recv()
+    assert ack.reason_code == ConnAckReasonCode.SUCCESS
+    return client, ack
+
+
+def leave(client: RawClient) -> None:
+    client.send(mqtt5.DisconnectPacket())
+    client.wait_closed()
+    client.close()
+
+
+def command(running: GatewayThread, pki, *payloads: bytes, qos=QoS.AT_LEAST_ONCE) -> None:
+    service = connect(running, pki, pki.service, SERVICE_NAME)
+    try:
+        for number, payload in enumerate(payloads, 1):
+            service.send(
+                mqtt5.PublishPacket(
+                    f"{OWN}/commands/c", payload, qos=qos, packet_id=number if int(qos) else None
+                )
+            )
+            if int(qos):
+                assert isinstance(service.recv(), mqtt5.PubAckPacket)
+    finally:
+        service.close()
+
+
+def receive(client: RawClient, count: int) -> list[mqtt5.PublishPacket]:
+    got = []
+    for _ in range(count):
+        packet = client.recv()
+        assert isinstance(packet, mqtt5.PublishPacket), packet
+        got.append(packet)
+        if int(packet.qos):
+            client.send(mqtt5.PubAckPacket(packet.packet_id))
+    return got
+
+
+def subscribe_commands(client: RawClient) -> None:
+    client.send(mqtt5.SubscribePacket(1, [TopicFilter(COMMANDS, max_qos=QoS.AT_LEAST_ONCE)]))
+    assert isinstance(client.recv(), mqtt5.SubAckPacket)
+
+
+def test_queued_qos1_is_delivered_in_order_on_reconnect(kept, pki):
+    device, ack = persistent_device(kept, pki)
+    assert ack.session_present is False
+    subscribe_commands(device)
+    leave(device)
+    command(kept, pki, b"1", b"2", b"3")
+    command(kept, pki, b"qos0 is not kept", qos=QoS.AT_MOST_ONCE)
+    device, ack = persistent_device(kept, pki)
+    try:
+        assert ack.session_present is True
+        got = receive(device, 3)
+        assert [p.payload for p in got] == [b"1", b"2", b"3"]
+        assert got[0].user_properties == [("tether-sender", SERVICE_NAME)]
+        command(kept, pki, b"live")  # the stored filter was subscribed again
+        assert [p.payload for p in receive(device, 1)] == [b"live"]
+    finally:
+        device.close()
+
+
+def test_clean_start_deletes_the_session(kept, pki):
+    device, _ = persistent_device(kept, pki)
+    subscribe_commands(device)
+    leave(device)
+    command(kept, pki, b"lost")
+    device, ack = persistent_device(kept, pki, clean=True, expiry=0)
+    try:
+        assert ack.session_present is False
+        with pytest.raises(TimeoutError):
+            device.recv(timeout=0.5)  # the queue went with the session
+    finally:
+        leave(device)
+    device, ack = persistent_device(kept, pki)
+    assert ack.session_present is False  # expiry 0: nothing was kept this time either
+    device.close()
+
+
+def test_the_queue_is_bounded_and_keeps_the_oldest(gateway, pki, database, caplog):
+    sessions = keep_sessions(gateway, database, max_queued_per_session=2)
+    try:
+        device, _ = persistent_device(gateway, pki)
+        subscribe_commands(device)
+        leave(device)
+        command(gateway, pki, b"1", b"2", b"3")
+        wait_for_log(caplog, "session_queue_full")
+        device, ack = persistent_device(gateway, pki)
+        assert ack.session_present is True
+        assert [p.payload for p in receive(device, 2)] == [b"1", b"2"]
+        with pytest.raises(TimeoutError):
+            device.recv(timeout=0.5)
+        device.close()
+    finally:
+        gateway.close()
+        sessions.close()
+
+
+def test_a_session_survives_a_gateway_restart(gateway_factory, pki, database):
+    first = gateway_factory()
+    sessions = keep_sessions(first, database)
+    device, _ = persistent_device(first, pki)
+    subscribe_commands(device)
+    leave(device)
+    command(first, pki, b"before")
+    first.close()
+    sessions.close()
+    second = gateway_factory()
+    sessions = keep_sessions(second, database)
+    try:
+        assert second.call(sessions.restore(second.gateway.broker)) == 1
+        command(second, pki, b"after")  # queued by the restored stand-in
+        device, ack = persistent_device(second, pki)
+        assert ack.session_present is True
+        assert [p.payload for p in receive(device, 2)] == [b"before", b"after"]
+        device.close()
+    finally:
+        second.close()
+        sessions.close()
+
+
+def test_an_administrative_drop_deletes_the_session(kept, pki):
+    device, _ = persistent_device(kept, pki)
+    subscribe_commands(device)
+    dropped = kept.call(
+        kept.gateway.drop_sessions(lambda i: i.name == DEVICE_SERIAL, reason="disabled")
+    )
+    assert dropped == 1
+    device.wait_closed()
+    device.close()
+    device, ack = persistent_device(kept, pki)
+    assert ack.session_present is False  # not resumed
+    device.close()
+
+
+def test_mqtt311_clean_session_0_keeps_the_session(kept, pki):
+    def connect311() -> tuple[RawClient, ConnAck]:
+        client = RawClient(kept.port, client_context(pki, pki.device), decode=decode)
+        client.send(encode(Connect(DEVICE_SERIAL, clean_session=False)))
+        return client, client.recv()
+
+    device, ack = connect311()
+    assert ack.session_present is False
+    device.send(encode(Subscribe(1, ((COMMANDS, 1),))))
+    device.recv()
+    device.send(encode(Disconnect()))
+    device.wait_closed()
+    device.close()
+    command(kept, pki, b"for 3.1.1")
+    device, ack = connect311()
+    try:
+        assert ack.session_present is True
+        got = device.recv()
+        assert isinstance(got, Publish) and got.payload == b"for 3.1.1" and got.qos == 1
+    finally:
+        device.close()
+
+
+def test_the_will_waits_for_its_delay_and_a_reconnect_cancels_it(kept, pki):
+    service = connect(kept, pki, pki.service, SERVICE_NAME)
+    try:
+        service.send(mqtt5.SubscribePacket(1, [TopicFilter("devices/+/status")]))
+        assert isinstance(service.recv(), mqtt5.SubAckPacket)
+        will = mqtt5.Will(topic=f"{OWN}/status", payload=b"gone", will_delay_interval=3)
+        device, _ = persistent_device(kept, pki, will=will)
+        device.close()  # abnormal: the Will is due in 3 s
+        closed = time.monotonic()
+        device, _ = persistent_device(kept, pki, will=will)  # back in time: cancelled
+        with pytest.raises(TimeoutError):
+            service.recv(timeout=max(closed + 3.5 - time.monotonic(), 0.5))
+        device.close()  # abnormal again, and nobody comes back
+        started = time.monotonic()
+        got = service.recv(timeout=10)
+        assert got.payload == b"gone"
+        assert time.monotonic() - started > 2  # it waited for its delay
+    finally:
+        service.close()
+
+
+def test_qos2_is_exactly_once_across_a_reconnect_mid_flow(kept, pki):
+    service = connect(kept, pki, pki.service, SERVICE_NAME)
+    try:
+        service.send(
+            mqtt5.SubscribePacket(1, [TopicFilter("devices/+/telemetry", max_qos=QoS.AT_MOST_ONCE)])
+        )
+        assert isinstance(service.recv(), mqtt5.SubAckPacket)
+        telemetry = f"{OWN}/telemetry"
+        device, _ = persistent_device(kept, pki)
+        device.send(mqtt5.PublishPacket(telemetry, b"once", qos=QoS.EXACTLY_ONCE, packet_id=9))
+        assert isinstance(device.recv(), mqtt5.PubRecPacket)
+        device.close()  # the connection breaks before PUBREL
+        device, ack = persistent_device(kept, pki)
+        assert ack.session_present is True
+        device.send(
+            mqtt5.PublishPacket(
+                telemetry, b"once", qos=QoS.EXACTLY_ONCE, packet_id=9, duplicate=True
+            )
+        )
+        assert isinstance(device.recv(), mqtt5.PubRecPacket)
+        device.send(mqtt5.PubRelPacket(9))
+        comp = device.recv()
+        assert comp.reason_code == mqtt5.PubCompReasonCode.SUCCESS  # known after the reconnect
+        assert service.recv().payload == b"once"
+        with pytest.raises(TimeoutError):
+            service.recv(timeout=0.5)  # and not a second time
+        device.close()
+    finally:
+        service.close()
+
+
+def test_attach_stores_gives_a_gateway_both_and_restores(gateway, pki, database):
+    from tether.cloud.gateway.state import attach_stores
+
+    store = RegistryMqttState.on(database)
+    store.save_session("device", DEVICE_SERIAL, 600, [])
+    detach = gateway.call(attach_stores(gateway.gateway.broker, store))
+    try:
+        device, ack = persistent_device(gateway, pki)
+        assert ack.session_present is True
+        assert ack.retain_available is True
+        device.close()
+    finally:
+        gateway.close()
+        detach()
