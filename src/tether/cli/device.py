@@ -19,7 +19,7 @@ from tether.device.config import CloudEndpoint, DeviceIdentity, FileKey, KeySour
 from tether.device.connection import DeviceClient
 from tether.device.explain import ExplainStep, explain_steps
 from tether.device.preflight import probe_server
-from tether.errors import InvalidInputError
+from tether.errors import UsageError
 
 PIN_ENV = "TETHER_PKCS11_PIN"
 
@@ -33,11 +33,11 @@ def _key_source(
 ) -> KeySource:
     pkcs11_given = [v is not None for v in (module, token, key_label)]
     if key is not None and any(pkcs11_given):
-        raise InvalidInputError("give either --key or the PKCS#11 options, not both")
+        raise UsageError("give either --key or the PKCS#11 options, not both")
     if key is not None:
         return FileKey(key)
     if not all(pkcs11_given):
-        raise InvalidInputError(
+        raise UsageError(
             "no device key: give --key FILE, or --pkcs11-module, --token and --key-label"
         )
     assert module is not None and token is not None and key_label is not None

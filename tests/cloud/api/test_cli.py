@@ -229,7 +229,7 @@ def test_init_takes_the_database_url_from_a_file_or_the_environment(
         "cloud", "init", tmp_path / "both", "--server-ca", ca_dirs["server"],
         "--database-url", "sqlite:///x.db", "--database-url-file", url_file,
     )  # fmt: skip
-    assert both.returncode == 3 and "not both" in both.stderr
+    assert both.returncode == 2 and "not both" in both.stderr  # a usage error
 
 
 def test_cloud_json_is_0600_and_refused_when_others_may_read_it(
