@@ -1,7 +1,7 @@
 """The admin service: every change an administrator makes, whichever door it comes through.
 
 The admin API (``cloud/api/app.py``), the web console (``cloud/api/console.py``) and the
-``tether cloud`` commands (``cli/cloud.py``) all write through :class:`AdminOperations`, as
+``tether cloud`` commands (``cli/cloud/``) all write through :class:`AdminOperations`, as
 plain synchronous calls (the async routes run them in threads); they may read the registry
 directly. Each method validates everything it can before it generates a key or touches the
 registry, and each registry change is one transaction with its audit row (``actor`` = the
@@ -242,6 +242,19 @@ class AdminOperations:
         certificate = ca.issue_device_certificate(csr, serial)
         return self.registry.add_certificate(
             certificate, device_serial=serial, issuer_fingerprint=fingerprint, actor=actor
+        )
+
+    def register_certificate(
+        self, certificate_pem: bytes, *, actor: str
+    ) -> tuple[DeviceRecord, CertificateRecord]:
+        """Register a certificate a registered CA signed elsewhere, with JIT's checks.
+
+        See :mod:`tether.cloud.registration` (service identities, offline ``sign-csr``).
+        """
+        from tether.cloud.registration import load_for_registration, register_certificate
+
+        return register_certificate(
+            self.registry, load_for_registration(certificate_pem), actor=actor
         )
 
     def set_device_status(self, serial: str, status: DeviceStatus, *, actor: str) -> DeviceRecord:

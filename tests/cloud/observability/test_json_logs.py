@@ -70,7 +70,7 @@ def test_serve_writes_json_lines(cloud_pki: CloudPKI, tmp_path: Path) -> None:
         timeout=60,
         env=cli_env(),
     )
-    assert refused.returncode == 3 and "log_format_unknown" in refused.stderr
+    assert refused.returncode == 2 and "log_format_unknown" in refused.stderr  # usage error
 
     process = subprocess.Popen(
         tether_command("cloud", "serve", str(settings.data_dir), *args, "--log-format", "json"),
