@@ -66,3 +66,10 @@ def test_a_cloud_command_loads_its_group() -> None:
 def test_usage_errors_exit_2() -> None:
     result = run_tether("ca", "no-such-command")
     assert result.returncode == 2
+
+
+def test_device_connect_has_no_server_name_option() -> None:
+    """awscrt checks the dialled host and nothing else: an option that could only fail is gone."""
+    result = run_tether("device", "connect", "--help")
+    assert result.returncode == 0
+    assert "--server-name" not in result.stdout

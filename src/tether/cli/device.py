@@ -2,6 +2,11 @@
 
 The CLI reads the PIN (environment or file, never an argument) and the options once, builds
 typed values and hands them to ``tether.device``; it renders ``--explain`` with Rich.
+
+There is no ``--server-name``: awscrt's MQTT 5 client checks the server certificate against
+the host it dials and cannot be told another name, so the option could only ever fail. Dial
+the name (or address) the gateway's certificate carries; ``tether cloud rotate-server-cert
+--dns NAME --ip ADDRESS`` puts more into it.
 """
 
 from __future__ import annotations
@@ -64,7 +69,13 @@ def connect(
         Path, typer.Option("--cert", help="Device certificate (PEM); its CN is the serial.")
     ],
     ca: Annotated[Path, typer.Option("--ca", help="The pinned cloud CA (PEM); the only trust.")],
-    host: Annotated[str, typer.Option("--host", help="Cloud host name or address.")],
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Cloud host name or address; the server certificate must carry it.",
+        ),
+    ],
     key: Annotated[
         Path | None, typer.Option("--key", help="Private key file (software emulator).")
     ] = None,
@@ -80,12 +91,6 @@ def connect(
         typer.Option("--pin-file", help=f"File holding the PKCS#11 PIN (else ${PIN_ENV})."),
     ] = None,
     port: Annotated[int, typer.Option("--port", help="Cloud MQTT port.")] = 8883,
-    server_name: Annotated[
-        str | None,
-        typer.Option(
-            "--server-name", help="Name the server certificate must carry (default: --host)."
-        ),
-    ] = None,
     publish: Annotated[
         str | None, typer.Option("--publish", help="Topic to publish to (QoS 1).")
     ] = None,
@@ -104,7 +109,7 @@ def connect(
     """Connect as the device in --cert, trusting only --ca; optionally publish or subscribe."""
     source = _key_source(key, pkcs11_module, token, key_label, pin_file)
     identity = DeviceIdentity.load(cert, source)
-    endpoint = CloudEndpoint(host=host, port=port, pinned_ca=ca, server_name=server_name)
+    endpoint = CloudEndpoint(host=host, port=port, pinned_ca=ca)
     console = Console(highlight=False, emoji=False, markup=False)
     server = None
     if explain:
