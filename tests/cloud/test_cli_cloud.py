@@ -92,7 +92,18 @@ def test_init_register_serve_and_a_real_mqtt_client(
     identity = CloudPKI.device(cloud_pki, device_ca, "CLI-000001", tmp_path / "device")
 
     server = subprocess.Popen(
-        [TETHER, "cloud", "serve", str(data), "--port", "0", "--api-port", "0"],
+        [
+            TETHER,
+            "cloud",
+            "serve",
+            str(data),
+            "--port",
+            "0",
+            "--api-port",
+            "0",
+            "--publish-port",
+            "0",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from tether.cloud.admin import IssuedAdminToken, create_admin, revoke_admin, rotate_admin
+from tether.cloud.crl_signing import OnlineCrl
 from tether.cloud.registry import (
     ROOT_CRL_ISSUER,
     AdminRecord,
@@ -163,11 +163,14 @@ class AdminOperations:
         online_ca: IssuingCA | None,
         registration_code_ttl: timedelta = timedelta(hours=1),
         pinned_ca: bytes | None = None,
+        online_crl: OnlineCrl | None = None,
     ) -> None:
         """``online_ca`` must already be registered in ``registry`` (the API checks at start).
 
         ``pinned_ca`` is the data directory's ``pinned-ca.pem`` (server CA + root), handed to
         every device the console makes; without it the root alone is handed out.
+        ``online_crl`` signs the online CA's CRL (``tether.cloud.crl_signing``; default
+        validity and re-signing margin when not given).
         """
         self.registry = registry
         self.root_certificate = root_certificate
@@ -177,6 +180,15 @@ class AdminOperations:
         self._online_fingerprint = (
             None if online_ca is None else sha256_fingerprint(online_ca.certificate)
         )
+        if online_crl is None and online_ca is not None:
+            online_crl = OnlineCrl(online_ca)
+        self._online_crl = online_crl
+
+    @property
+    def online_crl(self) -> OnlineCrl:
+        """The online CA's CRL signer (only with an online CA)."""
+        assert self._online_crl is not None, "no online CA"
+        return self._online_crl
 
     def _ca(self, what: str) -> tuple[IssuingCA, str]:
         if self.online_ca is None or self._online_fingerprint is None:
@@ -375,7 +387,7 @@ class AdminOperations:
                 RevokedEntry(c.serial_int, c.revoked_at or c.updated_at, c.revocation_reason)
                 for c in self.registry.revoked_certificates(record.fingerprint)
             ]
-            return self.online_ca.build_crl(revoked).public_bytes(Encoding.DER)
+            return self.online_crl.der(revoked)
         der = self.registry.published_crl(record.fingerprint)
         if der is None:
             raise CRLNotAvailableError(

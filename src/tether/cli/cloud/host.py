@@ -97,11 +97,19 @@ def init(
     ),
     api_host: str = typer.Option("127.0.0.1", help="Address the admin API listens on."),
     api_port: int = typer.Option(8443, help="Admin API port (HTTPS)."),
+    publish_port: int = typer.Option(
+        8080, help="Plain-HTTP port for CRLs and OCSP (publish.port in cloud.json)."
+    ),
+    publish_url: str | None = typer.Option(
+        None,
+        help="Base URL written into issued certificates for CRLs and OCSP (default "
+        "http://<api host>:<publish port>; the public name behind a proxy).",
+    ),
 ) -> None:
     """Create a data directory: gateway certificate, pinned CA, registry, first admin token."""
     from tether.cloud.operations import AdminOperations
     from tether.cloud.registry import Registry
-    from tether.cloud.settings import ApiOptions, CloudSettings, GatewayOptions
+    from tether.cloud.settings import ApiOptions, CloudSettings, GatewayOptions, PublishOptions
     from tether.cloud.setup import init_data_dir
     from tether.pki import Role
     from tether.pki.store import CaDirectory, pem
@@ -137,6 +145,7 @@ def init(
             port=api_port,
             device_ca=None if device_ca is None else str(device_ca.resolve()),
         ),
+        publish=PublishOptions(host=api_host, port=publish_port, url=publish_url),
         online_device_ca=online,
         actor=actor(),
     )
@@ -197,6 +206,9 @@ def serve(
     api_metrics_port: int | None = typer.Option(
         None, help="Override metrics.api_port (the API process's /metrics; 0: any free port)."
     ),
+    publish_port: int | None = typer.Option(
+        None, help="Override publish.port (plain-HTTP CRLs and OCSP; 0: any free port)."
+    ),
 ) -> None:
     """Run the gateway and the admin API until interrupted (Ctrl-C or SIGTERM)."""
     import uvloop
@@ -235,6 +247,7 @@ def serve(
             log_level=log_level,
             log_format=log_format,
             metrics_port=api_metrics_port,
+            publish_port=publish_port,
         )
     )
     registry = Registry.open(settings.database_url)
@@ -256,6 +269,13 @@ def serve(
             )
             # Its own line, unwrapped: the address a person opens in a browser.
             console.print(f"[green]web console[/] {base}/console", soft_wrap=True)
+            if api.publish_port is not None:
+                console.print(
+                    f"[green]CRLs and OCSP[/] http://{settings.publish.host}:{api.publish_port}"
+                    f"/crl/<CA fingerprint>.crl, /ocsp (plain HTTP; certificates name "
+                    f"{settings.publish.base_url})",
+                    soft_wrap=True,
+                )
 
         endpoints = None
         if settings.metrics.enabled:
