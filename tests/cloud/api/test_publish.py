@@ -193,3 +193,92 @@ def test_an_unknown_ocsp_request_is_refused_and_junk_is_malformed(served: Served
     assert missing.status_code == 404 and missing.json()["code"]
     # Nothing but revocation data on the plain-HTTP port: no admin API there.
     assert httpx.get(f"{served.publish}/api/v1/whoami", timeout=30).status_code == 404
+
+
+# -- the remote CLI's own refusals and its config file ---------------------------------------
+
+
+def test_the_cli_config_file_names_the_cloud(served: Served) -> None:
+    config = served.work / "cli.toml"
+    config.write_text(
+        f'url = "{served.api}"\ntoken_file = "{served.token_file}"\n'
+        f'ca_file = "{served.data / "pinned-ca.pem"}"\n'
+    )
+    by_option = tether("cloud", "cas", "--json", "--config", config)
+    assert by_option.returncode == 0, by_option.stderr
+    remote = json.loads(by_option.stdout)
+    local = json.loads(tether("cloud", "cas", served.data, "--json").stdout)
+    assert remote == local and [ca["role"] for ca in remote] == ["device"]
+    env = {**_env(), "TETHER_CONFIG": str(config)}
+    by_env = subprocess.run([TETHER, "cloud", "cas", "--json"], capture_output=True, text=True,
+                            timeout=60, env=env)  # fmt: skip
+    assert by_env.returncode == 0 and json.loads(by_env.stdout) == remote
+    config.write_text('url = "x"\ndatadir = "/tmp"\n')
+    typo = tether("cloud", "cas", "--config", config)
+    assert (
+        typo.returncode == 3 and "(cli_config_invalid)" in typo.stderr and "datadir" in typo.stderr
+    )
+
+
+def test_remote_refusals(served: Served) -> None:
+    pinned = served.data / "pinned-ca.pem"
+    no_ca = tether("cloud", "cas", "--url", served.api, "--token-file", served.token_file)
+    assert no_ca.returncode == 2 and "--ca-file" in no_ca.stderr
+    plain = tether("cloud", "cas", "--url", served.publish, "--token-file", served.token_file,
+                   "--ca-file", pinned)  # fmt: skip
+    assert plain.returncode == 2 and "https://" in plain.stderr
+    both = tether("cloud", "cas", served.data, "--url", served.api)
+    assert both.returncode == 2 and "not both" in both.stderr
+    wrong = served.work / "wrong.token"
+    wrong.write_text("tether_0123456789abcdef_" + "A" * 43 + "\n")
+    refused = tether(
+        "cloud", "cas", "--url", served.api, "--token-file", wrong, "--ca-file", pinned
+    )
+    assert refused.returncode == 3 and "Traceback" not in refused.stderr
+    assert "error (" in refused.stderr
+    serve_remote = tether("cloud", "serve", "--url", served.api)
+    assert serve_remote.returncode == 2
+
+
+def test_register_an_offline_signed_certificate_with_jit_checks(
+    served: Served, ca_dirs: dict[str, Path]
+) -> None:
+    key = served.work / "offline.key"
+    csr = served.work / "offline.csr"
+    made = openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                   "-nodes", "-keyout", key, "-subj", "/CN=OFFLINE-1", "-out", csr)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    cert = served.work / "offline.pem"
+    signed = tether("ca", "sign-csr", "--ca", ca_dirs["device"], csr, "--serial", "OFFLINE-1",
+                    "--out", cert)  # fmt: skip
+    assert signed.returncode == 0, signed.stderr
+    done = served.remote("register-cert", cert, "--json")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["device"]["serial"] == "OFFLINE-1" and answer["certificate"]["state"] == "active"
+    before = json.loads(served.remote("audit-log", "--json").stdout)["total"]
+    again = served.remote("register-cert", cert)
+    assert again.returncode == 3 and "exists" in again.stderr
+    # A certificate of a CA the cloud does not know changes nothing.
+    stranger_key = served.work / "stranger.key"
+    stranger = served.work / "stranger.pem"
+    self_signed = openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                          "-nodes", "-keyout", stranger_key, "-subj", "/CN=STRANGER-1",
+                          "-days", "1", "-out", stranger)  # fmt: skip
+    assert self_signed.returncode == 0, self_signed.stderr
+    unknown = served.remote("register-cert", stranger)
+    assert unknown.returncode == 3 and "Traceback" not in unknown.stderr
+    assert json.loads(served.remote("audit-log", "--json").stdout)["total"] == before
+
+
+def test_deactivate_and_activate_a_ca_remotely(served: Served) -> None:
+    online_fp = sha256_fingerprint(x509.load_pem_x509_certificate(served.online_ca.read_bytes()))
+    try:
+        off = served.remote("deactivate-ca", online_fp)
+        assert off.returncode == 0, off.stderr
+        listed = json.loads(served.remote("cas", "--json").stdout)
+        assert [ca["status"] for ca in listed] == ["inactive"]
+    finally:
+        on = served.remote("activate-ca", online_fp)
+    assert on.returncode == 0, on.stderr
+    assert [ca["status"] for ca in json.loads(served.remote("cas", "--json").stdout)] == ["active"]
