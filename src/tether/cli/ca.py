@@ -261,6 +261,13 @@ def crl_cmd(
         f"[green]CRL[/] {len(crl)} revoked, next update {crl.next_update_utc} -> "
         f"{out or ca_dir / 'crl.pem'}"
     )
+    if crl.next_update_utc is not None:
+        # The cloud re-signs only CRLs of keys it holds; this one is the ceremony's to renew.
+        _out.print(
+            f"  reminder: it expires {crl.next_update_utc:%Y-%m-%d %H:%M}Z; run `tether ca crl` "
+            "again and publish it (`tether cloud publish-crl --root` or `--ca FINGERPRINT`) "
+            "before then, or relying parties that check CRLs refuse this CA's certificates"
+        )
 
 
 @ca_app.command("revoke")

@@ -100,6 +100,10 @@ def init(
     publish_port: int = typer.Option(
         8080, help="Plain-HTTP port for CRLs and OCSP (publish.port in cloud.json)."
     ),
+    token_file: Path | None = typer.Option(
+        None,
+        help="Write the first admin token to this new file (mode 0600) instead of printing it.",
+    ),
     publish_url: str | None = typer.Option(
         None,
         help="Base URL written into issued certificates for CRLs and OCSP (default "
@@ -115,6 +119,8 @@ def init(
     from tether.pki.store import CaDirectory, pem
 
     database_url = read_database_url(database_url, file=database_url_file)
+    if token_file is not None and token_file.exists():
+        raise UsageError(f"{token_file} exists; the token goes into a new file")
     online = None
     if device_ca is not None:
         online_dir = CaDirectory.open(device_ca)
@@ -158,7 +164,15 @@ def init(
     console.print(f"[green]cloud data directory ready[/] at {data_dir}")
     console.print(f"  devices pin: {settings.pinned_ca}")
     console.print(f"  registry:    {url}")
-    _print_token(issued)
+    if token_file is None:
+        _print_token(issued)
+        return
+    from tether.pki.store import write_new_file
+
+    write_new_file(token_file, (issued.token + "\n").encode(), mode=0o600)
+    console.print(
+        f"  admin {issued.name!r} token written to {token_file} (mode 0600; shown nowhere)"
+    )
 
 
 def _print_token(issued: IssuedAdminToken) -> None:
