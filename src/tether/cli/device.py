@@ -11,6 +11,7 @@ the name (or address) the gateway's certificate carries; ``tether cloud rotate-s
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -24,7 +25,7 @@ from tether.device.config import CloudEndpoint, DeviceIdentity, FileKey, KeySour
 from tether.device.connection import DeviceClient
 from tether.device.explain import ExplainStep, explain_steps
 from tether.device.preflight import probe_server
-from tether.errors import UsageError
+from tether.errors import NotFoundError, UsageError
 
 PIN_ENV = "TETHER_PKCS11_PIN"
 
@@ -65,9 +66,6 @@ def render_steps(console: Console, steps: list[ExplainStep]) -> None:
 
 
 def connect(
-    cert: Annotated[
-        Path, typer.Option("--cert", help="Device certificate (PEM); its CN is the serial.")
-    ],
     ca: Annotated[Path, typer.Option("--ca", help="The pinned cloud CA (PEM); the only trust.")],
     host: Annotated[
         str,
@@ -76,6 +74,14 @@ def connect(
             help="Cloud host name or address; the server certificate must carry it.",
         ),
     ],
+    cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--cert",
+            help="Device certificate (PEM); its CN is the serial. With a PKCS#11 key it may be "
+            "left out: the certificate stored in the token under --key-label is used.",
+        ),
+    ] = None,
     key: Annotated[
         Path | None, typer.Option("--key", help="Private key file (software emulator).")
     ] = None,
@@ -108,6 +114,52 @@ def connect(
 ) -> None:
     """Connect as the device in --cert, trusting only --ca; optionally publish or subscribe."""
     source = _key_source(key, pkcs11_module, token, key_label, pin_file)
+    with tempfile.TemporaryDirectory(prefix="tether-device-") as scratch:
+        if cert is None:
+            cert = _certificate_from_token(source, Path(scratch))
+        _connect(cert, source, ca, host, port, publish, message, subscribe, count, timeout, explain)
+
+
+def _certificate_from_token(source: KeySource, scratch: Path) -> Path:
+    """The certificate the factory wrote into the token next to the key, as a PEM file."""
+    if not isinstance(source, Pkcs11Key):
+        raise UsageError("--cert is needed with --key (only a token holds a certificate too)")
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from tether.secure_element.pkcs11 import Pkcs11SecureElement
+
+    with Pkcs11SecureElement.open(source.module, source.token_label, source.pin) as element:
+        certificate = element.certificate(source.key_label)
+    if certificate is None:
+        raise DeviceCertificateMissingError(
+            f"the token {source.token_label!r} holds no certificate labelled "
+            f"{source.key_label!r}; give --cert FILE (e.g. the factory's OUT/<serial>/"
+            "certificate.pem)"
+        )
+    path = scratch / "certificate.pem"
+    path.write_bytes(certificate.public_bytes(Encoding.PEM))
+    return path
+
+
+class DeviceCertificateMissingError(NotFoundError):
+    """No --cert and no certificate in the token under the key's label."""
+
+    code = "device_certificate_missing"
+
+
+def _connect(
+    cert: Path,
+    source: KeySource,
+    ca: Path,
+    host: str,
+    port: int,
+    publish: str | None,
+    message: str,
+    subscribe: str | None,
+    count: int,
+    timeout: float,
+    explain: bool,
+) -> None:
     identity = DeviceIdentity.load(cert, source)
     endpoint = CloudEndpoint(host=host, port=port, pinned_ca=ca)
     console = Console(highlight=False, emoji=False, markup=False)
