@@ -115,6 +115,14 @@ def issue_intermediate_cmd(
     validity_days: Annotated[int, typer.Option("--validity-days", help="Lifetime.")] = 5 * 365,
     root_passphrase_file: RootPassphraseFile = None,
     passphrase_file: NewCaPassphraseFile = None,
+    root_crl_url: Annotated[
+        str | None,
+        typer.Option(
+            "--root-crl-url",
+            help="Where the root CRL is published (e.g. http://HOST:8080/crl/root.crl, the "
+            "cloud's publish port); written into the certificate as its CRL distribution point.",
+        ),
+    ] = None,
 ) -> None:
     """Create an issuing CA (pathLen 0, a role) signed by the root."""
     parsed_role = parse_role(role)
@@ -133,6 +141,7 @@ def issue_intermediate_cmd(
         common_name=name,
         role=parsed_role,
         validity=timedelta(days=validity_days),
+        root_crl_url=root_crl_url,
     )
     _show(f"{parsed_role.value} issuing CA", ca.certificate, out_dir)
 
