@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+
+from tether.errors import InvalidInputError
 
 app = typer.Typer(
     help="Run the cloud: registry, mutual-TLS MQTT 5 gateway, HTTPS admin API. Registry "
@@ -40,3 +43,13 @@ def emit(data: Any, as_json: bool, render: Callable[[], None]) -> None:
 def when(value: Any) -> str:
     """A timestamp for a table: ``YYYY-MM-DD HH:MM:SSZ``, or ``-``."""
     return "-" if value is None else f"{value:%Y-%m-%d %H:%M:%SZ}"
+
+
+def read_file(path: Path) -> bytes:
+    """A file a command was given (certificate, CRL); unreadable is ``file_unreadable``."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(
+            f"cannot read {path}: {exc.strerror}", code="file_unreadable"
+        ) from exc

@@ -17,8 +17,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tether.cli.cloud.app import DataDir, Json, app, console, emit, when
-from tether.cli.cloud.fleet import _read
+from tether.cli.cloud.app import DataDir, Json, app, console, emit, read_file, when
 from tether.cli.cloud.target import Where, open_cloud, shift, with_where
 from tether.cli.secrets import read_secret
 from tether.cloud.registry.records import CARole, CAStatus
@@ -129,14 +128,14 @@ def register_ca(
     if verification_cert is not None and ca_dir is not None:
         raise UsageError("give --ca-dir or --verification-cert with --code, not both")
     data, file = shift(data_dir, certificate, "CERT")
-    pem = _read(Path(file))
+    pem = read_file(Path(file))
     prove = None
     if ca_dir is not None:
         prove = _prover(ca_dir, ca_passphrase_file)
     with open_cloud(data, where) as cloud:
         if verification_cert is not None and code is not None and cloud.remote:
             record = cloud.register_ca_with_proof(  # type: ignore[union-attr]
-                pem, _read(verification_cert), code, role, allow_jit
+                pem, read_file(verification_cert), code, role, allow_jit
             )
         else:
             record = cloud.register_ca(pem, role=role, allow_jit=allow_jit, prove=prove)
@@ -189,7 +188,7 @@ def publish_crl(
     if root == (ca is not None):
         raise UsageError("give exactly one of --root or --ca FINGERPRINT")
     data, file = shift(data_dir, crl, "CRL")
-    body = _read(Path(file))
+    body = read_file(Path(file))
     with open_cloud(data, where) as cloud:
         effect = cloud.publish_crl(None if root else str(ca).lower(), body)
 

@@ -20,7 +20,7 @@ import typer
 from cryptography import x509
 from rich.table import Table
 
-from tether.cli.cloud.app import DataDir, Json, app, console, emit, when
+from tether.cli.cloud.app import DataDir, Json, app, console, emit, read_file, when
 from tether.cli.cloud.target import Where, open_cloud, shift, with_where
 from tether.errors import InvalidInputError, NotFoundError, UsageError
 
@@ -225,7 +225,7 @@ def revoke(
         )
     with open_cloud(data, where) as cloud:
         if certificate is not None:
-            targets = [sha256_fingerprint(load_certificate(_read(Path(certificate))))]
+            targets = [sha256_fingerprint(load_certificate(read_file(Path(certificate))))]
         elif fingerprint is not None:
             targets = [fingerprint.lower()]
         else:
@@ -252,15 +252,6 @@ def revoke(
     emit(done, as_json, render)
 
 
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise InvalidInputError(
-            f"cannot read {path}: {exc.strerror}", code="file_unreadable"
-        ) from exc
-
-
 @app.command("register-cert")
 @with_where
 def register_cert(
@@ -279,7 +270,7 @@ def register_cert(
     CA that signed it, not on its CRL, and an identity that is new or already that CA's.
     """
     data, file = shift(data_dir, certificate, "CERT")
-    pem = _read(Path(file))
+    pem = read_file(Path(file))
     with open_cloud(data, where) as cloud:
         done = cloud.register_certificate(pem)
 
