@@ -69,6 +69,10 @@ def served(ca_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
         api_port = int(
             _read_until(server.stdout, r"admin API.*https://127\.0\.0\.1:(\d+)", deadline)[1]
         )
+        # serve says where the web console is (its own line, for a person to open).
+        _read_until(
+            server.stdout, rf"web console https://127\.0\.0\.1:{api_port}/console$", deadline
+        )
         _read_until(server.stdout, rf"CRLs and OCSP http://127\.0\.0\.1:{publish_port}/", deadline)
         online = work / "online-ca.pem"
         online.write_bytes(pem(CaDirectory.open(ca_dirs["device"]).certificate))
