@@ -68,7 +68,8 @@ def tether_server(world: World, *, log_level: str = "INFO") -> Iterator[Server]:
     log = world.base / "tether-serve.log"
     port = world.settings.gateway.port
     command = [str(TETHER), "cloud", "serve", str(world.settings.data_dir),
-               "--api-port", str(free_port()), "--log-level", log_level]  # fmt: skip
+               "--api-port", str(free_port()), "--publish-port", "0",
+               "--log-level", log_level]  # fmt: skip
     with process(command, log=log) as child:
         wait_for_port(port, child=child)
         yield Server("tether", child.pid, port, log)

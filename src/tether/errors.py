@@ -82,3 +82,12 @@ class StorageError(TetherError):
     """The registry or a file store could not complete a read or write."""
 
     code = "storage_error"
+
+
+class UsageError(InvalidInputError):
+    """The command line itself is wrong (options that exclude each other, one missing).
+
+    The CLI exits 2 for it, like a usage error Typer finds on its own; nothing was done.
+    """
+
+    code = "usage_error"

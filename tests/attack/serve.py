@@ -129,6 +129,8 @@ class ServeProcess:
                 "0",
                 "--api-metrics-port",
                 "0",
+                "--publish-port",
+                "0",
                 "--log-level",
                 log_level,
             ),

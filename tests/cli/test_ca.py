@@ -376,3 +376,13 @@ def test_revoke_crl_and_revoke_intermediate(tmp_path: Path) -> None:
                     tmp_path / "root" / "ca.crt.pem", "-untrusted", tmp_path / "f1" / "ca.crt.pem",
                     tmp_path / "unit-1.crt", cwd=tmp_path)  # fmt: skip
     assert check.returncode != 0 and "revoked" in (check.stdout + check.stderr)
+
+
+def test_an_issuing_ca_names_where_the_root_crl_is(pki: CliPki, tmp_path: Path) -> None:
+    url = "http://127.0.0.1:8080/crl/root.crl"
+    ok(tether("ca", "issue-intermediate", "--root", pki.root, "--role", "factory",
+              "--name", "With CDP", "--root-crl-url", url, tmp_path / "cdp"))  # fmt: skip
+    cert = _cert(tmp_path / "cdp" / "ca.crt.pem")
+    points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    assert [p.full_name[0].value for p in points] == [url]  # type: ignore[index]
+    assert "0 error(s)" in ok(tether("lint", tmp_path / "cdp" / "ca.crt.pem")).stdout

@@ -14,7 +14,11 @@ from types import ModuleType
 
 import pytest
 
-import tether.cli.cloud
+import tether.cli.cloud.admins
+import tether.cli.cloud.cas
+import tether.cli.cloud.fleet
+import tether.cli.cloud.host
+import tether.cli.cloud.local
 import tether.cloud.api.app
 import tether.cloud.api.console
 from tether.cloud.operations import AdminOperations
@@ -41,7 +45,16 @@ def test_the_write_list_is_the_registry_s_mutating_methods() -> None:
 
 
 @pytest.mark.parametrize(
-    "module", [tether.cloud.api.app, tether.cloud.api.console, tether.cli.cloud]
+    "module",
+    [
+        tether.cloud.api.app,
+        tether.cloud.api.console,
+        tether.cli.cloud.host,
+        tether.cli.cloud.local,
+        tether.cli.cloud.fleet,
+        tether.cli.cloud.cas,
+        tether.cli.cloud.admins,
+    ],
 )
 def test_no_admin_door_writes_to_the_registry_directly(module: ModuleType) -> None:
     tree = ast.parse(inspect.getsource(module))

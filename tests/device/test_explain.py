@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 from tests.device.broker import Broker
 from tests.device.conftest import DevicePKI, TokenDevice
 from tests.device.helpers import openssl_fingerprint, run_cli
@@ -64,8 +66,8 @@ def test_cli_untrusted_server_is_one_line_and_exit_3(pki: DevicePKI, rogue_broke
 
 def test_cli_needs_a_key_source(pki: DevicePKI, broker: Broker) -> None:
     result = run_cli(*_common(pki, broker), "--cert", str(pki.device_cert))
-    assert result.returncode == 3
-    assert "no device key" in result.stderr
+    assert result.returncode == 2  # a usage error
+    assert "(usage_error)" in result.stderr and "no device key" in result.stderr
 
 
 def test_cli_without_a_pin_fails_clearly(
@@ -78,3 +80,26 @@ def test_cli_without_a_pin_fails_clearly(
     )  # fmt: skip
     assert result.returncode == 3
     assert "TETHER_PKCS11_PIN" in result.stderr
+
+
+def test_a_token_key_without_cert_uses_the_certificate_in_the_token(
+    pki: DevicePKI, broker: Broker, token_device: TokenDevice
+) -> None:
+    """As the factory leaves a unit: key and certificate in the token under one label."""
+    token = token_device.token
+    key_args = ("--pkcs11-module", token.module, "--token", token.label,
+                "--key-label", token_device.key_label)  # fmt: skip
+    env = {"TETHER_PKCS11_PIN": token.pin}
+    missing = run_cli(*_common(pki, broker), *key_args, env=env)
+    assert missing.returncode == 3 and "(device_certificate_missing)" in missing.stderr
+    written = subprocess.run(
+        ["pkcs11-tool", "--module", token.module, "--token-label", token.label, "--login",
+         "--pin", token.pin, "--write-object", str(token_device.cert), "--type", "cert",
+         "--label", token_device.key_label, "--id", "01"],
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert written.returncode == 0, written.stderr.decode(errors="replace")
+    result = run_cli(*_common(pki, broker), *key_args, env=env)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert openssl_fingerprint(token_device.cert) in result.stdout
+    assert f"connected as {token_device.serial}" in result.stdout

@@ -52,10 +52,14 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+# Refusals of the command line itself (options that exclude each other): exit 2, not 3.
+USAGE_CODES = {"factory_choose_secure_element", "factory_token_missing", "factory_serial_or_count"}
+
+
 def refused(result: subprocess.CompletedProcess[str], code: str) -> None:
-    """Exit 3 with one ``error (code): ...`` line on stderr and no traceback."""
+    """Exit 3 (2 for a usage error) with one ``error (code): ...`` line and no traceback."""
     out = result.stdout + result.stderr
-    assert result.returncode == EXIT_TETHER_ERROR, out
+    assert result.returncode == (2 if code in USAGE_CODES else EXIT_TETHER_ERROR), out
     assert f"({code})" in result.stderr, out
     assert "Traceback" not in out
 

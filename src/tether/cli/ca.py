@@ -115,6 +115,14 @@ def issue_intermediate_cmd(
     validity_days: Annotated[int, typer.Option("--validity-days", help="Lifetime.")] = 5 * 365,
     root_passphrase_file: RootPassphraseFile = None,
     passphrase_file: NewCaPassphraseFile = None,
+    root_crl_url: Annotated[
+        str | None,
+        typer.Option(
+            "--root-crl-url",
+            help="Where the root CRL is published (e.g. http://HOST:8080/crl/root.crl, the "
+            "cloud's publish port); written into the certificate as its CRL distribution point.",
+        ),
+    ] = None,
 ) -> None:
     """Create an issuing CA (pathLen 0, a role) signed by the root."""
     parsed_role = parse_role(role)
@@ -133,6 +141,7 @@ def issue_intermediate_cmd(
         common_name=name,
         role=parsed_role,
         validity=timedelta(days=validity_days),
+        root_crl_url=root_crl_url,
     )
     _show(f"{parsed_role.value} issuing CA", ca.certificate, out_dir)
 
@@ -261,6 +270,13 @@ def crl_cmd(
         f"[green]CRL[/] {len(crl)} revoked, next update {crl.next_update_utc} -> "
         f"{out or ca_dir / 'crl.pem'}"
     )
+    if crl.next_update_utc is not None:
+        # The cloud re-signs only CRLs of keys it holds; this one is the ceremony's to renew.
+        _out.print(
+            f"  reminder: it expires {crl.next_update_utc:%Y-%m-%d %H:%M}Z; run `tether ca crl` "
+            "again and publish it (`tether cloud publish-crl --root` or `--ca FINGERPRINT`) "
+            "before then, or relying parties that check CRLs refuse this CA's certificates"
+        )
 
 
 @ca_app.command("revoke")

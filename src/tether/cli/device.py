@@ -2,10 +2,16 @@
 
 The CLI reads the PIN (environment or file, never an argument) and the options once, builds
 typed values and hands them to ``tether.device``; it renders ``--explain`` with Rich.
+
+There is no ``--server-name``: awscrt's MQTT 5 client checks the server certificate against
+the host it dials and cannot be told another name, so the option could only ever fail. Dial
+the name (or address) the gateway's certificate carries; ``tether cloud rotate-server-cert
+--dns NAME --ip ADDRESS`` puts more into it.
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +26,7 @@ from tether.device.connection import DeviceClient
 from tether.device.enrollment import Renewal, due_for_renewal, enroll, renew
 from tether.device.explain import ExplainStep, explain_steps
 from tether.device.preflight import probe_server
-from tether.errors import InvalidInputError
+from tether.errors import NotFoundError, UsageError
 
 PIN_ENV = "TETHER_PKCS11_PIN"
 
@@ -34,11 +40,11 @@ def _key_source(
 ) -> KeySource:
     pkcs11_given = [v is not None for v in (module, token, key_label)]
     if key is not None and any(pkcs11_given):
-        raise InvalidInputError("give either --key or the PKCS#11 options, not both")
+        raise UsageError("give either --key or the PKCS#11 options, not both")
     if key is not None:
         return FileKey(key)
     if not all(pkcs11_given):
-        raise InvalidInputError(
+        raise UsageError(
             "no device key: give --key FILE, or --pkcs11-module, --token and --key-label"
         )
     assert module is not None and token is not None and key_label is not None
@@ -61,11 +67,22 @@ def render_steps(console: Console, steps: list[ExplainStep]) -> None:
 
 
 def connect(
-    cert: Annotated[
-        Path, typer.Option("--cert", help="Device certificate (PEM); its CN is the serial.")
-    ],
     ca: Annotated[Path, typer.Option("--ca", help="The pinned cloud CA (PEM); the only trust.")],
-    host: Annotated[str, typer.Option("--host", help="Cloud host name or address.")],
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Cloud host name or address; the server certificate must carry it.",
+        ),
+    ],
+    cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--cert",
+            help="Device certificate (PEM); its CN is the serial. With a PKCS#11 key it may be "
+            "left out: the certificate stored in the token under --key-label is used.",
+        ),
+    ] = None,
     key: Annotated[
         Path | None, typer.Option("--key", help="Private key file (software emulator).")
     ] = None,
@@ -81,12 +98,6 @@ def connect(
         typer.Option("--pin-file", help=f"File holding the PKCS#11 PIN (else ${PIN_ENV})."),
     ] = None,
     port: Annotated[int, typer.Option("--port", help="Cloud MQTT port.")] = 8883,
-    server_name: Annotated[
-        str | None,
-        typer.Option(
-            "--server-name", help="Name the server certificate must carry (default: --host)."
-        ),
-    ] = None,
     publish: Annotated[
         str | None, typer.Option("--publish", help="Topic to publish to (QoS 1).")
     ] = None,
@@ -112,8 +123,68 @@ def connect(
 ) -> None:
     """Connect as the device in --cert, trusting only --ca; optionally publish or subscribe."""
     source = _key_source(key, pkcs11_module, token, key_label, pin_file)
+    with tempfile.TemporaryDirectory(prefix="tether-device-") as scratch:
+        if cert is None:
+            cert = _certificate_from_token(source, Path(scratch))
+        _connect(
+            cert,
+            source,
+            ca,
+            host,
+            port,
+            publish,
+            message,
+            subscribe,
+            count,
+            timeout,
+            explain,
+            renew_at,
+        )
+
+
+def _certificate_from_token(source: KeySource, scratch: Path) -> Path:
+    """The certificate the factory wrote into the token next to the key, as a PEM file."""
+    if not isinstance(source, Pkcs11Key):
+        raise UsageError("--cert is needed with --key (only a token holds a certificate too)")
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from tether.secure_element.pkcs11 import Pkcs11SecureElement
+
+    with Pkcs11SecureElement.open(source.module, source.token_label, source.pin) as element:
+        certificate = element.certificate(source.key_label)
+    if certificate is None:
+        raise DeviceCertificateMissingError(
+            f"the token {source.token_label!r} holds no certificate labelled "
+            f"{source.key_label!r}; give --cert FILE (e.g. the factory's OUT/<serial>/"
+            "certificate.pem)"
+        )
+    path = scratch / "certificate.pem"
+    path.write_bytes(certificate.public_bytes(Encoding.PEM))
+    return path
+
+
+class DeviceCertificateMissingError(NotFoundError):
+    """No --cert and no certificate in the token under the key's label."""
+
+    code = "device_certificate_missing"
+
+
+def _connect(
+    cert: Path,
+    source: KeySource,
+    ca: Path,
+    host: str,
+    port: int,
+    publish: str | None,
+    message: str,
+    subscribe: str | None,
+    count: int,
+    timeout: float,
+    explain: bool,
+    renew_at: float | None,
+) -> None:
     identity = DeviceIdentity.load(cert, source)
-    endpoint = CloudEndpoint(host=host, port=port, pinned_ca=ca, server_name=server_name)
+    endpoint = CloudEndpoint(host=host, port=port, pinned_ca=ca)
     console = Console(highlight=False, emoji=False, markup=False)
     if renew_at is not None and due_for_renewal(identity.load_certificate(), fraction=renew_at):
         _print_renewal(console, renew(identity, endpoint, timeout=timeout), cert)

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tether.cli.secrets import read_secret
-from tether.errors import InvalidInputError
+from tether.errors import InvalidInputError, UsageError
 from tether.factory import FactoryStation, ManufacturingLog, ProvisionedDevice
 from tether.factory.handout import Handout, check_trust_file
 from tether.pki.store import CaDirectory
@@ -53,16 +53,16 @@ def check_element_choice(
 ) -> None:
     """Refuse an ambiguous or incomplete choice of secure element, before any secret is read."""
     if (pkcs11_module is None) == (emulator is None):
-        raise InvalidInputError(
+        raise UsageError(
             "choose one secure element: --pkcs11-module with --token, or --emulator DIR",
             code="factory_choose_secure_element",
         )
     if pkcs11_module is not None and token is None:
-        raise InvalidInputError(
+        raise UsageError(
             "--pkcs11-module needs --token (the token label)", code="factory_token_missing"
         )
     if emulator is not None and token is not None:
-        raise InvalidInputError(
+        raise UsageError(
             "--token names a PKCS#11 token; it does not go with --emulator",
             code="factory_choose_secure_element",
         )
@@ -121,7 +121,7 @@ def provision(
     never leave the secure element.
     """
     if (serial is None) == (count is None):
-        raise InvalidInputError(
+        raise UsageError(
             "give either --serial (one unit) or --count (a line of units)",
             code="factory_serial_or_count",
         )

@@ -13,17 +13,33 @@ assert a policy. ``builtin`` prints the built-in default documents (no data dire
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from tether.cli.cloud import _actor, _operations
+from tether.cli.cloud.target import actor as _actor
 from tether.cloud.policy.builtin import BUILTIN, BUILTIN_DEVICE, BUILTIN_SERVICE
 from tether.cloud.policy.document import POLICY_SCHEMA, Action
 from tether.cloud.registry.policies import TargetKind
 from tether.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from tether.cloud.operations import AdminOperations
+
+
+@contextmanager
+def _operations(data_dir: Path) -> Iterator[AdminOperations]:
+    """The admin service over the data directory's registry (the cloud host's own door)."""
+    from tether.cli.cloud.local import LocalCloud
+
+    with LocalCloud(data_dir, actor=_actor()) as cloud:
+        yield cloud.ops
+
 
 app = typer.Typer(
     help="Policies: who may connect, publish, subscribe and receive.", no_args_is_help=True

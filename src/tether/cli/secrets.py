@@ -16,10 +16,8 @@ import sys
 from pathlib import Path
 
 import typer
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
-from tether.errors import ConfigurationError, InvalidInputError
+from tether.errors import ConfigurationError, InvalidInputError, UsageError
 
 MAX_SECRET_FILE_BYTES = 4096
 DATABASE_URL_ENV = "TETHER_DATABASE_URL"
@@ -46,6 +44,10 @@ def _read_secret_file(what: str, file: Path) -> str:
 
 def has_password(url: str) -> bool:
     """True if the database URL carries a password (in its authority or its query string)."""
+    # Imported here: SQLAlchemy costs a third of a second, and only ``cloud init`` asks.
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -66,7 +68,7 @@ def read_database_url(argument: str | None, *, file: Path | None = None) -> str 
             f"{DATABASE_URL_ENV} instead"
         )
     if argument is not None and file is not None:
-        raise InvalidInputError("give --database-url or --database-url-file, not both")
+        raise UsageError("give --database-url or --database-url-file, not both")
     if file is not None:
         return _read_secret_file("database URL", file)
     return argument or os.environ.get(DATABASE_URL_ENV) or None

@@ -1,7 +1,7 @@
 """The admin service: every change an administrator makes, whichever door it comes through.
 
 The admin API (``cloud/api/app.py``), the web console (``cloud/api/console.py``) and the
-``tether cloud`` commands (``cli/cloud.py``) all write through :class:`AdminOperations`, as
+``tether cloud`` commands (``cli/cloud/``) all write through :class:`AdminOperations`, as
 plain synchronous calls (the async routes run them in threads); they may read the registry
 directly. Each method validates everything it can before it generates a key or touches the
 registry, and each registry change is one transaction with its audit row (``actor`` = the
@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from tether.cloud.admin import IssuedAdminToken, create_admin, revoke_admin, rotate_admin
+from tether.cloud.crl_signing import OnlineCrl
 from tether.cloud.enrollment.admin import EnrollmentAdmin
 from tether.cloud.policy.admin import PolicyAdmin
 from tether.cloud.registry import (
@@ -169,11 +169,14 @@ class AdminOperations(PolicyAdmin, EnrollmentAdmin):
         online_ca: IssuingCA | None,
         registration_code_ttl: timedelta = timedelta(hours=1),
         pinned_ca: bytes | None = None,
+        online_crl: OnlineCrl | None = None,
     ) -> None:
         """``online_ca`` must already be registered in ``registry`` (the API checks at start).
 
         ``pinned_ca`` is the data directory's ``pinned-ca.pem`` (server CA + root), handed to
         every device the console makes; without it the root alone is handed out.
+        ``online_crl`` signs the online CA's CRL (``tether.cloud.crl_signing``; default
+        validity and re-signing margin when not given).
         """
         self.registry = registry
         self.root_certificate = root_certificate
@@ -183,6 +186,15 @@ class AdminOperations(PolicyAdmin, EnrollmentAdmin):
         self._online_fingerprint = (
             None if online_ca is None else sha256_fingerprint(online_ca.certificate)
         )
+        if online_crl is None and online_ca is not None:
+            online_crl = OnlineCrl(online_ca)
+        self._online_crl = online_crl
+
+    @property
+    def online_crl(self) -> OnlineCrl:
+        """The online CA's CRL signer (only with an online CA)."""
+        assert self._online_crl is not None, "no online CA"
+        return self._online_crl
 
     def _ca(self, what: str) -> tuple[IssuingCA, str]:
         if self.online_ca is None or self._online_fingerprint is None:
@@ -248,6 +260,19 @@ class AdminOperations(PolicyAdmin, EnrollmentAdmin):
         certificate = ca.issue_device_certificate(csr, serial)
         return self.registry.add_certificate(
             certificate, device_serial=serial, issuer_fingerprint=fingerprint, actor=actor
+        )
+
+    def register_certificate(
+        self, certificate_pem: bytes, *, actor: str
+    ) -> tuple[DeviceRecord, CertificateRecord]:
+        """Register a certificate a registered CA signed elsewhere, with JIT's checks.
+
+        See :mod:`tether.cloud.registration` (service identities, offline ``sign-csr``).
+        """
+        from tether.cloud.registration import load_for_registration, register_certificate
+
+        return register_certificate(
+            self.registry, load_for_registration(certificate_pem), actor=actor
         )
 
     def set_device_status(self, serial: str, status: DeviceStatus, *, actor: str) -> DeviceRecord:
@@ -368,7 +393,7 @@ class AdminOperations(PolicyAdmin, EnrollmentAdmin):
                 RevokedEntry(c.serial_int, c.revoked_at or c.updated_at, c.revocation_reason)
                 for c in self.registry.revoked_certificates(record.fingerprint)
             ]
-            return self.online_ca.build_crl(revoked).public_bytes(Encoding.DER)
+            return self.online_crl.der(revoked)
         der = self.registry.published_crl(record.fingerprint)
         if der is None:
             raise CRLNotAvailableError(

@@ -34,6 +34,12 @@ clearer than a warning nobody reads in a service log.
 ``metrics`` places the plain-HTTP loopback listeners for ``/metrics``, ``/healthz`` and
 ``/readyz`` (:class:`MetricsOptions`; issue 20).
 
+``publish`` places the plain-HTTP listener for CRLs and OCSP (:class:`PublishOptions`;
+issue 19): relying parties fetch revocation data without credentials and often without TLS
+(a TLS check of a CRL's server would need revocation data first), and the answers are
+signed, so plain HTTP is the convention (RFC 5280 4.2.1.13, RFC 6960). Its ``url`` is what
+the cloud writes into the certificates it issues (CRL distribution point, OCSP responder).
+
 ``api_limits`` bounds the admin API's path (issue 14); see :class:`ApiLimitOptions` for each
 number and why. Every limit logs a stable reason code when it acts and is counted in
 ``GET /api/v1/limits``.
@@ -166,6 +172,37 @@ class MetricsOptions:
 
 
 @dataclass(frozen=True)
+class PublishOptions:
+    """The plain-HTTP CRL and OCSP listener (``publish`` in ``cloud.json``).
+
+    ``url`` is the base URL relying parties reach it by, written into issued certificates
+    (``<url>/crl/<CA fingerprint>.crl``, OCSP at ``<url>/ocsp``); default
+    ``http://<host>:<port>``. Set it to the public name when the listener sits behind a
+    proxy. CRLs the cloud signs itself are valid ``crl_days`` and re-signed when a revocation
+    changes them or less than ``resign_hours`` of validity is left, whichever comes first.
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8080
+    url: str | None = None
+    crl_days: int = 7
+    resign_hours: int = 24
+
+    @property
+    def base_url(self) -> str:
+        return (self.url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    def crl_url(self, fingerprint: str) -> str:
+        """Where the CRL of the CA ``fingerprint`` (or ``root``) is served."""
+        return f"{self.base_url}/crl/{fingerprint}.crl"
+
+    @property
+    def ocsp_url(self) -> str:
+        return f"{self.base_url}/ocsp"
+
+
+@dataclass(frozen=True)
 class CloudSettings:
     """Everything ``tether cloud serve`` needs, resolved against the data directory."""
 
@@ -176,6 +213,7 @@ class CloudSettings:
     api_limits: ApiLimitOptions = field(default_factory=ApiLimitOptions)
     metrics: MetricsOptions = field(default_factory=MetricsOptions)
     enrollment: EnrollmentOptions = field(default_factory=EnrollmentOptions)
+    publish: PublishOptions = field(default_factory=PublishOptions)
 
     @property
     def server_chain(self) -> Path:
@@ -227,6 +265,7 @@ class CloudSettings:
             "api_limits": asdict(self.api_limits),
             "metrics": asdict(self.metrics),
             "enrollment": asdict(self.enrollment),
+            "publish": asdict(self.publish),
         }
         return (json.dumps(data, indent=2) + "\n").encode()
 
@@ -251,6 +290,7 @@ class CloudSettings:
             api_limits = ApiLimitOptions(**raw.get("api_limits", {}))
             metrics = MetricsOptions(**raw.get("metrics", {}))
             enrollment = EnrollmentOptions(**raw.get("enrollment", {}))
+            publish = PublishOptions(**raw.get("publish", {}))
             url = str(raw["database_url"])
         except FileNotFoundError:
             raise ConfigurationError(
@@ -267,4 +307,5 @@ class CloudSettings:
             api_limits=api_limits,
             metrics=metrics,
             enrollment=enrollment,
+            publish=publish,
         )

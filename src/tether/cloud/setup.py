@@ -19,6 +19,7 @@ from tether.cloud.settings import (
     ApiOptions,
     CloudSettings,
     GatewayOptions,
+    PublishOptions,
 )
 from tether.errors import InvalidInputError
 from tether.pki import IssuingCA, Role, generate_key
@@ -35,6 +36,7 @@ def init_data_dir(
     database_url: str | None = None,
     gateway: GatewayOptions | None = None,
     api: ApiOptions | None = None,
+    publish: PublishOptions | None = None,
     online_device_ca: x509.Certificate | None = None,
     actor: str = "cli:init",
 ) -> CloudSettings:
@@ -67,6 +69,7 @@ def init_data_dir(
         database_url=database_url or CloudSettings.default_database_url(data_dir),
         gateway=gateway or GatewayOptions(),
         api=api or ApiOptions(),
+        publish=publish or PublishOptions(),
     )
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,

@@ -24,6 +24,7 @@ from awscrt import io, mqtt5
 from awscrt.exceptions import AwsCrtError
 from cryptography.hazmat.primitives import serialization
 
+from tether.device.advice import connack_advice
 from tether.device.config import (
     CloudEndpoint,
     DeviceIdentity,
@@ -49,19 +50,6 @@ STOP_TIMEOUT_S = 5.0
 FAILED_STOP_WAIT_S = 0.5
 DIAGNOSE_AFTER_S = 1.0  # loopback connects take ~50 ms; a real network rarely more than this
 MAX_QUEUED_MESSAGES = 1000
-
-# What a person should do about a CONNACK failure; the reason code name says what happened.
-_CONNACK_ADVICE = {
-    mqtt5.ConnectReasonCode.NOT_AUTHORIZED: "the cloud does not accept this device "
-    "(unregistered CA, revoked certificate or disabled device): ask the fleet operator",
-    mqtt5.ConnectReasonCode.BAD_USERNAME_OR_PASSWORD: "the cloud did not accept the device's "
-    "identity: check that its CA is registered",
-    mqtt5.ConnectReasonCode.CLIENT_IDENTIFIER_NOT_VALID: "the cloud refused the client id, "
-    "which is the certificate's serial: check the certificate",
-    mqtt5.ConnectReasonCode.BANNED: "the device is banned: ask the fleet operator",
-    mqtt5.ConnectReasonCode.SERVER_UNAVAILABLE: "the cloud is unavailable: retry later",
-    mqtt5.ConnectReasonCode.SERVER_BUSY: "the cloud is busy: retry later",
-}
 
 
 @dataclass(frozen=True)
@@ -309,7 +297,7 @@ class DeviceClient:
             mqtt5.ConnectReasonCode.SUCCESS,
         ):
             code = mqtt5.ConnectReasonCode(connack.reason_code)
-            advice = _CONNACK_ADVICE.get(code, "see the cloud's audit log for the reason")
+            advice = connack_advice(code, connack.reason_string)
             detail = f" ({connack.reason_string})" if connack.reason_string else ""
             return ConnectionRefusedByCloudError(
                 f"the cloud refused the connection: CONNACK {code.name} ({int(code)}){detail}; "

@@ -187,6 +187,26 @@ def _crl(
     return sign_crl(builder, signer)
 
 
+def _revocation_pointers(
+    builder: x509.CertificateBuilder, crl_url: str | None, ocsp_url: str | None
+) -> x509.CertificateBuilder:
+    """Add the CRL distribution point and the OCSP responder, when there are any."""
+    if crl_url is not None:
+        point = x509.DistributionPoint(
+            full_name=[x509.UniformResourceIdentifier(crl_url)],
+            relative_name=None,
+            reasons=None,
+            crl_issuer=None,
+        )
+        builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
+    if ocsp_url is not None:
+        access = x509.AccessDescription(
+            x509.AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url)
+        )
+        builder = builder.add_extension(x509.AuthorityInformationAccess([access]), critical=False)
+    return builder
+
+
 class IssuingCA:
     """An issuing (intermediate) CA: its certificate, a signer for its key, and its role."""
 
@@ -202,6 +222,11 @@ class IssuingCA:
         self.signer = signer
         self.role = role_of(certificate)
         _check_signer(certificate, signer)
+        # Where relying parties find this CA's revocation data; when set, every certificate
+        # it issues names them (CRL distribution point, authorityInfoAccess OCSP). Plain
+        # http:// URLs by convention (RFC 5280 4.2.1.13): the answers are signed.
+        self.crl_distribution_point: str | None = None
+        self.ocsp_url: str | None = None
 
     def _require_role(self, *allowed: Role) -> None:
         if self.role not in allowed:
@@ -236,6 +261,7 @@ class IssuingCA:
         )
         if san is not None:
             builder = builder.add_extension(san, critical=False)
+        builder = _revocation_pointers(builder, self.crl_distribution_point, self.ocsp_url)
         return sign_certificate(builder, self.signer)
 
     def issue_device_certificate_for_key(
@@ -421,10 +447,13 @@ class RootCA:
         common_name: str,
         role: Role,
         validity: timedelta = timedelta(days=5 * 365),
+        crl_url: str | None = None,
     ) -> x509.Certificate:
         """Sign an issuing CA certificate (pathLen 0, subject CN + OU ``tether:<role>``).
 
-        The validity must end inside the root's (``ValidityError``).
+        The validity must end inside the root's (``ValidityError``). ``crl_url`` is where the
+        root's CRL is published (a CRL distribution point, for ``openssl verify
+        -crl_check_all`` and other relying parties).
         """
         key = require_p256(public_key, "issuing CA key")
         role = parse_role(role)
@@ -449,7 +478,7 @@ class RootCA:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)
             .add_extension(_aki_from(self.certificate), critical=False)
         )
-        return sign_certificate(builder, self.signer)
+        return sign_certificate(_revocation_pointers(builder, crl_url, None), self.signer)
 
     def create_issuing_ca(
         self,

@@ -455,8 +455,12 @@ def init_issuing(
     common_name: str,
     role: Role,
     validity: timedelta = timedelta(days=5 * 365),
+    root_crl_url: str | None = None,
 ) -> CaDirectory:
     """Create an issuing CA directory at ``path``, signed by the root in ``root_dir``.
+
+    ``root_crl_url`` (where the root's CRL is published) goes into the certificate as its
+    CRL distribution point.
 
     The new key is encrypted with ``passphrase``; the root key is opened with
     ``root_passphrase`` (``WrongPassphraseError``). Nothing is written unless all succeeds.
@@ -470,7 +474,11 @@ def init_issuing(
     root = root_dir.root(root_passphrase)
     key = generate_key()
     cert = root.issue_intermediate(
-        key.public_key(), common_name=common_name, role=role, validity=validity
+        key.public_key(),
+        common_name=common_name,
+        role=role,
+        validity=validity,
+        crl_url=root_crl_url,
     )
     issuing = IssuingCA(cert, SoftwareSigner(key))
     crl = issuing.build_crl([], next_update=ISSUING_CRL_NEXT_UPDATE)

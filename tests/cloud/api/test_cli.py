@@ -15,18 +15,18 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
+from tests.cloud.api.conftest import PASSPHRASE
 from tether.cloud.registry import CARole, DeviceStatus, Provisioning, Registry
 from tether.cloud.settings import CloudSettings
 from tether.device import CloudEndpoint, DeviceClient, DeviceIdentity, FileKey
-from tether.pki import Role, sha256_fingerprint
-from tether.pki.store import CaDirectory, init_issuing, init_root
+from tether.pki import sha256_fingerprint
+from tether.pki.store import CaDirectory
 
 TETHER = str(Path(sys.executable).with_name("tether"))
 # Any free metrics ports: a fixed default (9883) would clash with another serve running at once.
-NO_FIXED_METRICS_PORTS = ("--metrics-port", "0", "--api-metrics-port", "0")
-PASSPHRASE = "api cli passphrase 123"
+# Any free metrics and CRL/OCSP ports too (publish.port is 8080 by default).
+NO_FIXED_METRICS_PORTS = ("--metrics-port", "0", "--api-metrics-port", "0", "--publish-port", "0")
 TOKEN_RE = re.compile(r"^tether_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$", re.MULTILINE)
 
 
@@ -43,24 +43,6 @@ def tether(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [TETHER, *map(str, args)], capture_output=True, text=True, timeout=60, env=_env()
     )
-
-
-@pytest.fixture(scope="module")
-def ca_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("api-ceremony")
-    root = init_root(base / "root", PASSPHRASE, common_name="API CLI Root")
-    dirs = {"root": base / "root"}
-    for role in (Role.SERVER, Role.DEVICE):
-        init_issuing(
-            base / role.value,
-            root,
-            PASSPHRASE,
-            PASSPHRASE,
-            common_name=f"API {role.value}",
-            role=role,
-        )
-        dirs[role.value] = base / role.value
-    return dirs
 
 
 def _init(data: Path, ca_dirs: dict[str, Path]) -> str:
@@ -229,7 +211,7 @@ def test_init_takes_the_database_url_from_a_file_or_the_environment(
         "cloud", "init", tmp_path / "both", "--server-ca", ca_dirs["server"],
         "--database-url", "sqlite:///x.db", "--database-url-file", url_file,
     )  # fmt: skip
-    assert both.returncode == 3 and "not both" in both.stderr
+    assert both.returncode == 2 and "not both" in both.stderr  # a usage error
 
 
 def test_cloud_json_is_0600_and_refused_when_others_may_read_it(

@@ -62,7 +62,7 @@ class Serve:
             [
                 *tether_command("cloud", "serve", str(data), "--port", "0", "--api-port", "0"),
                 *("--metrics-port", str(metrics_port), "--api-metrics-port", str(api_metrics_port)),
-                *("--log-level", "WARNING"),
+                *("--publish-port", "0", "--log-level", "WARNING"),
             ],
             stdout=subprocess.PIPE,
             stderr=self.log,

@@ -194,7 +194,7 @@ def test_revoke_certificate(registry: Registry, device_ca: LocalCA, ca_fp: str) 
     assert (entry.action, entry.actor, entry.details["reason"]) == (
         "certificate.revoke",
         "security",
-        "keyCompromise",
+        "key_compromise",
     )
 
 

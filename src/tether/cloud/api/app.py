@@ -57,8 +57,11 @@ from tether.cloud.api.schemas import (
     ErrorOut,
     LimitsOut,
     MoveDeviceIn,
+    NewAdminIn,
     NewDeviceIn,
     RegisterCAIn,
+    RegisterCertificateIn,
+    RegisteredCertificateOut,
     RegistrationCodeOut,
     RevokeIn,
     WhoAmIOut,
@@ -203,6 +206,16 @@ def create_app(
         """Every administrator, active and revoked (never a token or hash)."""
         return [AdminOut.of(r) for r in await run(registry.list_admins)]
 
+    @app.post("/api/v1/admins", status_code=201, response_model=AdminTokenOut, tags=["admin"])
+    async def create_admin(who: Admin, body: NewAdminIn) -> AdminTokenOut:
+        """Another administrator; its token is in this response only (the hash is kept)."""
+        issued = await run(ops.create_admin, body.name, actor=who.name)
+        return AdminTokenOut(
+            name=issued.name,
+            token=issued.token,
+            warning="This token is shown once; only its hash is kept.",
+        )
+
     @app.post("/api/v1/admins/{name}/rotate", response_model=AdminTokenOut, tags=["admin"])
     async def rotate(who: Admin, name: str) -> AdminTokenOut:
         """A new token for ``name``, shown once; the old one is refused from now on."""
@@ -233,7 +246,18 @@ def create_app(
         page = await run(
             registry.list_devices, search=search, status=status, offset=offset, limit=limit
         )
-        return DevicePage.of(page)
+        states = await run(device_states, registry, page.items, live_view=live_view)
+        listing = DevicePage.of(page)
+        items = [
+            item.model_copy(
+                update={
+                    "state": states[item.serial].label,
+                    "connection": states[item.serial].connection,
+                }
+            )
+            for item in listing.items
+        ]
+        return listing.model_copy(update={"items": items})
 
     @app.post(
         "/api/v1/devices",
@@ -326,16 +350,37 @@ def create_app(
         issuer: Annotated[str | None, Query(max_length=128)] = None,
         offset: Offset = 0,
         limit: Limit = 50,
+        serial_number: Annotated[str | None, Query(max_length=128)] = None,
     ) -> CertificatePage:
-        """Certificates in the order they were added, optionally of one device or issuer."""
+        """Certificates in the order they were added, optionally of one device or issuer, or
+        by X.509 serial number (hex, as ``openssl x509 -serial`` prints it)."""
         page = await run(
             registry.list_certificates,
             device_serial=device,
             issuer_fingerprint=issuer,
+            serial_number=serial_number,
             offset=offset,
             limit=limit,
         )
         return CertificatePage.of(page)
+
+    @app.post(
+        "/api/v1/certificates",
+        status_code=201,
+        response_model=RegisteredCertificateOut,
+        tags=["certificates"],
+    )
+    async def register_certificate(
+        who: Admin, body: RegisterCertificateIn
+    ) -> RegisteredCertificateOut:
+        """Register a certificate a registered CA signed elsewhere (a service identity, an
+        offline ``sign-csr``), with the checks just-in-time registration applies."""
+        device, record = await run(
+            ops.register_certificate, body.certificate_pem.encode(), actor=who.name
+        )
+        return RegisteredCertificateOut(
+            device=DeviceOut.of(device), certificate=CertificateOut.of(record)
+        )
 
     @app.get(
         "/api/v1/certificates/{fingerprint}", response_model=CertificateOut, tags=["certificates"]

@@ -59,6 +59,7 @@ class ApiProcessArgs:
     log_level: str
     log_format: str = "text"  # or "json" (tether.cloud.observability.logs)
     metrics_port: int | None = None  # None: metrics.api_port from cloud.json
+    publish_port: int | None = None  # None: publish.port from cloud.json (CRLs and OCSP)
 
 
 class ApiStartError(ConfigurationError):
@@ -81,10 +82,14 @@ def _configure_child_logging(level: str, log_format: str = "text") -> None:
 
 async def _serve_child(args: ApiProcessArgs, conn: Connection, parent_alive: Connection) -> None:
     from tether.cloud.api.app import create_app
+    from tether.cloud.api.publish import create_publish_app
     from tether.cloud.api.server import ApiServer
+    from tether.cloud.crl_signing import OnlineCrl
+    from tether.cloud.ocsp import OcspResponder
     from tether.cloud.operations import AdminOperations, check_online_ca
     from tether.cloud.registry import Registry
     from tether.cloud.settings import CloudSettings
+    from tether.pki import sha256_fingerprint
     from tether.pki.store import CaDirectory
 
     settings = CloudSettings.load(args.data_dir)
@@ -93,6 +98,12 @@ async def _serve_child(args: ApiProcessArgs, conn: Connection, parent_alive: Con
         if args.ca_passphrase is None:
             raise ConfigurationError("the online device CA needs its passphrase")
         online = CaDirectory.open(Path(settings.api.device_ca)).issuing(args.ca_passphrase)
+        if settings.publish.enabled:
+            # Everything the online CA signs names where its revocation data is published.
+            online.crl_distribution_point = settings.publish.crl_url(
+                sha256_fingerprint(online.certificate)
+            )
+            online.ocsp_url = settings.publish.ocsp_url
     registry = Registry.open(settings.database_url)
     try:
         if online is not None:
@@ -103,6 +114,13 @@ async def _serve_child(args: ApiProcessArgs, conn: Connection, parent_alive: Con
             online_ca=online,
             registration_code_ttl=timedelta(seconds=settings.api.registration_code_ttl),
             pinned_ca=settings.pinned_ca.read_bytes(),
+            online_crl=None
+            if online is None
+            else OnlineCrl(
+                online,
+                validity=timedelta(days=settings.publish.crl_days),
+                resign_before=timedelta(hours=settings.publish.resign_hours),
+            ),
         )
         server = ApiServer(
             create_app(
@@ -141,11 +159,34 @@ async def _serve_child(args: ApiProcessArgs, conn: Connection, parent_alive: Con
             except TetherError:
                 await server.stop()
                 raise
-        conn.send(("ready", port, online is not None, metrics_port))
+        publisher = None
+        publish_port = None
+        if settings.publish.enabled:
+            publisher = ApiServer(
+                create_publish_app(
+                    operations,
+                    ocsp_responder=None if online is None else OcspResponder(registry, online),
+                ),
+                host=settings.publish.host,
+                port=settings.publish.port if args.publish_port is None else args.publish_port,
+                certificate_chain=None,
+                private_key=None,
+                limits=settings.api_limits,
+            )
+            try:
+                publish_port = await publisher.start()
+            except TetherError:
+                if endpoints is not None:
+                    await endpoints.stop()
+                await server.stop()
+                raise
+        conn.send(("ready", port, online is not None, metrics_port, publish_port))
         try:
             await stop.wait()
         finally:
             loop.remove_reader(parent_alive.fileno())
+            if publisher is not None:
+                await publisher.stop()
             if endpoints is not None:
                 await endpoints.stop()
             await server.stop()
@@ -202,6 +243,7 @@ class ApiProcess:
         self.args = args
         self.signs = False  # whether the child loaded an online device CA
         self.metrics_port: int | None = None  # the child's /metrics listener, if any
+        self.publish_port: int | None = None  # the child's plain-HTTP CRL/OCSP listener
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
         self._alive: Connection | None = None
@@ -232,7 +274,7 @@ class ApiProcess:
             if message is None:
                 raise ApiStartError("the admin API process did not start in time")
             raise ApiStartError(str(message[2]), code=str(message[1]))
-        _, port, self.signs, self.metrics_port = message
+        _, port, self.signs, self.metrics_port, self.publish_port = message
         # The child's end of ``parent`` closes when it exits: say so at once if it dies early.
         asyncio.get_running_loop().add_reader(parent.fileno(), self._exited)
         return int(port)

@@ -59,6 +59,15 @@ class DeviceOut(_Out):
     created_at: datetime
 
 
+class DeviceListItemOut(DeviceOut):
+    """A device in a list, with its derived state (``tether.cloud.device_state``)."""
+
+    # "enabled" only with a certificate the gateway would accept now, else "no valid
+    # certificate" or "disabled"; "connected" / "not connected" / "unknown" (gateway's view).
+    state: str | None = None
+    connection: str | None = None
+
+
 class CertificateOut(_Out):
     fingerprint: str
     serial_number: str
@@ -115,7 +124,7 @@ class _PageOut(_Out):
 
 
 class DevicePage(_PageOut):
-    items: list[DeviceOut]
+    items: list[DeviceListItemOut]
 
 
 class CertificatePage(_PageOut):
@@ -165,6 +174,24 @@ class CsrDeviceOut(_Out):
     certificate: CertificateOut
     root_ca_pem: str
     pinned_ca_pem: str
+
+
+class RegisterCertificateIn(BaseModel):
+    """A certificate a registered CA signed outside the cloud (a service identity, an offline
+    ``tether ca sign-csr``); PEM, the leaf first (a chain after it is ignored)."""
+
+    certificate_pem: Pem
+
+
+class RegisteredCertificateOut(_Out):
+    """The identity (new, or already the CA's) and its newly registered certificate."""
+
+    device: DeviceOut
+    certificate: CertificateOut
+
+
+class NewAdminIn(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
 
 
 class CsrIn(BaseModel):

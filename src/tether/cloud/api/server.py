@@ -79,11 +79,15 @@ class ApiServer:
         *,
         host: str,
         port: int,
-        certificate_chain: Path,
-        private_key: Path,
+        certificate_chain: Path | None,
+        private_key: Path | None,
         limits: ApiLimitOptions | None = None,
     ) -> None:
-        """Nothing is bound until :meth:`start`."""
+        """Nothing is bound until :meth:`start`.
+
+        Without ``certificate_chain`` and ``private_key`` it serves plain HTTP: only for the
+        CRL and OCSP app (``publish``), never for the admin API.
+        """
         limits = limits or ApiLimitOptions()
         self.app = app
         self.host = host
@@ -92,8 +96,8 @@ class ApiServer:
             app,
             host=host,
             port=port,
-            ssl_certfile=str(certificate_chain),
-            ssl_keyfile=str(private_key),
+            ssl_certfile=None if certificate_chain is None else str(certificate_chain),
+            ssl_keyfile=None if private_key is None else str(private_key),
             ssl_ciphers="ECDHE+AESGCM:ECDHE+CHACHA20",
             lifespan="off",
             log_config=None,
@@ -131,7 +135,7 @@ class ApiServer:
             sock.close()
             raise ConfigurationError(
                 f"the API cannot listen on {self.host}:{self.port}: {exc.strerror}; "
-                "choose another api.port in cloud.json"
+                "choose another port in cloud.json (api.port, or publish.port for CRLs and OCSP)"
             ) from exc
         bound = int(sock.getsockname()[1])
         logging.getLogger(_UVICORN_LOG).addFilter(self._log_filter)

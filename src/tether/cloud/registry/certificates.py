@@ -150,10 +150,19 @@ class Certificates(RegistryBase):
         issuer_fingerprint: str | None = None,
         offset: int = 0,
         limit: int = 50,
+        serial_number: str | None = None,
     ) -> Page[CertificateRecord]:
-        """Certificates in the order they were added, optionally of one device or issuer."""
+        """Certificates in the order they were added, optionally of one device or issuer.
+
+        ``serial_number`` (hex, as ``openssl x509 -serial`` prints it; colons and leading
+        zeros ignored) picks certificates by their X.509 serial number, under any issuer.
+        """
         check_page(offset, limit)
         stmt = select(CertificateModel)
+        if serial_number is not None:
+            stmt = stmt.where(
+                CertificateModel.serial_number == normalize_serial_number(serial_number)
+            )
         if device_serial is not None:
             serial = check_serial(device_serial)
             stmt = stmt.where(
@@ -261,7 +270,9 @@ def revoke(
     model.revocation_reason = reason.value
     model.revoked_at = now
     model.updated_at = now
-    details = {"reason": reason.value, "from": old, "serial_number": model.serial_number}
+    # The audit log names a reason as the API and the CLI take it (key_compromise), not by
+    # its RFC 5280 ASN.1 value (keyCompromise): one spelling wherever an operator reads it.
+    details = {"reason": reason.name, "from": old, "serial_number": model.serial_number}
     if source is not None:
         details["source"] = source
     write_audit(session, now, actor, AuditAction.CERTIFICATE_REVOKE, model.fingerprint, details)
@@ -363,6 +374,21 @@ def _load_cert(session: Session, fingerprint: str) -> CertificateModel:
             f"No certificate with fingerprint {fingerprint} is registered."
         ),
     )
+
+
+def normalize_serial_number(text: str) -> str:
+    """A certificate serial number as the registry keeps it: lowercase hex, no leading zeros.
+
+    Accepts ``openssl``'s forms (``serial=0A1B...``, ``0a:1b:...``). Raises
+    InvalidRegistryInputError for anything that is not hex.
+    """
+    value = text.strip().lower().removeprefix("serial=").replace(":", "")
+    if not value or len(value) > 48 or any(c not in "0123456789abcdef" for c in value):
+        raise InvalidRegistryInputError(
+            f"{text[:60]!r} is not a certificate serial number (hex, as `openssl x509 -serial` "
+            "prints it)."
+        )
+    return format(int(value, 16), "x")
 
 
 def _serial_hex(cert: x509.Certificate) -> str:

@@ -70,11 +70,10 @@ class CRLs(RegistryBase):
                         old = ca.status
                         ca.status = CAStatus.REVOKED.value
                         ca.updated_at = now
-                        reason = listed[ca_cert.serial_number].value
                         write_audit(
                             session, now, actor, AuditAction.CA_STATUS, ca.fingerprint,
                             {"from": old, "to": CAStatus.REVOKED.value, "source": "crl",
-                             "reason": reason},
+                             "reason": listed[ca_cert.serial_number].name},
                         )  # fmt: skip
                         revoked_cas.append(ca.fingerprint)
             else:

@@ -1,0 +1,180 @@
+"""The cloud on this host: its data directory's registry, written through the admin service.
+
+Same methods and same answers (the API's response models) as :class:`RemoteCloud`; the only
+difference is the door. Writes go through ``AdminOperations`` with ``cli:<user>`` as the
+actor, so a running ``tether cloud serve`` follows them in the audit log and drops affected
+sessions at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from types import TracebackType
+
+from cryptography import x509
+
+from tether.cloud.api.schemas import (
+    AdminOut,
+    AdminTokenOut,
+    AuditPage,
+    CAOut,
+    CertificateOut,
+    CertificatePage,
+    CrlEffectOut,
+    DeviceDetailOut,
+    DeviceOut,
+    DevicePage,
+    RegisteredCertificateOut,
+    RegistrationCodeOut,
+)
+from tether.cloud.device_state import device_states
+from tether.cloud.observability.live import read_live_view
+from tether.cloud.operations import AdminOperations
+from tether.cloud.registry import ROOT_CRL_ISSUER, CARole, CAStatus, DeviceStatus, Registry
+from tether.cloud.settings import CloudSettings
+from tether.pki import load_certificate
+
+
+class LocalCloud:
+    """``tether cloud`` against a data directory on this host."""
+
+    remote = False
+
+    def __init__(self, data_dir: Path, *, actor: str) -> None:
+        self.settings = CloudSettings.load(data_dir)
+        self.actor = actor
+        self.registry = Registry.open(self.settings.database_url)
+        self.ops = AdminOperations(
+            self.registry, root_certificate=self.settings.root_certificate(), online_ca=None
+        )
+
+    def __enter__(self) -> LocalCloud:
+        return self
+
+    def __exit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        self.registry.close()
+
+    # -- devices ---------------------------------------------------------------------------
+
+    def devices(self, *, search: str | None, offset: int, limit: int) -> DevicePage:
+        page = self.registry.list_devices(search=search, offset=offset, limit=limit)
+        metrics = self.settings.metrics
+        live: Callable[[], object] | None = (
+            partial(read_live_view, metrics.host, metrics.port) if metrics.enabled else None
+        )
+        states = device_states(self.registry, page.items, live_view=live)  # type: ignore[arg-type]
+        listing = DevicePage.of(page)
+        items = [
+            item.model_copy(
+                update={
+                    "state": states[item.serial].label,
+                    "connection": states[item.serial].connection,
+                }
+            )
+            for item in listing.items
+        ]
+        return listing.model_copy(update={"items": items})
+
+    def device(self, serial: str) -> DeviceDetailOut:
+        device = self.registry.get_device(serial)
+        certs = self.registry.list_certificates(device_serial=serial, limit=1000).items
+        states = device_states(self.registry, [device], certificates={serial: certs})
+        return DeviceDetailOut(
+            device=DeviceOut.of(device),
+            certificates=[CertificateOut.of(c) for c in certs],
+            state=states[serial].label,
+        )
+
+    def set_device_status(self, serial: str, status: DeviceStatus) -> DeviceOut:
+        return DeviceOut.of(self.ops.set_device_status(serial, status, actor=self.actor))
+
+    def move_device(self, serial: str, ca_fingerprint: str) -> DeviceOut:
+        record = self.ops.rebind_device(serial, ca_fingerprint=ca_fingerprint, actor=self.actor)
+        return DeviceOut.of(record)
+
+    # -- certificates ----------------------------------------------------------------------
+
+    def certificates(
+        self,
+        *,
+        device: str | None = None,
+        issuer: str | None = None,
+        serial_number: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> CertificatePage:
+        page = self.registry.list_certificates(
+            device_serial=device,
+            issuer_fingerprint=issuer,
+            serial_number=serial_number,
+            offset=offset,
+            limit=limit,
+        )
+        return CertificatePage.of(page)
+
+    def revoke(self, fingerprint: str, reason: x509.ReasonFlags) -> CertificateOut:
+        record = self.ops.revoke_certificate(fingerprint, reason=reason, actor=self.actor)
+        return CertificateOut.of(record)
+
+    def register_certificate(self, certificate_pem: bytes) -> RegisteredCertificateOut:
+        device, record = self.ops.register_certificate(certificate_pem, actor=self.actor)
+        return RegisteredCertificateOut(
+            device=DeviceOut.of(device), certificate=CertificateOut.of(record)
+        )
+
+    # -- CAs and CRLs ----------------------------------------------------------------------
+
+    def cas(self, status: CAStatus | None = None) -> list[CAOut]:
+        return [CAOut.of(r) for r in self.registry.list_cas(status=status)]
+
+    def set_ca_status(self, fingerprint: str, status: CAStatus) -> CAOut:
+        return CAOut.of(self.ops.set_ca_status(fingerprint, status, actor=self.actor))
+
+    def registration_code(self) -> RegistrationCodeOut:
+        record = self.ops.new_registration_code(actor=self.actor)
+        return RegistrationCodeOut(code=record.code, expires_at=record.expires_at, how_to="")
+
+    def register_ca(
+        self,
+        certificate_pem: bytes,
+        *,
+        role: CARole,
+        allow_jit: bool,
+        prove: Callable[[str], bytes] | None,
+    ) -> CAOut:
+        # On the cloud host the operator vouches for the CA (as `cloud init` does for the
+        # online CA); proof of possession is the API's way in, where anyone could knock.
+        record = self.ops.trust_ca(
+            load_certificate(certificate_pem),
+            role=role,
+            allow_auto_registration=allow_jit,
+            actor=self.actor,
+        )
+        return CAOut.of(record)
+
+    def publish_crl(self, issuer: str | None, crl: bytes) -> CrlEffectOut:
+        effect = self.ops.publish_crl(issuer or ROOT_CRL_ISSUER, crl, actor=self.actor)
+        return CrlEffectOut.of(effect)
+
+    # -- audit and admins ------------------------------------------------------------------
+
+    def audit_log(self, *, target: str | None, offset: int, limit: int) -> AuditPage:
+        return AuditPage.of(self.registry.list_audit(target=target, offset=offset, limit=limit))
+
+    def admins(self) -> list[AdminOut]:
+        return [AdminOut.of(r) for r in self.registry.list_admins()]
+
+    def add_admin(self, name: str) -> AdminTokenOut:
+        issued = self.ops.create_admin(name, actor=self.actor)
+        return AdminTokenOut(name=issued.name, token=issued.token, warning="")
+
+    def rotate_admin(self, name: str) -> AdminTokenOut:
+        issued = self.ops.rotate_admin(name, actor=self.actor)
+        return AdminTokenOut(name=issued.name, token=issued.token)
+
+    def revoke_admin(self, name: str) -> AdminOut:
+        return AdminOut.of(self.ops.revoke_admin(name, actor=self.actor))
