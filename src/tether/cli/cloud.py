@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from tether.cli.cluster import ROLES, serve_cluster
 from tether.cli.secrets import DATABASE_URL_ENV, read_database_url, read_secret
 from tether.cloud.admin import IssuedAdminToken
 from tether.cloud.api import ApiProcess, ApiProcessArgs
@@ -402,12 +404,30 @@ def serve(
     api_metrics_port: int | None = typer.Option(
         None, help="Override metrics.api_port (the API process's /metrics; 0: any free port)."
     ),
+    workers: int | None = typer.Option(
+        None,
+        help="Gateway worker processes on the gateway port (default: one per core; 1 keeps "
+        "one process). More than one uses NATS: nats_url in cloud.json, else a local "
+        "nats-server started and stopped with the service.",
+    ),
+    role: str = typer.Option(
+        "all", help="all, gateway (workers only) or api (the admin API only), for hosts apart."
+    ),
 ) -> None:
     """Run the gateway and the admin API until interrupted (Ctrl-C or SIGTERM)."""
     if log_format not in LOG_FORMATS:
         raise InvalidInputError(
             f"unknown --log-format {log_format!r}; use one of {', '.join(LOG_FORMATS)}",
             code="log_format_unknown",
+        )
+    if role not in ROLES:
+        raise InvalidInputError(
+            f"unknown --role {role!r}; use one of {', '.join(ROLES)}", code="role_unknown"
+        )
+    count = (os.cpu_count() or 1) if workers is None else workers
+    if count < 1:
+        raise InvalidInputError(
+            f"--workers must be at least 1 (got {count})", code="workers_invalid"
         )
     _configure_logging(log_level, log_format)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter, not service news
@@ -433,6 +453,17 @@ def serve(
             metrics_port=api_metrics_port,
         )
     )
+    if role == "api" or count > 1 or settings.nats_servers:
+        serve_cluster(
+            settings,
+            api if role != "gateway" else None,
+            count=count if role != "api" else 0,
+            port=port,
+            log_level=log_level,
+            log_format=log_format,
+            metrics_port=metrics_port,
+        )
+        return
     registry = Registry.open(settings.database_url)
     try:
         service = CloudService(registry, settings.gateway_settings(**overrides))
@@ -457,7 +488,7 @@ def serve(
                 host=settings.metrics.host,
                 port=settings.metrics.port if metrics_port is None else metrics_port,
                 feed_max_lag=settings.metrics.feed_max_lag,
-                api_alive=api.alive,
+                api_alive=api.alive if role == "all" else None,
             )
 
         def endpoints_ready(bound: int) -> None:
@@ -471,7 +502,7 @@ def serve(
             serve_until_signalled(
                 service,
                 on_ready=ready,
-                api=api,
+                api=api if role == "all" else None,
                 on_api_ready=api_ready,
                 endpoints=endpoints,
                 on_endpoints_ready=endpoints_ready,

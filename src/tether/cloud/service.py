@@ -1,13 +1,21 @@
 """The cloud process: the gateway over the registry, and the feed that makes revocation instant.
 
 Revocation must refuse the next handshake *and* drop the live sessions at once, whichever
-process made the change (the API in this process, ``tether cloud`` commands run by an operator,
-another gateway process on another core). The registry's append-only audit log already records
-every change in commit order, so each gateway process follows it: a cheap indexed read of the
-entries after the last one seen, every ``poll_interval`` seconds. A revocation, a disabled
-device or a deactivated CA then drops the matching sessions; a CA change also rebuilds the TLS
-trust store. The handshake path itself always asks the registry, so a new connection is refused
-even before the feed catches up.
+process made the change (the API process, ``tether cloud`` commands run by an operator,
+another gateway worker on another core or host). The registry's append-only audit log records
+every change in commit order and stays the source of truth; each gateway worker follows it
+from its last position. It reads when told the log grew (:mod:`tether.cloud.changes`:
+PostgreSQL ``LISTEN/NOTIFY``, or a ``stat`` of the SQLite files), and at least every
+``SAFETY_INTERVAL``, instead of every 10 ms: an idle service costs next to nothing. A
+revocation, a disabled device or a deactivated CA then drops the matching sessions; a CA
+change also rebuilds the TLS trust store. Each entry is dispatched in one place
+(:meth:`CloudService.dispatch`). The handshake path itself always asks the registry, so a new
+connection is refused even before the feed catches up.
+
+Fail closed: while the change signal cannot promise to wake the feed (the LISTEN connection is
+lost) or the last read of the log failed, the worker refuses new verdicts
+(``registry_feed_behind``); it accepts again only after a read of the log that began with the
+signal listening, so nothing committed while it was deaf can be missed.
 
 Lanes: the feed's registry reads run on one thread of their own (``tether-feed``), verdicts on
 the authority's verdict threads, and the "last seen" bookkeeping on another thread; none of
@@ -28,6 +36,8 @@ from typing import Protocol, TypeVar
 from cryptography import x509
 
 from tether.cloud.authority import RegistryAuthority
+from tether.cloud.bus import Bus
+from tether.cloud.changes import SAFETY_INTERVAL, ChangeSignal, signal_for
 from tether.cloud.gateway import Gateway, GatewaySettings, HandshakeRefused, Identity
 from tether.cloud.observability.feed import FeedStats
 from tether.cloud.registry import (
@@ -44,7 +54,9 @@ from tether.errors import TetherError
 
 log = logging.getLogger("tether.cloud")
 
-DEFAULT_POLL_INTERVAL = 0.01
+DEFAULT_POLL_INTERVAL = SAFETY_INTERVAL  # kept for callers that pass it explicitly
+RETRY_INTERVAL = 0.2  # seconds between reads while the feed is not current
+AUDIT_PAGE = 500  # entries per read (Registry.audit_after's default limit)
 SEEN_FLUSH_INTERVAL = 1.0  # seconds between writes of the devices' "last seen" times
 T = TypeVar("T")
 
@@ -113,16 +125,21 @@ class CloudService:
         registry: Registry,
         gateway_settings: GatewaySettings,
         *,
-        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        poll_interval: float = SAFETY_INTERVAL,
+        bus: Bus | None = None,
+        changes: ChangeSignal | None = None,
     ) -> None:
         self.registry = registry
         self.authority = RegistryAuthority(
             registry, verdict_threads=gateway_settings.verdict_threads
         )
-        self.gateway = Gateway(gateway_settings, self)
+        self.gateway = Gateway(gateway_settings, self, bus=bus)
         self._feed_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-feed")
         self._seen_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-last-seen")
-        self.poll_interval = poll_interval
+        self.poll_interval = poll_interval  # the longest the feed goes without reading
+        self.changes = changes if changes is not None else signal_for(registry.url)
+        self._current = False  # the feed has read the log with the signal listening
+        self._feed_error = False  # the last read of the audit log failed
         self._follower: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._last_seen = 0
@@ -145,6 +162,18 @@ class CloudService:
         code of the change that ended the identity: ``certificate_revoked``,
         ``device_disabled``, ``ca_inactive``...).
         """
+        if not self._current:
+            if self._feed_error:
+                raise HandshakeRefused(
+                    "The registry is unreachable (this worker cannot read its audit log); "
+                    "refusing until it can.",
+                    code="registry_unavailable",
+                )
+            raise HandshakeRefused(
+                "This gateway worker lost its registry change notifications; refusing until "
+                "it has listened again and caught up from the audit log.",
+                code="registry_feed_behind",
+            )
         handshake = self._next_handshake
         self._next_handshake += 1
         self._in_flight[handshake] = self._last_seen
@@ -178,7 +207,9 @@ class CloudService:
 
     async def start(self) -> int:
         """Start the gateway and the registry feed; returns the gateway's port."""
+        await self.changes.start()
         self._last_seen = await self._in(self._feed_lane, self.registry.last_audit_id)
+        self._current = self.changes.current
         self.feed.polled(self._last_seen)
         port = await self.gateway.start()
         self._follower = asyncio.create_task(self._follow(), name="tether-registry-feed")
@@ -193,6 +224,7 @@ class CloudService:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._follower = self._flusher = None
+        await self.changes.close()
         await self.gateway.stop()
         try:
             await self._in(self._seen_lane, self.authority.flush_seen)
@@ -208,36 +240,51 @@ class CloudService:
         return await asyncio.get_running_loop().run_in_executor(lane, fn, *args)
 
     async def apply_changes(self) -> int:
-        """Act on every registry change since the last call; returns the sessions dropped."""
-        entries = await self._in(self._feed_lane, self.registry.audit_after, self._last_seen)
+        """Act on every registry change since the last call; returns the sessions dropped.
+
+        The feed is *current* afterwards only if the change signal was listening before the
+        read began and did not reconnect during it (see the module docstring).
+        """
+        listening, epoch = self.changes.current, self.changes.epoch
         dropped = 0
-        for entry in entries:
-            if entry.action.startswith("ca."):
-                self.authority.forget_cas()
-                self._reload_trust()
-            elif entry.action == SERVER_CERTIFICATE_ROTATED:
-                # New handshakes present the new certificate; live sessions keep theirs.
-                self._reload_trust()
-                log.info(
-                    "gateway certificate reloaded (%s by %s)",
-                    entry.target,
-                    entry.actor,
-                    extra={"tether_code": "server_certificate_reloaded"},
-                )
-            ending = _ended_sessions(entry)
-            self._last_seen = entry.id
-            if ending is not None:
-                # Noted before the drop picks its targets: a verdict that lands after this
-                # line sees the ending; one that landed before is a live session and dropped.
-                if self._in_flight:
-                    self._recent.append(ending)
-                count = await self.gateway.drop_sessions(
-                    ending.matches, reason=f"{entry.action} {entry.target} by {entry.actor}"
-                )
-                self.feed.ended(ending.code, count, entry.at)
-                dropped += count
+        while True:
+            entries = await self._in(self._feed_lane, self.registry.audit_after, self._last_seen)
+            for entry in entries:
+                dropped += await self.dispatch(entry)
+            if len(entries) < AUDIT_PAGE:
+                break
+        self._current = listening and self.changes.current and epoch == self.changes.epoch
+        self._feed_error = False
         self.feed.polled(self._last_seen)
         return dropped
+
+    async def dispatch(self, entry: AuditEntry) -> int:
+        """The one place an audit entry acts on this worker; returns the sessions dropped."""
+        if entry.action.startswith("ca."):
+            self.authority.forget_cas()
+            self._reload_trust()
+        elif entry.action == SERVER_CERTIFICATE_ROTATED:
+            # New handshakes present the new certificate; live sessions keep theirs.
+            self._reload_trust()
+            log.info(
+                "gateway certificate reloaded (%s by %s)",
+                entry.target,
+                entry.actor,
+                extra={"tether_code": "server_certificate_reloaded"},
+            )
+        ending = _ended_sessions(entry)
+        self._last_seen = entry.id
+        if ending is None:
+            return 0
+        # Noted before the drop picks its targets: a verdict that lands after this line sees
+        # the ending; one that landed before is a live session and dropped.
+        if self._in_flight:
+            self._recent.append(ending)
+        count = await self.gateway.drop_sessions(
+            ending.matches, reason=f"{entry.action} {entry.target} by {entry.actor}"
+        )
+        self.feed.ended(ending.code, count, entry.at)
+        return count
 
     def _reload_trust(self) -> None:
         """Rebuild the TLS trust store; a failure is logged and retried, never fatal.
@@ -262,14 +309,18 @@ class CloudService:
                     self._reload_trust()
                 await self.apply_changes()
             except TetherError as exc:
-                # The registry is unreachable: new handshakes already fail closed; keep trying.
+                # The registry is unreachable: new handshakes fail closed; keep trying.
+                self._current = False
+                self._feed_error = True
                 self.feed.failed()
                 log.error("cannot read registry changes (%s): %s", exc.code, exc.message)
             except Exception:
                 # A bug must not silently end revocation for the life of the process.
+                self._current = False
+                self._feed_error = True
                 self.feed.failed()
                 log.exception("applying registry changes failed; retrying")
-            await asyncio.sleep(self.poll_interval)
+            await self.changes.wait(self.poll_interval if self._current else RETRY_INTERVAL)
 
     async def _flush_seen(self) -> None:
         while True:

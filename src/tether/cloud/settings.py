@@ -34,6 +34,11 @@ clearer than a warning nobody reads in a service log.
 ``metrics`` places the plain-HTTP loopback listeners for ``/metrics``, ``/healthz`` and
 ``/readyz`` (:class:`MetricsOptions`; issue 20).
 
+``nats_url`` (optional; one URL or several separated by commas) names an existing NATS
+server or cluster for messages between gateway workers and hosts (issue 15). Without it,
+``tether cloud serve --workers N`` with N > 1 starts and supervises a loopback nats-server of
+its own (:mod:`tether.cloud.bus.natsd`).
+
 ``api_limits`` bounds the admin API's path (issue 14); see :class:`ApiLimitOptions` for each
 number and why. Every limit logs a stable reason code when it acts and is counted in
 ``GET /api/v1/limits``.
@@ -174,6 +179,14 @@ class CloudSettings:
     api: ApiOptions = field(default_factory=ApiOptions)
     api_limits: ApiLimitOptions = field(default_factory=ApiLimitOptions)
     metrics: MetricsOptions = field(default_factory=MetricsOptions)
+    nats_url: str | None = None
+
+    @property
+    def nats_servers(self) -> tuple[str, ...]:
+        """The configured NATS servers (empty: none configured)."""
+        if not self.nats_url:
+            return ()
+        return tuple(url.strip() for url in self.nats_url.split(",") if url.strip())
 
     @property
     def server_chain(self) -> Path:
@@ -225,6 +238,8 @@ class CloudSettings:
             "api_limits": asdict(self.api_limits),
             "metrics": asdict(self.metrics),
         }
+        if self.nats_url:
+            data["nats_url"] = self.nats_url
         return (json.dumps(data, indent=2) + "\n").encode()
 
     @classmethod
@@ -248,6 +263,9 @@ class CloudSettings:
             api_limits = ApiLimitOptions(**raw.get("api_limits", {}))
             metrics = MetricsOptions(**raw.get("metrics", {}))
             url = str(raw["database_url"])
+            nats_url = raw.get("nats_url")
+            if nats_url is not None and not isinstance(nats_url, str):
+                raise TypeError("nats_url must be a string (URLs separated by commas)")
         except FileNotFoundError:
             raise ConfigurationError(
                 f"{data_dir} is not a Tether cloud data directory (no {SETTINGS_FILE}); "
@@ -262,4 +280,5 @@ class CloudSettings:
             api=api,
             api_limits=api_limits,
             metrics=metrics,
+            nats_url=nats_url,
         )
