@@ -74,6 +74,17 @@ def serve_cluster(
                 )
             if api is not None:
                 console.print(f"[green]admin API[/] on https://{settings.api.host}:{api_port}")
+            if settings.metrics.enabled:
+                where = f"http://{settings.metrics.host}"
+                parts = []
+                if workers is not None:
+                    first, *others = workers.metrics_ports
+                    extra = f"; workers 2..: ports {', '.join(map(str, others))}" if others else ""
+                    parts.append(f"gateway {where}:{first}/metrics (/healthz, /readyz{extra})")
+                api_metrics = getattr(api, "metrics_port", None)
+                if api_metrics is not None:
+                    parts.append(f"admin API {where}:{api_metrics}/metrics")
+                console.print(f"[green]metrics[/] {'; '.join(parts)}")
 
         uvloop.run(serve_workers(workers, api, on_ready=ready))
     finally:

@@ -2,8 +2,9 @@
 
 With one endpoint (what a single-worker ``tether cloud serve`` and most tests use) it carries
 nothing: the broker already delivered to every session it has, which is today's behaviour.
-With several endpoints on one hub, a message published at one reaches the others on the next
-loop iteration (``call_soon``: never inside the publisher's call, as a network bus would not),
+With several endpoints on one hub, a message published at one reaches the others on their
+next loop iteration (``call_soon_threadsafe`` on the loop each endpoint started on, so the
+brokers may run on one loop or on several threads; never inside the publisher's call),
 so the cross-worker rules (no echo, one copy, takeover) are testable without a server.
 """
 
@@ -12,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from tether.cloud.bus.base import ControlHandler, Receiver
 from tether.cloud.gateway.topics import matches
@@ -45,6 +47,7 @@ class InProcessBus:
         self._receiver: Receiver | None = None
         self._wanted: Counter[str] = Counter()
         self._handlers: dict[str, list[ControlHandler]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def attach(self, receiver: Receiver) -> None:
         """Where messages from the hub's other endpoints go."""
@@ -54,10 +57,9 @@ class InProcessBus:
         """Schedule delivery to every other endpoint with a matching filter (once each)."""
         if len(self.hub.endpoints) == 1:
             return
-        loop = asyncio.get_running_loop()
         for other in self.hub.endpoints:
             if other is not self and other._interested(message.topic):
-                loop.call_soon(other._receive, message)
+                other._schedule(other._receive, message)
 
     def want(self, topic_filter: str) -> None:
         """Declare interest in ``topic_filter``."""
@@ -71,23 +73,28 @@ class InProcessBus:
 
     def announce(self, channel: str, payload: bytes) -> None:
         """Schedule ``payload`` to every other endpoint's ``channel`` handlers."""
-        loop = asyncio.get_running_loop()
         for other in self.hub.endpoints:
             if other is not self:
                 for handler in other._handlers.get(channel, ()):
-                    loop.call_soon(handler, payload)
+                    other._schedule(handler, payload)
 
     def listen(self, channel: str, handler: ControlHandler) -> None:
         """Call ``handler`` for other endpoints' announcements on ``channel``."""
         self._handlers.setdefault(channel, []).append(handler)
 
     async def start(self) -> None:
-        """Nothing to connect."""
+        """Note the loop this endpoint's broker runs on (deliveries are scheduled there)."""
+        self._loop = asyncio.get_running_loop()
 
     async def close(self) -> None:
         """Leave the hub."""
         if self in self.hub.endpoints:
             self.hub.endpoints.remove(self)
+
+    def _schedule(self, callback: Callable[[Any], None], argument: Any) -> None:
+        loop = self._loop if self._loop is not None else asyncio.get_running_loop()
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(callback, argument)
 
     def _interested(self, topic: str) -> bool:
         return any(matches(topic_filter, topic) for topic_filter in self._wanted)

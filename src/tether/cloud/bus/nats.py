@@ -35,7 +35,6 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
@@ -98,24 +97,32 @@ class NatsBus:
 
     async def start(self) -> None:
         """Connect (raises ``BusUnavailableError``) and start the writer task."""
+        nc = Client()
         try:
-            self._nc = await nats.connect(
-                servers=self.servers,
-                name=f"{self.name} {self.worker_id}",
-                connect_timeout=self._connect_timeout,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.2,
-                pending_size=self._pending_bytes,
-                disconnected_cb=self._disconnected,
-                reconnected_cb=self._reconnected,
-                error_cb=self._error,
+            # nats-py retries the first connection as long as reconnects are allowed: bound it.
+            await asyncio.wait_for(
+                nc.connect(
+                    servers=self.servers,
+                    name=f"{self.name} {self.worker_id}",
+                    connect_timeout=self._connect_timeout,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.2,
+                    pending_size=self._pending_bytes,
+                    disconnected_cb=self._disconnected,
+                    reconnected_cb=self._reconnected,
+                    error_cb=self._error,
+                ),
+                self._connect_timeout * len(self.servers) + 1.0,
             )
-        except Exception as exc:  # nats-py raises its own tree and OSError
+        except Exception as exc:  # nats-py raises its own tree, OSError, TimeoutError
+            with contextlib.suppress(Exception):
+                await nc.close()
             raise BusUnavailableError(
                 f"Cannot reach NATS at {', '.join(self.servers)} ({type(exc).__name__}: {exc}); "
                 "start nats-server or fix nats_url in cloud.json."
             ) from exc
+        self._nc = nc
         for channel in self._handlers:
             await self._nc.subscribe(CONTROL_PREFIX + channel, cb=self._on_control)
         self._pump = asyncio.create_task(self._write(), name="tether-bus-writer")
