@@ -25,7 +25,16 @@ from pathlib import Path
 
 from bench.common import REPO, run_one
 
-BENCHMARKS = ("connect", "issuance", "revocation", "abuse", "scale", "memory", "tokens")
+BENCHMARKS = (
+    "connect",
+    "issuance",
+    "revocation",
+    "abuse",
+    "scale",
+    "memory",
+    "tokens",
+    "workers",
+)
 JSON_PATH = REPO / "docs" / "benchmarks.json"
 DOC_PATH = REPO / "docs" / "benchmarks.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"

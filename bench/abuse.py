@@ -149,7 +149,7 @@ def _server(world: World, api_port: int, work: Path) -> Iterator[int]:
     """``tether cloud serve`` with a known API port (the abusers of the API need it)."""
     port = world.settings.gateway.port
     command = [str(TETHER), "cloud", "serve", str(world.settings.data_dir),
-               "--api-port", str(api_port), "--log-level", "WARNING"]  # fmt: skip
+               "--api-port", str(api_port), "--log-level", "WARNING", "--workers", "1"]  # fmt: skip
     with process(command, log=work / "tether-serve.log") as child:
         wait_for_port(port, child=child)
         wait_for_port(api_port, child=child)

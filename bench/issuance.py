@@ -518,7 +518,8 @@ def run(work: Path, repeats: int) -> Result:
     api_raw = work / "api-profile.txt"
 
     env = {**os.environ, "TETHER_CA_PASSPHRASE": setup.passphrase}
-    command = [str(TETHER), "cloud", "serve", str(setup.data_dir), "--log-level", "WARNING"]
+    command = [str(TETHER), "cloud", "serve", str(setup.data_dir), "--log-level", "WARNING",
+               "--workers", "1"]  # fmt: skip
     endpoint = Endpoint(f"https://127.0.0.1:{setup.api_port}", str(setup.pinned_ca), setup.token)
     with process(command, log=work / "serve.log", env=env) as server:
         wait_for_port(setup.api_port, child=server)

@@ -4,7 +4,9 @@ The gateway runs its own accept loop and does each TLS handshake in the connecti
 (:mod:`tether.cloud.gateway.handshake`: why, and the refusal codes). The table of live
 sessions lets an administrator drop every session of a revoked identity at once, and one
 client id has one session across every worker sharing the bus
-(:mod:`tether.cloud.gateway.takeover`).
+(:mod:`tether.cloud.gateway.takeover`). (Over 400 lines because the bounds below all act in
+one connection's life, accept -> TLS -> verdict -> session; the TLS handshake, admission and
+the session table already live in their own modules.)
 
 No client can hold what another needs (each bound is a setting, counted and logged with its
 :class:`~tether.cloud.gateway.limits.LimitCode` when it acts):
@@ -32,15 +34,14 @@ import logging
 import signal
 import socket
 import ssl
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import uvloop
 from cryptography import x509
 from mqtt5 import ConnAckReasonCode, DisconnectReasonCode
 
 from tether.cloud.bus.base import Bus
+from tether.cloud.gateway.admission import Admission
 from tether.cloud.gateway.broker import Broker
 from tether.cloud.gateway.errors import GatewayConfigurationError
 from tether.cloud.gateway.events import log_event
@@ -73,14 +74,6 @@ from tether.cloud.gateway.tls import build_server_context
 
 logger = logging.getLogger("tether.gateway")
 ACCEPT_BATCH = 64  # connections taken from the kernel's accept queue per loop iteration
-
-
-@dataclass
-class _Pending:
-    """A connection whose CONNECT is not accepted yet: where from, and whether in TLS still."""
-
-    host: str
-    in_tls: bool = True
 
 
 def _peer_name(address: object) -> str:
@@ -141,8 +134,7 @@ class Gateway:
         self._stopping = False
         self.counters = LimitCounters()
         self._open = 0  # accepted connections not yet closed
-        self._pending: dict[asyncio.Task[None], _Pending] = {}  # oldest first
-        self._pending_by_host: Counter[str] = Counter()
+        self._admission = Admission(settings, self.counters)
         self._fd_limit = 0
         self._max_connections = settings.max_connections
 
@@ -267,7 +259,7 @@ class Gateway:
             settings={name: getattr(self.settings, name) for name in LIMIT_SETTINGS},
             counters=self.counters.snapshot(),
             open_connections=self._open,
-            pending_connections=len(self._pending),
+            pending_connections=len(self._admission.pending),
             sessions=sum(1 for session in self._live if session.connected),
             subscriptions=self.broker.subscription_count(),
             max_connections=self._max_connections,
@@ -306,7 +298,7 @@ class Gateway:
         """Admit an accepted connection (or close it) and start its handler task."""
         peer = _peer_name(address)
         host = str(address[0]) if isinstance(address, tuple) else peer
-        if not self._admit(host, peer):
+        if not self._admission.admit(host, peer, self._open, self._max_connections):
             connection.close()
             return
         try:
@@ -319,50 +311,7 @@ class Gateway:
         task = loop.create_task(self._handle_connection(connection, peer))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        self._pending[task] = _Pending(host)
-        self._pending_by_host[host] += 1
-
-    def _admit(self, host: str, peer: str) -> bool:
-        """Whether a just-accepted connection may proceed (evicting the oldest if need be)."""
-        if self._open >= self._max_connections:
-            self.counters.hit(
-                LimitCode.CONNECTION_CAP,
-                f"{self._open} connections open (max_connections={self._max_connections}); "
-                "new connection closed",
-                peer=peer,
-            )
-            return False
-        if self._pending_by_host[host] >= self.settings.max_pending_per_address:
-            self.counters.hit(
-                LimitCode.PENDING_PER_ADDRESS,
-                f"{self._pending_by_host[host]} connections from {host} have not finished "
-                f"TLS + CONNECT (max_pending_per_address={self.settings.max_pending_per_address})"
-                "; new connection closed",
-                peer=peer,
-            )
-            return False
-        if len(self._pending) < self.settings.max_pending_connections:
-            return True
-        victim = next((task for task, state in self._pending.items() if state.in_tls), None)
-        self.counters.hit(
-            LimitCode.PENDING_CAP,
-            f"{len(self._pending)} connections have not finished TLS + CONNECT "
-            f"(max_pending_connections={self.settings.max_pending_connections}); "
-            + ("evicted the oldest still in its TLS handshake" if victim else "closed the new one"),
-            peer=peer,
-        )
-        if victim is None:
-            return False
-        self._leave_pending(victim)
-        victim.cancel()
-        return True
-
-    def _leave_pending(self, task: asyncio.Task[None] | None) -> None:
-        state = self._pending.pop(task, None) if task is not None else None
-        if state is not None:
-            self._pending_by_host[state.host] -= 1
-            if self._pending_by_host[state.host] <= 0:
-                del self._pending_by_host[state.host]
+        self._admission.enter(task, host)
 
     async def _handle_connection(self, connection: socket.socket, peer: str) -> None:
         now = asyncio.get_running_loop().time()
@@ -381,9 +330,7 @@ class Gateway:
             if opened is None:
                 return
             reader, writer, leaf = opened
-            pending = self._pending.get(task) if task is not None else None
-            if pending is not None:
-                pending.in_tls = False
+            self._admission.tls_done(task)
             stream = PacketStream(reader, self.settings.max_packet_size)
             identity = await self._authorize(leaf, stream, writer, peer, deadline)
             if identity is None:
@@ -408,7 +355,7 @@ class Gateway:
             )
         finally:
             attempt.finish()
-            self._leave_pending(task)
+            self._admission.leave(task)
             self._open -= 1
             if writer is None:
                 # TLS never completed (refused, timed out, evicted): the socket is still ours.
@@ -476,7 +423,7 @@ class Gateway:
         return identity
 
     def _register(self, session: Session) -> None:
-        self._leave_pending(asyncio.current_task())  # CONNECT accepted: no longer pending
+        self._admission.leave(asyncio.current_task())  # CONNECT accepted: no longer pending
         self._table.register(session)
 
     def _taken_over(self, previous: Session, by_peer: str, fingerprint: str) -> None:
