@@ -60,7 +60,7 @@ def serve_cluster(
 
         def ready(
             workers: GatewayWorkers | None,
-            api: ApiLike | None,
+            _api: ApiLike | None,
             bound: int | None,
             api_port: int | None,
         ) -> None:
@@ -73,7 +73,11 @@ def serve_cluster(
                     f"{', '.join(servers)} ({bus}); registry {registry})"
                 )
             if api is not None:
-                console.print(f"[green]admin API[/] on https://{settings.api.host}:{api_port}")
+                signing = "online device CA loaded" if api.signs else "no online device CA"
+                console.print(
+                    f"[green]admin API[/] on https://{settings.api.host}:{api_port} ({signing}; "
+                    f"pid {api.pid}; OpenAPI at /openapi.json)"
+                )
             if settings.metrics.enabled:
                 where = f"http://{settings.metrics.host}"
                 parts = []

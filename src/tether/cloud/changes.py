@@ -37,6 +37,7 @@ CHANNEL = "tether_audit"
 SAFETY_INTERVAL = 2.0  # seconds: the longest the feed goes without reading the log
 FILE_INTERVAL = 0.01  # seconds between two stat() of the SQLite files
 RECONNECT_DELAY = 0.2
+SETTLE_DELAYS = (0.005, 0.05)  # seconds after a SQLite file event (see FileChange)
 
 
 class ChangeSignal(Protocol):
@@ -186,7 +187,12 @@ class FileChange(_Woken):
         assert self._inotify is not None
         names = {path.name for path in self._paths}
         if any(name in names for name in self._inotify.names()):
-            self._wake()
+            # SQLite writes the WAL frame (the event) a moment before it publishes it in the
+            # shared-memory index readers consult: a read at once may not see the commit yet.
+            # Wake after the write has settled, and once more in case the first was too soon.
+            loop = asyncio.get_running_loop()
+            for delay in SETTLE_DELAYS:
+                loop.call_later(delay, self._wake)
 
     async def _watch(self) -> None:
         last = self._state()
@@ -195,7 +201,9 @@ class FileChange(_Woken):
             state = self._state()
             if state != last:
                 last = state
-                self._wake()
+                loop = asyncio.get_running_loop()
+                for delay in SETTLE_DELAYS:  # as with inotify: let the commit settle
+                    loop.call_later(delay, self._wake)
 
     async def close(self) -> None:
         """Stop watching."""

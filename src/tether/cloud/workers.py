@@ -218,10 +218,10 @@ class GatewayWorkers:
         try:
             port = await first.start()
             self._watch(first)
-            for args in self._args[1:]:
-                worker = _Worker(_with_port(args, port))
-                self.workers.append(worker)
-                await worker.start()
+            others = [_Worker(_with_port(args, port)) for args in self._args[1:]]
+            self.workers += others
+            await asyncio.gather(*(worker.start() for worker in others))  # side by side
+            for worker in others:
                 self._watch(worker)
         except BaseException:
             await self.stop()
