@@ -149,6 +149,11 @@ class CloudService:
         self._trust_stale = False  # the last TLS trust reload failed; retried by the feed
         self.feed = FeedStats()  # lag, endings, time to drop (for metrics and /readyz)
 
+    @property
+    def feed_current(self) -> bool:
+        """Whether the feed is current (else new verdicts are refused; see the docstring)."""
+        return self._current
+
     # -- IdentityAuthority, for the gateway ------------------------------------------------
 
     def trusted_ca_certificates(self) -> Sequence[x509.Certificate]:
