@@ -77,6 +77,7 @@ class NatsBus:
         self.name = name
         self.dropped = 0  # messages refused because the queue was full
         self.malformed = 0  # bus messages that did not decode
+        self.failed_writes = 0  # queue items the connection refused (logged sparsely)
         self._max_queued = max_queued
         self._pending_bytes = pending_bytes
         self._connect_timeout = connect_timeout
@@ -227,7 +228,10 @@ class NatsBus:
                             await nc.flush(timeout=2)
                         return
                 except Exception as exc:  # buffer full while disconnected, connection closed
+                    self.failed_writes += 1
                     self.dropped += kind == "pub"
+                    if self.failed_writes != 1 and self.failed_writes % 10_000:
+                        continue  # one line per 10,000 failures, not one per message
                     log.warning(
                         "bus write failed (%s): %s",
                         type(exc).__name__,
