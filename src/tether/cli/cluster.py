@@ -56,6 +56,7 @@ def serve_cluster(
                 log_level=log_level,
                 log_format=log_format,
                 metrics_port=metrics_port,
+                nats_pid=local.pid if local is not None else None,
             )
 
         def ready(

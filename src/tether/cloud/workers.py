@@ -10,10 +10,11 @@ and hosts. One worker crashing does not stop the others: the supervisor restarts
 
 Children start with ``spawn`` (a fresh interpreter, nothing inherited) and report their bound
 port on a pipe, like the API process (:mod:`tether.cloud.api.process`), and exit by themselves
-when the supervisor goes away. The first worker binds the configured port (``0``: any free
-port); the others bind the port it got. The first worker's ``/metrics`` listener is on
-``metrics.port`` (what the API's ``/sessions`` and the console read); the others take a free
-port each.
+when the supervisor goes away (the first one then also stops the supervisor's local
+nats-server, which nothing else would stop after a SIGKILL). The first worker binds the
+configured port (``0``: any free port); the others bind the port it got. The first
+worker's ``/metrics`` listener is on ``metrics.port`` (what the API's ``/sessions`` and the
+console read); the others take a free port each.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 import sys
 import time
@@ -56,7 +58,8 @@ class WorkerArgs:
     nats_servers: tuple[str, ...]
     log_level: str
     log_format: str = "text"
-    metrics_port: int | None = None  # None: metrics.port (+ index) from cloud.json
+    metrics_port: int | None = None  # None: metrics.port from cloud.json (worker 0)
+    nats_pid: int | None = None  # the supervisor's local nats-server (worker 0 only)
 
 
 async def _serve_worker(args: WorkerArgs, conn: Connection, parent_alive: Connection) -> None:
@@ -75,7 +78,14 @@ async def _serve_worker(args: WorkerArgs, conn: Connection, parent_alive: Connec
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_reader(parent_alive.fileno(), stop.set)
+
+        def orphaned() -> None:
+            # The supervisor is gone without stopping us (SIGKILL): nothing else will stop
+            # the nats-server it started, so the first worker does, then stops itself.
+            _stop_orphaned_nats(args.nats_pid)
+            stop.set()
+
+        loop.add_reader(parent_alive.fileno(), orphaned)
         port = await service.start()
         endpoints = None
         metrics_port = None
@@ -100,6 +110,15 @@ async def _serve_worker(args: WorkerArgs, conn: Connection, parent_alive: Connec
             await service.stop()
     finally:
         registry.close()
+
+
+def _stop_orphaned_nats(pid: int | None) -> None:
+    """SIGTERM the supervisor's nats-server, if ``pid`` still is one (pids are reused)."""
+    if pid is None:
+        return
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/comm").read_text().strip() == "nats-server":
+            os.kill(pid, signal.SIGTERM)
 
 
 def _worker_main(args: WorkerArgs, conn: Connection, parent_alive: Connection) -> None:
@@ -187,13 +206,23 @@ class GatewayWorkers:
         log_level: str,
         log_format: str = "text",
         metrics_port: int | None = None,
+        nats_pid: int | None = None,
     ) -> None:
         if count < 1:
             raise ConfigurationError(
                 f"--workers must be at least 1 (got {count})", code="workers_invalid"
             )
         self._args = [
-            WorkerArgs(data_dir, index, port, nats_servers, log_level, log_format, metrics_port)
+            WorkerArgs(
+                data_dir,
+                index,
+                port,
+                nats_servers,
+                log_level,
+                log_format,
+                metrics_port,
+                nats_pid if index == 0 else None,
+            )
             for index in range(count)
         ]
         self.workers: list[_Worker] = []
