@@ -150,7 +150,7 @@ def _server(world: World, api_port: int, work: Path) -> Iterator[int]:
     port = world.settings.gateway.port
     command = [str(TETHER), "cloud", "serve", str(world.settings.data_dir),
                "--api-port", str(api_port), "--publish-port", "0",
-               "--log-level", "WARNING"]  # fmt: skip
+               "--log-level", "WARNING", "--workers", "1"]  # fmt: skip
     with process(command, log=work / "tether-serve.log") as child:
         wait_for_port(port, child=child)
         wait_for_port(api_port, child=child)

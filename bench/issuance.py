@@ -519,7 +519,7 @@ def run(work: Path, repeats: int) -> Result:
 
     env = {**os.environ, "TETHER_CA_PASSPHRASE": setup.passphrase}
     command = [str(TETHER), "cloud", "serve", str(setup.data_dir), "--publish-port", "0",
-               "--log-level", "WARNING"]  # fmt: skip
+               "--log-level", "WARNING", "--workers", "1"]  # fmt: skip
     endpoint = Endpoint(f"https://127.0.0.1:{setup.api_port}", str(setup.pinned_ca), setup.token)
     with process(command, log=work / "serve.log", env=env) as server:
         wait_for_port(setup.api_port, child=server)

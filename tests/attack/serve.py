@@ -133,6 +133,10 @@ class ServeProcess:
                 "0",
                 "--log-level",
                 log_level,
+                # One process: the bounds under attack are per worker, and a worker per core
+                # (plus a nats-server) takes several times longer to start on a loaded CI.
+                "--workers",
+                "1",
             ),
             stdout=subprocess.PIPE,
             stderr=self.log_file,

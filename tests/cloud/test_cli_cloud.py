@@ -267,3 +267,16 @@ def test_cli_move_device_hands_the_serial_to_another_ca(
     # paho's reconnect with the old CA's certificate was refused, and that was audited.
     refused = actions["connection.refused"].details
     assert refused["code"] == "serial_bound_to_other_ca"
+
+
+@pytest.mark.parametrize(
+    ("option", "code"),
+    [(("--role", "worker"), "role_unknown"), (("--workers", "0"), "workers_invalid")],
+)
+def test_serve_refuses_a_bad_role_or_worker_count(
+    option: tuple[str, str], code: str, tmp_path: Path
+) -> None:
+    done = tether("cloud", "serve", tmp_path, *option)
+    assert done.returncode == EXIT_TETHER_ERROR
+    assert code in done.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing started, nothing written

@@ -1,13 +1,21 @@
 """The cloud process: the gateway over the registry, and the feed that makes revocation instant.
 
 Revocation must refuse the next handshake *and* drop the live sessions at once, whichever
-process made the change (the API in this process, ``tether cloud`` commands run by an operator,
-another gateway process on another core). The registry's append-only audit log already records
-every change in commit order, so each gateway process follows it: a cheap indexed read of the
-entries after the last one seen, every ``poll_interval`` seconds. A revocation, a disabled
-device or a deactivated CA then drops the matching sessions; a CA change also rebuilds the TLS
-trust store. The handshake path itself always asks the registry, so a new connection is refused
-even before the feed catches up.
+process made the change (the API process, ``tether cloud`` commands run by an operator,
+another gateway worker on another core or host). The registry's append-only audit log records
+every change in commit order and stays the source of truth; each gateway worker follows it
+from its last position. It reads when told the log grew (:mod:`tether.cloud.changes`:
+PostgreSQL ``LISTEN/NOTIFY``, or a ``stat`` of the SQLite files), and at least every
+``SAFETY_INTERVAL``, instead of every 10 ms: an idle service costs next to nothing. A
+revocation, a disabled device or a deactivated CA then drops the matching sessions; a CA
+change also rebuilds the TLS trust store. Each entry is dispatched in one place
+(:meth:`CloudService.dispatch`). The handshake path itself always asks the registry, so a new
+connection is refused even before the feed catches up.
+
+Fail closed: while the change signal cannot promise to wake the feed (the LISTEN connection is
+lost) or the last read of the log failed, the worker refuses new verdicts
+(``registry_feed_behind``); it accepts again only after a read of the log that began with the
+signal listening, so nothing committed while it was deaf can be missed.
 
 Lanes: the feed's registry reads run on one thread of their own (``tether-feed``), verdicts on
 the authority's verdict threads, and the "last seen" bookkeeping on another thread; none of
@@ -28,6 +36,8 @@ from typing import Protocol, TypeVar
 from cryptography import x509
 
 from tether.cloud.authority import RegistryAuthority
+from tether.cloud.bus import Bus
+from tether.cloud.changes import SAFETY_INTERVAL, ChangeSignal, signal_for
 from tether.cloud.gateway import Gateway, GatewaySettings, HandshakeRefused, Identity
 from tether.cloud.observability.feed import FeedStats
 from tether.cloud.policy.live import LivePolicy
@@ -45,7 +55,9 @@ from tether.errors import TetherError
 
 log = logging.getLogger("tether.cloud")
 
-DEFAULT_POLL_INTERVAL = 0.01
+DEFAULT_POLL_INTERVAL = SAFETY_INTERVAL  # kept for callers that pass it explicitly
+RETRY_INTERVAL = 0.2  # seconds between reads while the feed is not current
+AUDIT_PAGE = 500  # entries per read (Registry.audit_after's default limit)
 SEEN_FLUSH_INTERVAL = 1.0  # seconds between writes of the devices' "last seen" times
 T = TypeVar("T")
 
@@ -114,18 +126,29 @@ class CloudService:
         registry: Registry,
         gateway_settings: GatewaySettings,
         *,
-        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        poll_interval: float = SAFETY_INTERVAL,
+        bus: Bus | None = None,
+        changes: ChangeSignal | None = None,
+        mqtt_state: bool = False,
     ) -> None:
+        # ``mqtt_state``: retained messages and persistent sessions in the registry
+        # (gateway/state.py). ``tether cloud serve`` turns them on; a service built without
+        # them answers Retain Available 0 and keeps no session past its connection.
         self.registry = registry
+        self._mqtt_state = mqtt_state
+        self._detach_stores: Callable[[], None] | None = None
         self.authority = RegistryAuthority(
             registry, verdict_threads=gateway_settings.verdict_threads
         )
         self._feed_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-feed")
         # Topic policies from the registry, re-read on the feed's lane after each change.
         self.policy = LivePolicy(registry, lane=self._feed_lane)
-        self.gateway = Gateway(gateway_settings, self, policy=self.policy)
+        self.gateway = Gateway(gateway_settings, self, policy=self.policy, bus=bus)
         self._seen_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-last-seen")
-        self.poll_interval = poll_interval
+        self.poll_interval = poll_interval  # the longest the feed goes without reading
+        self.changes = changes if changes is not None else signal_for(registry.url)
+        self._current = False  # the feed has read the log with the signal listening
+        self._feed_error = False  # the last read of the audit log failed
         self._follower: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._last_seen = 0
@@ -134,6 +157,11 @@ class CloudService:
         self._recent: list[_Ending] = []  # endings applied while handshakes were in flight
         self._trust_stale = False  # the last TLS trust reload failed; retried by the feed
         self.feed = FeedStats()  # lag, endings, time to drop (for metrics and /readyz)
+
+    @property
+    def feed_current(self) -> bool:
+        """Whether the feed is current (else new verdicts are refused; see the docstring)."""
+        return self._current
 
     # -- IdentityAuthority, for the gateway ------------------------------------------------
 
@@ -148,6 +176,18 @@ class CloudService:
         code of the change that ended the identity: ``certificate_revoked``,
         ``device_disabled``, ``ca_inactive``...).
         """
+        if not self._current:
+            if self._feed_error:
+                raise HandshakeRefused(
+                    "The registry is unreachable (this worker cannot read its audit log); "
+                    "refusing until it can.",
+                    code="registry_unavailable",
+                )
+            raise HandshakeRefused(
+                "This gateway worker lost its registry change notifications; refusing until "
+                "it has listened again and caught up from the audit log.",
+                code="registry_feed_behind",
+            )
         handshake = self._next_handshake
         self._next_handshake += 1
         self._in_flight[handshake] = self._last_seen
@@ -181,9 +221,17 @@ class CloudService:
 
     async def start(self) -> int:
         """Start the gateway and the registry feed; returns the gateway's port."""
+        await self.changes.start()
         self._last_seen = await self._in(self._feed_lane, self.registry.last_audit_id)
+        self._current = self.changes.current
         self.feed.polled(self._last_seen)
         await self.policy.load()
+        if self._mqtt_state:
+            from tether.cloud.gateway.state import attach_stores
+            from tether.cloud.registry.mqtt_state import RegistryMqttState
+
+            state = RegistryMqttState.on(self.registry)
+            self._detach_stores = await attach_stores(self.gateway.broker, state)
         port = await self.gateway.start()
         self._follower = asyncio.create_task(self._follow(), name="tether-registry-feed")
         self._flusher = asyncio.create_task(self._flush_seen(), name="tether-last-seen")
@@ -197,7 +245,11 @@ class CloudService:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._follower = self._flusher = None
+        await self.changes.close()
         await self.gateway.stop()
+        if self._detach_stores is not None:
+            self._detach_stores()
+            self._detach_stores = None
         try:
             await self._in(self._seen_lane, self.authority.flush_seen)
         except TetherError as exc:
@@ -212,38 +264,52 @@ class CloudService:
         return await asyncio.get_running_loop().run_in_executor(lane, fn, *args)
 
     async def apply_changes(self) -> int:
-        """Act on every registry change since the last call; returns the sessions dropped."""
-        entries = await self._in(self._feed_lane, self.registry.audit_after, self._last_seen)
+        """Act on every registry change since the last call; returns the sessions dropped.
+
+        The feed is *current* afterwards only if the change signal was listening before the
+        read began and did not reconnect during it (see the module docstring).
+        """
+        listening, epoch = self.changes.current, self.changes.epoch
         dropped = 0
-        for entry in entries:
-            if entry.action.startswith("ca."):
-                self.authority.forget_cas()
-                self._reload_trust()
-            elif entry.action == SERVER_CERTIFICATE_ROTATED:
-                # New handshakes present the new certificate; live sessions keep theirs.
-                self._reload_trust()
-                log.info(
-                    "gateway certificate reloaded (%s by %s)",
-                    entry.target,
-                    entry.actor,
-                    extra={"tether_code": "server_certificate_reloaded"},
-                )
-            ending = _ended_sessions(entry)
-            self._last_seen = entry.id
-            if ending is not None:
-                # Noted before the drop picks its targets: a verdict that lands after this
-                # line sees the ending; one that landed before is a live session and dropped.
-                if self._in_flight:
-                    self._recent.append(ending)
-                count = await self.gateway.drop_sessions(
-                    ending.matches, reason=f"{entry.action} {entry.target} by {entry.actor}"
-                )
-                self.feed.ended(ending.code, count, entry.at)
-                dropped += count
-            # Policy, group and attribute changes re-evaluate the live sessions they touch.
-            dropped += await self.policy.on_audit_entry(entry, self.gateway)
+        while True:
+            entries = await self._in(self._feed_lane, self.registry.audit_after, self._last_seen)
+            for entry in entries:
+                dropped += await self.dispatch(entry)
+            if len(entries) < AUDIT_PAGE:
+                break
+        self._current = listening and self.changes.current and epoch == self.changes.epoch
+        self._feed_error = False
         self.feed.polled(self._last_seen)
         return dropped
+
+    async def dispatch(self, entry: AuditEntry) -> int:
+        """The one place an audit entry acts on this worker; returns the sessions dropped."""
+        if entry.action.startswith("ca."):
+            self.authority.forget_cas()
+            self._reload_trust()
+        elif entry.action == SERVER_CERTIFICATE_ROTATED:
+            # New handshakes present the new certificate; live sessions keep theirs.
+            self._reload_trust()
+            log.info(
+                "gateway certificate reloaded (%s by %s)",
+                entry.target,
+                entry.actor,
+                extra={"tether_code": "server_certificate_reloaded"},
+            )
+        ending = _ended_sessions(entry)
+        self._last_seen = entry.id
+        count = 0
+        if ending is not None:
+            # Noted before the drop picks its targets: a verdict that lands after this line
+            # sees the ending; one that landed before is a live session and dropped.
+            if self._in_flight:
+                self._recent.append(ending)
+            count = await self.gateway.drop_sessions(
+                ending.matches, reason=f"{entry.action} {entry.target} by {entry.actor}"
+            )
+            self.feed.ended(ending.code, count, entry.at)
+        # Policy, group and attribute changes re-evaluate the live sessions they touch.
+        return count + await self.policy.on_audit_entry(entry, self.gateway)
 
     def _reload_trust(self) -> None:
         """Rebuild the TLS trust store; a failure is logged and retried, never fatal.
@@ -268,14 +334,18 @@ class CloudService:
                     self._reload_trust()
                 await self.apply_changes()
             except TetherError as exc:
-                # The registry is unreachable: new handshakes already fail closed; keep trying.
+                # The registry is unreachable: new handshakes fail closed; keep trying.
+                self._current = False
+                self._feed_error = True
                 self.feed.failed()
                 log.error("cannot read registry changes (%s): %s", exc.code, exc.message)
             except Exception:
                 # A bug must not silently end revocation for the life of the process.
+                self._current = False
+                self._feed_error = True
                 self.feed.failed()
                 log.exception("applying registry changes failed; retrying")
-            await asyncio.sleep(self.poll_interval)
+            await self.changes.wait(self.poll_interval if self._current else RETRY_INTERVAL)
 
     async def _flush_seen(self) -> None:
         while True:

@@ -39,6 +39,10 @@ issue 19): relying parties fetch revocation data without credentials and often w
 (a TLS check of a CRL's server would need revocation data first), and the answers are
 signed, so plain HTTP is the convention (RFC 5280 4.2.1.13, RFC 6960). Its ``url`` is what
 the cloud writes into the certificates it issues (CRL distribution point, OCSP responder).
+``nats_url`` (optional; one URL or several separated by commas) names an existing NATS
+server or cluster for messages between gateway workers and hosts (issue 15). Without it,
+``tether cloud serve --workers N`` with N > 1 starts and supervises a loopback nats-server of
+its own (:mod:`tether.cloud.bus.natsd`).
 
 ``api_limits`` bounds the admin API's path (issue 14); see :class:`ApiLimitOptions` for each
 number and why. Every limit logs a stable reason code when it acts and is counted in
@@ -214,6 +218,14 @@ class CloudSettings:
     metrics: MetricsOptions = field(default_factory=MetricsOptions)
     enrollment: EnrollmentOptions = field(default_factory=EnrollmentOptions)
     publish: PublishOptions = field(default_factory=PublishOptions)
+    nats_url: str | None = None
+
+    @property
+    def nats_servers(self) -> tuple[str, ...]:
+        """The configured NATS servers (empty: none configured)."""
+        if not self.nats_url:
+            return ()
+        return tuple(url.strip() for url in self.nats_url.split(",") if url.strip())
 
     @property
     def server_chain(self) -> Path:
@@ -267,6 +279,8 @@ class CloudSettings:
             "enrollment": asdict(self.enrollment),
             "publish": asdict(self.publish),
         }
+        if self.nats_url:
+            data["nats_url"] = self.nats_url
         return (json.dumps(data, indent=2) + "\n").encode()
 
     @classmethod
@@ -292,6 +306,9 @@ class CloudSettings:
             enrollment = EnrollmentOptions(**raw.get("enrollment", {}))
             publish = PublishOptions(**raw.get("publish", {}))
             url = str(raw["database_url"])
+            nats_url = raw.get("nats_url")
+            if nats_url is not None and not isinstance(nats_url, str):
+                raise TypeError("nats_url must be a string (URLs separated by commas)")
         except FileNotFoundError:
             raise ConfigurationError(
                 f"{data_dir} is not a Tether cloud data directory (no {SETTINGS_FILE}); "
@@ -308,4 +325,5 @@ class CloudSettings:
             metrics=metrics,
             enrollment=enrollment,
             publish=publish,
+            nats_url=nats_url,
         )

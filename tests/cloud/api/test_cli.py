@@ -106,10 +106,15 @@ def _read_until(stream: object, pattern: str, deadline: float) -> re.Match[str]:
 
 
 def _serve(data: Path) -> subprocess.Popen[str]:
-    """``tether cloud serve DATA`` on free ports, its output piped for ``_read_until``."""
+    """``tether cloud serve DATA`` on free ports, its output piped for ``_read_until``.
+
+    One gateway worker: these tests are about the API process beside the gateway, and one
+    process starts in a fraction of the time of a worker per core (tests/cloud/test_cluster.py
+    covers several workers).
+    """
     return subprocess.Popen(
         [TETHER, "cloud", "serve", str(data), "--port", "0", "--api-port", "0",
-         *NO_FIXED_METRICS_PORTS],
+         "--workers", "1", *NO_FIXED_METRICS_PORTS],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
     )  # fmt: skip
 

@@ -28,6 +28,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from tests.cloud.gateway.pki import GatewayPKI, Issued
+from tether.cloud.bus import Bus
 from tether.cloud.gateway import Gateway, GatewaySettings, StaticAuthority
 from tether.cloud.gateway.framing import PacketFramer
 from tether.cloud.gateway.framing import decode as decode_mqtt5
@@ -39,12 +40,14 @@ TIMEOUT = 10.0
 class GatewayThread:
     """A started ``Gateway`` on a uvloop event loop in a daemon thread."""
 
-    def __init__(self, settings: GatewaySettings, authority: StaticAuthority) -> None:
+    def __init__(
+        self, settings: GatewaySettings, authority: StaticAuthority, *, bus: Bus | None = None
+    ) -> None:
         self.authority = authority
         self.loop = uvloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.gateway = Gateway(settings, authority)
+        self.gateway = Gateway(settings, authority, bus=bus)
         self.port = self.call(self.gateway.start())
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = TIMEOUT) -> T:

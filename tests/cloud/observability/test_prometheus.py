@@ -60,7 +60,9 @@ class Serve:
         self.log = log.open("ab")
         self.process = subprocess.Popen(
             [
-                *tether_command("cloud", "serve", str(data), "--port", "0", "--api-port", "0"),
+                *tether_command(
+                    "cloud", "serve", str(data), "--port", "0", "--api-port", "0", "--workers", "1"
+                ),  # one process: its /metrics count every connection
                 *("--metrics-port", str(metrics_port), "--api-metrics-port", str(api_metrics_port)),
                 *("--publish-port", "0", "--log-level", "WARNING"),
             ],

@@ -15,6 +15,7 @@ commands, so ``tether cloud --help`` and the remote commands do not pay for them
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -223,10 +224,20 @@ def serve(
     publish_port: int | None = typer.Option(
         None, help="Override publish.port (plain-HTTP CRLs and OCSP; 0: any free port)."
     ),
+    workers: int | None = typer.Option(
+        None,
+        help="Gateway worker processes on the gateway port (default: one per core; 1 keeps "
+        "one process). More than one uses NATS: nats_url in cloud.json, else a local "
+        "nats-server started and stopped with the service.",
+    ),
+    role: str = typer.Option(
+        "all", help="all, gateway (workers only) or api (the admin API only), for hosts apart."
+    ),
 ) -> None:
     """Run the gateway and the admin API until interrupted (Ctrl-C or SIGTERM)."""
     import uvloop
 
+    from tether.cli.cluster import ROLES, serve_cluster
     from tether.cloud.api import ApiProcess, ApiProcessArgs
     from tether.cloud.enrollment.runtime import enrollment_companions
     from tether.cloud.observability.endpoints import GatewayEndpoints
@@ -239,6 +250,15 @@ def serve(
         raise UsageError(
             f"unknown --log-format {log_format!r}; use one of {', '.join(LOG_FORMATS)}",
             code="log_format_unknown",
+        )
+    if role not in ROLES:
+        raise InvalidInputError(
+            f"unknown --role {role!r}; use one of {', '.join(ROLES)}", code="role_unknown"
+        )
+    count = (os.cpu_count() or 1) if workers is None else workers
+    if count < 1:
+        raise InvalidInputError(
+            f"--workers must be at least 1 (got {count})", code="workers_invalid"
         )
     _configure_logging(log_level, log_format)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter, not service news
@@ -265,9 +285,26 @@ def serve(
             publish_port=publish_port,
         )
     )
+    if role == "api" or count > 1 or settings.nats_servers:
+        if settings.enrollment.enabled and role != "api":
+            raise InvalidInputError(
+                "enrollment (EST and $tether/ over MQTT) runs in a single gateway process for "
+                "now: serve with --workers 1 and no nats_url, or turn enrollment off",
+                code="enrollment_needs_one_worker",
+            )
+        serve_cluster(
+            settings,
+            api if role != "gateway" else None,
+            count=count if role != "api" else 0,
+            port=port,
+            log_level=log_level,
+            log_format=log_format,
+            metrics_port=metrics_port,
+        )
+        return
     registry = Registry.open(settings.database_url)
     try:
-        service = CloudService(registry, settings.gateway_settings(**overrides))
+        service = CloudService(registry, settings.gateway_settings(**overrides), mqtt_state=True)
         extras = enrollment_companions(settings, service, passphrase)
 
         def ready(bound: int) -> None:
@@ -300,7 +337,7 @@ def serve(
                 host=settings.metrics.host,
                 port=settings.metrics.port if metrics_port is None else metrics_port,
                 feed_max_lag=settings.metrics.feed_max_lag,
-                api_alive=api.alive,
+                api_alive=api.alive if role == "all" else None,
             )
 
         def endpoints_ready(bound: int) -> None:
@@ -314,7 +351,7 @@ def serve(
             serve_until_signalled(
                 service,
                 on_ready=ready,
-                api=api,
+                api=api if role == "all" else None,
                 on_api_ready=api_ready,
                 endpoints=endpoints,
                 on_endpoints_ready=endpoints_ready,

@@ -1,4 +1,4 @@
-"""In-process subscription routing: who receives a message published to a topic.
+"""Subscription routing: who receives a message published to a topic.
 
 No retained messages, no persistent sessions, no shared subscriptions: a subscription lives
 as long as its session. Routing walks a :class:`~tether.cloud.gateway.topictree.TopicTree`, so
@@ -9,6 +9,7 @@ runs on the gateway's event loop; nothing here blocks or awaits.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -17,6 +18,7 @@ from tether.cloud.gateway.stats import GatewayStats
 from tether.cloud.gateway.topictree import TopicTree
 
 if TYPE_CHECKING:
+    from tether.cloud.bus.base import Bus
     from tether.cloud.gateway.persistence import PersistentSessions
     from tether.cloud.gateway.reserved import ReservedTopics
     from tether.cloud.gateway.retained import RetainedMessages
@@ -73,7 +75,7 @@ def attributed_properties(
 class Broker:
     """Subscriptions per subscriber, and fan-out of published messages."""
 
-    def __init__(self, stats: GatewayStats | None = None) -> None:
+    def __init__(self, stats: GatewayStats | None = None, *, bus: Bus | None = None) -> None:
         self.stats = stats or GatewayStats()  # messages in and out, for the metrics
         self._tree: TopicTree[Subscriber, Subscription] = TopicTree()
         self._filters: dict[Subscriber, dict[str, Subscription]] = {}
@@ -84,12 +86,19 @@ class Broker:
         self.retained: RetainedMessages | None = None
         # Persistent sessions (issue 17), the same way: None = no session outlives a connection.
         self.sessions: PersistentSessions | None = None
+        self.bus = bus
+        self._holders: Counter[str] = Counter()  # filter -> sessions holding it (bus interest)
+        if bus is not None:
+            bus.attach(self.deliver_from_bus)
 
     def subscribe(self, subscriber: Subscriber, subscription: Subscription) -> bool:
         """Add or replace a subscription; ``True`` if it replaced one with the same filter."""
         filters = self._filters.setdefault(subscriber, {})
         filters[subscription.topic_filter] = subscription
-        return self._tree.add(subscription.topic_filter, subscriber, subscription)
+        replaced = self._tree.add(subscription.topic_filter, subscriber, subscription)
+        if not replaced:
+            self._hold(subscription.topic_filter)
+        return replaced
 
     def unsubscribe(self, subscriber: Subscriber, topic_filter: str) -> bool:
         """Remove a subscription; ``True`` if it existed."""
@@ -97,6 +106,7 @@ class Broker:
         if filters is None or filters.pop(topic_filter, None) is None:
             return False
         self._tree.remove(topic_filter, subscriber)
+        self._release(topic_filter)
         return True
 
     def has_subscription(self, subscriber: Subscriber, topic_filter: str) -> bool:
@@ -107,6 +117,7 @@ class Broker:
         """Forget every subscription of a closed session."""
         for topic_filter in self._filters.pop(subscriber, {}):
             self._tree.remove(topic_filter, subscriber)
+            self._release(topic_filter)
 
     def subscription_count(self, subscriber: Subscriber | None = None) -> int:
         """How many subscriptions are live, in all or for one subscriber."""
@@ -118,8 +129,33 @@ class Broker:
         """Deliver to every matching subscriber once, at min(message QoS, best granted QoS).
 
         ``origin`` is the publishing session, so its ``no_local`` subscriptions are skipped.
-        Returns how many subscribers matched (delivered or dropped by the subscriber).
+        Returns how many subscribers matched (delivered or dropped by the subscriber) on this
+        worker, plus one when a bus carries it on: this worker cannot know whether another
+        has a subscriber, so it never answers 0x10 "no matching subscribers" for it.
         """
+        matched = self._route(message, origin)
+        if self.bus is not None:
+            self.bus.publish(message)
+            return matched + 1
+        return matched
+
+    def deliver_from_bus(self, message: Message) -> int:
+        """Route a message another worker published to this worker's sessions only."""
+        return self._route(message, None)
+
+    def _hold(self, topic_filter: str) -> None:
+        self._holders[topic_filter] += 1
+        if self._holders[topic_filter] == 1 and self.bus is not None:
+            self.bus.want(topic_filter)
+
+    def _release(self, topic_filter: str) -> None:
+        self._holders[topic_filter] -= 1
+        if self._holders[topic_filter] <= 0:
+            del self._holders[topic_filter]
+            if self.bus is not None:
+                self.bus.unwant(topic_filter)
+
+    def _route(self, message: Message, origin: Subscriber | None) -> int:
         best: dict[Subscriber, int] = {}
         for subscriber, subscription in self._tree.match(message.topic):
             if subscription.no_local and subscriber is origin:

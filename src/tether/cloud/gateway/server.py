@@ -1,13 +1,12 @@
 """The listener: TCP accept, TLS handshake, the authority's verdict, then an MQTT session.
 
-The gateway runs its own accept loop and does each TLS handshake with
-``loop.connect_accepted_socket(..., ssl=...)`` in the connection's task, so that a failed
-handshake is raised here and logged with a stable code (the peer did not present a
-certificate, its CA is not registered, it offered TLS 1.1 or only CBC suites...) instead of
-vanishing inside the event loop as it does with ``create_server(ssl=...)``. (Upgrading a plain
-stream with ``start_tls`` races with the ClientHello on uvloop: the plain stream may read it.)
-The table of live sessions lets an administrator drop every session of a revoked identity at
-once.
+The gateway runs its own accept loop and does each TLS handshake in the connection's task
+(:mod:`tether.cloud.gateway.handshake`: why, and the refusal codes). The table of live
+sessions lets an administrator drop every session of a revoked identity at once, and one
+client id has one session across every worker sharing the bus
+(:mod:`tether.cloud.gateway.takeover`). (Over 400 lines because the bounds below all act in
+one connection's life, accept -> TLS -> verdict -> session; the TLS handshake, admission and
+the session table already live in their own modules.)
 
 No client can hold what another needs (each bound is a setting, counted and logged with its
 :class:`~tether.cloud.gateway.limits.LimitCode` when it acts):
@@ -35,23 +34,23 @@ import logging
 import signal
 import socket
 import ssl
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import uvloop
 from cryptography import x509
 from mqtt5 import ConnAckReasonCode, DisconnectReasonCode
 
+from tether.cloud.bus.base import Bus
+from tether.cloud.gateway.admission import Admission
 from tether.cloud.gateway.broker import Broker
 from tether.cloud.gateway.errors import GatewayConfigurationError
 from tether.cloud.gateway.events import log_event
+from tether.cloud.gateway.handshake import tls_handshake
 from tether.cloud.gateway.identity import (
     BAD_CREDENTIAL_CODES,
     HandshakeRefused,
     Identity,
     IdentityAuthority,
-    certificate_fingerprint,
 )
 from tether.cloud.gateway.limits import (
     LimitCode,
@@ -66,52 +65,15 @@ from tether.cloud.gateway.settings import LIMIT_SETTINGS, GatewaySettings
 from tether.cloud.gateway.stats import GatewayStats
 from tether.cloud.gateway.streams import (
     CLOSE_TIMEOUT,
-    READ_CHUNK,
     PacketStream,
     close_writer,
     refuse_connect,
 )
+from tether.cloud.gateway.takeover import CHANNEL, SessionTable
 from tether.cloud.gateway.tls import build_server_context
 
 logger = logging.getLogger("tether.gateway")
 ACCEPT_BATCH = 64  # connections taken from the kernel's accept queue per loop iteration
-
-# OpenSSL X509_V_ERR_* codes a client certificate can fail with, mapped to refusal codes.
-_VERIFY_CODES = {
-    2: "ca_not_registered",  # unable to get issuer certificate
-    7: "certificate_signature_invalid",
-    9: "certificate_not_yet_valid",
-    10: "certificate_expired",
-    18: "ca_not_registered",  # self-signed leaf
-    19: "ca_not_registered",  # self-signed certificate in chain
-    20: "ca_not_registered",  # unable to get local issuer certificate
-    21: "ca_not_registered",  # unable to verify the first certificate
-    26: "profile_violation",  # unsupported certificate purpose (not clientAuth)
-}
-# OpenSSL reason strings for handshake failures that are not certificate verification.
-_TLS_REASONS = {
-    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no_client_certificate",
-    "UNSUPPORTED_PROTOCOL": "tls_version_refused",
-    "WRONG_VERSION_NUMBER": "tls_version_refused",
-    "TLSV1_ALERT_PROTOCOL_VERSION": "tls_version_refused",
-    "NO_SHARED_CIPHER": "tls_no_shared_cipher",
-    "NO_SHARED_GROUPS": "tls_no_shared_cipher",
-    "HTTP_REQUEST": "tls_not_tls",
-}
-
-
-def _tls_refusal(exc: ssl.SSLError) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return _VERIFY_CODES.get(exc.verify_code, "certificate_verify_failed")
-    return _TLS_REASONS.get(exc.reason or "", "tls_handshake_failed")
-
-
-@dataclass
-class _Pending:
-    """A connection whose CONNECT is not accepted yet: where from, and whether in TLS still."""
-
-    host: str
-    in_tls: bool = True
 
 
 def _peer_name(address: object) -> str:
@@ -149,23 +111,30 @@ class Gateway:
         authority: IdentityAuthority,
         *,
         policy: TopicPolicy | None = None,
+        bus: Bus | None = None,
     ) -> None:
         self.settings = settings
         self.authority = authority
         self.policy: TopicPolicy = policy or DefaultPolicy()
         self.stats = GatewayStats()
-        self.broker = Broker(self.stats)
+        self.bus = bus
+        self.broker = Broker(self.stats, bus=bus)
         self._ssl_context: ssl.SSLContext | None = None
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._live: set[Session] = set()  # authorized, CONNECT pending or accepted
-        self._by_name: dict[tuple[str, str], Session] = {}
+        self._table = SessionTable(
+            bus.worker_id if bus is not None else "local",
+            (lambda claim: bus.announce(CHANNEL, claim)) if bus is not None else None,
+            self._taken_over,
+        )
+        if bus is not None:
+            bus.listen(CHANNEL, self._table.claimed)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.counters = LimitCounters()
         self._open = 0  # accepted connections not yet closed
-        self._pending: dict[asyncio.Task[None], _Pending] = {}  # oldest first
-        self._pending_by_host: Counter[str] = Counter()
+        self._admission = Admission(settings, self.counters)
         self._fd_limit = 0
         self._max_connections = settings.max_connections
 
@@ -189,6 +158,8 @@ class Gateway:
         Raises ``GatewayConfigurationError`` for unreadable credentials or a port in use.
         """
         self.reload_trust()
+        if self.bus is not None:
+            await self.bus.start()
         self._fd_limit = raise_fd_limit()
         self._max_connections = connection_cap(self.settings.max_connections, self._fd_limit)
         try:
@@ -239,6 +210,8 @@ class Gateway:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=CLOSE_TIMEOUT)
+        if self.bus is not None:
+            await self.bus.close()  # after the sessions: their Wills still go out
 
     def reload_trust(self) -> None:
         """Rebuild the TLS context from ``authority.trusted_ca_certificates()``.
@@ -297,7 +270,7 @@ class Gateway:
             settings={name: getattr(self.settings, name) for name in LIMIT_SETTINGS},
             counters=self.counters.snapshot(),
             open_connections=self._open,
-            pending_connections=len(self._pending),
+            pending_connections=len(self._admission.pending),
             sessions=sum(1 for session in self._live if session.connected),
             subscriptions=self.broker.subscription_count(),
             max_connections=self._max_connections,
@@ -336,7 +309,7 @@ class Gateway:
         """Admit an accepted connection (or close it) and start its handler task."""
         peer = _peer_name(address)
         host = str(address[0]) if isinstance(address, tuple) else peer
-        if not self._admit(host, peer):
+        if not self._admission.admit(host, peer, self._open, self._max_connections):
             connection.close()
             return
         try:
@@ -349,50 +322,7 @@ class Gateway:
         task = loop.create_task(self._handle_connection(connection, peer))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        self._pending[task] = _Pending(host)
-        self._pending_by_host[host] += 1
-
-    def _admit(self, host: str, peer: str) -> bool:
-        """Whether a just-accepted connection may proceed (evicting the oldest if need be)."""
-        if self._open >= self._max_connections:
-            self.counters.hit(
-                LimitCode.CONNECTION_CAP,
-                f"{self._open} connections open (max_connections={self._max_connections}); "
-                "new connection closed",
-                peer=peer,
-            )
-            return False
-        if self._pending_by_host[host] >= self.settings.max_pending_per_address:
-            self.counters.hit(
-                LimitCode.PENDING_PER_ADDRESS,
-                f"{self._pending_by_host[host]} connections from {host} have not finished "
-                f"TLS + CONNECT (max_pending_per_address={self.settings.max_pending_per_address})"
-                "; new connection closed",
-                peer=peer,
-            )
-            return False
-        if len(self._pending) < self.settings.max_pending_connections:
-            return True
-        victim = next((task for task, state in self._pending.items() if state.in_tls), None)
-        self.counters.hit(
-            LimitCode.PENDING_CAP,
-            f"{len(self._pending)} connections have not finished TLS + CONNECT "
-            f"(max_pending_connections={self.settings.max_pending_connections}); "
-            + ("evicted the oldest still in its TLS handshake" if victim else "closed the new one"),
-            peer=peer,
-        )
-        if victim is None:
-            return False
-        self._leave_pending(victim)
-        victim.cancel()
-        return True
-
-    def _leave_pending(self, task: asyncio.Task[None] | None) -> None:
-        state = self._pending.pop(task, None) if task is not None else None
-        if state is not None:
-            self._pending_by_host[state.host] -= 1
-            if self._pending_by_host[state.host] <= 0:
-                del self._pending_by_host[state.host]
+        self._admission.enter(task, host)
 
     async def _handle_connection(self, connection: socket.socket, peer: str) -> None:
         now = asyncio.get_running_loop().time()
@@ -405,13 +335,13 @@ class Gateway:
         try:
             if self._stopping or self._ssl_context is None:
                 return
-            opened = await self._tls_handshake(connection, peer, tls_deadline)
+            opened = await tls_handshake(
+                self._ssl_context, connection, peer, tls_deadline, self._on_handshake_timeout
+            )
             if opened is None:
                 return
             reader, writer, leaf = opened
-            pending = self._pending.get(task) if task is not None else None
-            if pending is not None:
-                pending.in_tls = False
+            self._admission.tls_done(task)
             stream = PacketStream(reader, self.settings.max_packet_size)
             identity = await self._authorize(leaf, stream, writer, peer, deadline)
             if identity is None:
@@ -436,7 +366,7 @@ class Gateway:
             )
         finally:
             attempt.finish()
-            self._leave_pending(task)
+            self._admission.leave(task)
             self._open -= 1
             if writer is None:
                 # TLS never completed (refused, timed out, evicted): the socket is still ours.
@@ -444,68 +374,16 @@ class Gateway:
                     connection.close()
             if session is not None:
                 self._live.discard(session)
-                key = (session.identity.kind.value, session.identity.name)
-                if self._by_name.get(key) is session:
-                    del self._by_name[key]
+                self._table.forget(session)
             if writer is not None:
                 await close_writer(writer)
 
-    async def _tls_handshake(
-        self, connection: socket.socket, peer: str, deadline: float
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, x509.Certificate] | None:
-        """TLS on an accepted socket; failures are logged with a refusal code here.
-
-        ``connect_accepted_socket`` hands the socket to the TLS protocol before any byte is
-        read, and raises the handshake error to us (a server made with ``ssl=`` would only
-        close the connection, leaving no reason to log).
-        """
-        context = self._ssl_context
-        assert context is not None
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=READ_CHUNK, loop=loop)
-        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-        try:
-            async with asyncio.timeout_at(deadline):
-                transport, _ = await loop.connect_accepted_socket(
-                    lambda: protocol,
-                    connection,
-                    ssl=context,
-                    ssl_handshake_timeout=max(deadline - loop.time(), 0.1),
-                )
-        except ssl.SSLError as exc:
-            code = _tls_refusal(exc)
-            detail = getattr(exc, "verify_message", None) or exc.reason or str(exc)
-            log_event(logging.WARNING, code, f"TLS handshake refused: {detail}", peer=peer)
-            return None
-        except TimeoutError:
-            self.counters.hit(
-                LimitCode.HANDSHAKE_DEADLINE,
-                f"no TLS handshake within {self.settings.handshake_timeout:g} s; closed",
-                peer=peer,
-            )
-            return None
-        except (OSError, EOFError) as exc:
-            log_event(logging.INFO, "tls_handshake_aborted", f"peer went away ({exc})", peer=peer)
-            return None
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-        ssl_object = writer.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        if der is None:
-            # Unreachable with CERT_REQUIRED; kept so a context change can never let one in.
-            log_event(logging.WARNING, "no_client_certificate", "no client certificate", peer=peer)
-            await close_writer(writer)
-            return None
-        leaf = x509.load_der_x509_certificate(der)
-        cipher = ssl_object.cipher()
-        log_event(
-            logging.INFO,
-            "tls_established",
-            f"{ssl_object.version()} {cipher[0] if cipher else '?'}; client certificate "
-            f"subject={leaf.subject.rfc4514_string()!r} issuer={leaf.issuer.rfc4514_string()!r} "
-            f"sha256={certificate_fingerprint(leaf)}",
+    def _on_handshake_timeout(self, peer: str) -> None:
+        self.counters.hit(
+            LimitCode.HANDSHAKE_DEADLINE,
+            f"no TLS handshake within {self.settings.handshake_timeout:g} s; closed",
             peer=peer,
         )
-        return reader, writer, leaf
 
     async def _authorize(
         self,
@@ -556,29 +434,14 @@ class Gateway:
         return identity
 
     def _register(self, session: Session) -> None:
-        self._leave_pending(asyncio.current_task())  # CONNECT accepted: no longer pending
-        key = (session.identity.kind.value, session.identity.name)
-        previous = self._by_name.get(key)
-        if previous is not None and previous is not session:
-            log_event(
-                logging.INFO,
-                "session_taken_over",
-                f"a new connection from {session.peer} took over this session",
-                peer=previous.peer,
-                identity=previous.identity.name,
+        self._admission.leave(asyncio.current_task())  # CONNECT accepted: no longer pending
+        self._table.register(session)
+
+    def _taken_over(self, previous: Session, by_peer: str, fingerprint: str) -> None:
+        if previous.identity.certificate_fingerprint == fingerprint:
+            self.stats.taken_over(
+                fingerprint, previous.identity.name, _host(previous.peer), _host(by_peer)
             )
-            previous.disconnect(DisconnectReasonCode.SESSION_TAKEN_OVER, "session taken over")
-            if (
-                previous.identity.certificate_fingerprint
-                == session.identity.certificate_fingerprint
-            ):
-                self.stats.taken_over(
-                    session.identity.certificate_fingerprint,
-                    session.identity.name,
-                    _host(previous.peer),
-                    _host(session.peer),
-                )
-        self._by_name[key] = session
 
 
 def run(

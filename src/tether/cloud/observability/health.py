@@ -107,12 +107,14 @@ class GatewayReadiness:
 
     def _feed(self) -> Check:
         lag = self.service.feed.lag()
-        ok = lag <= self.feed_max_lag
+        current = self.service.feed_current  # False: refusing verdicts (fail closed)
+        ok = lag <= self.feed_max_lag and current
         return Check(
             "change_feed",
             ok,
             f"caught up {lag:.3f} s ago (position {self.service.feed.position}; "
-            f"max {self.feed_max_lag:g} s)",
+            f"max {self.feed_max_lag:g} s)"
+            + ("" if current else "; not hearing registry changes: refusing handshakes"),
         )
 
     def _gateway(self) -> Check:

@@ -17,7 +17,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from tether.cloud.registry.base import RegistryBase, check_actor, check_page, page_of
@@ -73,12 +73,19 @@ def write_audit(
     target: str,
     details: Mapping[str, DetailValue],
 ) -> AuditModel:
-    """Append one audit row inside the caller's transaction (committed with its change)."""
+    """Append one audit row inside the caller's transaction (committed with its change).
+
+    On PostgreSQL the same transaction notifies ``tether_audit`` with the row's id, so every
+    gateway worker listening (:mod:`tether.cloud.changes`) wakes exactly when the row is
+    committed, and never for a change that rolled back.
+    """
     row = AuditModel(
         at=now, actor=actor, action=str(action), target=target, details=_check_details(details)
     )
     session.add(row)
     session.flush()
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_notify('tether_audit', :id)"), {"id": str(row.id)})
     return row
 
 

@@ -1,0 +1,201 @@
+"""The bus contract, run on both implementations: in process, and NATS (a real nats-server).
+
+Two brokers stand for two gateway workers. What must hold on either bus: a message reaches the
+other worker's matching sessions once (even when overlapping filters match twice), never comes
+back to the publishing worker, keeps its attribution and properties, stops when the last
+session drops the filter, and control announcements reach the other workers only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+
+import pytest
+
+from tests.natsd import nats_cluster
+from tether.cloud.bus import InProcessHub
+from tether.cloud.bus.nats import BusUnavailableError, NatsBus
+from tether.cloud.bus.natsd import free_port
+from tether.cloud.gateway.broker import Broker, Message, Subscription, attributed_properties
+from tether.cloud.gateway.identity import Identity, IdentityKind
+
+SENDER = Identity(IdentityKind.DEVICE, "SN-1", "ab" * 32, "CN=factory", "cd" * 32)
+
+
+class Recorder:
+    """A session as the broker sees it: keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[Message, int]] = []
+
+    def deliver(self, message: Message, qos: int) -> bool:
+        self.got.append((message, qos))
+        return True
+
+
+def message(topic: str, payload: bytes = b"x", qos: int = 1) -> Message:
+    return Message(
+        topic=topic,
+        payload=payload,
+        qos=qos,
+        sender=SENDER,
+        user_properties=attributed_properties(SENDER, [("tether-sender", "forged"), ("k", "v")]),
+        content_type="text/plain",
+        correlation_data=b"\x00\x01",
+        response_topic="services/reply",
+    )
+
+
+@pytest.fixture(scope="module")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with nats_cluster(tmp_path_factory.mktemp("nats")) as servers:
+        yield servers[0].url
+
+
+Scenario = Callable[[list[Broker]], Awaitable[None]]
+
+
+@pytest.fixture(params=["inprocess", "nats"])
+def on_two_workers(request: pytest.FixtureRequest, nats_url: str) -> Callable[[Scenario], None]:
+    """Run a scenario on two brokers joined by the bus under test, on a fresh loop."""
+
+    async def run(scenario: Scenario) -> None:
+        if request.param == "inprocess":
+            hub = InProcessHub()
+            buses = [hub.endpoint(), hub.endpoint()]
+        else:
+            buses = [NatsBus([nats_url]), NatsBus([nats_url])]
+        for bus in buses:
+            await bus.start()
+        try:
+            async with asyncio.timeout(20):
+                await scenario([Broker(bus=bus) for bus in buses])
+        finally:
+            for bus in buses:
+                await bus.close()
+
+    return lambda scenario: asyncio.run(run(scenario))
+
+
+async def settle(brokers: list[Broker]) -> None:
+    """Let subscriptions reach the server (NATS) or the next loop turn (in process)."""
+    for broker in brokers:
+        flush = getattr(broker.bus, "flush", None)
+        if flush is not None:
+            await flush()
+    await asyncio.sleep(0.05)
+
+
+async def until(condition: object, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():  # type: ignore[operator]
+            await asyncio.sleep(0.01)
+
+
+def test_a_message_reaches_the_other_worker_once_with_its_attribution(
+    on_two_workers: Callable[[Scenario], None],
+) -> None:
+    async def scenario(brokers: list[Broker]) -> None:
+        a, b = brokers
+        here, there = Recorder(), Recorder()
+        a.subscribe(here, Subscription("devices/#", 1))
+        b.subscribe(there, Subscription("devices/#", 1))
+        b.subscribe(there, Subscription("devices/+/telemetry", 0))  # overlapping: still one copy
+        await settle(brokers)
+        assert a.publish(message("devices/SN-1/telemetry"), origin=None) == 2  # local + the bus
+        await until(lambda: there.got)
+        await asyncio.sleep(0.1)
+        assert len(here.got) == 1  # local delivery, and nothing echoed back by the bus
+        assert len(there.got) == 1
+        received, qos = there.got[0]
+        assert qos == 1
+        assert received.sender == SENDER
+        assert received.user_properties == (("k", "v"), ("tether-sender", "SN-1"))
+        assert received.content_type == "text/plain"
+        assert received.correlation_data == b"\x00\x01"
+        assert received.response_topic == "services/reply"
+
+    on_two_workers(scenario)
+
+
+def test_awkward_topics_cross_the_bus_intact(on_two_workers: Callable[[Scenario], None]) -> None:
+    async def scenario(brokers: list[Broker]) -> None:
+        a, b = brokers
+        there = Recorder()
+        b.subscribe(there, Subscription("#", 1))
+        await settle(brokers)
+        topics = ["a.b/c d", "x//y", "$odd/%41", "日本/*/>", "/"]
+        for topic in topics:
+            a.publish(message(topic), origin=None)
+        await until(lambda: len(there.got) == len(topics) - 1)
+        await asyncio.sleep(0.1)
+        # "#" does not match a topic starting with "$" (MQTT 4.7.2): the receiving tree decides.
+        assert [m.topic for m, _ in there.got] == [t for t in topics if not t.startswith("$")]
+
+    on_two_workers(scenario)
+
+
+def test_interest_ends_with_the_last_session_holding_the_filter(
+    on_two_workers: Callable[[Scenario], None],
+) -> None:
+    async def scenario(brokers: list[Broker]) -> None:
+        a, b = brokers
+        first, second = Recorder(), Recorder()
+        b.subscribe(first, Subscription("t/1", 1))
+        b.subscribe(second, Subscription("t/1", 1))
+        b.remove(first)
+        await settle(brokers)
+        a.publish(message("t/1", b"one"), origin=None)
+        await until(lambda: second.got)
+        b.unsubscribe(second, "t/1")
+        await settle(brokers)
+        a.publish(message("t/1", b"two"), origin=None)
+        await asyncio.sleep(0.2)
+        assert [m.payload for m, _ in second.got] == [b"one"]
+        assert first.got == []
+
+    on_two_workers(scenario)
+
+
+def test_order_is_kept_per_publisher(on_two_workers: Callable[[Scenario], None]) -> None:
+    async def scenario(brokers: list[Broker]) -> None:
+        a, b = brokers
+        there = Recorder()
+        b.subscribe(there, Subscription("seq", 1))
+        await settle(brokers)
+        for index in range(300):
+            a.publish(message("seq", str(index).encode()), origin=None)
+        await until(lambda: len(there.got) == 300)
+        assert [int(m.payload) for m, _ in there.got] == list(range(300))
+
+    on_two_workers(scenario)
+
+
+def test_announcements_reach_the_other_workers_only(nats_url: str) -> None:
+    asyncio.run(announcements(nats_url))
+
+
+async def announcements(nats_url: str) -> None:
+    for buses in (
+        (lambda hub: [hub.endpoint(), hub.endpoint()])(InProcessHub()),
+        [NatsBus([nats_url]), NatsBus([nats_url])],
+    ):
+        heard: list[list[bytes]] = [[], []]
+        for index, bus in enumerate(buses):
+            bus.listen("session", heard[index].append)
+            await bus.start()
+        await asyncio.sleep(0.05)
+        buses[0].announce("session", b"claim")
+        await until(lambda heard=heard: heard[1])
+        await asyncio.sleep(0.05)
+        assert heard == [[], [b"claim"]]
+        for bus in buses:
+            await bus.close()
+
+
+def test_an_unreachable_nats_is_a_clear_error() -> None:
+    bus = NatsBus([f"nats://127.0.0.1:{free_port()}"], connect_timeout=0.5)
+    with pytest.raises(BusUnavailableError) as caught:
+        asyncio.run(bus.start())
+    assert caught.value.code == "bus_unavailable"
