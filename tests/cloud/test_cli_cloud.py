@@ -151,7 +151,7 @@ def test_init_with_a_device_ca_as_server_ca_is_refused(
 
 
 def test_register_ca_refuses_a_leaf_and_garbage(cloud: Cloud, tmp_path: Path) -> None:
-    leaf = cloud.pki.device(cloud.pki.device_ca, "CLI-000002", tmp_path)
+    leaf = cloud.pki.device("CLI-000002", ca=cloud.pki.device_ca).write(tmp_path, "CLI-000002")
     garbage = tmp_path / "garbage.pem"
     garbage.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n")
     before = [ca.fingerprint for ca in cloud.registry.list_cas()]
@@ -164,7 +164,7 @@ def test_register_ca_refuses_a_leaf_and_garbage(cloud: Cloud, tmp_path: Path) ->
 
 
 def test_revoke_of_an_unknown_certificate_exits_3(cloud: Cloud, tmp_path: Path) -> None:
-    stranger = cloud.pki.device(cloud.pki.device_ca, "CLI-000003", tmp_path)
+    stranger = cloud.pki.device("CLI-000003", ca=cloud.pki.device_ca).write(tmp_path, "CLI-000003")
     last = cloud.registry.last_audit_id()
     done = tether("cloud", "revoke", cloud.settings.data_dir, stranger.cert_path)
     assert done.returncode == EXIT_TETHER_ERROR
@@ -209,7 +209,7 @@ def test_cli_publish_crl_revokes_and_drops_a_live_session(
     cloud: Cloud, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     factory = cloud.pki.factory_ca  # registered with just-in-time registration
-    device = cloud.pki.device(factory, "CLI-000006", tmp_path)
+    device = cloud.pki.device("CLI-000006", ca=factory).write(tmp_path, "CLI-000006")
     crl = factory.build_crl([RevokedEntry(device.certificate.serial_number, datetime.now(UTC))])
     crl_path = tmp_path / "factory.crl.pem"
     crl_path.write_bytes(crl.public_bytes(Encoding.PEM))

@@ -19,9 +19,9 @@ from pathlib import Path
 import mqtt5
 import pytest
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.cloud.conftest import ACTOR, DEVICE_KEY_USAGE, Cloud, CloudPKI
+from tests.cloud.conftest import ACTOR, Cloud, CloudPKI
+from tests.support.pki import hostile_leaf
 from tether.cloud.hygiene import (
     FindingCode,
     HygieneOptions,
@@ -35,7 +35,6 @@ from tether.cloud.registry import CARole, DeviceStatus, Provisioning, Registry
 from tether.cloud.settings import CloudSettings
 from tether.cloud.setup import init_data_dir
 from tether.pki import IssuingCA, generate_key, sha256_fingerprint
-from tether.pki.signing import sign_certificate
 from tether.pki.store import pem
 
 NOW = dt.datetime.now(dt.UTC)
@@ -43,28 +42,13 @@ NOW = dt.datetime.now(dt.UTC)
 
 def _misfit(ca: IssuingCA, serial: str) -> x509.Certificate:
     """A device certificate of ``ca`` that breaks the profile: it carries a SAN."""
-    key = generate_key()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, serial)]))
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(days=1))
-        .not_valid_after(NOW + dt.timedelta(days=300))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(DEVICE_KEY_USAGE, critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                ca.certificate.public_key()  # type: ignore[arg-type]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("misfit.example")]), False)
-    )
-    return sign_certificate(builder, ca.signer)
+    return hostile_leaf(
+        ca,
+        serial,
+        not_before=NOW - dt.timedelta(days=1),
+        not_after=NOW + dt.timedelta(days=300),
+        san=x509.SubjectAlternativeName([x509.DNSName("misfit.example")]),
+    ).certificate
 
 
 def _device(

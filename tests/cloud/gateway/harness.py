@@ -6,15 +6,12 @@ event loop thread, exactly as in production. Everything has a timeout.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import queue
 import socket
 import ssl
-import threading
 import time
-from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,53 +19,31 @@ from typing import Any, TypeVar
 import mqtt5
 import paho.mqtt.client as paho
 import pytest
-import uvloop
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.cloud.gateway.pki import GatewayPKI, Issued
+from tests.cloud.gateway.pki import GatewayPKI
+from tests.support.pki import Issued
 from tether.cloud.gateway import Gateway, GatewaySettings, StaticAuthority
 from tether.cloud.gateway.framing import PacketFramer
+from tether.cloud.loop_thread import LoopThread
 
 T = TypeVar("T")
 TIMEOUT = 10.0
 
 
-class GatewayThread:
-    """A started ``Gateway`` on a uvloop event loop in a daemon thread."""
+class GatewayThread(LoopThread):
+    """A started ``Gateway`` on its own event loop thread."""
 
     def __init__(self, settings: GatewaySettings, authority: StaticAuthority) -> None:
+        super().__init__("gateway-test", timeout=TIMEOUT)
         self.authority = authority
-        self.loop = uvloop.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
         self.gateway = Gateway(settings, authority)
         self.port = self.call(self.gateway.start())
 
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float = TIMEOUT) -> T:
-        """Run a coroutine on the gateway's loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def sync(self, fn: Callable[[], T]) -> T:
-        """Run a plain callable on the gateway's loop thread (the authority is not locked)."""
-
-        async def wrapper() -> T:
-            return fn()
-
-        return self.call(wrapper())
-
-    def close(self) -> None:
-        """Stop the gateway and its loop; safe to call twice."""
-        if self.loop.is_closed() or not self.thread.is_alive():
-            return
-        try:
-            self.call(self.gateway.stop(), timeout=15)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(5)
-            if not self.thread.is_alive():
-                self.loop.close()
+    def shutdown(self) -> None:
+        self.call(self.gateway.stop(), timeout=15)
 
 
 def client_context(

@@ -81,7 +81,9 @@ def test_overview_counts_chart_and_expiring(
         issuer_fingerprint=sha256_fingerprint(cloud.pki.device_ca.certificate),
         actor=ACTOR,
     )
-    stranger = cloud.pki.device(cloud.pki.stranger_ca, "OV-STRANGER", tmp_path / "s")
+    stranger = cloud.pki.device("OV-STRANGER", ca=cloud.pki.stranger_ca).write(
+        tmp_path / "s", "OV-STRANGER"
+    )
     _refuse(cloud, revoked, "OV-REVOKED")  # before the window's first sample: not counted
 
     base = f"https://127.0.0.1:{port}"

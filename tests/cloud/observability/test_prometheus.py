@@ -218,7 +218,9 @@ def test_prometheus_scrapes_connections_and_refusals(
                 assert connack is not None and connack.reason_str == "certificate_revoked"
             finally:
                 refused.close()
-        stranger = cloud_pki.device(cloud_pki.stranger_ca, "PROM-STRANGER", tmp_path / "s")
+        stranger = cloud_pki.device("PROM-STRANGER", ca=cloud_pki.stranger_ca).write(
+            tmp_path / "s", "PROM-STRANGER"
+        )
         with contextlib.suppress(OSError):  # refused in TLS; may reach us as a reset
             alien = RawClient(gateway, _context(cloud_pki, stranger.cert_path, stranger.key_path))
             try:
