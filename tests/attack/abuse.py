@@ -40,7 +40,7 @@ import mqtt5
 from cryptography import x509
 from mqtt5 import QoS, TopicFilter
 
-from tests.cloud.gateway.harness import RawClient
+from tests.support.mqtt import RawClient
 from tether.cloud.registry import Registry
 
 IO_TIMEOUT = 5.0

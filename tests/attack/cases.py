@@ -30,13 +30,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tests.attack.foreign_key import ForeignKey, connect_with_foreign_key
 from tests.attack.observe import (
     Observation,
-    Wire,
     connect_attempt,
     describe,
     gateway_codes,
     logged_code,
 )
 from tests.cloud.conftest import ACTOR, Cloud, serving
+from tests.support.mqtt import RawClient
 from tests.support.pki import NOW, Issued, hostile_leaf, hostile_server, rsa_key, self_signed_leaf
 from tether.cloud.gateway import GatewaySettings
 from tether.cloud.operations import AdminOperations
@@ -82,16 +82,16 @@ class Attack:
         kind, words = connect_attempt(self.cloud.port, self.context(identity, **tls), client_id)
         return Observation(kind, words, logged_code(self.caplog, self.codes))
 
-    def connected(self, serial: str = SERIAL) -> Wire:
+    def connected(self, serial: str = SERIAL) -> RawClient:
         """A registered device connected over MQTT (CONNACK success asserted)."""
         identity = self.cloud.console_device(serial)
-        wire = Wire(self.cloud.port, self.context(identity))
+        wire = RawClient(self.cloud.port, self.context(identity))
         wire.send(mqtt5.ConnectPacket(serial, clean_start=True))
         connack = wire.recv()
         assert connack is not None and connack.reason_code == mqtt5.ConnAckReasonCode.SUCCESS
         return wire
 
-    def after_session(self, send: Callable[[Wire], None]) -> Observation:
+    def after_session(self, send: Callable[[RawClient], None]) -> Observation:
         """Connect as ``SERIAL``, do ``send``, and observe the gateway's first answer."""
         wire = self.connected()
         try:
@@ -238,8 +238,8 @@ def client_id_mismatch(a: Attack) -> Observation:
     return a.attempt(identity, client_id=OTHER)
 
 
-def _publish(topic: str, qos: int, **extra: object) -> Callable[[Wire], None]:
-    def send(wire: Wire) -> None:
+def _publish(topic: str, qos: int, **extra: object) -> Callable[[RawClient], None]:
+    def send(wire: RawClient) -> None:
         packet_id = 1 if qos else None
         wire.send(
             mqtt5.PublishPacket(topic, b"x", qos=mqtt5.QoS(qos), packet_id=packet_id, **extra)
@@ -248,8 +248,8 @@ def _publish(topic: str, qos: int, **extra: object) -> Callable[[Wire], None]:
     return send
 
 
-def _subscribe(topic: str) -> Callable[[Wire], None]:
-    def send(wire: Wire) -> None:
+def _subscribe(topic: str) -> Callable[[RawClient], None]:
+    def send(wire: RawClient) -> None:
         wire.send(
             mqtt5.SubscribePacket(1, [mqtt5.TopicFilter(topic, max_qos=mqtt5.QoS.AT_LEAST_ONCE)])
         )
@@ -257,7 +257,7 @@ def _subscribe(topic: str) -> Callable[[Wire], None]:
     return send
 
 
-def _raw(data: bytes) -> Callable[[Wire], None]:
+def _raw(data: bytes) -> Callable[[RawClient], None]:
     return lambda wire: wire.send(data)
 
 
@@ -334,10 +334,10 @@ def retained_publish(a: Attack) -> Observation:
 
 def publish_before_connect(a: Attack) -> Observation:
     identity = a.cloud.console_device(SERIAL)
-    wire = Wire(a.cloud.port, a.context(identity))
+    wire = RawClient(a.cloud.port, a.context(identity))
     try:
         _publish(f"devices/{SERIAL}/telemetry", 0)(wire)
-        packets = wire.until_closed()
+        packets = wire.wait_closed()
     finally:
         wire.close()
     kind, words = describe(packets[0] if packets else None)
@@ -346,9 +346,9 @@ def publish_before_connect(a: Attack) -> Observation:
 
 def no_connect(a: Attack) -> Observation:
     identity = a.cloud.console_device(SERIAL)
-    wire = Wire(a.cloud.port, a.context(identity))
+    wire = RawClient(a.cloud.port, a.context(identity))
     try:
-        packets = wire.until_closed(timeout=a.cloud.settings.gateway.connect_timeout + 10)
+        packets = wire.wait_closed(timeout=a.cloud.settings.gateway.connect_timeout + 10)
     finally:
         wire.close()
     kind, words = describe(packets[0] if packets else None)
@@ -357,7 +357,7 @@ def no_connect(a: Attack) -> Observation:
 
 def spoofed_sender(a: Attack) -> Observation:
     watcher_identity = a.cloud.service_identity(SERVICE)
-    watcher = Wire(a.cloud.port, a.context(watcher_identity))
+    watcher = RawClient(a.cloud.port, a.context(watcher_identity))
     try:
         watcher.send(mqtt5.ConnectPacket(SERVICE, clean_start=True))
         assert watcher.recv().reason_code == mqtt5.ConnAckReasonCode.SUCCESS
@@ -491,7 +491,7 @@ def _factory_device(a: Attack, ca: IssuingCA | None = None, serial: str = SERIAL
     return a.cloud.pki.device(serial, ca=ca).write(a.directory / stem, serial)
 
 
-def _alive(wire: Wire) -> bool:
+def _alive(wire: RawClient) -> bool:
     """True if the session still answers a PINGREQ."""
     try:
         wire.send(mqtt5.PingReqPacket())
@@ -513,7 +513,7 @@ def jit_takeover_console_device(a: Attack) -> Observation:
 
 def _connects(a: Attack, identity: Issued) -> Observation:
     """Handshake + CONNECT that is expected to succeed; the session is closed again."""
-    wire = Wire(a.cloud.port, a.context(identity))
+    wire = RawClient(a.cloud.port, a.context(identity))
     try:
         wire.send(mqtt5.ConnectPacket(SERIAL, clean_start=True))
         kind, words = describe(wire.recv())
@@ -551,12 +551,12 @@ def _publish_crl(a: Attack, issuer: str, crl: x509.CertificateRevocationList) ->
 
 def _live_then(a: Attack, identity: Issued, act: Callable[[], None]) -> Observation:
     """Connect ``identity``, do ``act``, then see the live session end and a reconnect fail."""
-    wire = Wire(a.cloud.port, a.context(identity))
+    wire = RawClient(a.cloud.port, a.context(identity))
     try:
         wire.send(mqtt5.ConnectPacket(SERIAL, clean_start=True))
         assert wire.recv().reason_code == mqtt5.ConnAckReasonCode.SUCCESS
         act()
-        packets = wire.until_closed(timeout=5)
+        packets = wire.wait_closed(timeout=5)
     finally:
         wire.close()
     live = describe(packets[0] if packets else None)[1]

@@ -45,17 +45,16 @@ import mqtt5
 import pytest
 from cryptography import x509
 
-from tests.attack.observe import Wire
 from tests.attack.report import SecurityReport
 from tests.attack.serve import (
     Device,
     ServeProcess,
-    cli_env,
     issue_devices,
     make_data_dir,
-    tether_command,
 )
 from tests.cloud.conftest import CloudPKI
+from tests.support.cli import cli_env, tether_command
+from tests.support.mqtt import RawClient
 from tether.cloud.admin import create_admin
 from tether.cloud.registry import Registry
 from tether.cloud.settings import CloudSettings
@@ -246,10 +245,10 @@ def run_abuse(port: int, root: Path, token_id: str, start_at: float, with_body: 
     return abuse
 
 
-def _connect(port: int, context: ssl.SSLContext, client_id: str) -> tuple[Wire, float]:
+def _connect(port: int, context: ssl.SSLContext, client_id: str) -> tuple[RawClient, float]:
     """A device connect: TCP + TLS + CONNECT -> successful CONNACK; (wire, seconds)."""
     started = time.monotonic()
-    wire = Wire(port, context, timeout=IO_TIMEOUT)
+    wire = RawClient(port, context, timeout=IO_TIMEOUT)
     wire.send(mqtt5.ConnectPacket(client_id, clean_start=True))
     connack = wire.recv(IO_TIMEOUT)
     elapsed = time.monotonic() - started

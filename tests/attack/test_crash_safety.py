@@ -22,16 +22,15 @@ import mqtt5
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from tests.attack.observe import Wire
 from tests.attack.report import SecurityReport
 from tests.attack.serve import (
     ServeProcess,
-    cli_env,
     issue_devices,
     make_data_dir,
-    tether_command,
 )
 from tests.cloud.conftest import CloudPKI
+from tests.support.cli import cli_env, tether_command
+from tests.support.mqtt import RawClient
 from tether.cloud.registry import Registry
 from tether.errors import TetherError
 from tether.pki import sha256_fingerprint
@@ -57,8 +56,8 @@ def all_serial_numbers(registry: Registry, issuer: str) -> list[str]:
     return serials
 
 
-def connect(port: int, context: ssl.SSLContext, client_id: str) -> tuple[Wire, object]:
-    wire = Wire(port, context)
+def connect(port: int, context: ssl.SSLContext, client_id: str) -> tuple[RawClient, object]:
+    wire = RawClient(port, context)
     wire.send(mqtt5.ConnectPacket(client_id, clean_start=True))
     return wire, wire.recv()
 

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import pytest
 
-from tests.cloud.gateway.harness import PahoClient, paho_connect_pinned
+from tests.support.mqtt import PahoClient, paho_connect
 from tests.support.pki import Issued, TestPKI, hostile_leaf
 from tether.cloud.loop_thread import CloudThread
 from tether.cloud.registry import CARole, Provisioning, Registry
@@ -117,7 +117,7 @@ class Cloud:
 
     def paho(self, identity: Issued, client_id: str) -> PahoClient:
         """A connected paho MQTT 5 client (the CONNACK must be a success)."""
-        return paho_connect_pinned(self.port, self.pki.root_path, identity, client_id)
+        return paho_connect(self.port, self.pki.root_path, identity, client_id)
 
 
 def start_cloud(

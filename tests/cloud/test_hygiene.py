@@ -11,8 +11,6 @@ import datetime as dt
 import json
 import socket
 import ssl
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import pytest
 from cryptography import x509
 
 from tests.cloud.conftest import ACTOR, Cloud, CloudPKI
+from tests.support.cli import tether
 from tests.support.pki import hostile_leaf
 from tether.cloud.hygiene import (
     FindingCode,
@@ -174,17 +173,11 @@ def test_bad_thresholds_are_refused(days: object) -> None:
         HygieneOptions(certificate_days=days)  # type: ignore[arg-type]
 
 
-def _tether(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tether", *args], capture_output=True, text=True, timeout=60
-    )
-
-
 def test_cli_exit_status_and_json(
     planted: tuple[CloudSettings, dict[str, str]], tmp_path: Path, cloud_pki: CloudPKI
 ) -> None:
     settings, _ = planted
-    found = _tether("audit", str(settings.data_dir), "--json", "--no-live")
+    found = tether("audit", str(settings.data_dir), "--json", "--no-live")
     assert found.returncode == 1, found.stderr
     report = json.loads(found.stdout)
     assert {f["code"] for f in report["findings"]} == {
@@ -196,7 +189,7 @@ def test_cli_exit_status_and_json(
     }
     assert report["skipped"]["revoked_certificate_connected"] == "--no-live was given"
     # Longer horizons find more; a bad one is a usage error with its code.
-    refused = _tether("audit", str(settings.data_dir), "--certificate-days", "0")
+    refused = tether("audit", str(settings.data_dir), "--certificate-days", "0")
     assert refused.returncode == 3 and "audit_option_invalid" in refused.stderr
 
 
@@ -207,7 +200,7 @@ def test_cli_clean_exits_zero_and_says_why_live_checks_were_skipped(clean: Cloud
         probe.bind(("127.0.0.1", 0))
         raw["metrics"]["port"] = probe.getsockname()[1]
     (clean.data_dir / "cloud.json").write_text(json.dumps(raw))
-    done = _tether("audit", str(clean.data_dir))
+    done = tether("audit", str(clean.data_dir))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no findings" in done.stdout
     assert "skipped" in done.stdout and "cannot read the gateway's live view" in done.stdout

@@ -15,7 +15,8 @@ from cryptography import x509
 from mqtt5 import ConnAckReasonCode
 
 from tests.cloud.conftest import ACTOR, Cloud
-from tests.cloud.gateway.harness import RawClient, wait_for_log
+from tests.cloud.gateway.harness import wait_for_log
+from tests.support.mqtt import RawClient
 from tests.support.pki import Issued, self_signed_leaf
 from tether.cloud.registry import DeviceStatus
 from tether.pki import sha256_fingerprint

@@ -15,8 +15,9 @@ from cryptography import x509
 from mqtt5 import DisconnectReasonCode
 
 from tests.cloud.conftest import ACTOR, TIMEOUT, Cloud
-from tests.cloud.gateway.harness import RawClient, publish_properties, wait_for_log
+from tests.cloud.gateway.harness import wait_for_log
 from tests.softhsm import Token
+from tests.support.mqtt import RawClient, publish_properties
 from tether.cloud.gateway.broker import SENDER_PROPERTY
 from tether.cloud.registry import CARole, CAStatus, DeviceStatus, Provisioning, Registry
 from tether.cloud.service import SEEN_FLUSH_INTERVAL

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tether.pki import IssuingCA, Role, RootCA, SoftwareSigner, generate_key, sign_certificate
+from tether.pki.store import init_issuing, init_root
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -411,3 +412,31 @@ def hostile_server(
         )
     )
     return Issued(sign_certificate(builder, ca.signer), key, (ca.certificate,))
+
+
+# -- CA directories, as the ceremony makes them ------------------------------------------
+
+CEREMONY_PASSPHRASE = "ceremony passphrase 123"
+CEREMONY_ROLES = (Role.SERVER, Role.DEVICE, Role.FACTORY)
+
+
+def ceremony(base: Path, passphrase: str = CEREMONY_PASSPHRASE) -> dict[str, Path]:
+    """A root and one issuing CA directory per role under ``base`` (``tether.pki.store``).
+
+    Keys at rest are encrypted with ``passphrase`` (a deliberately slow KDF), which is why the
+    suite makes these once per session (the ``ca_dirs`` fixture) and tests only read them.
+    Keys of the dict: ``root`` and each role's value (``server``, ``device``, ``factory``).
+    """
+    root = init_root(base / "root", passphrase, common_name="Ceremony Root CA")
+    dirs = {"root": base / "root"}
+    for role in CEREMONY_ROLES:
+        init_issuing(
+            base / role.value,
+            root,
+            passphrase,
+            passphrase,
+            common_name=f"Ceremony {role.value.capitalize()} CA",
+            role=role,
+        )
+        dirs[role.value] = base / role.value
+    return dirs

@@ -12,7 +12,7 @@ from cryptography.x509.oid import NameOID
 
 from tests.cloud.api.conftest import ADMIN, Api, snapshot
 from tests.cloud.conftest import TIMEOUT
-from tests.cloud.gateway.harness import RawClient
+from tests.support.mqtt import RawClient
 from tests.support.pki import Issued
 from tether.cloud.registry import Provisioning
 from tether.device import CloudEndpoint, DeviceClient, DeviceIdentity, FileKey

@@ -9,8 +9,9 @@ import mqtt5
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.cloud.gateway.harness import RawClient, client_context, wait_for_log
+from tests.cloud.gateway.harness import client_context, wait_for_log
 from tests.cloud.gateway.pki import DEVICE_SERIAL, SERVICE_NAME
+from tests.support.mqtt import RawClient
 from tests.support.pki import NOW, raw_ca, raw_leaf, self_signed_leaf
 from tether.cloud.gateway import StaticAuthority, certificate_fingerprint
 

@@ -17,8 +17,8 @@ from cryptography import x509
 from mqtt5 import ConnAckReasonCode
 
 from tests.cloud.conftest import ACTOR, Cloud
-from tests.cloud.gateway.harness import RawClient
 from tests.cloud.observability.scrape import get, promtool_check, value, wait_for_sample
+from tests.support.mqtt import RawClient
 from tether.cloud.observability.endpoints import GatewayEndpoints
 from tether.pki import sha256_fingerprint
 

@@ -30,10 +30,11 @@ import pytest
 from cryptography import x509
 from mqtt5 import ConnAckReasonCode
 
-from tests.attack.serve import Device, cli_env, issue_devices, make_data_dir, tether_command
+from tests.attack.serve import Device, issue_devices, make_data_dir
 from tests.cloud.conftest import ACTOR, CloudPKI
-from tests.cloud.gateway.harness import RawClient
 from tests.cloud.observability.scrape import get, promtool_check
+from tests.support.cli import cli_env, tether_command
+from tests.support.mqtt import RawClient
 from tether.cloud.registry import Registry
 
 GOOD = 3

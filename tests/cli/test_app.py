@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-
-def run_tether(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tether", *args], capture_output=True, text=True, timeout=60
-    )
+from tests.support.cli import tether
 
 
 def test_version() -> None:
-    result = run_tether("--version")
+    result = tether("--version")
     assert result.returncode == 0
     assert result.stdout.startswith("tether ")
 
 
 def test_no_args_shows_usage() -> None:
-    result = run_tether()
+    result = tether()
     assert result.returncode != 0
     assert "Usage" in result.stdout + result.stderr
