@@ -65,7 +65,7 @@ class RawClient:
     def recv(self, timeout: float = TIMEOUT) -> Any | None:
         """The next packet; ``None`` when the gateway closed (``alert`` says how).
 
-        Neither within ``timeout`` fails the test.
+        Neither within ``timeout`` raises ``TimeoutError`` (an ``OSError``, as a socket's).
         """
         deadline = time.monotonic() + timeout
         while True:
@@ -74,7 +74,7 @@ class RawClient:
                 return packet
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError("the gateway neither answered nor closed in time")
+                raise TimeoutError("the gateway neither answered nor closed in time")
             self.sock.settimeout(remaining)
             try:
                 data = self.sock.recv(65536)
@@ -85,7 +85,7 @@ class RawClient:
                 self.alert = type(exc).__name__
                 return None
             except TimeoutError:
-                continue  # the deadline check above decides
+                continue  # the deadline check above raises
             if not data:
                 return None
             self.framer.feed(data)
@@ -102,7 +102,7 @@ class RawClient:
         while True:
             try:
                 packet = self.recv(max(deadline - time.monotonic(), 0.01))
-            except AssertionError:
+            except TimeoutError:
                 raise AssertionError(f"gateway did not close the connection; saw {seen}") from None
             if packet is None:
                 return seen
