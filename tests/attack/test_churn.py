@@ -26,7 +26,7 @@ import pytest
 from tests.attack.report import SecurityReport
 from tests.attack.serve import Device, ServeProcess, issue_devices, issue_service, make_data_dir
 from tests.cloud.conftest import CloudPKI
-from tests.support.mqtt import AsyncRawClient
+from tests.support.mqtt import AsyncRawClient, tls_context
 
 FULL = os.environ.get("TETHER_FULL_LOAD") == "1"
 SESSIONS = 2000 if FULL else 100
@@ -45,13 +45,6 @@ class Stats:
     received: int = 0
     misattributed: list[str] = field(default_factory=list)
     probe: list[float] = field(default_factory=list)
-
-
-def context_for(device: Device, root: Path) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(cafile=root)
-    context.load_cert_chain(device.cert_path, device.key_path)
-    return context
 
 
 async def connect(port: int, context: ssl.SSLContext, client_id: str) -> AsyncRawClient:
@@ -124,8 +117,8 @@ async def run_load(
     devices: list[Device], probe: Device, service: Device, port: int, root: Path
 ) -> Stats:
     stats = Stats()
-    contexts = [context_for(device, root) for device in devices]
-    watcher = await connect(port, context_for(service, root), service.serial)
+    contexts = [tls_context(root, device) for device in devices]
+    watcher = await connect(port, tls_context(root, service), service.serial)
     await watcher.send(
         mqtt5.SubscribePacket(
             1, [mqtt5.TopicFilter("devices/+/telemetry", max_qos=mqtt5.QoS.AT_MOST_ONCE)]
@@ -136,7 +129,7 @@ async def run_load(
     deadline = time.monotonic() + DURATION
     try:
         await asyncio.gather(
-            probe_loop(probe, context_for(probe, root), port, deadline, stats),
+            probe_loop(probe, tls_context(root, probe), port, deadline, stats),
             *(
                 device_loop(d, c, port, deadline, stats)
                 for d, c in zip(devices, contexts, strict=True)

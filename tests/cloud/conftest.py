@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import pytest
 
-from tests.support.mqtt import PahoClient, paho_connect
+from tests.support.mqtt import PahoClient, paho_connect, tls_context
 from tests.support.pki import Issued, TestPKI, hostile_leaf
 from tether.cloud.loop_thread import CloudThread
 from tether.cloud.registry import CARole, Provisioning, Registry
@@ -110,10 +110,7 @@ class Cloud:
 
     def tls_context(self, identity: Issued) -> ssl.SSLContext:
         """A stdlib client context pinned to the root, presenting ``identity``."""
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.load_verify_locations(cafile=self.pki.root_path)
-        context.load_cert_chain(identity.cert_path, identity.key_path)
-        return context
+        return tls_context(self.pki.root_path, identity)
 
     def paho(self, identity: Issued, client_id: str) -> PahoClient:
         """A connected paho MQTT 5 client (the CONNACK must be a success)."""

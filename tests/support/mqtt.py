@@ -18,7 +18,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import mqtt5
 import paho.mqtt.client as paho
@@ -31,6 +31,44 @@ from tether.cloud.gateway.framing import PacketFramer
 
 TIMEOUT = 10.0
 MAX_PACKET = 1024 * 1024
+
+
+class HasKeyFiles(Protocol):
+    """Anything with a certificate file and its key file (an ``Issued``, a ``KeyFiles``...)."""
+
+    @property
+    def cert_path(self) -> Path: ...
+
+    @property
+    def key_path(self) -> Path: ...
+
+
+@dataclass(frozen=True)
+class KeyFiles:
+    """A certificate file and its key file, when a test has only the paths."""
+
+    cert_path: Path
+    key_path: Path
+
+
+def tls_context(
+    pinned_ca: Path,
+    identity: HasKeyFiles | None = None,
+    *,
+    minimum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
+    maximum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
+    ciphers: str | None = None,
+) -> ssl.SSLContext:
+    """A client context trusting only ``pinned_ca``, presenting ``identity`` (or nothing)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile=pinned_ca)
+    if ciphers is not None:
+        context.set_ciphers(ciphers)
+    context.minimum_version = minimum
+    context.maximum_version = maximum
+    if identity is not None:
+        context.load_cert_chain(identity.cert_path, identity.key_path)
+    return context
 
 
 class RawClient:

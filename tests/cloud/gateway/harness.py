@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
 from tests.cloud.gateway.pki import GatewayPKI
+from tests.support.mqtt import tls_context
 from tests.support.pki import Issued
 from tether.cloud.gateway import Gateway, GatewaySettings, StaticAuthority
 from tether.cloud.loop_thread import LoopThread
@@ -36,24 +37,9 @@ class GatewayThread(LoopThread):
         self.call(self.gateway.stop(), timeout=15)
 
 
-def client_context(
-    pki: GatewayPKI,
-    client: Issued | None,
-    *,
-    minimum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
-    maximum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
-    ciphers: str | None = None,
-) -> ssl.SSLContext:
-    """A client context trusting the test root, presenting ``client`` (or no certificate)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(cafile=pki.root.cert_path)
-    if ciphers is not None:
-        context.set_ciphers(ciphers)
-    context.minimum_version = minimum
-    context.maximum_version = maximum
-    if client is not None:
-        context.load_cert_chain(client.cert_path, client.key_path)
-    return context
+def client_context(pki: GatewayPKI, client: Issued | None, **tls: Any) -> ssl.SSLContext:
+    """``tests.support.mqtt.tls_context`` trusting the gateway test root."""
+    return tls_context(pki.root.cert_path, client, **tls)
 
 
 def wait_for_log(
