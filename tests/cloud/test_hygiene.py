@@ -10,17 +10,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import socket
-import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
-import mqtt5
 import pytest
 from cryptography import x509
 
 from tests.cloud.conftest import ACTOR, Cloud, CloudPKI
 from tests.support.cli import tether
-from tests.support.pki import hostile_leaf
+from tests.support.mqtt import RawClient
+from tests.support.pki import Issued, hostile_leaf
 from tether.cloud.hygiene import (
     FindingCode,
     HygieneOptions,
@@ -206,13 +205,11 @@ def test_cli_clean_exits_zero_and_says_why_live_checks_were_skipped(clean: Cloud
     assert "skipped" in done.stdout and "cannot read the gateway's live view" in done.stdout
 
 
-def _connect_from(host: str, cloud: Cloud, identity: object, client_id: str) -> ssl.SSLSocket:
+def _connect_from(host: str, cloud: Cloud, identity: Issued, client_id: str) -> RawClient:
     """An MQTT 5 session from a chosen loopback source address (127.0.0.x)."""
-    raw = socket.create_connection(("127.0.0.1", cloud.port), timeout=10, source_address=(host, 0))
-    sock = cloud.tls_context(identity).wrap_socket(raw, server_hostname="127.0.0.1")  # type: ignore[arg-type]
-    sock.sendall(mqtt5.ConnectPacket(client_id, clean_start=True).write())
-    assert sock.recv(4096)  # the CONNACK
-    return sock
+    client = RawClient(cloud.port, cloud.tls_context(identity), source=host)
+    assert client.connect(client_id) is not None  # the CONNACK
+    return client
 
 
 def test_a_certificate_used_from_two_addresses_is_found_live(cloud: Cloud) -> None:

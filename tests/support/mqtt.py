@@ -81,11 +81,15 @@ class RawClient:
         *,
         timeout: float = TIMEOUT,
         receive_buffer: int | None = None,
+        source: str | None = None,
     ) -> None:
         """Connect and do the TLS handshake (its errors propagate); ``receive_buffer`` shrinks
-        SO_RCVBUF first (a slow consumer whose kernel buffer fills quickly)."""
+        SO_RCVBUF first (a slow consumer whose kernel buffer fills quickly); ``source`` is the
+        loopback address to connect from (``127.0.0.2``: another client address)."""
         raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
+            if source is not None:
+                raw.bind((source, 0))
             if receive_buffer is not None:
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
             raw.settimeout(timeout)

@@ -4,14 +4,12 @@ device state, paging, sorting, CA deactivation; CSRF and query validation over p
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 
 import httpx
-import mqtt5
 import pytest
 from cryptography import x509
 from selenium.webdriver import Chrome
@@ -20,6 +18,7 @@ from selenium.webdriver.support.ui import Select
 from tests.cloud.api.conftest import ADMIN, Api, snapshot
 from tests.cloud.conftest import Cloud
 from tests.support.browser import chromium, find, wait_text
+from tests.support.mqtt import RawClient
 from tether.cloud.observability.endpoints import GatewayEndpoints
 from tether.cloud.observability.live import read_live_view
 from tether.cloud.registry import CAStatus, CertState, DeviceStatus
@@ -270,11 +269,9 @@ def test_connected_now_comes_from_the_gateway_live_view_or_is_unknown(
     online = cloud.console_device("LIVE-1")
     cloud.console_device("LIVE-2")
     client, _ = _signed_in(api)
-    raw = socket.create_connection(("127.0.0.1", cloud.port), timeout=10)
-    sock = cloud.tls_context(online).wrap_socket(raw, server_hostname="127.0.0.1")
+    sock = RawClient(cloud.port, cloud.tls_context(online))
     try:
-        sock.sendall(mqtt5.ConnectPacket("LIVE-1", clean_start=True).write())
-        assert sock.recv(4096)  # the CONNACK
+        assert sock.connect("LIVE-1") is not None  # the CONNACK
         assert _connected_column(client, "LIVE-1") == "connected"
         assert _connected_column(client, "LIVE-2") == "not connected"
         detail = client.get("/console/devices/LIVE-1").text
