@@ -85,7 +85,7 @@ def test_init_register_serve_and_a_real_mqtt_client(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=cli_env(SECRETS),
+        env=cli_env(SECRETS, PYTHONUNBUFFERED="1"),
     )
     try:
         assert server.stdout is not None

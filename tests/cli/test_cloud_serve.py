@@ -98,7 +98,8 @@ def _serve(data: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         tether_command("cloud", "serve", data, "--port", "0", "--api-port", "0",
                        *NO_FIXED_METRICS_PORTS),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(SECRETS),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=cli_env(SECRETS, PYTHONUNBUFFERED="1"),
     )  # fmt: skip
 
 

@@ -3,10 +3,10 @@
 ``tether(*args, env=...)`` runs ``python -m tether ARGS`` to completion and returns the
 ``CompletedProcess`` (text). The environment is the test process's, minus every secret an
 outer shell might have exported (each test says exactly which secrets the command gets, in
-``env``), plus a wide plain terminal so Rich never wraps or colours a line a test parses, and
-unbuffered output so a long-running ``serve`` shows its lines as it prints them. Standard
-input is closed: a missing secret fails, it never prompts. ``tether_command`` and
-``cli_env`` are the same command and environment for a ``Popen`` that stays running.
+``env``), plus a wide plain terminal so Rich never wraps or colours a line a test parses.
+Standard input is closed: a missing secret fails, it never prompts. ``tether_command`` and
+``cli_env`` are the same command and environment for a ``Popen`` that stays running (a test
+that reads a ``serve``'s lines as they come adds ``PYTHONUNBUFFERED=1``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def tether_command(*args: str | Path) -> list[str]:
 def cli_env(extra: Mapping[str, str] | None = None, **more: str) -> dict[str, str]:
     """The test's environment without inherited secrets, wide and plain, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
-    env.update(COLUMNS="400", NO_COLOR="1", PYTHONUNBUFFERED="1")
+    env.update(COLUMNS="400", NO_COLOR="1")
     env.update(extra or {})
     env.update(more)
     return env
