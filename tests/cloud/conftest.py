@@ -14,7 +14,6 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
@@ -28,7 +27,6 @@ from tether.cloud.setup import init_data_dir
 from tether.pki import IssuingCA, Role, sha256_fingerprint
 from tether.pki.store import pem
 
-T = TypeVar("T")
 TIMEOUT = 10.0
 ACTOR = "test:e2e"
 

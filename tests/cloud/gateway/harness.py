@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -20,7 +20,6 @@ from tests.support.pki import Issued
 from tether.cloud.gateway import Gateway, GatewaySettings, StaticAuthority
 from tether.cloud.loop_thread import LoopThread
 
-T = TypeVar("T")
 TIMEOUT = 10.0
 
 
