@@ -14,13 +14,14 @@ import asyncio
 import threading
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import uvloop
 
-from tether.cloud.api import ApiServer
-from tether.cloud.gateway import Identity
-from tether.cloud.service import CloudService
+if TYPE_CHECKING:  # importing this module must not import the web stack (spawned children)
+    from tether.cloud.api import ApiServer
+    from tether.cloud.gateway import Identity
+    from tether.cloud.service import CloudService
 
 T = TypeVar("T")
 CALL_TIMEOUT_S = 15.0
