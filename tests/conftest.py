@@ -4,10 +4,12 @@ directory by the test run itself; nothing secret is checked in."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.softhsm import SoftHSM, Token
+from tests.support.pki import ceremony
 from tests.tpm import Tpm
 
 # Token kinds a test marked ``tpm`` runs on: ``token`` (and the ``backend`` / ``unit_store``
@@ -19,6 +21,13 @@ TOKEN_KINDS = ("softhsm2", "tpm2")
 def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHSM]:
     """One SoftHSM2 configuration for the session (SOFTHSM2_CONF is set for the process)."""
     yield SoftHSM(tmp_path_factory.mktemp("softhsm"))
+
+
+@pytest.fixture(scope="session")
+def ca_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Root, server, device and factory CA directories (``tests.support.pki.ceremony``), made
+    once a session; tests read them and never change them."""
+    return ceremony(tmp_path_factory.mktemp("ceremony"))
 
 
 @pytest.fixture(scope="session")

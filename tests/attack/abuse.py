@@ -26,7 +26,6 @@ import resource
 import secrets
 import selectors
 import socket
-import ssl
 import threading
 import time
 from collections import deque
@@ -40,7 +39,7 @@ import mqtt5
 from cryptography import x509
 from mqtt5 import QoS, TopicFilter
 
-from tests.cloud.gateway.harness import RawClient
+from tests.support.mqtt import RawClient, tls_context
 from tether.cloud.registry import Registry
 
 IO_TIMEOUT = 5.0
@@ -74,15 +73,6 @@ class Target:
     service: Identity | None = None
     api_port: int | None = None
     max_seconds: float = 120.0
-
-
-def tls_context(pinned_ca: Path, identity: Identity | None) -> ssl.SSLContext:
-    """A client context pinned to ``pinned_ca``, presenting ``identity`` (or nothing)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(cafile=pinned_ca)
-    if identity is not None:
-        context.load_cert_chain(identity.cert_path, identity.key_path)
-    return context
 
 
 def mqtt_client(

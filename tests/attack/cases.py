@@ -27,18 +27,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.attack.certs import NOW, hostile_leaf, rsa_key, server_identity
 from tests.attack.foreign_key import ForeignKey, connect_with_foreign_key
 from tests.attack.observe import (
     Observation,
-    Wire,
     connect_attempt,
     describe,
     gateway_codes,
     logged_code,
 )
-from tests.cloud.conftest import ACTOR, Cloud, CloudThread
-from tests.cloud.gateway.pki import Issued, self_signed_leaf
+from tests.cloud.conftest import ACTOR, Cloud, serving
+from tests.support.mqtt import RawClient
+from tests.support.pki import NOW, Issued, hostile_leaf, hostile_server, rsa_key, self_signed_leaf
 from tether.cloud.gateway import GatewaySettings
 from tether.cloud.operations import AdminOperations
 from tether.cloud.registry import CARole, CAStatus, DeviceStatus
@@ -83,16 +82,16 @@ class Attack:
         kind, words = connect_attempt(self.cloud.port, self.context(identity, **tls), client_id)
         return Observation(kind, words, logged_code(self.caplog, self.codes))
 
-    def connected(self, serial: str = SERIAL) -> Wire:
+    def connected(self, serial: str = SERIAL) -> RawClient:
         """A registered device connected over MQTT (CONNACK success asserted)."""
         identity = self.cloud.console_device(serial)
-        wire = Wire(self.cloud.port, self.context(identity))
+        wire = RawClient(self.cloud.port, self.context(identity))
         wire.send(mqtt5.ConnectPacket(serial, clean_start=True))
         connack = wire.recv()
         assert connack is not None and connack.reason_code == mqtt5.ConnAckReasonCode.SUCCESS
         return wire
 
-    def after_session(self, send: Callable[[Wire], None]) -> Observation:
+    def after_session(self, send: Callable[[RawClient], None]) -> Observation:
         """Connect as ``SERIAL``, do ``send``, and observe the gateway's first answer."""
         wire = self.connected()
         try:
@@ -115,11 +114,13 @@ def no_certificate(a: Attack) -> Observation:
 
 def self_signed(a: Attack) -> Observation:
     a.cloud.console_device(SERIAL)  # the real device exists and is enabled
-    return a.attempt(self_signed_leaf(a.directory, SERIAL, stem="self-signed"))
+    return a.attempt(self_signed_leaf(SERIAL).write(a.directory, "self-signed"))
 
 
 def unregistered_ca(a: Attack) -> Observation:
-    return a.attempt(a.cloud.pki.device(a.cloud.pki.stranger_ca, SERIAL, a.directory))
+    return a.attempt(
+        a.cloud.pki.device(SERIAL, ca=a.cloud.pki.stranger_ca).write(a.directory, SERIAL)
+    )
 
 
 def _apply_feed(a: Attack) -> None:
@@ -147,17 +148,13 @@ def revoked_issuing_ca(a: Attack) -> Observation:
 
 
 def expired(a: Attack) -> Observation:
-    return a.attempt(a.cloud.pki.expired_device(SERIAL, a.directory))
+    return a.attempt(a.cloud.pki.expired_device(SERIAL).write(a.directory, "expired-device"))
 
 
 def not_yet_valid(a: Attack) -> Observation:
     identity = hostile_leaf(
-        a.cloud.pki.device_ca,
-        SERIAL,
-        a.directory,
-        stem="future",
-        not_before=NOW + dt.timedelta(days=1),
-    )
+        a.cloud.pki.device_ca, SERIAL, not_before=NOW + dt.timedelta(days=1)
+    ).write(a.directory, "future")
     return a.attempt(identity)
 
 
@@ -178,33 +175,31 @@ def disabled(a: Attack) -> Observation:
 
 
 def unknown_certificate(a: Attack) -> Observation:
-    return a.attempt(a.cloud.pki.device(a.cloud.pki.device_ca, SERIAL, a.directory))
+    return a.attempt(
+        a.cloud.pki.device(SERIAL, ca=a.cloud.pki.device_ca).write(a.directory, SERIAL)
+    )
 
 
 def server_auth_only(a: Attack) -> Observation:
     identity = hostile_leaf(
-        a.cloud.pki.device_ca,
-        SERIAL,
-        a.directory,
-        stem="server-auth",
-        usages=(ExtendedKeyUsageOID.SERVER_AUTH,),
-    )
+        a.cloud.pki.device_ca, SERIAL, usages=(ExtendedKeyUsageOID.SERVER_AUTH,)
+    ).write(a.directory, "server-auth")
     return a.attempt(identity)
 
 
 def ca_true_leaf(a: Attack) -> Observation:
-    identity = hostile_leaf(a.cloud.pki.device_ca, SERIAL, a.directory, stem="ca", is_ca=True)
+    identity = hostile_leaf(a.cloud.pki.device_ca, SERIAL, is_ca=True).write(a.directory, "ca")
     return a.attempt(identity)
 
 
 def rsa_leaf(a: Attack) -> Observation:
-    identity = hostile_leaf(a.cloud.pki.device_ca, SERIAL, a.directory, stem="rsa", key=rsa_key())
+    identity = hostile_leaf(a.cloud.pki.device_ca, SERIAL, key=rsa_key()).write(a.directory, "rsa")
     return a.attempt(identity)
 
 
 def p384_leaf(a: Attack) -> Observation:
     key = ec.generate_private_key(ec.SECP384R1())
-    identity = hostile_leaf(a.cloud.pki.device_ca, SERIAL, a.directory, stem="p384", key=key)
+    identity = hostile_leaf(a.cloud.pki.device_ca, SERIAL, key=key).write(a.directory, "p384")
     return a.attempt(identity)
 
 
@@ -213,12 +208,8 @@ def forged_issuer(a: Attack) -> Observation:
     # the lookalike.
     lookalike = a.cloud.pki.root.create_issuing_ca(common_name="E2E Device CA", role=Role.DEVICE)
     identity = hostile_leaf(
-        lookalike,
-        SERIAL,
-        a.directory,
-        stem="forged",
-        claimed_issuer=a.cloud.pki.device_ca.certificate,
-    )
+        lookalike, SERIAL, claimed_issuer=a.cloud.pki.device_ca.certificate
+    ).write(a.directory, "forged")
     return a.attempt(identity)
 
 
@@ -247,8 +238,8 @@ def client_id_mismatch(a: Attack) -> Observation:
     return a.attempt(identity, client_id=OTHER)
 
 
-def _publish(topic: str, qos: int, **extra: object) -> Callable[[Wire], None]:
-    def send(wire: Wire) -> None:
+def _publish(topic: str, qos: int, **extra: object) -> Callable[[RawClient], None]:
+    def send(wire: RawClient) -> None:
         packet_id = 1 if qos else None
         wire.send(
             mqtt5.PublishPacket(topic, b"x", qos=mqtt5.QoS(qos), packet_id=packet_id, **extra)
@@ -257,8 +248,8 @@ def _publish(topic: str, qos: int, **extra: object) -> Callable[[Wire], None]:
     return send
 
 
-def _subscribe(topic: str) -> Callable[[Wire], None]:
-    def send(wire: Wire) -> None:
+def _subscribe(topic: str) -> Callable[[RawClient], None]:
+    def send(wire: RawClient) -> None:
         wire.send(
             mqtt5.SubscribePacket(1, [mqtt5.TopicFilter(topic, max_qos=mqtt5.QoS.AT_LEAST_ONCE)])
         )
@@ -266,7 +257,7 @@ def _subscribe(topic: str) -> Callable[[Wire], None]:
     return send
 
 
-def _raw(data: bytes) -> Callable[[Wire], None]:
+def _raw(data: bytes) -> Callable[[RawClient], None]:
     return lambda wire: wire.send(data)
 
 
@@ -343,10 +334,10 @@ def retained_publish(a: Attack) -> Observation:
 
 def publish_before_connect(a: Attack) -> Observation:
     identity = a.cloud.console_device(SERIAL)
-    wire = Wire(a.cloud.port, a.context(identity))
+    wire = RawClient(a.cloud.port, a.context(identity))
     try:
         _publish(f"devices/{SERIAL}/telemetry", 0)(wire)
-        packets = wire.until_closed()
+        packets = wire.wait_closed()
     finally:
         wire.close()
     kind, words = describe(packets[0] if packets else None)
@@ -355,9 +346,9 @@ def publish_before_connect(a: Attack) -> Observation:
 
 def no_connect(a: Attack) -> Observation:
     identity = a.cloud.console_device(SERIAL)
-    wire = Wire(a.cloud.port, a.context(identity))
+    wire = RawClient(a.cloud.port, a.context(identity))
     try:
-        packets = wire.until_closed(timeout=a.cloud.settings.gateway.connect_timeout + 10)
+        packets = wire.wait_closed(timeout=a.cloud.settings.gateway.connect_timeout + 10)
     finally:
         wire.close()
     kind, words = describe(packets[0] if packets else None)
@@ -366,7 +357,7 @@ def no_connect(a: Attack) -> Observation:
 
 def spoofed_sender(a: Attack) -> Observation:
     watcher_identity = a.cloud.service_identity(SERVICE)
-    watcher = Wire(a.cloud.port, a.context(watcher_identity))
+    watcher = RawClient(a.cloud.port, a.context(watcher_identity))
     try:
         watcher.send(mqtt5.ConnectPacket(SERVICE, clean_start=True))
         assert watcher.recv().reason_code == mqtt5.ConnAckReasonCode.SUCCESS
@@ -435,13 +426,16 @@ def plaintext(a: Attack) -> Observation:
 # -- the device's side: the server must prove itself ---------------------------------------
 
 
-def _device_against(a: Attack, chain: Path, key: Path) -> Observation:
+def _device_against(a: Attack, server: Issued) -> Observation:
     """Run a real CloudService (same registry) with this server certificate; connect a device."""
     identity = a.cloud.console_device(SERIAL)
     settings = GatewaySettings(
-        certificate_chain=chain, private_key=key, port=0, connect_timeout=5.0
+        certificate_chain=server.cert_path,
+        private_key=server.key_path,
+        port=0,
+        connect_timeout=5.0,
     )
-    impostor = CloudThread(CloudService(a.cloud.registry, settings))
+    impostor = serving(CloudService(a.cloud.registry, settings))
     try:
         device = DeviceClient(
             DeviceIdentity.load(identity.cert_path, FileKey(identity.key_path)),
@@ -471,25 +465,21 @@ def _device_against(a: Attack, chain: Path, key: Path) -> Observation:
 def device_mitm(a: Attack) -> Observation:
     other_root = type(a.cloud.pki.root).generate(common_name="MITM Root CA")
     mitm_ca = other_root.create_issuing_ca(common_name="MITM Server CA", role=Role.SERVER)
-    return _device_against(a, *server_identity(mitm_ca, a.directory, stem="mitm"))
+    return _device_against(a, hostile_server(mitm_ca).write(a.directory, "mitm"))
 
 
 def device_wrong_host(a: Attack) -> Observation:
-    chain_key = server_identity(
-        a.cloud.pki.server_ca,
-        a.directory,
-        stem="elsewhere",
-        dns_name="elsewhere.test",
-        ip="10.9.9.9",
+    server = hostile_server(a.cloud.pki.server_ca, dns_name="elsewhere.test", ip="10.9.9.9").write(
+        a.directory, "elsewhere"
     )
-    return _device_against(a, *chain_key)
+    return _device_against(a, server)
 
 
 def device_expired_server(a: Attack) -> Observation:
-    chain_key = server_identity(
-        a.cloud.pki.server_ca, a.directory, stem="expired", not_after=NOW - dt.timedelta(days=1)
+    server = hostile_server(a.cloud.pki.server_ca, not_after=NOW - dt.timedelta(days=1)).write(
+        a.directory, "expired-server"
     )
-    return _device_against(a, *chain_key)
+    return _device_against(a, server)
 
 
 # -- blast radius: a compromised CA hurts only what it issued -----------------------------
@@ -498,10 +488,10 @@ def device_expired_server(a: Attack) -> Observation:
 def _factory_device(a: Attack, ca: IssuingCA | None = None, serial: str = SERIAL) -> Issued:
     ca = ca or a.cloud.pki.factory_ca  # registered with just-in-time registration
     stem = f"{serial}-{sha256_fingerprint(ca.certificate)[:8]}-{len(list(a.directory.iterdir()))}"
-    return a.cloud.pki.device(ca, serial, a.directory / stem)
+    return a.cloud.pki.device(serial, ca=ca).write(a.directory / stem, serial)
 
 
-def _alive(wire: Wire) -> bool:
+def _alive(wire: RawClient) -> bool:
     """True if the session still answers a PINGREQ."""
     try:
         wire.send(mqtt5.PingReqPacket())
@@ -523,7 +513,7 @@ def jit_takeover_console_device(a: Attack) -> Observation:
 
 def _connects(a: Attack, identity: Issued) -> Observation:
     """Handshake + CONNECT that is expected to succeed; the session is closed again."""
-    wire = Wire(a.cloud.port, a.context(identity))
+    wire = RawClient(a.cloud.port, a.context(identity))
     try:
         wire.send(mqtt5.ConnectPacket(SERIAL, clean_start=True))
         kind, words = describe(wire.recv())
@@ -561,12 +551,12 @@ def _publish_crl(a: Attack, issuer: str, crl: x509.CertificateRevocationList) ->
 
 def _live_then(a: Attack, identity: Issued, act: Callable[[], None]) -> Observation:
     """Connect ``identity``, do ``act``, then see the live session end and a reconnect fail."""
-    wire = Wire(a.cloud.port, a.context(identity))
+    wire = RawClient(a.cloud.port, a.context(identity))
     try:
         wire.send(mqtt5.ConnectPacket(SERIAL, clean_start=True))
         assert wire.recv().reason_code == mqtt5.ConnAckReasonCode.SUCCESS
         act()
-        packets = wire.until_closed(timeout=5)
+        packets = wire.wait_closed(timeout=5)
     finally:
         wire.close()
     live = describe(packets[0] if packets else None)[1]
@@ -598,8 +588,8 @@ _KEY_AGREEMENT_ONLY = x509.KeyUsage(
 def _loose(**bent: object) -> Callable[[Attack], Observation]:
     def run(a: Attack) -> Observation:
         stem = "loose-" + "-".join(bent)
-        return a.attempt(hostile_leaf(a.cloud.pki.factory_ca, SERIAL, a.directory, stem=stem,
-                                      **bent))  # type: ignore[arg-type]  # fmt: skip
+        bent_leaf = hostile_leaf(a.cloud.pki.factory_ca, SERIAL, **bent)  # type: ignore[arg-type]
+        return a.attempt(bent_leaf.write(a.directory, stem))
 
     return run
 
@@ -610,13 +600,18 @@ _EMAIL = x509.NameAttribute(NameOID.EMAIL_ADDRESS, "owner@example.com")
 def _server_clients(a: Attack, ca: IssuingCA) -> Observation:
     """A server certificate signed by ``ca`` meets the agent, mosquitto_sub and s_client,
     each trusting exactly the file devices pin (``DATA/pinned-ca.pem``)."""
-    chain, key = server_identity(ca, a.directory, stem=f"server-from-{ca.role.value}")
+    server = hostile_server(ca).write(a.directory, f"server-from-{ca.role.value}")
     identity = a.cloud.console_device(SERIAL)
     pinned = a.cloud.settings.pinned_ca
-    impostor = CloudThread(
+    impostor = serving(
         CloudService(
             a.cloud.registry,
-            GatewaySettings(certificate_chain=chain, private_key=key, port=0, connect_timeout=5.0),
+            GatewaySettings(
+                certificate_chain=server.cert_path,
+                private_key=server.key_path,
+                port=0,
+                connect_timeout=5.0,
+            ),
         )
     )
     verdicts: dict[str, str] = {}

@@ -1,15 +1,13 @@
 """What an attacker's client sees, and which reason code the gateway logged for it.
 
-The attack matrix compares both against a case's expectation. Clients are real: stdlib
-``ssl`` sockets speaking MQTT 5 through the ``mqtt5`` codec, and awscrt for the key that is
-not the certificate's. Every read has a timeout.
+The attack matrix compares both against a case's expectation. Clients are real: the raw
+MQTT 5 client of ``tests.support.mqtt`` (stdlib ``ssl`` and the ``mqtt5`` codec), and awscrt
+for the key that is not the certificate's. Every read has a timeout.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import ssl
 import time
 from collections.abc import Iterable
@@ -20,7 +18,7 @@ from typing import Any
 import mqtt5
 import pytest
 
-from tether.cloud.gateway.framing import PacketFramer
+from tests.support.mqtt import RawClient
 
 TIMEOUT = 5.0
 
@@ -33,58 +31,6 @@ class Observation:
     kind: str
     detail: str
     code: str
-
-
-class Wire:
-    """A TLS connection to the gateway that reports alerts instead of hiding them."""
-
-    def __init__(self, port: int, context: ssl.SSLContext, *, timeout: float = TIMEOUT) -> None:
-        raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        try:
-            self.sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
-        except BaseException:
-            raw.close()
-            raise
-        self.framer = PacketFramer(1024 * 1024)
-        self.alert: str | None = None
-
-    def send(self, packet: bytes | Any) -> None:
-        self.sock.sendall(packet if isinstance(packet, bytes) else packet.write())
-
-    def recv(self, timeout: float = TIMEOUT) -> Any | None:
-        """The next packet; ``None`` when the gateway closed (``alert`` says how)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            packet = self.framer.next_packet()
-            if packet is not None:
-                return packet
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError("the gateway neither answered nor closed in time")
-            self.sock.settimeout(remaining)
-            try:
-                data = self.sock.recv(65536)
-            except ssl.SSLError as exc:
-                self.alert = exc.reason or type(exc).__name__
-                return None
-            except ConnectionError as exc:
-                self.alert = type(exc).__name__
-                return None
-            if not data:
-                return None
-            self.framer.feed(data)
-
-    def until_closed(self, timeout: float = TIMEOUT) -> list[Any]:
-        """Every packet until the gateway closes the connection."""
-        seen = []
-        deadline = time.monotonic() + timeout
-        while (packet := self.recv(max(deadline - time.monotonic(), 0.01))) is not None:
-            seen.append(packet)
-        return seen
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
 
 
 def describe(packet: Any) -> tuple[str, str]:
@@ -110,7 +56,7 @@ def connect_attempt(port: int, context: ssl.SSLContext, client_id: str) -> tuple
     1.3 where the client finishes first, as an alert on the first read.
     """
     try:
-        wire = Wire(port, context)
+        wire = RawClient(port, context, timeout=TIMEOUT)
     except ssl.SSLError as exc:
         return "tls", f"handshake failed ({exc.reason or type(exc).__name__})"
     except ConnectionError as exc:
@@ -125,7 +71,7 @@ def connect_attempt(port: int, context: ssl.SSLContext, client_id: str) -> tuple
             how = f"alert {wire.alert}" if wire.alert else "closed"
             return "tls", f"TLS 1.3: {how} right after the client's Finished, no CONNACK"
         kind, words = describe(packet)
-        rest = wire.until_closed()
+        rest = wire.wait_closed()
         return kind, words + ("; then closed" if not rest else f"; then {rest}")
     finally:
         wire.close()

@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from tests.cloud.conftest import ACTOR, CloudPKI
+from tests.support.cli import cli_env, tether_command
 from tether.cloud.registry import CARole, Provisioning, Registry
 from tether.cloud.settings import CloudSettings
 from tether.cloud.setup import init_data_dir
@@ -100,15 +100,6 @@ def issue_service(settings: CloudSettings, pki: CloudPKI, directory: Path, name:
             actor=ACTOR,
         )
     return Device(name, cert_path, key_path, sha256_fingerprint(certificate))
-
-
-def tether_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tether", *args]
-
-
-def cli_env() -> dict[str, str]:
-    """The test's environment, with a wide terminal so Rich never wraps a line we parse."""
-    return {**os.environ, "COLUMNS": "400", "NO_COLOR": "1"}
 
 
 class ServeProcess:

@@ -45,17 +45,16 @@ import mqtt5
 import pytest
 from cryptography import x509
 
-from tests.attack.observe import Wire
 from tests.attack.report import SecurityReport
 from tests.attack.serve import (
     Device,
     ServeProcess,
-    cli_env,
     issue_devices,
     make_data_dir,
-    tether_command,
 )
 from tests.cloud.conftest import CloudPKI
+from tests.support.cli import cli_env, tether_command
+from tests.support.mqtt import RawClient, tls_context
 from tether.cloud.admin import create_admin
 from tether.cloud.registry import Registry
 from tether.cloud.settings import CloudSettings
@@ -119,13 +118,6 @@ class Abuse:
     body_attempts: int = 0
     body_bytes_sent: int = 0
     body_statuses: Counter[int] = field(default_factory=Counter)
-
-
-def _device_context(device: Device, root: Path) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(cafile=root)
-    context.load_cert_chain(device.cert_path, device.key_path)
-    return context
 
 
 def _api_context(root: Path) -> ssl.SSLContext:
@@ -246,10 +238,10 @@ def run_abuse(port: int, root: Path, token_id: str, start_at: float, with_body: 
     return abuse
 
 
-def _connect(port: int, context: ssl.SSLContext, client_id: str) -> tuple[Wire, float]:
+def _connect(port: int, context: ssl.SSLContext, client_id: str) -> tuple[RawClient, float]:
     """A device connect: TCP + TLS + CONNECT -> successful CONNACK; (wire, seconds)."""
     started = time.monotonic()
-    wire = Wire(port, context, timeout=IO_TIMEOUT)
+    wire = RawClient(port, context, timeout=IO_TIMEOUT)
     wire.send(mqtt5.ConnectPacket(client_id, clean_start=True))
     connack = wire.recv(IO_TIMEOUT)
     elapsed = time.monotonic() - started
@@ -275,7 +267,7 @@ class Victim:
 
     def __init__(self, port: int, device: Device, root: Path) -> None:
         self.device = device
-        self.wire, _ = _connect(port, _device_context(device, root), device.serial)
+        self.wire, _ = _connect(port, tls_context(root, device), device.serial)
         self.dropped_at: float | None = None
         self.packet: object = None
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -311,7 +303,7 @@ def _scenario(
     try:
         assert http.get("/api/v1/whoami").status_code == 200  # verified once, then cached
         victims = [Victim(serve.port, d, root) for d in (by_registry, by_api)]
-        _, quiet = _connect(serve.port, _device_context(probe, root), probe.serial)
+        _, quiet = _connect(serve.port, tls_context(root, probe), probe.serial)
         rss_before = serve.status("VmRSS"), serve.api_status("VmRSS")
         start_at = time.monotonic() + SPAWN_GRACE
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -324,7 +316,7 @@ def _scenario(
                 target=lambda: probing.extend(
                     _probe(
                         serve.port,
-                        _device_context(probe, root),
+                        tls_context(root, probe),
                         probe.serial,
                         start_at + DURATION,
                     )

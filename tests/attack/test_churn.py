@@ -26,7 +26,7 @@ import pytest
 from tests.attack.report import SecurityReport
 from tests.attack.serve import Device, ServeProcess, issue_devices, issue_service, make_data_dir
 from tests.cloud.conftest import CloudPKI
-from tether.cloud.gateway.framing import PacketFramer
+from tests.support.mqtt import AsyncRawClient, tls_context
 
 FULL = os.environ.get("TETHER_FULL_LOAD") == "1"
 SESSIONS = 2000 if FULL else 100
@@ -47,49 +47,8 @@ class Stats:
     probe: list[float] = field(default_factory=list)
 
 
-class Connection:
-    """One MQTT 5 connection over asyncio streams, packet by packet."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.framer = PacketFramer(1024 * 1024)
-
-    @classmethod
-    async def open(cls, port: int, context: ssl.SSLContext) -> Connection:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="127.0.0.1"),
-            IO_TIMEOUT,
-        )
-        return cls(reader, writer)
-
-    async def send(self, packet: object) -> None:
-        self.writer.write(packet.write())  # type: ignore[attr-defined]
-        await self.writer.drain()
-
-    async def recv(self) -> object:
-        while (packet := self.framer.next_packet()) is None:
-            data = await asyncio.wait_for(self.reader.read(65536), IO_TIMEOUT)
-            if not data:
-                raise ConnectionError("the gateway closed the connection")
-            self.framer.feed(data)
-        return packet
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.writer.close()
-            await asyncio.wait_for(self.writer.wait_closed(), 2)
-
-
-def context_for(device: Device, root: Path) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(cafile=root)
-    context.load_cert_chain(device.cert_path, device.key_path)
-    return context
-
-
-async def connect(port: int, context: ssl.SSLContext, client_id: str) -> Connection:
-    connection = await Connection.open(port, context)
+async def connect(port: int, context: ssl.SSLContext, client_id: str) -> AsyncRawClient:
+    connection = await AsyncRawClient.open(port, context, IO_TIMEOUT)
     await connection.send(mqtt5.ConnectPacket(client_id, clean_start=True))
     connack = await connection.recv()
     assert isinstance(connack, mqtt5.ConnAckPacket), connack
@@ -126,7 +85,7 @@ async def device_loop(
             await asyncio.sleep(0.1)
 
 
-async def watch(connection: Connection, stats: Stats) -> None:
+async def watch(connection: AsyncRawClient, stats: Stats) -> None:
     """The service subscriber: every message's tether-sender must equal its payload."""
     while True:
         packet = await connection.recv()
@@ -142,7 +101,7 @@ async def probe_loop(
 ) -> None:
     """Every 0.5 s: TLS, then time CONNECT -> CONNACK."""
     while time.monotonic() < deadline:
-        connection = await Connection.open(port, context)
+        connection = await AsyncRawClient.open(port, context, IO_TIMEOUT)
         started = time.monotonic()
         await connection.send(mqtt5.ConnectPacket(probe.serial, clean_start=True))
         connack = await connection.recv()
@@ -158,8 +117,8 @@ async def run_load(
     devices: list[Device], probe: Device, service: Device, port: int, root: Path
 ) -> Stats:
     stats = Stats()
-    contexts = [context_for(device, root) for device in devices]
-    watcher = await connect(port, context_for(service, root), service.serial)
+    contexts = [tls_context(root, device) for device in devices]
+    watcher = await connect(port, tls_context(root, service), service.serial)
     await watcher.send(
         mqtt5.SubscribePacket(
             1, [mqtt5.TopicFilter("devices/+/telemetry", max_qos=mqtt5.QoS.AT_MOST_ONCE)]
@@ -170,7 +129,7 @@ async def run_load(
     deadline = time.monotonic() + DURATION
     try:
         await asyncio.gather(
-            probe_loop(probe, context_for(probe, root), port, deadline, stats),
+            probe_loop(probe, tls_context(root, probe), port, deadline, stats),
             *(
                 device_loop(d, c, port, deadline, stats)
                 for d, c in zip(devices, contexts, strict=True)

@@ -22,28 +22,20 @@ import mqtt5
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from tests.attack.observe import Wire
 from tests.attack.report import SecurityReport
 from tests.attack.serve import (
     ServeProcess,
-    cli_env,
     issue_devices,
     make_data_dir,
-    tether_command,
 )
 from tests.cloud.conftest import CloudPKI
+from tests.support.cli import cli_env, tether_command
+from tests.support.mqtt import KeyFiles, RawClient, tls_context
 from tether.cloud.registry import Registry
 from tether.errors import TetherError
 from tether.pki import sha256_fingerprint
 
 KILL_AFTER = 25  # certificates the writer reports before the SIGKILL
-
-
-def context_for(cert: Path, key: Path, root: Path) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(cafile=root)
-    context.load_cert_chain(cert, key)
-    return context
 
 
 def all_serial_numbers(registry: Registry, issuer: str) -> list[str]:
@@ -57,8 +49,8 @@ def all_serial_numbers(registry: Registry, issuer: str) -> list[str]:
     return serials
 
 
-def connect(port: int, context: ssl.SSLContext, client_id: str) -> tuple[Wire, object]:
-    wire = Wire(port, context)
+def connect(port: int, context: ssl.SSLContext, client_id: str) -> tuple[RawClient, object]:
+    wire = RawClient(port, context)
     wire.send(mqtt5.ConnectPacket(client_id, clean_start=True))
     return wire, wire.recv()
 
@@ -149,8 +141,9 @@ def test_committed_certificates_survive_kill_9(
         issued = tmp_path / "issued"
         wire, connack = connect(
             restarted.port,
-            context_for(
-                issued / f"{last_serial}.crt", issued / f"{last_serial}.key", cloud_pki.root_path
+            tls_context(
+                cloud_pki.root_path,
+                KeyFiles(issued / f"{last_serial}.crt", issued / f"{last_serial}.key"),
             ),
             last_serial,
         )
@@ -181,7 +174,7 @@ def test_acknowledged_revocation_survives_kill_9(
 ) -> None:
     settings = make_data_dir(tmp_path, cloud_pki)
     (device,) = issue_devices(settings, cloud_pki, tmp_path / "devices", ["REV-000001"])
-    context = context_for(device.cert_path, device.key_path, cloud_pki.root_path)
+    context = tls_context(cloud_pki.root_path, device)
     serve = ServeProcess(settings.data_dir, tmp_path / "serve.log")
     try:
         live, connack = connect(serve.port, context, device.serial)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
+import functools
 import stat
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,24 +13,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 
 from tests.pki.util import pkilint_cert, pkilint_crl
+from tests.support.cli import tether as run_tether
 from tether.pki import load_certificate, verify_chain, verify_server_chain
 from tether.pki.keys import decrypt_private_key
 
 ROOT_PASS = "cli root passphrase"
 CA_PASS = "cli issuing passphrase"
-ENV = {**os.environ, "TETHER_ROOT_PASSPHRASE": ROOT_PASS, "TETHER_CA_PASSPHRASE": CA_PASS}
-
-
-def tether(
-    *args: str | Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tether", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env or ENV,
-    )
+ENV = {"TETHER_ROOT_PASSPHRASE": ROOT_PASS, "TETHER_CA_PASSPHRASE": CA_PASS}
+# Every command here gets both passphrases unless a test passes its own ``env``.
+tether = functools.partial(run_tether, env=ENV)
 
 
 def openssl(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -176,7 +166,7 @@ def test_keys_at_rest(pki: CliPki) -> None:
 def test_passphrase_file_and_no_overwrite(tmp_path: Path) -> None:
     secret = tmp_path / "pass.txt"
     secret.write_text("from a file 123\n")
-    env = {k: v for k, v in ENV.items() if not k.startswith("TETHER_")}
+    env: dict[str, str] = {}  # no secret in the environment: only the file
     ok(tether("ca", "init-root", tmp_path / "r", "--passphrase-file", secret, env=env))
     decrypt_private_key((tmp_path / "r" / "ca.key.pem").read_bytes(), "from a file 123")
     before = snapshot(tmp_path / "r")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,17 +14,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from tests.pki.util import device_csr, write_pem
+from tests.support.cli import tether
 from tether.pki import IssuingCA, Role, RootCA
 from tether.pki.keys import generate_key
-
-
-def tether_lint(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tether", "lint", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -48,21 +39,23 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_a_clean_chain_exits_0(chain: dict[str, Path]) -> None:
-    result = tether_lint(chain["leaf"], "--chain", chain["ca"], "--chain", chain["root"])
+    result = tether("lint", chain["leaf"], "--chain", chain["ca"], "--chain", chain["root"])
     assert result.returncode == 0, result.stdout + result.stderr
     assert "clean" in result.stdout
 
 
 def test_der_input_and_bundles_are_read(chain: dict[str, Path]) -> None:
     assert (
-        tether_lint(chain["leaf_der"], "--chain", chain["ca"], "--chain", chain["root"]).returncode
+        tether(
+            "lint", chain["leaf_der"], "--chain", chain["ca"], "--chain", chain["root"]
+        ).returncode
         == 0
     )
-    assert tether_lint(chain["bundle"]).returncode == 0
+    assert tether("lint", chain["bundle"]).returncode == 0
 
 
 def test_json_output(chain: dict[str, Path]) -> None:
-    result = tether_lint(chain["leaf"], "--json")
+    result = tether("lint", chain["leaf"], "--json")
     assert result.returncode == 0
     findings = json.loads(result.stdout)
     assert findings == [
@@ -76,7 +69,7 @@ def test_json_output(chain: dict[str, Path]) -> None:
 
 
 def test_missing_issuer_in_a_given_chain_exits_1(chain: dict[str, Path]) -> None:
-    result = tether_lint(chain["leaf"], "--chain", chain["root"], "--json")
+    result = tether("lint", chain["leaf"], "--chain", chain["root"], "--json")
     assert result.returncode == 1
     assert "chain.issuer_missing" in {f["code"] for f in json.loads(result.stdout)}
 
@@ -87,11 +80,11 @@ def test_a_foreign_rsa_certificate_gives_findings_not_a_crash(tmp_path: Path) ->
          "-out", "c.pem", "-subj", "/CN=Bob Smith/emailAddress=bob@example.com", "-days", "1"],
         cwd=tmp_path, check=True, capture_output=True, timeout=60,
     )  # fmt: skip
-    result = tether_lint(tmp_path / "c.pem")
+    result = tether("lint", tmp_path / "c.pem")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "key.type" in result.stdout and "ERROR" in result.stdout
-    codes = {f["code"] for f in json.loads(tether_lint(tmp_path / "c.pem", "--json").stdout)}
+    codes = {f["code"] for f in json.loads(tether("lint", tmp_path / "c.pem", "--json").stdout)}
     assert {"key.type", "signature.algorithm"} <= codes
 
 
@@ -109,7 +102,7 @@ def test_a_pii_device_certificate_is_an_error(tmp_path: Path) -> None:
         .not_valid_after(now + timedelta(days=1))
         .sign(key, hashes.SHA256())
     )
-    result = tether_lint(write_pem(tmp_path / "c.pem", cert), "--json")
+    result = tether("lint", write_pem(tmp_path / "c.pem", cert), "--json")
     assert result.returncode == 1
     assert "basic_constraints.missing" in {f["code"] for f in json.loads(result.stdout)}
 
@@ -124,11 +117,11 @@ def test_a_pii_device_certificate_is_an_error(tmp_path: Path) -> None:
 def test_unreadable_input_exits_3(tmp_path: Path, content: bytes, code: str) -> None:
     path = tmp_path / "c.pem"
     path.write_bytes(content)
-    result = tether_lint(path)
+    result = tether("lint", path)
     assert result.returncode == 3
     assert code in result.stderr and "Traceback" not in result.stderr
 
 
 def test_missing_file_exits_3(tmp_path: Path) -> None:
-    result = tether_lint(tmp_path / "nope.pem")
+    result = tether("lint", tmp_path / "nope.pem")
     assert result.returncode == 3 and "pki_input_not_found" in result.stderr

@@ -2,53 +2,43 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
+from tests.support.cli import tether
+from tests.support.pki import CEREMONY_PASSPHRASE
 from tether.pki import Role, RootCA
-from tether.pki.store import CaDirectory, init_issuing, init_root
+from tether.pki.store import CaDirectory
 from tether.pki.verification import (
     VerificationCertificateError,
     check_verification_certificate,
     issue_verification_certificate,
 )
 
-PASSPHRASE = "verification passphrase 1"
+PASSPHRASE = CEREMONY_PASSPHRASE
 CODE = "3f1c0b6a9e2d4c7b8a5f6e1d2c3b4a59"
 
 
-def tether(*args: str | Path, passphrase: str = PASSPHRASE) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TETHER_CA_PASSPHRASE": passphrase, "TETHER_ROOT_PASSPHRASE": passphrase}
-    return subprocess.run(
-        [sys.executable, "-m", "tether", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+def secrets(passphrase: str = PASSPHRASE) -> dict[str, str]:
+    return {"TETHER_CA_PASSPHRASE": passphrase, "TETHER_ROOT_PASSPHRASE": passphrase}
 
 
-@pytest.fixture(scope="module")
-def ca_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("verification")
-    root = init_root(base / "root", PASSPHRASE, common_name="Verification Root")
-    init_issuing(
-        base / "factory", root, PASSPHRASE, PASSPHRASE, common_name="Vendor CA", role=Role.FACTORY
-    )
-    return base / "factory"
+@pytest.fixture
+def ca_dir(ca_dirs: dict[str, Path]) -> Path:
+    """The session's factory CA directory (a vendor's CA proving it holds its key)."""
+    return ca_dirs["factory"]
 
 
 def test_the_cli_makes_a_verification_certificate_the_cloud_accepts(
     ca_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "verification.pem"
-    done = tether("ca", "verification-cert", "--ca", ca_dir, "--code", CODE, "--out", out)
+    done = tether(
+        "ca", "verification-cert", "--ca", ca_dir, "--code", CODE, "--out", out, env=secrets()
+    )
     assert done.returncode == 0, done.stderr
     cert = x509.load_pem_x509_certificate(out.read_bytes())
     ca_cert = CaDirectory.open(ca_dir).certificate
@@ -80,7 +70,7 @@ def test_refusals_write_nothing(
 ) -> None:
     out = tmp_path / "verification.pem"
     done = tether(
-        "ca", "verification-cert", "--ca", ca_dir, *args, "--out", out, passphrase=passphrase
+        "ca", "verification-cert", "--ca", ca_dir, *args, "--out", out, env=secrets(passphrase)
     )
     assert done.returncode == 3
     assert code in done.stderr
@@ -90,7 +80,9 @@ def test_refusals_write_nothing(
 def test_an_existing_output_file_is_never_overwritten(ca_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "verification.pem"
     out.write_text("keep me")
-    done = tether("ca", "verification-cert", "--ca", ca_dir, "--code", CODE, "--out", out)
+    done = tether(
+        "ca", "verification-cert", "--ca", ca_dir, "--code", CODE, "--out", out, env=secrets()
+    )
     assert done.returncode == 3 and "already exists" in done.stderr
     assert out.read_text() == "keep me"
 

@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import text
 
 from tests.cloud.conftest import ACTOR, Cloud
-from tests.cloud.gateway.harness import RawClient
 from tests.postgres import throwaway_postgres
+from tests.support.mqtt import RawClient
 from tether.cloud.changes import FileChange, PostgresNotify, signal_for
 from tether.cloud.registry import Provisioning, Registry
 

@@ -32,10 +32,10 @@ from paho.mqtt.properties import Properties
 
 from tests.cloud.api.conftest import pinned_context
 from tests.cloud.conftest import ACTOR, Cloud, CloudPKI, CloudThread
-from tests.cloud.gateway.harness import RawClient, paho_connect_pinned
-from tests.cloud.gateway.pki import Issued
 from tests.natsd import nats_cluster
 from tests.postgres import throwaway_postgres
+from tests.support.mqtt import RawClient, paho_connect
+from tests.support.pki import Issued
 from tether.cloud.admin import create_admin
 from tether.cloud.api import ApiServer, create_app
 from tether.cloud.bus.nats import NatsBus
@@ -76,7 +76,7 @@ class Cluster:
         return self.b.workers[0].service_identity(name)
 
     def paho(self, host: Host, identity: Issued, client_id: str):  # type: ignore[no-untyped-def]
-        return paho_connect_pinned(host.port, self.pki.root_path, identity, client_id)
+        return paho_connect(host.port, self.pki.root_path, identity, client_id)
 
     def sessions(self, host: Host) -> set[str]:
         return {i.name for w in host.workers for i in w.service.gateway.sessions()}

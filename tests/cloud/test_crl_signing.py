@@ -7,15 +7,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography import x509
 
-from tests.pki_factory import tether_issuing_ca, tether_root
+from tests.support.pki import TestPKI
 from tether.cloud.crl_signing import OnlineCrl
 from tether.pki import RevokedEntry, Role
 
 
 @pytest.fixture(scope="module")
 def signer() -> OnlineCrl:
-    root, _ = tether_root("CRL Signing Root")
-    ca, _ = tether_issuing_ca(root, "CRL Signing Device CA", Role.DEVICE)
+    ca = TestPKI("CRL Signing Root").ca(Role.DEVICE)
     return OnlineCrl(ca, validity=timedelta(days=7), resign_before=timedelta(days=1))
 
 

@@ -10,18 +10,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import socket
-import ssl
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import mqtt5
 import pytest
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.cloud.conftest import ACTOR, DEVICE_KEY_USAGE, Cloud, CloudPKI
+from tests.cloud.conftest import ACTOR, Cloud, CloudPKI
+from tests.support.cli import tether
+from tests.support.mqtt import RawClient
+from tests.support.pki import Issued, hostile_leaf
 from tether.cloud.hygiene import (
     FindingCode,
     HygieneOptions,
@@ -35,7 +33,6 @@ from tether.cloud.registry import CARole, DeviceStatus, Provisioning, Registry
 from tether.cloud.settings import CloudSettings
 from tether.cloud.setup import init_data_dir
 from tether.pki import IssuingCA, generate_key, sha256_fingerprint
-from tether.pki.signing import sign_certificate
 from tether.pki.store import pem
 
 NOW = dt.datetime.now(dt.UTC)
@@ -43,28 +40,13 @@ NOW = dt.datetime.now(dt.UTC)
 
 def _misfit(ca: IssuingCA, serial: str) -> x509.Certificate:
     """A device certificate of ``ca`` that breaks the profile: it carries a SAN."""
-    key = generate_key()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, serial)]))
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(days=1))
-        .not_valid_after(NOW + dt.timedelta(days=300))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(DEVICE_KEY_USAGE, critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                ca.certificate.public_key()  # type: ignore[arg-type]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("misfit.example")]), False)
-    )
-    return sign_certificate(builder, ca.signer)
+    return hostile_leaf(
+        ca,
+        serial,
+        not_before=NOW - dt.timedelta(days=1),
+        not_after=NOW + dt.timedelta(days=300),
+        san=x509.SubjectAlternativeName([x509.DNSName("misfit.example")]),
+    ).certificate
 
 
 def _device(
@@ -190,17 +172,11 @@ def test_bad_thresholds_are_refused(days: object) -> None:
         HygieneOptions(certificate_days=days)  # type: ignore[arg-type]
 
 
-def _tether(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tether", *args], capture_output=True, text=True, timeout=60
-    )
-
-
 def test_cli_exit_status_and_json(
     planted: tuple[CloudSettings, dict[str, str]], tmp_path: Path, cloud_pki: CloudPKI
 ) -> None:
     settings, _ = planted
-    found = _tether("audit", str(settings.data_dir), "--json", "--no-live")
+    found = tether("audit", str(settings.data_dir), "--json", "--no-live")
     assert found.returncode == 1, found.stderr
     report = json.loads(found.stdout)
     assert {f["code"] for f in report["findings"]} == {
@@ -212,7 +188,7 @@ def test_cli_exit_status_and_json(
     }
     assert report["skipped"]["revoked_certificate_connected"] == "--no-live was given"
     # Longer horizons find more; a bad one is a usage error with its code.
-    refused = _tether("audit", str(settings.data_dir), "--certificate-days", "0")
+    refused = tether("audit", str(settings.data_dir), "--certificate-days", "0")
     assert refused.returncode == 3 and "audit_option_invalid" in refused.stderr
 
 
@@ -223,19 +199,17 @@ def test_cli_clean_exits_zero_and_says_why_live_checks_were_skipped(clean: Cloud
         probe.bind(("127.0.0.1", 0))
         raw["metrics"]["port"] = probe.getsockname()[1]
     (clean.data_dir / "cloud.json").write_text(json.dumps(raw))
-    done = _tether("audit", str(clean.data_dir))
+    done = tether("audit", str(clean.data_dir))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no findings" in done.stdout
     assert "skipped" in done.stdout and "cannot read the gateway's live view" in done.stdout
 
 
-def _connect_from(host: str, cloud: Cloud, identity: object, client_id: str) -> ssl.SSLSocket:
+def _connect_from(host: str, cloud: Cloud, identity: Issued, client_id: str) -> RawClient:
     """An MQTT 5 session from a chosen loopback source address (127.0.0.x)."""
-    raw = socket.create_connection(("127.0.0.1", cloud.port), timeout=10, source_address=(host, 0))
-    sock = cloud.tls_context(identity).wrap_socket(raw, server_hostname="127.0.0.1")  # type: ignore[arg-type]
-    sock.sendall(mqtt5.ConnectPacket(client_id, clean_start=True).write())
-    assert sock.recv(4096)  # the CONNACK
-    return sock
+    client = RawClient(cloud.port, cloud.tls_context(identity), source=host)
+    assert client.connect(client_id) is not None  # the CONNACK
+    return client
 
 
 def test_a_certificate_used_from_two_addresses_is_found_live(cloud: Cloud) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from tests.cloud.conftest import ACTOR, TIMEOUT, Cloud
-from tests.cloud.gateway.harness import PahoClient, wait_for_log
+from tests.cloud.gateway.harness import wait_for_log
+from tests.support.mqtt import PahoClient
 from tether.cloud.operations import AdminOperations
 from tether.cloud.registry.policies import TargetKind
 

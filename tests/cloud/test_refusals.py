@@ -15,8 +15,9 @@ from cryptography import x509
 from mqtt5 import ConnAckReasonCode
 
 from tests.cloud.conftest import ACTOR, Cloud
-from tests.cloud.gateway.harness import RawClient, wait_for_log
-from tests.cloud.gateway.pki import Issued, self_signed_leaf
+from tests.cloud.gateway.harness import wait_for_log
+from tests.support.mqtt import RawClient
+from tests.support.pki import Issued, self_signed_leaf
 from tether.cloud.registry import DeviceStatus
 from tether.pki import sha256_fingerprint
 
@@ -24,13 +25,13 @@ SERIAL = "CON-100001"
 
 
 def _unregistered_ca(cloud: Cloud, tmp_path: Path) -> Issued:
-    return cloud.pki.device(cloud.pki.stranger_ca, SERIAL, tmp_path)
+    return cloud.pki.device(SERIAL, ca=cloud.pki.stranger_ca).write(tmp_path, SERIAL)
 
 
 def _self_signed_with_real_serial(cloud: Cloud, tmp_path: Path) -> Issued:
     cloud.console_device(SERIAL)  # the real device exists and is enabled
     tmp_path.mkdir(parents=True, exist_ok=True)
-    return self_signed_leaf(tmp_path, SERIAL, stem="impostor")
+    return self_signed_leaf(SERIAL).write(tmp_path, "impostor")
 
 
 def _revoked(cloud: Cloud, tmp_path: Path) -> Issued:
@@ -42,7 +43,7 @@ def _revoked(cloud: Cloud, tmp_path: Path) -> Issued:
 
 
 def _expired(cloud: Cloud, tmp_path: Path) -> Issued:
-    return cloud.pki.expired_device(SERIAL, tmp_path)
+    return cloud.pki.expired_device(SERIAL).write(tmp_path, "expired")
 
 
 def _disabled(cloud: Cloud, tmp_path: Path) -> Issued:
@@ -52,7 +53,9 @@ def _disabled(cloud: Cloud, tmp_path: Path) -> Issued:
 
 
 def _unknown_under_a_ca_without_jit(cloud: Cloud, tmp_path: Path) -> Issued:
-    return cloud.pki.device(cloud.pki.device_ca, SERIAL, tmp_path)  # never registered
+    return cloud.pki.device(SERIAL, ca=cloud.pki.device_ca).write(
+        tmp_path, SERIAL
+    )  # never registered
 
 
 # (how the certificate is made, the logged code, the CONNACK reason or None for a TLS refusal)

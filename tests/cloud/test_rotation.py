@@ -9,10 +9,8 @@ audit log.
 from __future__ import annotations
 
 import datetime as dt
-import os
+import functools
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import mqtt5
@@ -20,11 +18,13 @@ import pytest
 from cryptography import x509
 
 from tests.cloud.conftest import ACTOR, Cloud
-from tests.cloud.gateway.harness import RawClient, wait_for_log
+from tests.cloud.gateway.harness import wait_for_log
+from tests.support.cli import tether as run_tether
+from tests.support.mqtt import RawClient
+from tests.support.pki import CEREMONY_PASSPHRASE
 from tether.cloud.rotation import SERVER_CERTIFICATE_ROTATED, rotate_server_certificate
 from tether.errors import InvalidInputError
 from tether.pki import Role, sha256_fingerprint
-from tether.pki.store import init_issuing, init_root
 
 
 def _server_fingerprint(client: RawClient) -> str:
@@ -89,24 +89,9 @@ def test_a_refused_rotation_changes_nothing(cloud: Cloud, case: str) -> None:
     assert [p.name for p in cloud.settings.data_dir.iterdir() if p.name.startswith(".")] == []
 
 
-def test_cli_rotates_into_the_data_directory(tmp_path: Path) -> None:
-    passphrase = "rotation passphrase 123"
-    root = init_root(tmp_path / "root", passphrase, common_name="Rotation Root CA")
-    server = tmp_path / "server-ca"
-    init_issuing(
-        server, root, passphrase, passphrase, common_name="Rotation Server CA", role=Role.SERVER
-    )
-    env = {**os.environ, "TETHER_CA_PASSPHRASE": passphrase, "COLUMNS": "400", "NO_COLOR": "1"}
-
-    def tether(*args: str | Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "tether", *map(str, args)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-        )
-
+def test_cli_rotates_into_the_data_directory(ca_dirs: dict[str, Path], tmp_path: Path) -> None:
+    server = ca_dirs["server"]
+    tether = functools.partial(run_tether, env={"TETHER_CA_PASSPHRASE": CEREMONY_PASSPHRASE})
     data = tmp_path / "data"
     assert tether("cloud", "init", data, "--server-ca", server).returncode == 0
     before = (data / "server.chain.pem").read_bytes()
@@ -122,6 +107,6 @@ def test_cli_rotates_into_the_data_directory(tmp_path: Path) -> None:
     assert stat.S_IMODE((data / "server.key.pem").stat().st_mode) == 0o600
     # A root directory is not a server issuing CA: one line, exit 3, nothing changed.
     rotated = (data / "server.chain.pem").read_bytes()
-    wrong = tether("cloud", "rotate-server-cert", data, "--server-ca", tmp_path / "root")
+    wrong = tether("cloud", "rotate-server-cert", data, "--server-ca", ca_dirs["root"])
     assert wrong.returncode == 3 and wrong.stderr.startswith("error (")
     assert (data / "server.chain.pem").read_bytes() == rotated

@@ -15,8 +15,9 @@ from cryptography import x509
 from mqtt5 import DisconnectReasonCode
 
 from tests.cloud.conftest import ACTOR, TIMEOUT, Cloud
-from tests.cloud.gateway.harness import RawClient, publish_properties, wait_for_log
+from tests.cloud.gateway.harness import wait_for_log
 from tests.softhsm import Token
+from tests.support.mqtt import RawClient, publish_properties
 from tether.cloud.gateway.broker import SENDER_PROPERTY
 from tether.cloud.registry import CARole, CAStatus, DeviceStatus, Provisioning, Registry
 from tether.cloud.service import SEEN_FLUSH_INTERVAL
@@ -321,7 +322,7 @@ def test_deactivating_a_ca_spares_a_namesake_ca(cloud: Cloud, tmp_path: Path) ->
     ).fingerprint
     cloud.running.call(cloud.service.apply_changes())
     kept = cloud.paho(cloud.console_device("CON-000040"), "CON-000040")
-    gone_identity = cloud.pki.device(namesake, "CON-000041", tmp_path)
+    gone_identity = cloud.pki.device("CON-000041", ca=namesake).write(tmp_path, "CON-000041")
     cloud.registry.add_device("CON-000041", provisioning=Provisioning.CONSOLE, actor=ACTOR)
     cloud.registry.add_certificate(
         gone_identity.certificate, device_serial="CON-000041", issuer_fingerprint=namesake_fp,

@@ -13,7 +13,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.softhsm import SoftHSM, Token
+from tests.support.cli import tether_command
 from tether.demo import STEP_TITLES, Demo, DemoOptions, SoftHsmToken, init_softhsm_token
 from tether.demo.cloud import LogCapture
 from tether.demo.errors import DemoSetupError
@@ -33,11 +33,14 @@ STEP_NAMES = [STEP_TITLES[n][0] for n in range(1, 11)]
 
 
 def run_demo(*args: str) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
-    """Run ``python -m tether demo --json ARGS``; returns the process and the JSON lines."""
+    """Run ``tether demo --json ARGS``; returns the process and the JSON lines.
+
+    Not ``tests.support.cli.tether``: the demo must not see the session's SoftHSM2
+    configuration (it makes its own), so the variable is removed, not overridden."""
     env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
     env["COLUMNS"] = "160"
     process = subprocess.run(
-        [sys.executable, "-m", "tether", "demo", "--json", *args],
+        tether_command("demo", "--json", *args),
         capture_output=True,
         text=True,
         timeout=DEMO_TIMEOUT_S,

@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.device.broker import Broker, start_broker
-from tests.device.pki import Issued, issue_device, issue_server, make_hierarchy
 from tests.softhsm import Token
+from tests.support.pki import Issued, TestPKI, pem
 from tether.pki import IssuingCA, Role, generate_key
 
 
@@ -39,48 +39,37 @@ class DevicePKI:
     subscriber_key: Path
 
 
-def _pem(issued: Issued) -> bytes:
-    return issued.certificate.public_bytes(serialization.Encoding.PEM)
-
-
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> DevicePKI:
     d = tmp_path_factory.mktemp("device-pki")
-    devices = make_hierarchy("Tether Test Root", "Tether Test Device CA", Role.DEVICE)
-    cloud = make_hierarchy("Tether Test Cloud CA", "Tether Test Server CA", Role.SERVER)
-    rogue = make_hierarchy("Rogue CA", "Rogue Server CA", Role.SERVER)
-    root, device_ca = devices.root_issued, devices.issuing
-    (d / "client-ca.pem").write_bytes(_pem(root) + _pem(Issued(device_ca.certificate, None)))
-    root_path, _ = root.write(d, "root")
-    cloud_path, _ = cloud.root_issued.write(d, "cloud-ca")
-    rogue_path, _ = rogue.root_issued.write(d, "rogue-ca")
-    server_cert, server_key = issue_server(cloud.issuing).write(d, "server")
-    rogue_cert, rogue_key = issue_server(rogue.issuing).write(d, "rogue-server")
-    device_cert, device_key = issue_device(device_ca, "SN-FILE-0001").write(d, "device")
-    other = Issued(device_ca.certificate, generate_key())
-    _, other_key = other.write(d, "other")
-    misnamed_cert, misnamed_key = issue_server(cloud.issuing, "elsewhere.test", "10.9.9.9").write(
-        d, "misnamed-server"
-    )
-    sub_cert, sub_key = issue_device(device_ca, "SN-SUB-0001").write(d, "subscriber")
-    assert server_key and rogue_key and device_key and other_key and misnamed_key and sub_key
+    devices = TestPKI("Tether Test Root", ca_names="Tether Test")  # its DEVICE CA: devices
+    cloud = TestPKI("Tether Test Cloud CA", ca_names="Tether Test")  # its SERVER CA: brokers
+    rogue = TestPKI("Rogue CA", ca_names="Rogue")
+    device_ca = devices.ca(Role.DEVICE)
+    (d / "client-ca.pem").write_bytes(pem(devices.root.certificate, device_ca.certificate))
+    server = cloud.server("cloud.test").write(d, "server")
+    rogue_server = rogue.server("cloud.test").write(d, "rogue-server")
+    device = devices.device("SN-FILE-0001").write(d, "device")
+    other = Issued(device_ca.certificate, generate_key()).write(d, "other")
+    misnamed = cloud.server("elsewhere.test", "10.9.9.9").write(d, "misnamed-server")
+    subscriber = devices.device("SN-SUB-0001").write(d, "subscriber")
     return DevicePKI(
-        root=root_path,
+        root=devices.root_issued.write(d, "root").cert_path,
         device_ca=device_ca,
         client_ca_bundle=d / "client-ca.pem",
-        cloud_ca=cloud_path,
-        server_cert=server_cert,
-        server_key=server_key,
-        rogue_ca=rogue_path,
-        rogue_server_cert=rogue_cert,
-        rogue_server_key=rogue_key,
-        device_cert=device_cert,
-        device_key=device_key,
-        other_key=other_key,
-        misnamed_server_cert=misnamed_cert,
-        misnamed_server_key=misnamed_key,
-        subscriber_cert=sub_cert,
-        subscriber_key=sub_key,
+        cloud_ca=cloud.root_issued.write(d, "cloud-ca").cert_path,
+        server_cert=server.cert_path,
+        server_key=server.key_path,
+        rogue_ca=rogue.root_issued.write(d, "rogue-ca").cert_path,
+        rogue_server_cert=rogue_server.cert_path,
+        rogue_server_key=rogue_server.key_path,
+        device_cert=device.cert_path,
+        device_key=device.key_path,
+        other_key=other.key_path,
+        misnamed_server_cert=misnamed.cert_path,
+        misnamed_server_key=misnamed.key_path,
+        subscriber_cert=subscriber.cert_path,
+        subscriber_key=subscriber.key_path,
     )
 
 
@@ -177,5 +166,6 @@ def token_device(token: Token, pki: DevicePKI, tmp_path: Path) -> TokenDevice:
     public_key = serialization.load_der_public_key(pub_der.read_bytes())
     assert isinstance(public_key, ec.EllipticCurvePublicKey)
     serial = "SN-HSM-0001"
-    cert, _ = issue_device(pki.device_ca, serial, public_key).write(tmp_path, "token-device")
+    issued = Issued(pki.device_ca.issue_device_certificate_for_key(public_key, serial))
+    cert = issued.write(tmp_path, "token-device").cert_path
     return TokenDevice(token=token, key_label=label, serial=serial, cert=cert)

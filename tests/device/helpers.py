@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from tests.device.broker import Broker
@@ -38,12 +36,3 @@ def openssl_fingerprint(path: Path) -> str:
         capture_output=True, text=True, check=True, timeout=30,
     ).stdout  # fmt: skip
     return out.strip().split("=", 1)[1]
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m tether`` in a subprocess (wide terminal so Rich does not wrap values)."""
-    return subprocess.run(
-        [sys.executable, "-m", "tether", *args],
-        capture_output=True, text=True, timeout=60,
-        env={**os.environ, "COLUMNS": "400", **(env or {})},
-    )  # fmt: skip

@@ -7,24 +7,15 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tests.device.broker import Broker, start_broker
 from tests.device.conftest import DevicePKI
 from tests.device.helpers import TIMEOUT, endpoint, file_identity
-from tests.device.pki import issue_server
-from tests.pki_factory import (
-    raw_ca,
-    raw_leaf,
-    tether_issuing_ca,
-    tether_root,
-    write_certificates,
-    write_key,
-)
+from tests.support.pki import TestPKI, pem, raw_ca, raw_leaf
 from tether.device import CloudEndpoint, DeviceClient
 from tether.device.errors import ServerNotTrustedError
 from tether.errors import InvalidInputError
-from tether.pki import Role, generate_key
+from tether.pki import Role
 
 
 def test_server_from_a_rogue_ca_is_not_trusted(pki: DevicePKI, rogue_broker: Broker) -> None:
@@ -85,32 +76,22 @@ def test_the_agent_anchors_on_the_server_ca_not_on_the_root(pki: DevicePKI, tmp_
     # (no EKU, no role OU): a certificate viewer cannot tell it from a server CA, the root
     # signed both. The pinned file holds the server CA and the root, as `tether cloud init`
     # writes it; the agent must accept only chains through the server CA.
-    root, _ = tether_root("Shared Root")
-    server_ca, _ = tether_issuing_ca(root, "Shared Server CA", Role.SERVER)
-    legacy, legacy_key = raw_ca(
-        "Legacy Factory CA",
-        issuer=root.certificate,
-        issuer_key=root.signer.private_key,  # type: ignore[attr-defined]
-        path_length=0,
-    )
-    pinned = write_certificates(
-        tmp_path / "pinned-ca.pem", [server_ca.certificate, root.certificate]
-    )
-    good_cert, good_key = issue_server(server_ca).write(tmp_path, "good")
-    forged_key = generate_key()
+    shared = TestPKI("Shared Root")
+    server_ca = shared.ca(Role.SERVER)
+    legacy = raw_ca("Legacy Factory CA", shared.root_issued)
+    pinned = tmp_path / "pinned-ca.pem"
+    pinned.write_bytes(pem(server_ca.certificate, shared.root.certificate))
+    good = shared.server("cloud.test").write(tmp_path, "good")
     forged = raw_leaf(
-        legacy.subject,
-        legacy_key,
+        legacy,
         "cloud.test",
-        forged_key.public_key(),
-        usages=(ExtendedKeyUsageOID.SERVER_AUTH,),
+        server=True,
         san=x509.SubjectAlternativeName(
             [x509.DNSName("cloud.test"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
         ),
-    )
-    forged_cert = write_certificates(tmp_path / "forged.crt", [forged, legacy])
-    forged_key_path = write_key(tmp_path / "forged.key", forged_key)
-    assert good_key is not None
+    ).write(tmp_path, "forged")
+    good_cert, good_key = good.cert_path, good.key_path
+    forged_cert, forged_key_path = forged.cert_path, forged.key_path
     brokers = [
         start_broker(tmp_path / name, client_ca=pki.client_ca_bundle, server_cert=cert,
                      server_key=key)

@@ -8,9 +8,6 @@ files for the emulator) so a refused operation can be shown to have changed noth
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,29 +88,6 @@ def file_state(path: Path) -> bytes | None:
 
 
 def cli_env(softhsm: SoftHSM, **secrets: str) -> dict[str, str]:
-    """An environment for ``python -m tether``: SoftHSM's config, the secrets, a wide console.
-
-    Variables inherited from the caller that would supply a secret are dropped, so each test
-    says exactly which secrets the command gets.
-    """
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("TETHER_PKCS11_PIN", "TETHER_CA_PASSPHRASE", "TETHER_EMULATOR_PASSPHRASE")
-    }
-    env.update(SOFTHSM2_CONF=str(softhsm.conf), COLUMNS="200", **secrets)
-    return env
-
-
-def tether(
-    *args: str | Path, env: dict[str, str], timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI in a subprocess (stdin closed: a missing secret fails, never prompts)."""
-    return subprocess.run(
-        [sys.executable, "-m", "tether", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
+    """What a ``tether factory`` command needs beyond ``tests.support.cli``'s environment:
+    SoftHSM's configuration and exactly the secrets the test names."""
+    return {"SOFTHSM2_CONF": str(softhsm.conf), **secrets}

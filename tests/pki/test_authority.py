@@ -16,13 +16,12 @@ from tests.pki.util import (
     cn,
     csr_for,
     device_csr,
-    p384_key,
     pkilint_cert,
     pkilint_crl,
-    rsa_key,
     tamper_signature,
     write_pem,
 )
+from tests.support.pki import p384_key, rsa_key
 from tether.errors import AuthenticationError, PolicyViolationError
 from tether.pki import IssuingCA, RevokedEntry, Role, RootCA, load_csr, verify_chain
 from tether.pki.errors import (

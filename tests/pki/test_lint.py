@@ -18,7 +18,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.pki.util import device_csr, p384_key
+from tests.pki.util import device_csr
+from tests.support.pki import p384_key
 from tether.errors import InvalidInputError
 from tether.pki import Finding, IssuingCA, RootCA, lint, load_certificate
 from tether.pki.keys import generate_key

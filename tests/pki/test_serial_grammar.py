@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.pki_factory import raw_leaf
+from tests.support.pki import Issued, raw_leaf
 from tether.cloud.gateway.identity import HandshakeRefused, subject_name
 from tether.cloud.registry import (
     DeviceExistsError,
@@ -66,12 +66,8 @@ def _registry_accepts(registry: Registry, serial: str) -> bool:
 
 def _gateway_accepts(ca: IssuingCA, serial: str) -> bool:
     try:
-        leaf = raw_leaf(
-            ca.certificate.subject,
-            ca.signer.private_key,
-            serial,
-            generate_key().public_key(),  # type: ignore[attr-defined]
-        )
+        ca_key = ca.signer.private_key  # type: ignore[attr-defined]
+        leaf = raw_leaf(Issued(ca.certificate, ca_key), serial).certificate
     except ValueError:  # not even encodable as a CN (empty, or over 64 characters)
         return False
     try:

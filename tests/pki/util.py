@@ -1,4 +1,6 @@
-"""Helpers for the PKI tests: CSRs of every shape, pkilint runs, a token-like signer."""
+"""Helpers for the PKI tests: CSRs of every shape, pkilint runs, a token-like signer.
+
+Certificates and keys of the wrong kind come from ``tests.support.pki``."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
@@ -30,14 +32,6 @@ def cn(value: str) -> x509.Name:
 
 def device_csr(serial: str = "dev-001") -> x509.CertificateSigningRequest:
     return csr_for(generate_key(), cn(serial))
-
-
-def rsa_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def p384_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP384R1())
 
 
 def tamper_signature(csr: x509.CertificateSigningRequest) -> bytes:

@@ -7,19 +7,15 @@ the emulator) to show that a refused operation changed nothing.
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from tests.softhsm import Token
 from tests.stores import directory_state, token_objects
+from tests.support.pki import TestPKI
 from tether.secure_element import EmulatedSecureElement, Pkcs11SecureElement, SecureElement
 
 EMULATOR_PASSPHRASE = "correct horse battery staple"
@@ -59,30 +55,7 @@ def element(backend: Backend) -> SecureElement:
     return backend.element
 
 
-@dataclass(frozen=True)
-class DeviceCA:
-    """A throwaway CA (software key) that issues device certificates for the tests."""
-
-    key: ec.EllipticCurvePrivateKey
-    name: x509.Name
-
-    def issue(self, public_key: ec.EllipticCurvePublicKey, serial: str) -> x509.Certificate:
-        now = datetime.datetime.now(datetime.UTC)
-        return (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, serial)]))
-            .issuer_name(self.name)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .sign(self.key, hashes.SHA256())
-        )
-
-
 @pytest.fixture(scope="session")
-def device_ca() -> DeviceCA:
-    return DeviceCA(
-        ec.generate_private_key(ec.SECP256R1()),
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Tether test CA")]),
-    )
+def pki() -> TestPKI:
+    """The issuer of the device certificates the elements store (made once a session)."""
+    return TestPKI("Tether SE Test Root")

@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from tests.secure_element.conftest import EMULATOR_PASSPHRASE, Backend, DeviceCA
+from tests.secure_element.conftest import EMULATOR_PASSPHRASE, Backend
+from tests.support.pki import TestPKI
 from tether.errors import ConflictError, InvalidInputError, NotFoundError
 from tether.pki.signer import Signer
 from tether.secure_element import KeyProtection, SecureElement
@@ -77,31 +78,29 @@ def test_signer_satisfies_protocol_and_signs_verifiable_data(element: SecureElem
     assert signer.sign(data) != signature
 
 
-def test_store_and_read_certificate(element: SecureElement, device_ca: DeviceCA) -> None:
+def test_store_and_read_certificate(element: SecureElement, pki: TestPKI) -> None:
     public = element.generate_key("device")
     assert element.certificate("device") is None
-    cert = device_ca.issue(public, "SN-1")
+    cert = pki.device("SN-1", public_key=public).certificate
     element.store_certificate("device", cert)
     assert element.certificate("device") == cert
     assert spki_der(element.certificate("device").public_key()) == spki_der(public)  # type: ignore[union-attr,arg-type]
 
 
 @pytest.mark.tpm
-def test_store_certificate_replaces_the_old_one(
-    element: SecureElement, device_ca: DeviceCA
-) -> None:
+def test_store_certificate_replaces_the_old_one(element: SecureElement, pki: TestPKI) -> None:
     public = element.generate_key("device")
-    element.store_certificate("device", device_ca.issue(public, "SN-1"))
-    renewed = device_ca.issue(public, "SN-1")
+    element.store_certificate("device", pki.device("SN-1", public_key=public).certificate)
+    renewed = pki.device("SN-1", public_key=public).certificate
     element.store_certificate("device", renewed)
     assert element.certificate("device") == renewed
     assert element.labels() == ["device"]
 
 
 @pytest.mark.tpm
-def test_delete_removes_key_and_certificate(element: SecureElement, device_ca: DeviceCA) -> None:
+def test_delete_removes_key_and_certificate(element: SecureElement, pki: TestPKI) -> None:
     public = element.generate_key("device")
-    element.store_certificate("device", device_ca.issue(public, "SN-1"))
+    element.store_certificate("device", pki.device("SN-1", public_key=public).certificate)
     element.delete("device")
     assert element.labels() == []
     with pytest.raises(KeyNotFoundError):
@@ -128,16 +127,16 @@ def test_label_in_use_is_refused_and_changes_nothing(backend: Backend) -> None:
 
 @pytest.mark.tpm
 def test_mismatching_certificate_is_refused_and_changes_nothing(
-    backend: Backend, device_ca: DeviceCA
+    backend: Backend, pki: TestPKI
 ) -> None:
     element = backend.element
     public = element.generate_key("device")
-    good = device_ca.issue(public, "SN-1")
+    good = pki.device("SN-1", public_key=public).certificate
     element.store_certificate("device", good)
     other_key = ec.generate_private_key(ec.SECP256R1()).public_key()
     before = backend.snapshot()
     with pytest.raises(CertificateMismatchError) as info:
-        element.store_certificate("device", device_ca.issue(other_key, "SN-1"))
+        element.store_certificate("device", pki.device("SN-1", public_key=other_key).certificate)
     assert isinstance(info.value, InvalidInputError)
     assert info.value.code == "se_certificate_mismatch"
     assert backend.snapshot() == before
@@ -176,9 +175,11 @@ def test_absent_label_is_key_not_found(backend: Backend, call: object) -> None:
     assert backend.snapshot() == before
 
 
-def test_store_certificate_for_absent_key_is_refused(backend: Backend, device_ca: DeviceCA) -> None:
+def test_store_certificate_for_absent_key_is_refused(backend: Backend, pki: TestPKI) -> None:
     before = backend.snapshot()
-    cert = device_ca.issue(ec.generate_private_key(ec.SECP256R1()).public_key(), "SN-1")
+    cert = pki.device(
+        "SN-1", public_key=ec.generate_private_key(ec.SECP256R1()).public_key()
+    ).certificate
     with pytest.raises(KeyNotFoundError):
         backend.element.store_certificate("absent", cert)
     assert backend.snapshot() == before
@@ -210,11 +211,9 @@ def test_closed_element_refuses_use(backend: Backend) -> None:
     backend.element.close()  # closing twice is harmless
 
 
-def test_certificate_value_is_an_x509_certificate(
-    element: SecureElement, device_ca: DeviceCA
-) -> None:
+def test_certificate_value_is_an_x509_certificate(element: SecureElement, pki: TestPKI) -> None:
     public = element.generate_key("device")
-    element.store_certificate("device", device_ca.issue(public, "SN-7"))
+    element.store_certificate("device", pki.device("SN-7", public_key=public).certificate)
     cert = element.certificate("device")
     assert isinstance(cert, x509.Certificate)
     assert cert.subject.rfc4514_string() == "CN=SN-7"

@@ -10,7 +10,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.secure_element.conftest import EMULATOR_PASSPHRASE, DeviceCA, directory_state
+from tests.secure_element.conftest import EMULATOR_PASSPHRASE, directory_state
+from tests.support.pki import TestPKI
 from tether.errors import AuthenticationError, InvalidInputError, StorageError
 from tether.secure_element import EMULATOR_LOGGER, EmulatedSecureElement
 from tether.secure_element.base import spki_der
@@ -21,13 +22,11 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_new_directory_is_created_private_with_private_files(
-    tmp_path: Path, device_ca: DeviceCA
-) -> None:
+def test_new_directory_is_created_private_with_private_files(tmp_path: Path, pki: TestPKI) -> None:
     directory = tmp_path / "nested" / "se"
     with EmulatedSecureElement.open(directory, EMULATOR_PASSPHRASE) as element:
         public = element.generate_key("device")
-        element.store_certificate("device", device_ca.issue(public, "SN-1"))
+        element.store_certificate("device", pki.device("SN-1", public_key=public).certificate)
     assert mode(directory) == 0o700
     files = sorted(directory.iterdir())
     assert [p.name for p in files] == ["device.crt.pem", "device.key.pem", "emulator.json"]

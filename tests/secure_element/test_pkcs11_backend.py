@@ -25,8 +25,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from tests.secure_element.conftest import DeviceCA, token_objects
+from tests.secure_element.conftest import token_objects
 from tests.softhsm import SoftHSM, Token
+from tests.support.pki import TestPKI
 from tether.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -78,11 +79,11 @@ def pkcs11_tool(token: Token, *args: str) -> subprocess.CompletedProcess[bytes]:
 
 
 @pytest.fixture
-def device_key(token: Token, device_ca: DeviceCA) -> ec.EllipticCurvePublicKey:
+def device_key(token: Token, pki: TestPKI) -> ec.EllipticCurvePublicKey:
     """Key 'device' made by Tether in ``token``, with its certificate stored; element closed."""
     with open_element(token) as element:
         public = element.generate_key("device")
-        element.store_certificate("device", device_ca.issue(public, "SN-1"))
+        element.store_certificate("device", pki.device("SN-1", public_key=public).certificate)
     return public
 
 

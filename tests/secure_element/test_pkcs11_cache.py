@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from tests.secure_element.conftest import DeviceCA, token_objects
+from tests.secure_element.conftest import token_objects
 from tests.softhsm import Token
+from tests.support.pki import TestPKI
 from tether.secure_element import Pkcs11SecureElement, build_csr
 from tether.secure_element.base import spki_der
 from tether.secure_element.errors import KeyNotFoundError, LabelInUseError
@@ -67,7 +68,7 @@ def verifies(public: ec.EllipticCurvePublicKey, signature: bytes) -> bool:
 
 
 def test_a_factory_unit_costs_one_token_search(
-    token: Token, device_ca: DeviceCA, searches: list[dict[Any, Any]]
+    token: Token, pki: TestPKI, searches: list[dict[Any, Any]]
 ) -> None:
     """generate, CSR, store certificate, describe: only the "label free?" check searches."""
     with open_element(token) as element:
@@ -75,7 +76,9 @@ def test_a_factory_unit_costs_one_token_search(
         searches.clear()
         public = element.generate_key("SN-1")
         csr = build_csr(element.signer("SN-1"), "SN-1")
-        element.store_certificate("SN-1", device_ca.issue(csr.public_key(), "SN-1"))  # type: ignore[arg-type]
+        element.store_certificate(
+            "SN-1", pki.device("SN-1", public_key=csr.public_key()).certificate
+        )  # type: ignore[arg-type]
         uri = element.describe_key("SN-1")
         assert len(searches) == 1
         # What came from the cache is what the token holds.
@@ -149,13 +152,13 @@ def test_label_taken_by_another_process_is_refused_and_changes_nothing(token: To
 
 
 def test_certificate_removed_by_another_process_is_replaced_cleanly(
-    token: Token, device_ca: DeviceCA
+    token: Token, pki: TestPKI
 ) -> None:
     with open_element(token) as element:
         public = element.generate_key("dev")
-        element.store_certificate("dev", device_ca.issue(public, "SN-1"))
+        element.store_certificate("dev", pki.device("SN-1", public_key=public).certificate)
         pkcs11_tool(token, "--delete-object", "--type", "cert", "--label", "dev")
-        element.store_certificate("dev", device_ca.issue(public, "SN-2"))
+        element.store_certificate("dev", pki.device("SN-2", public_key=public).certificate)
         cert = element.certificate("dev")
     assert cert is not None
     assert token_objects(token).count("Certificate Object") == 1

@@ -1,28 +1,19 @@
-"""The cloud, in-process: a ``CloudService`` on a uvloop event loop thread, and its log.
+"""The in-process cloud's log, captured for the demo.
 
 The demo is synchronous (it plays the devices, the service and the operator); the cloud runs
-on its own event loop thread exactly as ``tether cloud serve`` runs it, the admin API
-(``ApiServer``) on the same loop as the gateway. The gateway's log is
-captured by a handler so the demo can show the refusal codes it logged, and so nothing of it
-reaches the terminal uninvited.
+on its own event loop thread (``tether.cloud.loop_thread.CloudThread``) exactly as
+``tether cloud serve`` runs it, the admin API on the same loop as the gateway. The gateway's
+log is captured by a handler so the demo can show the refusal codes it logged, and so nothing
+of it reaches the terminal uninvited.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self, TypeVar
-
-import uvloop
-
-from tether.cloud.api import ApiServer
-from tether.cloud.gateway import Identity
-from tether.cloud.service import CloudService
+from typing import TypeVar
 
 T = TypeVar("T")
 CALL_TIMEOUT_S = 15.0
@@ -108,72 +99,3 @@ class LogCapture(logging.Handler):
             if time.monotonic() >= deadline:
                 return None
             time.sleep(0.01)
-
-
-class CloudThread:
-    """A started ``CloudService`` (and admin API) on a uvloop loop in a daemon thread.
-
-    ``close`` stops the API, the service, then the loop.
-    """
-
-    def __init__(self, service: CloudService) -> None:
-        self.service = service
-        self.loop = uvloop.new_event_loop()
-        self.thread = threading.Thread(
-            target=self.loop.run_forever, name="tether-demo-cloud", daemon=True
-        )
-        self.thread.start()
-        self.port = 0
-        self.api: ApiServer | None = None
-
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float = CALL_TIMEOUT_S) -> T:
-        """Run ``coro`` on the cloud's loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def start(self) -> int:
-        """Start the gateway and the registry feed; returns the bound port."""
-        self.port = self.call(self.service.start())
-        return self.port
-
-    def start_api(self, server: ApiServer) -> int:
-        """Serve the admin API on the cloud's loop (next to the gateway); returns its port."""
-        port = self.call(server.start())
-        self.api = server
-        return port
-
-    def sessions(self) -> list[Identity]:
-        """The identities connected right now."""
-
-        async def read() -> list[Identity]:
-            return self.service.gateway.sessions()
-
-        return self.call(read())
-
-    def close(self) -> None:
-        """Stop the service (closing every session), then the loop; safe to call twice."""
-        if self.loop.is_closed():
-            return
-        try:
-            try:
-                if self.api is not None:
-                    api, self.api = self.api, None
-                    self.call(api.stop())
-            finally:
-                if self.port:
-                    self.call(self.service.stop())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(5)
-            if not self.thread.is_alive():
-                self.loop.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -19,9 +19,10 @@ from typing import Any, Generic, Self, TypeVar, overload
 
 import httpx
 
+from tether.cloud.loop_thread import CloudThread
 from tether.cloud.registry import Registry
 from tether.cloud.settings import CloudSettings
-from tether.demo.cloud import CloudThread, LogCapture
+from tether.demo.cloud import LogCapture
 from tether.demo.errors import DemoApiError, DemoStepOrderError
 from tether.demo.peers import ImpostorServer, ServiceClient
 from tether.demo.workspace import SoftHsmToken, TpmToken

@@ -14,8 +14,8 @@ from tether.device.connection import (
     PubAckResult,
     ReceivedMessage,
     SubAckResult,
-    build_tls_context,
 )
+from tether.device.tls import build_tls_context
 
 __all__ = [
     "CloudEndpoint",

@@ -1,9 +1,10 @@
 """The device's MQTT 5 connection: awscrt over mutual TLS, pinned to one CA, with a sync API.
 
-``build_tls_context`` is the one builder (in the spirit of aws-iot-device-sdk-python-v2's mTLS
-builders): a certificate plus a key source (file or PKCS#11) plus the pinned CA, and nothing
-from the system trust store. ``DeviceClient`` wraps awscrt's callback-based MQTT 5 client in
-blocking calls with timeouts and turns every failure into a ``TetherError``.
+``DeviceClient`` wraps awscrt's callback-based MQTT 5 client in blocking calls with timeouts
+and turns every failure into a ``TetherError``; its TLS context comes from
+``tether.device.tls`` (the one mTLS builder). The client stays one class: its callbacks,
+queues and futures share one lifecycle lock, and splitting them would spread that lock over
+modules.
 """
 
 from __future__ import annotations
@@ -22,15 +23,11 @@ from typing import Self, TypeVar
 
 from awscrt import io, mqtt5
 from awscrt.exceptions import AwsCrtError
-from cryptography.hazmat.primitives import serialization
 
 from tether.device.advice import connack_advice
 from tether.device.config import (
     CloudEndpoint,
     DeviceIdentity,
-    FileKey,
-    load_trust_anchors,
-    read_small_file,
 )
 from tether.device.errors import (
     ConnectionFailedError,
@@ -42,8 +39,8 @@ from tether.device.errors import (
 )
 from tether.device.keys import KeyFacts, check_key
 from tether.device.preflight import probe_server
+from tether.device.tls import client_context
 from tether.errors import InvalidInputError, TetherError
-from tether.secure_element.errors import Pkcs11ModuleError, TokenOperationError, WrongPinError
 
 DEFAULT_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
@@ -88,68 +85,6 @@ class ReceivedMessage:
     payload: bytes
     qos: int
     retain: bool
-
-
-def _tls_options(identity: DeviceIdentity, endpoint: CloudEndpoint) -> io.TlsContextOptions:
-    anchors = load_trust_anchors(endpoint.pinned_ca)
-    key = identity.key
-    if isinstance(key, FileKey):
-        options = io.TlsContextOptions.create_client_with_mtls_from_path(
-            str(identity.certificate), str(key.path)
-        )
-    else:
-        try:
-            lib = io.Pkcs11Lib(file=key.module)
-        except (AwsCrtError, RuntimeError) as exc:
-            raise Pkcs11ModuleError(
-                f"awscrt cannot load the PKCS#11 module {key.module}: {exc}; check --pkcs11-module"
-            ) from exc
-        options = io.TlsContextOptions.create_client_with_mtls_pkcs11(
-            pkcs11_lib=lib,
-            user_pin=key.pin,
-            token_label=key.token_label,
-            private_key_label=key.key_label,
-            cert_file_contents=read_small_file(identity.certificate, "device certificate"),
-        )
-    # The whole trust store is the pinned server CA: the system store is never consulted.
-    # s2n accepts an intermediate as a trust anchor, so a chain through any other issuing CA
-    # of the same root fails here.
-    options.override_default_trust_store(
-        b"".join(c.public_bytes(serialization.Encoding.PEM) for c in anchors)
-    )
-    options.min_tls_ver = io.TlsVersion.TLSv1_2
-    options.verify_peer = True
-    return options
-
-
-def _context(identity: DeviceIdentity, endpoint: CloudEndpoint) -> io.ClientTlsContext:
-    options = _tls_options(identity, endpoint)
-    try:
-        return io.ClientTlsContext(options)
-    except AwsCrtError as exc:
-        if "PIN_INCORRECT" in exc.name:
-            raise WrongPinError(
-                "the token refused the PIN (awscrt login): check the token's user PIN"
-            ) from exc
-        if "PKCS11" in exc.name:
-            raise TokenOperationError(
-                f"awscrt could not use the token: {exc.name}; check the token with pkcs11-tool"
-            ) from exc
-        raise ConnectionFailedError(
-            f"awscrt refused the TLS settings: {exc.name} ({exc.message}); check the "
-            "certificate, key and pinned CA files"
-        ) from exc
-
-
-def build_tls_context(identity: DeviceIdentity, endpoint: CloudEndpoint) -> io.ClientTlsContext:
-    """The mutual-TLS context for ``identity`` talking to ``endpoint``.
-
-    Checks first that the key belongs to the certificate (signing a challenge in the token for
-    a PKCS#11 key), so a wrong PIN or a mismatched key is a clear error, not a TLS failure.
-    Trust is the pinned CA only. TLS 1.2 is the floor; awscrt offers 1.3 with a key file.
-    """
-    check_key(identity)
-    return _context(identity, endpoint)
 
 
 class DeviceClient:
@@ -233,7 +168,7 @@ class DeviceClient:
             raise NotConnectedError("this client already connected once: make a new DeviceClient")
         self._started = True
         self.key_facts = check_key(self.identity)
-        tls = _context(self.identity, self.endpoint)
+        tls = client_context(self.identity, self.endpoint)
         socket_options = io.SocketOptions()
         socket_options.connect_timeout_ms = max(1, int(timeout * 1000))
         self._client = mqtt5.Client(

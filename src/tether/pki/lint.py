@@ -9,6 +9,11 @@ Kinds are recognised from the certificate itself: a CA that signed itself is a r
 CA is an issuing CA, an end entity with EKU serverAuth is a server certificate and any other
 end entity a client (device or service) certificate, whose subject must be exactly one CN
 matching the serial pattern.
+
+Why one module of ~500 lines: ``_Linter`` is one walk over one certificate that appends to
+one findings list, and each check reads what the earlier ones established (kind, issuer,
+extensions). The rules themselves are the profile's (``tether.pki.names``, the role EKUs); a
+split by check would scatter one certificate's walk over files without a seam to cut along.
 """
 
 from __future__ import annotations

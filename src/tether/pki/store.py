@@ -22,6 +22,10 @@ write-temp-fsync-rename; new output files are linked into place so an existing f
 never clobbered. The key file is created with mode 0600 (``O_CREAT|O_EXCL``), never
 world-readable for an instant. Concurrent revocations against one CA directory are not
 serialised: the ceremony is a single operator's job.
+
+Why one module of ~480 lines: the layout, the atomic write discipline and the revocation
+file are one contract (what a CA directory on disk is); the file helpers have no other user
+than this layout and the ceremony CLI that writes next to it.
 """
 
 from __future__ import annotations

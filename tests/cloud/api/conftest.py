@@ -11,7 +11,6 @@ import ssl
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,8 +23,6 @@ from tether.cloud.hygiene import LiveView
 from tether.cloud.operations import AdminOperations
 from tether.cloud.registry import Registry
 from tether.cloud.settings import ApiLimitOptions
-from tether.pki import Role
-from tether.pki.store import init_issuing, init_root
 
 ADMIN = "alice"
 # Tests share one address (127.0.0.1) and make many refused calls on purpose: the default
@@ -134,26 +131,3 @@ def api_with(cloud: Cloud) -> Iterator[Callable[..., Api]]:
             return stack.enter_context(serve_api(cloud, **kwargs))
 
         yield start
-
-
-# The passphrase of every CA directory ``ca_dirs`` makes (the CLI tests read it from the
-# environment, TETHER_CA_PASSPHRASE).
-PASSPHRASE = "api cli passphrase 123"
-
-
-@pytest.fixture(scope="module")
-def ca_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("api-ceremony")
-    root = init_root(base / "root", PASSPHRASE, common_name="API CLI Root")
-    dirs = {"root": base / "root"}
-    for role in (Role.SERVER, Role.DEVICE):
-        init_issuing(
-            base / role.value,
-            root,
-            PASSPHRASE,
-            PASSPHRASE,
-            common_name=f"API {role.value}",
-            role=role,
-        )
-        dirs[role.value] = base / role.value
-    return dirs

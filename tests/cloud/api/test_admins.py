@@ -8,7 +8,7 @@ from collections.abc import Callable
 import httpx
 
 from tests.cloud.api.conftest import ADMIN, Api, pinned_context
-from tests.cloud.api.test_cli import tether
+from tests.support.cli import tether
 from tether.cloud.admin import create_admin
 
 TOKEN_RE = re.compile(r"^tether_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$", re.MULTILINE)

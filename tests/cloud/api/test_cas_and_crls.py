@@ -95,7 +95,7 @@ def test_ca_registration_without_a_valid_proof_is_refused_and_changes_nothing(
     elif case == "unknown-code":
         signed_code = sent_code = "f" * 32
     elif case == "leaf-not-ca":
-        key_holder = api.cloud.pki.device(vendor_ca, "LEAF-1", api.cloud.files)
+        key_holder = api.cloud.pki.device("LEAF-1", ca=vendor_ca).write(api.cloud.files, "LEAF-1")
         ca_cert = key_holder.certificate
         signer = SoftwareSigner(key_holder.key)
     elif case == "expired-code":

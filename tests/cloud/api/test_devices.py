@@ -12,8 +12,8 @@ from cryptography.x509.oid import NameOID
 
 from tests.cloud.api.conftest import ADMIN, Api, snapshot
 from tests.cloud.conftest import TIMEOUT
-from tests.cloud.gateway.harness import RawClient
-from tests.cloud.gateway.pki import Issued
+from tests.support.mqtt import RawClient
+from tests.support.pki import Issued
 from tether.cloud.registry import Provisioning
 from tether.device import CloudEndpoint, DeviceClient, DeviceIdentity, FileKey
 from tether.pki import generate_key, sha256_fingerprint, verify_chain
@@ -192,9 +192,8 @@ def test_disable_enable_and_revoke_reach_the_gateway(api: Api) -> None:
     _, cert_path, key_path = _write_bundle(bundle, directory, serial)
     issued = Issued(
         x509.load_pem_x509_certificate(cert_path.read_bytes()),
-        serialization.load_pem_private_key(key_path.read_bytes(), None),  # type: ignore[arg-type]
-        cert_path,
-        key_path,
+        serialization.load_pem_private_key(key_path.read_bytes(), None),
+        files=(cert_path, key_path),
     )
     live = api.cloud.paho(issued, serial)
     try:

@@ -21,15 +21,15 @@ import pytest
 from cryptography import x509
 from cryptography.x509 import ocsp
 
-from tests.cloud.api.test_cli import (
-    TETHER,
+from tests.cli.test_cloud_serve import (
+    SECRETS,
     TOKEN_RE,
-    _env,
     _kill,
     _read_until,
     tether,
 )
 from tests.device.broker import free_port
+from tests.support.cli import cli_env, tether_command
 from tether.pki import sha256_fingerprint
 from tether.pki.store import CaDirectory, pem
 
@@ -60,9 +60,10 @@ def served(ca_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
     token_file.write_text(token + "\n")
     token_file.chmod(0o600)
     server = subprocess.Popen(
-        [TETHER, "cloud", "serve", str(data), "--port", "0", "--api-port", "0",
-         "--metrics-port", "0", "--api-metrics-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+        tether_command("cloud", "serve", data, "--port", "0", "--api-port", "0",
+                       "--metrics-port", "0", "--api-metrics-port", "0", "--workers", "1"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=cli_env(SECRETS, PYTHONUNBUFFERED="1"),
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
@@ -213,9 +214,7 @@ def test_the_cli_config_file_names_the_cloud(served: Served) -> None:
     remote = json.loads(by_option.stdout)
     local = json.loads(tether("cloud", "cas", served.data, "--json").stdout)
     assert remote == local and [ca["role"] for ca in remote] == ["device"]
-    env = {**_env(), "TETHER_CONFIG": str(config)}
-    by_env = subprocess.run([TETHER, "cloud", "cas", "--json"], capture_output=True, text=True,
-                            timeout=60, env=env)  # fmt: skip
+    by_env = tether("cloud", "cas", "--json", env={"TETHER_CONFIG": str(config)})
     assert by_env.returncode == 0 and json.loads(by_env.stdout) == remote
     config.write_text('url = "x"\ndatadir = "/tmp"\n')
     typo = tether("cloud", "cas", "--config", config)

@@ -8,8 +8,8 @@ from pathlib import Path
 from cryptography import x509
 
 from tests.cloud.enrollment.conftest import Enrolling
-from tests.device.helpers import run_cli
 from tests.softhsm import SoftHSM
+from tests.support.cli import tether
 from tether.device import CloudEndpoint, DeviceIdentity, Pkcs11Key
 from tether.device.connection import DeviceClient
 from tether.device.enrollment import due_for_renewal
@@ -33,7 +33,7 @@ def test_enroll_and_rotate_with_a_pkcs11_key(
         "--pkcs11-module", token.module, "--token", token.label,
     ]  # fmt: skip
     env = {"TETHER_PKCS11_PIN": token.pin}
-    enrolled = run_cli(
+    enrolled = tether(
         "device", "enroll", "--cert", str(birth_path), "--out", str(operational),
         "--key-label", "agent-1", *common, env=env,
     )  # fmt: skip
@@ -41,7 +41,7 @@ def test_enroll_and_rotate_with_a_pkcs11_key(
     assert "enrolled agent-1" in enrolled.stdout
     first = x509.load_pem_x509_certificate(operational.read_bytes())
     assert first.issuer == cloud.pki.device_ca.certificate.subject
-    rotated = run_cli(
+    rotated = tether(
         "device", "renew", "--cert", str(operational), "--key-label", "agent-1",
         "--rotate-to", "agent-1b", *common, env=env,
     )  # fmt: skip

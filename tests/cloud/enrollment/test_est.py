@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests.cloud.conftest import ACTOR, Cloud, write_identity
+from tests.cloud.conftest import ACTOR, Cloud
+from tests.support.pki import Issued
 from tether.cloud.enrollment import EnrollmentService
 from tether.cloud.enrollment.est import EstServer
 from tether.cloud.operations import AdminOperations
@@ -139,7 +140,7 @@ def test_factory_unit_enrolls_reenrolls_and_connects(est: Est) -> None:
     cloud = est.cloud
     key = generate_key()
     birth_cert = cloud.pki.factory_ca.issue_device_certificate_for_key(key.public_key(), "est-1")
-    birth = write_identity(est.work, "est-1-birth", birth_cert, key)
+    birth = Issued(birth_cert, key).write(est.work, "est-1-birth")
     status, body, code = est.curl(
         "simpleenroll", body=est.csr(birth.key_path, "est-1", "e1"),
         cert=birth.cert_path, key=birth.key_path,
@@ -147,7 +148,7 @@ def test_factory_unit_enrolls_reenrolls_and_connects(est: Est) -> None:
     assert (status, code) == (200, "")
     [operational] = est.certificates(body, "enrolled")
     assert operational.issuer == cloud.pki.device_ca.certificate.subject
-    current = write_identity(est.work, "est-1-op", operational, key)
+    current = Issued(operational, key).write(est.work, "est-1-op")
     # The operational certificate connects to the gateway; the birth certificate is done.
     client = cloud.paho(current, "est-1")
     client.client.disconnect()
@@ -176,16 +177,16 @@ def test_token_enrollment_and_its_replay(est: Est) -> None:
         online_ca=est.cloud.pki.device_ca,
     )
     token = admin.create_enrollment_token("est-tok", actor=ACTOR).token
-    key = write_identity(
-        est.work, "k", est.cloud.pki.device_ca.certificate, generate_key()
-    ).key_path  # only the key file matters here
+    key = (
+        Issued(est.cloud.pki.device_ca.certificate, generate_key()).write(est.work, "k").key_path
+    )  # only the key file matters here
     request = est.csr(key, "est-tok", "t1")
     status, body, _ = est.curl("simpleenroll", body=request, token=token)
     assert status == 200
     [first] = est.certificates(body, "t1")
     status, body, _ = est.curl("simpleenroll", body=request, token=token)  # a retry
     assert status == 200 and est.certificates(body, "t1-again") == [first]
-    other = write_identity(est.work, "k2", first, generate_key()).key_path
+    other = Issued(first, generate_key()).write(est.work, "k2").key_path
     status, _, code = est.curl("simpleenroll", body=est.csr(other, "est-tok", "t2"), token=token)
     assert (status, code) == (403, "enrollment_token_used")
 
@@ -224,7 +225,7 @@ def test_simplereenroll_refuses_another_ca_and_a_birth_certificate(est: Est) -> 
     assert (status, code) == (403, "enrollment_not_allowed")
     key = generate_key()
     birth_cert = cloud.pki.factory_ca.issue_device_certificate_for_key(key.public_key(), "est-9")
-    birth = write_identity(est.work, "est-9-birth", birth_cert, key)
+    birth = Issued(birth_cert, key).write(est.work, "est-9-birth")
     status, _, code = est.curl(
         "simplereenroll", body=est.csr(birth.key_path, "est-9", "b9"),
         cert=birth.cert_path, key=birth.key_path,

@@ -13,9 +13,10 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.cloud.conftest import ACTOR, TIMEOUT, write_identity
+from tests.cloud.conftest import ACTOR, TIMEOUT
 from tests.cloud.enrollment.conftest import Enrolling, csr_pem
-from tests.cloud.gateway.harness import PahoClient
+from tests.support.mqtt import PahoClient
+from tests.support.pki import Issued
 from tether.pki import generate_key
 
 
@@ -43,7 +44,7 @@ def test_factory_unit_enrolls_over_mqtt_renews_and_rotates(enrolling: Enrolling)
     cloud = enrolling.cloud
     key = generate_key()
     birth_cert = cloud.pki.factory_ca.issue_device_certificate_for_key(key.public_key(), "mq-1")
-    birth = write_identity(cloud.files, "mq-1-birth", birth_cert, key)
+    birth = Issued(birth_cert, key).write(cloud.files, "mq-1-birth")
     client = cloud.paho(birth, "mq-1")
     request = {"csr": csr_pem(key, "mq-1").decode()}
     answer = ask(client, "$tether/enroll", request, b"c1")
@@ -58,8 +59,8 @@ def test_factory_unit_enrolls_over_mqtt_renews_and_rotates(enrolling: Enrolling)
     other = ask(client, "$tether/enroll", {"csr": csr_pem(generate_key(), "mq-1").decode()}, b"c3")
     assert other["code"] == "serial_already_enrolled"
     close(client)
-    operational = write_identity(
-        cloud.files, "mq-1-op", x509.load_pem_x509_certificate(answer["certificate"].encode()), key
+    operational = Issued(x509.load_pem_x509_certificate(answer["certificate"].encode()), key).write(
+        cloud.files, "mq-1-op"
     )
     client = cloud.paho(operational, "mq-1")
     renewed = ask(client, "$tether/renew", {"csr": csr_pem(key, None).decode()}, b"r1")
@@ -68,12 +69,9 @@ def test_factory_unit_enrolls_over_mqtt_renews_and_rotates(enrolling: Enrolling)
     rotated = ask(client, "$tether/renew", {"csr": csr_pem(new_key, None).decode()}, b"r2")
     assert rotated["result"] == "rotated"
     close(client)
-    rotated_identity = write_identity(
-        cloud.files,
-        "mq-1-rot",
-        x509.load_pem_x509_certificate(rotated["certificate"].encode()),
-        new_key,
-    )
+    rotated_identity = Issued(
+        x509.load_pem_x509_certificate(rotated["certificate"].encode()), new_key
+    ).write(cloud.files, "mq-1-rot")
     close(cloud.paho(rotated_identity, "mq-1"))
     assert cloud.registry.get_device("mq-1").ca_fingerprint == cloud.fingerprint(
         cloud.pki.device_ca
@@ -85,12 +83,9 @@ def test_claim_may_only_enroll(enrolling: Enrolling, caplog: pytest.LogCaptureFi
     bundle = enrolling.admin.create_claim("line-3", serials=["l3-1"], actor=ACTOR)
     assert bundle.private_key_pem is not None
     claim_key = load_pem_private_key(bundle.private_key_pem.encode(), None)
-    claim = write_identity(
-        cloud.files,
-        "claim-line-3",
-        x509.load_pem_x509_certificate(bundle.certificate_pem.encode()),
-        claim_key,
-    )
+    claim = Issued(
+        x509.load_pem_x509_certificate(bundle.certificate_pem.encode()), claim_key
+    ).write(cloud.files, "claim-line-3")
     client = cloud.paho(claim, "claim.line-3")
     info = client.client.publish("devices/claim.line-3/telemetry", b"{}", qos=1)
     info.wait_for_publish(TIMEOUT)
@@ -114,7 +109,7 @@ def test_malformed_request_gets_a_clear_refusal(enrolling: Enrolling) -> None:
     cloud = enrolling.cloud
     key = generate_key()
     birth_cert = cloud.pki.factory_ca.issue_device_certificate_for_key(key.public_key(), "mq-2")
-    client = cloud.paho(write_identity(cloud.files, "mq-2", birth_cert, key), "mq-2")
+    client = cloud.paho(Issued(birth_cert, key).write(cloud.files, "mq-2"), "mq-2")
     bad = ask(client, "$tether/enroll", {"nope": 1}, b"b1")
     assert bad["code"] == "enrollment_bad_request"
     garbage = ask(client, "$tether/enroll", {"csr": "not a csr"}, b"b2")

@@ -7,14 +7,15 @@ import time
 import mqtt5
 from mqtt5 import DisconnectReasonCode
 
-from tests.cloud.gateway.harness import RawClient, client_context, paho_connect, wait_for_log
+from tests.cloud.gateway.harness import client_context, wait_for_log
 from tests.cloud.gateway.pki import DEVICE_SERIAL, OTHER_SERIAL, SERVICE_NAME
+from tests.support.mqtt import RawClient, paho_connect
 from tether.cloud.gateway import Identity, IdentityKind, certificate_fingerprint
 
 
 def test_revoke_and_drop_disconnects_a_live_paho_client_at_once(gateway, pki, caplog):
-    device = paho_connect(gateway.port, pki, pki.device, DEVICE_SERIAL)
-    bystander = paho_connect(gateway.port, pki, pki.other_device, OTHER_SERIAL)
+    device = paho_connect(gateway.port, pki.root.cert_path, pki.device, DEVICE_SERIAL)
+    bystander = paho_connect(gateway.port, pki.root.cert_path, pki.other_device, OTHER_SERIAL)
     try:
         assert {i.name for i in gateway.gateway.sessions()} == {DEVICE_SERIAL, OTHER_SERIAL}
         fingerprint = certificate_fingerprint(pki.device.certificate)

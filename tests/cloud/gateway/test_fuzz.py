@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.cloud.gateway.conftest import make_settings
-from tests.cloud.gateway.harness import GatewayThread, RawClient, client_context
+from tests.cloud.gateway.harness import GatewayThread, client_context
 from tests.cloud.gateway.pki import DEVICE_SERIAL, GatewayPKI
+from tests.support.mqtt import RawClient
 from tether.cloud.gateway import StaticAuthority
 
 MAX_PACKET = 16 * 1024

@@ -10,7 +10,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.cloud.gateway.conftest import make_settings
-from tests.cloud.gateway.pki import DEVICE_SERIAL, SERVICE_NAME, issue_leaf, make_ca
+from tests.cloud.gateway.pki import DEVICE_SERIAL, SERVICE_NAME
+from tests.support.pki import raw_ca, raw_leaf
 from tether.cloud.gateway import (
     Gateway,
     GatewaySettings,
@@ -50,8 +51,8 @@ def test_kind_comes_from_the_issuing_ca(authority, pki):
 
 
 def test_a_matching_issuer_name_without_the_signature_is_not_enough(authority, pki, tmp_path):
-    lookalike = make_ca(tmp_path, "Tether Test Device CA", stem="lookalike")
-    forged = issue_leaf(tmp_path, lookalike, DEVICE_SERIAL, stem="forged")
+    lookalike = raw_ca("Tether Test Device CA").write(tmp_path, "lookalike")
+    forged = raw_leaf(lookalike, DEVICE_SERIAL).write(tmp_path, "forged")
     assert forged.certificate.issuer == pki.device_ca.certificate.subject
     assert refusal(authority, forged.certificate) == "ca_not_registered"
 
@@ -79,13 +80,13 @@ def test_disabled_device(authority, pki):
     ],
 )
 def test_profile_violations(authority, pki, tmp_path, kwargs, code):
-    leaf = issue_leaf(tmp_path, pki.device_ca, DEVICE_SERIAL, stem="bad", **kwargs)
+    leaf = raw_leaf(pki.device_ca, DEVICE_SERIAL, **kwargs).write(tmp_path, "bad")
     assert refusal(authority, leaf.certificate) == code
 
 
 @pytest.mark.parametrize("name", ["devices/SN1", "SN+1", "#", "a b", "-lead"])
 def test_names_that_could_be_topic_paths_are_refused(authority, pki, tmp_path, name):
-    leaf = issue_leaf(tmp_path, pki.device_ca, name, stem="named")
+    leaf = raw_leaf(pki.device_ca, name).write(tmp_path, "named")
     assert refusal(authority, leaf.certificate) == "profile_violation"
 
 

@@ -5,13 +5,9 @@ from __future__ import annotations
 import subprocess
 import time
 
-from tests.cloud.gateway.harness import (
-    mosquitto_args,
-    paho_connect,
-    publish_properties,
-    wait_for_log,
-)
+from tests.cloud.gateway.harness import mosquitto_args, wait_for_log
 from tests.cloud.gateway.pki import DEVICE_SERIAL, OTHER_SERIAL, SERVICE_NAME
+from tests.support.mqtt import paho_connect, publish_properties
 
 
 def wait_until(condition, timeout: float = 10.0) -> None:
@@ -23,7 +19,7 @@ def wait_until(condition, timeout: float = 10.0) -> None:
 
 
 def test_device_telemetry_reaches_a_service_attributed_to_the_certificate(gateway, pki):
-    service = paho_connect(gateway.port, pki, pki.service, SERVICE_NAME)
+    service = paho_connect(gateway.port, pki.root.cert_path, pki.service, SERVICE_NAME)
     try:
         assert [c.value for c in service.subscribe("devices/+/telemetry")] == [1]
         result = subprocess.run(
@@ -68,7 +64,7 @@ def test_service_command_reaches_the_device(gateway, pki):
     )  # fmt: skip
     try:
         wait_until(lambda: gateway.gateway.broker.subscription_count() == 1)
-        service = paho_connect(gateway.port, pki, pki.service, SERVICE_NAME)
+        service = paho_connect(gateway.port, pki.root.cert_path, pki.service, SERVICE_NAME)
         try:
             info = service.client.publish(
                 f"devices/{DEVICE_SERIAL}/commands/reboot",
@@ -94,7 +90,7 @@ def test_service_command_reaches_the_device(gateway, pki):
 
 
 def test_a_device_cannot_read_another_devices_commands(gateway, pki):
-    other = paho_connect(gateway.port, pki, pki.other_device, OTHER_SERIAL)
+    other = paho_connect(gateway.port, pki.root.cert_path, pki.other_device, OTHER_SERIAL)
     try:
         codes = other.subscribe(f"devices/{DEVICE_SERIAL}/commands/#")
     finally:

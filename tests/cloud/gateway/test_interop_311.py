@@ -12,9 +12,10 @@ import subprocess
 import paho.mqtt.client as paho
 import pytest
 
-from tests.cloud.gateway.harness import mosquitto_args, paho_connect, wait_for_log
+from tests.cloud.gateway.harness import mosquitto_args, wait_for_log
 from tests.cloud.gateway.pki import DEVICE_SERIAL, SERVICE_NAME
 from tests.cloud.gateway.test_interop import wait_until
+from tests.support.mqtt import paho_connect
 
 OWN = f"devices/{DEVICE_SERIAL}"
 TELEMETRY = f"{OWN}/telemetry"
@@ -35,7 +36,7 @@ def mosquitto_pub(gateway, pki, topic: str, *extra: str, client_id: str = DEVICE
 
 @pytest.mark.parametrize("qos", ["0", "1", "2"])
 def test_mosquitto_311_telemetry_reaches_an_mqtt5_service_attributed(gateway, pki, qos):
-    service = paho_connect(gateway.port, pki, pki.service, SERVICE_NAME)
+    service = paho_connect(gateway.port, pki.root.cert_path, pki.service, SERVICE_NAME)
     try:
         assert [c.value for c in service.subscribe("devices/+/telemetry", qos=2)] == [2]
         result = mosquitto_pub(gateway, pki, TELEMETRY, "-m", "temp=21.5", "-q", qos)
@@ -61,7 +62,7 @@ def test_mosquitto_sub_311_device_gets_commands_with_the_sender_in_the_topic(gat
     )  # fmt: skip
     try:
         wait_until(lambda: gateway.gateway.broker.subscription_count() == 1)
-        service = paho_connect(gateway.port, pki, pki.service, SERVICE_NAME)
+        service = paho_connect(gateway.port, pki.root.cert_path, pki.service, SERVICE_NAME)
         try:
             info = service.client.publish(f"{OWN}/commands/reboot", b"now", qos=2)
             info.wait_for_publish(timeout=10)
@@ -77,7 +78,9 @@ def test_mosquitto_sub_311_device_gets_commands_with_the_sender_in_the_topic(gat
 
 
 def test_paho_311_service_learns_the_device_from_the_topic(gateway, pki):
-    service = paho_connect(gateway.port, pki, pki.service, SERVICE_NAME, paho.MQTTv311)
+    service = paho_connect(
+        gateway.port, pki.root.cert_path, pki.service, SERVICE_NAME, paho.MQTTv311
+    )
     try:
         codes = service.subscribe("$sender/device/+/devices/+/telemetry", qos=1)
         assert [c.value for c in codes] == [1]
@@ -91,8 +94,10 @@ def test_paho_311_service_learns_the_device_from_the_topic(gateway, pki):
 
 
 def test_paho_311_device_and_mqtt5_service_exchange_telemetry_and_commands(gateway, pki):
-    service = paho_connect(gateway.port, pki, pki.service, SERVICE_NAME)
-    device = paho_connect(gateway.port, pki, pki.device, DEVICE_SERIAL, paho.MQTTv311)
+    service = paho_connect(gateway.port, pki.root.cert_path, pki.service, SERVICE_NAME)
+    device = paho_connect(
+        gateway.port, pki.root.cert_path, pki.device, DEVICE_SERIAL, paho.MQTTv311
+    )
     try:
         assert [c.value for c in service.subscribe("devices/+/telemetry", qos=2)] == [2]
         assert [c.value for c in device.subscribe(f"$sender/+/+/{OWN}/commands/#", 2)] == [2]
@@ -112,7 +117,9 @@ def test_paho_311_device_and_mqtt5_service_exchange_telemetry_and_commands(gatew
 
 
 def test_a_311_client_cannot_forge_a_sender_topic(gateway, pki, caplog):
-    service = paho_connect(gateway.port, pki, pki.service, SERVICE_NAME, paho.MQTTv311)
+    service = paho_connect(
+        gateway.port, pki.root.cert_path, pki.service, SERVICE_NAME, paho.MQTTv311
+    )
     try:
         assert [c.value for c in service.subscribe("$sender/#", qos=1)] == [0x80]
         service.subscribe(f"$sender/+/+/{OWN}/#", qos=1)

@@ -16,8 +16,9 @@ import mqtt5
 import pytest
 from mqtt5 import DisconnectReasonCode, QoS, SubAckReasonCode, TopicFilter
 
-from tests.cloud.gateway.harness import GatewayThread, RawClient, client_context, wait_for_log
+from tests.cloud.gateway.harness import GatewayThread, client_context, wait_for_log
 from tests.cloud.gateway.pki import DEVICE_SERIAL, SERVICE_NAME, GatewayPKI
+from tests.support.mqtt import RawClient
 from tether.cloud.gateway import GatewaySettings
 from tether.cloud.gateway.errors import GatewayConfigurationError
 

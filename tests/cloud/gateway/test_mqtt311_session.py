@@ -8,9 +8,10 @@ import mqtt5
 import pytest
 from mqtt5 import QoS, TopicFilter
 
-from tests.cloud.gateway.harness import RawClient, client_context, wait_for_log
+from tests.cloud.gateway.harness import client_context, wait_for_log
 from tests.cloud.gateway.pki import DEVICE_SERIAL, SERVICE_NAME
 from tests.cloud.gateway.test_mqtt5_strict import connect as connect5
+from tests.support.mqtt import RawClient
 from tether.cloud.gateway import certificate_fingerprint
 from tether.cloud.gateway.mqtt311 import decode, encode
 from tether.cloud.gateway.mqtt311.packets import (

@@ -9,9 +9,9 @@ import mqtt5
 import pytest
 from mqtt5 import QoS, TopicFilter
 
-from tests.cloud.gateway.harness import RawClient
 from tests.cloud.gateway.pki import DEVICE_SERIAL, SERVICE_NAME
 from tests.cloud.gateway.test_mqtt5_strict import connect
+from tests.support.mqtt import RawClient
 
 OWN = f"devices/{DEVICE_SERIAL}"
 TELEMETRY = f"{OWN}/telemetry"

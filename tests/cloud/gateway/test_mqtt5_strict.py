@@ -10,8 +10,9 @@ import mqtt5
 import pytest
 from mqtt5 import ConnAckReasonCode, DisconnectReasonCode, QoS, TopicFilter
 
-from tests.cloud.gateway.harness import RawClient, client_context, wait_for_log
+from tests.cloud.gateway.harness import client_context, wait_for_log
 from tests.cloud.gateway.pki import DEVICE_SERIAL, SERVICE_NAME
+from tests.support.mqtt import RawClient
 
 OWN = f"devices/{DEVICE_SERIAL}"
 

@@ -14,9 +14,10 @@ import mqtt5
 import pytest
 from mqtt5 import ConnAckReasonCode, QoS, TopicFilter
 
-from tests.cloud.gateway.harness import GatewayThread, RawClient, client_context, wait_for_log
+from tests.cloud.gateway.harness import GatewayThread, client_context, wait_for_log
 from tests.cloud.gateway.pki import DEVICE_SERIAL, SERVICE_NAME
 from tests.cloud.gateway.test_mqtt5_strict import connect
+from tests.support.mqtt import RawClient
 from tether.cloud.gateway.mqtt311 import decode, encode
 from tether.cloud.gateway.mqtt311.packets import ConnAck, Connect, Disconnect, Publish, Subscribe
 from tether.cloud.gateway.persistence import PersistentSessions

@@ -14,15 +14,9 @@ from mqtt5 import ConnAckReasonCode, Will
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.cloud.gateway.harness import (
-    TIMEOUT,
-    PahoClient,
-    RawClient,
-    client_context,
-    paho_connect,
-    wait_for_log,
-)
+from tests.cloud.gateway.harness import TIMEOUT, client_context, wait_for_log
 from tests.cloud.gateway.pki import DEVICE_SERIAL, OTHER_SERIAL, SERVICE_NAME
+from tests.support.mqtt import PahoClient, RawClient, paho_connect
 
 TELEMETRY = f"devices/{DEVICE_SERIAL}/telemetry"
 VICTIM_COMMAND = f"devices/{OTHER_SERIAL}/commands/unlock"
@@ -43,7 +37,7 @@ def publish_acks(client: PahoClient) -> queue.Queue[int]:
 
 @pytest.fixture
 def service(gateway, pki):
-    client = paho_connect(gateway.port, pki, pki.service, SERVICE_NAME)
+    client = paho_connect(gateway.port, pki.root.cert_path, pki.service, SERVICE_NAME)
     assert [c.value for c in client.subscribe("devices/+/telemetry")] == [1]
     yield client
     client.stop()
@@ -52,7 +46,7 @@ def service(gateway, pki):
 def test_a_response_topic_at_another_device_gets_puback_not_authorized(
     gateway, pki, service, caplog
 ):
-    device = paho_connect(gateway.port, pki, pki.device, DEVICE_SERIAL)
+    device = paho_connect(gateway.port, pki.root.cert_path, pki.device, DEVICE_SERIAL)
     acks = publish_acks(device)
     try:
         device.client.publish(
@@ -68,7 +62,7 @@ def test_a_response_topic_at_another_device_gets_puback_not_authorized(
 
 
 def test_a_response_topic_at_another_device_at_qos0_ends_the_session(gateway, pki, service, caplog):
-    device = paho_connect(gateway.port, pki, pki.device, DEVICE_SERIAL)
+    device = paho_connect(gateway.port, pki.root.cert_path, pki.device, DEVICE_SERIAL)
     try:
         device.client.publish(
             TELEMETRY, b"reply to this", qos=0, properties=request_properties(VICTIM_COMMAND)
@@ -84,7 +78,7 @@ def test_a_response_topic_at_another_device_at_qos0_ends_the_session(gateway, pk
 
 def test_a_response_topic_in_the_own_subtree_reaches_the_service_intact(gateway, pki, service):
     own_reply = f"devices/{DEVICE_SERIAL}/replies/1"
-    device = paho_connect(gateway.port, pki, pki.device, DEVICE_SERIAL)
+    device = paho_connect(gateway.port, pki.root.cert_path, pki.device, DEVICE_SERIAL)
     acks = publish_acks(device)
     try:
         device.client.publish(

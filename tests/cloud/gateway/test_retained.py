@@ -14,9 +14,10 @@ import mqtt5
 import pytest
 from mqtt5 import QoS, TopicFilter
 
-from tests.cloud.gateway.harness import GatewayThread, RawClient, client_context, mosquitto_args
+from tests.cloud.gateway.harness import GatewayThread, client_context, mosquitto_args
 from tests.cloud.gateway.pki import DEVICE_SERIAL, OTHER_SERIAL, SERVICE_NAME
 from tests.cloud.gateway.test_mqtt5_strict import connect
+from tests.support.mqtt import RawClient
 from tether.cloud.gateway.retained import RetainedMessages
 from tether.cloud.gateway.stores import StoreLimits
 from tether.cloud.registry import Registry

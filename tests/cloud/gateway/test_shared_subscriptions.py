@@ -6,9 +6,11 @@ import mqtt5
 import pytest
 from mqtt5 import QoS, TopicFilter
 
-from tests.cloud.gateway.harness import RawClient, client_context
-from tests.cloud.gateway.pki import DEVICE_SERIAL, SERVICE_NAME, issue_leaf
+from tests.cloud.gateway.harness import client_context
+from tests.cloud.gateway.pki import DEVICE_SERIAL, SERVICE_NAME
 from tests.cloud.gateway.test_mqtt5_strict import connect
+from tests.support.mqtt import RawClient
+from tests.support.pki import raw_leaf
 
 TELEMETRY = f"devices/{DEVICE_SERIAL}/telemetry"
 
@@ -34,7 +36,9 @@ def drain(client: RawClient) -> list[bytes]:
 
 
 def test_a_group_of_services_shares_the_messages(gateway, pki, tmp_path):
-    second_service = issue_leaf(tmp_path, pki.service_ca, "telemetry-ingest-2")
+    second_service = raw_leaf(pki.service_ca, "telemetry-ingest-2").write(
+        tmp_path, "telemetry-ingest-2"
+    )
     first = connect(gateway, pki, pki.service, SERVICE_NAME)
     second = connect(gateway, pki, second_service, "telemetry-ingest-2")
     device = connect(gateway, pki)

@@ -9,15 +9,10 @@ import mqtt5
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.cloud.gateway.harness import RawClient, client_context, wait_for_log
-from tests.cloud.gateway.pki import (
-    DEVICE_SERIAL,
-    NOW,
-    SERVICE_NAME,
-    issue_leaf,
-    make_ca,
-    self_signed_leaf,
-)
+from tests.cloud.gateway.harness import client_context, wait_for_log
+from tests.cloud.gateway.pki import DEVICE_SERIAL, SERVICE_NAME
+from tests.support.mqtt import RawClient
+from tests.support.pki import NOW, raw_ca, raw_leaf, self_signed_leaf
 from tether.cloud.gateway import StaticAuthority, certificate_fingerprint
 
 
@@ -45,50 +40,44 @@ def test_no_client_certificate_is_refused(gateway, pki, caplog):
 
 
 def test_certificate_from_unknown_ca_is_refused(gateway, pki, caplog, tmp_path):
-    rogue_root = make_ca(tmp_path, "Rogue Root", stem="rogue_root")
-    rogue_ca = make_ca(tmp_path, "Rogue Device CA", rogue_root, stem="rogue_ca")
-    impostor = issue_leaf(tmp_path, rogue_ca, DEVICE_SERIAL, stem="impostor")
+    rogue_root = raw_ca("Rogue Root").write(tmp_path, "rogue_root")
+    rogue_ca = raw_ca("Rogue Device CA", rogue_root).write(tmp_path, "rogue_ca")
+    impostor = raw_leaf(rogue_ca, DEVICE_SERIAL).write(tmp_path, "impostor")
     assert_refused_at_tls(gateway.port, client_context(pki, impostor))
     assert wait_for_log(caplog, "ca_not_registered").levelname == "WARNING"
     assert gateway.gateway.sessions() == []
 
 
 def test_self_signed_certificate_with_a_real_serial_is_refused(gateway, pki, caplog, tmp_path):
-    impostor = self_signed_leaf(tmp_path, DEVICE_SERIAL, stem="selfsigned")
+    impostor = self_signed_leaf(DEVICE_SERIAL).write(tmp_path, "selfsigned")
     assert_refused_at_tls(gateway.port, client_context(pki, impostor))
     assert wait_for_log(caplog, "ca_not_registered").levelname == "WARNING"
 
 
 def test_forged_issuer_name_is_refused(gateway, pki, caplog, tmp_path):
     # Claims the registered device CA as issuer, but is signed by another key.
-    rogue = make_ca(tmp_path, "Tether Test Device CA", stem="lookalike_ca")
-    forged = issue_leaf(
-        tmp_path,
+    rogue = raw_ca("Tether Test Device CA").write(tmp_path, "lookalike_ca")
+    forged = raw_leaf(
         rogue,
         DEVICE_SERIAL,
-        stem="forged",
         issuer_name=pki.device_ca.certificate.subject,
         authority_key=pki.device_ca.key.public_key(),
-    )
+    ).write(tmp_path, "forged")
     assert_refused_at_tls(gateway.port, client_context(pki, forged))
     assert wait_for_log(caplog, "certificate_signature_invalid").levelname == "WARNING"
 
 
 def test_expired_certificate_is_refused(gateway, pki, caplog, tmp_path):
-    expired = issue_leaf(
-        tmp_path,
-        pki.device_ca,
-        DEVICE_SERIAL,
-        stem="expired",
-        not_after=NOW - dt.timedelta(minutes=5),
+    expired = raw_leaf(pki.device_ca, DEVICE_SERIAL, not_after=NOW - dt.timedelta(minutes=5)).write(
+        tmp_path, "expired"
     )
     assert_refused_at_tls(gateway.port, client_context(pki, expired))
     assert wait_for_log(caplog, "certificate_expired").levelname == "WARNING"
 
 
 def test_certificate_without_client_auth_is_refused(gateway, pki, caplog, tmp_path):
-    signing_only = issue_leaf(
-        tmp_path, pki.device_ca, DEVICE_SERIAL, stem="noclientauth", client_auth=False
+    signing_only = raw_leaf(pki.device_ca, DEVICE_SERIAL, client_auth=False).write(
+        tmp_path, "noclientauth"
     )
     assert_refused_at_tls(gateway.port, client_context(pki, signing_only))
     assert wait_for_log(caplog, "profile_violation").levelname == "WARNING"
@@ -172,13 +161,9 @@ def test_disabled_device_is_refused_with_not_authorized(gateway, pki, caplog):
 
 
 def test_wrong_curve_is_a_profile_violation(gateway, pki, caplog, tmp_path):
-    p384 = issue_leaf(
-        tmp_path,
-        pki.device_ca,
-        DEVICE_SERIAL,
-        stem="p384",
-        key=ec.generate_private_key(ec.SECP384R1()),
-    )
+    p384 = raw_leaf(
+        pki.device_ca, DEVICE_SERIAL, key=ec.generate_private_key(ec.SECP384R1())
+    ).write(tmp_path, "p384")
     client = RawClient(gateway.port, client_context(pki, p384))
     try:
         ack = client.connect(DEVICE_SERIAL)

@@ -16,8 +16,9 @@ import pytest
 from mqtt5 import DisconnectReasonCode
 
 from tests.cloud.gateway.conftest import make_settings
-from tests.cloud.gateway.harness import GatewayThread, RawClient, client_context
+from tests.cloud.gateway.harness import GatewayThread, client_context
 from tests.cloud.gateway.pki import DEVICE_SERIAL, SERVICE_NAME, GatewayPKI
+from tests.support.mqtt import RawClient
 from tether.cloud.bus import InProcessHub
 from tether.cloud.gateway import StaticAuthority
 from tether.cloud.gateway.takeover import CHANNEL

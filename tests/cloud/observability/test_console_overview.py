@@ -18,9 +18,9 @@ import pytest
 from cryptography import x509
 from mqtt5 import ConnAckReasonCode
 
-from tests.cloud.api.webdriver import chromium
 from tests.cloud.conftest import ACTOR, Cloud
-from tests.cloud.gateway.harness import RawClient
+from tests.support.browser import chromium, find, wait_text
+from tests.support.mqtt import RawClient
 from tether.cloud.admin import create_admin
 from tether.cloud.api import ApiServer, create_app
 from tether.cloud.observability.endpoints import GatewayEndpoints
@@ -81,18 +81,20 @@ def test_overview_counts_chart_and_expiring(
         issuer_fingerprint=sha256_fingerprint(cloud.pki.device_ca.certificate),
         actor=ACTOR,
     )
-    stranger = cloud.pki.device(cloud.pki.stranger_ca, "OV-STRANGER", tmp_path / "s")
+    stranger = cloud.pki.device("OV-STRANGER", ca=cloud.pki.stranger_ca).write(
+        tmp_path / "s", "OV-STRANGER"
+    )
     _refuse(cloud, revoked, "OV-REVOKED")  # before the window's first sample: not counted
 
     base = f"https://127.0.0.1:{port}"
     clients = []
     with chromium() as browser:
         browser.get(f"{base}/console/login")
-        browser.type("#token", token)
-        browser.click("#sign-in")
-        browser.wait_text("#admin-name", "overseer")
+        find(browser, "#token").send_keys(token)
+        find(browser, "#sign-in").click()
+        wait_text(browser, "#admin-name", "overseer")
         browser.get(f"{base}/console/overview")  # the window's first sample
-        assert "no refused handshakes" in browser.text("#refusals-chart")
+        assert "no refused handshakes" in find(browser, "#refusals-chart").text
         try:
             for n, identity in enumerate(connected):
                 client = RawClient(cloud.port, cloud.tls_context(identity))
@@ -103,30 +105,30 @@ def test_overview_counts_chart_and_expiring(
             _refuse(cloud, stranger, "OV-STRANGER")
 
             browser.get(f"{base}/console/overview")
-            browser.wait_text("#connected", "2")
-            source = browser.source
+            wait_text(browser, "#connected", "2")
+            source = browser.page_source
             assert 'data-code="certificate_revoked" data-count="3"' in source
             assert 'data-code="ca_not_registered" data-count="1"' in source
-            assert browser.text("#device-counts").split()[:4] == [
+            assert find(browser, "#device-counts").text.split()[:4] == [
                 "devices",
                 "enabled",
                 "4",
                 "disabled",
             ]
             assert "active 3 inactive 0 revoked 1" in " ".join(
-                browser.text("#certificate-counts").split()
+                find(browser, "#certificate-counts").text.split()
             )
-            expiring = browser.text("#expiring")
+            expiring = find(browser, "#expiring").text
             assert ("OV-SOON" in expiring and "in 11 days" in expiring) or "in 12 days" in expiring
-            shot = browser.screenshot()
+            shot = browser.get_screenshot_as_png()
             (tmp_path / "console-overview.png").write_bytes(shot)
             assert shot.startswith(b"\x89PNG")
 
             # The hygiene page runs the same audit as `tether audit` (no live view here).
             browser.get(f"{base}/console/hygiene")
-            findings = browser.text("#findings")
+            findings = find(browser, "#findings").text
             assert "certificate_expiring" in findings and "OV-SOON" in findings
-            assert "skipped" in browser.text("main")
+            assert "skipped" in find(browser, "main").text
         finally:
             for client in clients:
                 client.close()

@@ -17,8 +17,8 @@ from cryptography import x509
 from mqtt5 import ConnAckReasonCode
 
 from tests.cloud.conftest import ACTOR, Cloud
-from tests.cloud.gateway.harness import RawClient
 from tests.cloud.observability.scrape import get, promtool_check, value, wait_for_sample
+from tests.support.mqtt import RawClient
 from tether.cloud.observability.endpoints import GatewayEndpoints
 from tether.pki import sha256_fingerprint
 
@@ -49,7 +49,9 @@ def test_counts_sessions_and_handshakes_by_reason(
     cloud.registry.revoke_certificate(
         sha256_fingerprint(revoked.certificate), reason=x509.ReasonFlags.superseded, actor=ACTOR
     )
-    stranger = cloud.pki.device(cloud.pki.stranger_ca, "MET-STRANGER", tmp_path)
+    stranger = cloud.pki.device("MET-STRANGER", ca=cloud.pki.stranger_ca).write(
+        tmp_path, "MET-STRANGER"
+    )
 
     clients = [RawClient(cloud.port, cloud.tls_context(identity)) for identity in good]
     try:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.attack.serve import cli_env, make_data_dir, tether_command
+from tests.attack.serve import make_data_dir
 from tests.cloud.conftest import CloudPKI
+from tests.support.cli import cli_env, tether_command
 from tether.cloud.gateway.events import log_event
 from tether.cloud.observability.logs import JsonFormatter, formatter
 

@@ -30,10 +30,11 @@ import pytest
 from cryptography import x509
 from mqtt5 import ConnAckReasonCode
 
-from tests.attack.serve import Device, cli_env, issue_devices, make_data_dir, tether_command
+from tests.attack.serve import Device, issue_devices, make_data_dir
 from tests.cloud.conftest import ACTOR, CloudPKI
-from tests.cloud.gateway.harness import RawClient
 from tests.cloud.observability.scrape import get, promtool_check
+from tests.support.cli import cli_env, tether_command
+from tests.support.mqtt import RawClient
 from tether.cloud.registry import Registry
 
 GOOD = 3
@@ -220,7 +221,9 @@ def test_prometheus_scrapes_connections_and_refusals(
                 assert connack is not None and connack.reason_str == "certificate_revoked"
             finally:
                 refused.close()
-        stranger = cloud_pki.device(cloud_pki.stranger_ca, "PROM-STRANGER", tmp_path / "s")
+        stranger = cloud_pki.device("PROM-STRANGER", ca=cloud_pki.stranger_ca).write(
+            tmp_path / "s", "PROM-STRANGER"
+        )
         with contextlib.suppress(OSError):  # refused in TLS; may reach us as a reset
             alien = RawClient(gateway, _context(cloud_pki, stranger.cert_path, stranger.key_path))
             try:

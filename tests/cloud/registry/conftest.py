@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cloud.registry.pki import LocalCA
+from tests.support.pki import Issued, raw_ca
 from tether.cloud.registry import Registry
 
 
@@ -26,18 +26,18 @@ def registry(db_url: str) -> Iterator[Registry]:
 
 
 @pytest.fixture(scope="session")
-def root_ca() -> LocalCA:
-    return LocalCA.create("Test Root CA")
+def root_ca() -> Issued:
+    return raw_ca("Test Root CA")
 
 
 @pytest.fixture(scope="session")
-def device_ca(root_ca: LocalCA) -> LocalCA:
-    return LocalCA.create("Test Device CA", issuer=root_ca)
+def device_ca(root_ca: Issued) -> Issued:
+    return raw_ca("Test Device CA", root_ca)
 
 
 @pytest.fixture(scope="session")
-def factory_ca(root_ca: LocalCA) -> LocalCA:
-    return LocalCA.create("Test Factory CA", issuer=root_ca)
+def factory_ca(root_ca: Issued) -> Issued:
+    return raw_ca("Test Factory CA", root_ca)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cloud.registry.pki import LocalCA
+from tests.support.pki import Issued, raw_leaf
 from tether.cloud.registry import (
     ROOT_CRL_ISSUER,
     AdminExistsError,
@@ -37,11 +37,11 @@ def _rows(db_path: Path, table: str) -> list[tuple[object, ...]]:
 
 
 def test_provision_device_is_all_or_nothing(
-    registry: Registry, device_ca: LocalCA, factory_ca: LocalCA, snapshot: Snapshot
+    registry: Registry, device_ca: Issued, factory_ca: Issued, snapshot: Snapshot
 ) -> None:
-    issuer = certificate_fingerprint(device_ca.cert)
-    registry.register_ca(device_ca.cert, role=CARole.DEVICE, actor=ACTOR)
-    cert = device_ca.issue("PRV-1", serial_number=77)
+    issuer = certificate_fingerprint(device_ca.certificate)
+    registry.register_ca(device_ca.certificate, role=CARole.DEVICE, actor=ACTOR)
+    cert = raw_leaf(device_ca, "PRV-1", serial_number=77).certificate
     device, record = registry.provision_device(
         "PRV-1", cert, issuer_fingerprint=issuer, provisioning=Provisioning.CONSOLE, actor=ACTOR
     )
@@ -54,13 +54,13 @@ def test_provision_device_is_all_or_nothing(
     before = snapshot()
     refusals: list[tuple[Exception | type[Exception], Callable[[], object]]] = [
         (DeviceExistsError, lambda: registry.provision_device(
-            "PRV-1", device_ca.issue("PRV-1"), issuer_fingerprint=issuer,
+            "PRV-1", raw_leaf(device_ca, "PRV-1").certificate, issuer_fingerprint=issuer,
             provisioning=Provisioning.CONSOLE, actor=ACTOR)),
         (CertificateExistsError, lambda: registry.provision_device(
-            "PRV-2", device_ca.issue("PRV-2", serial_number=77), issuer_fingerprint=issuer,
-            provisioning=Provisioning.CSR, actor=ACTOR)),
+            "PRV-2", raw_leaf(device_ca, "PRV-2", serial_number=77).certificate,
+            issuer_fingerprint=issuer, provisioning=Provisioning.CSR, actor=ACTOR)),
         (CertificateIssuerMismatchError, lambda: registry.provision_device(
-            "PRV-3", factory_ca.issue("PRV-3"), issuer_fingerprint=issuer,
+            "PRV-3", raw_leaf(factory_ca, "PRV-3").certificate, issuer_fingerprint=issuer,
             provisioning=Provisioning.CSR, actor=ACTOR)),
     ]  # fmt: skip
     for error, call in refusals:
@@ -70,7 +70,7 @@ def test_provision_device_is_all_or_nothing(
 
 
 def test_registration_codes_are_single_use_and_expire(
-    registry: Registry, db_path: Path, device_ca: LocalCA, factory_ca: LocalCA
+    registry: Registry, db_path: Path, device_ca: Issued, factory_ca: Issued
 ) -> None:
     soon = datetime.now(UTC) + timedelta(minutes=5)
     registry.create_registration_code("code-1", expires_at=soon, actor=ACTOR)
@@ -79,27 +79,27 @@ def test_registration_codes_are_single_use_and_expire(
         registry.create_registration_code("bad code", expires_at=soon, actor=ACTOR)
     with pytest.raises(RegistrationCodeError, match="Unknown"):
         registry.register_ca_with_code(
-            device_ca.cert, code="code-9", role=CARole.DEVICE, actor=ACTOR
+            device_ca.certificate, code="code-9", role=CARole.DEVICE, actor=ACTOR
         )
     record = registry.register_ca_with_code(
-        device_ca.cert, code="code-1", role=CARole.DEVICE, actor=ACTOR
+        device_ca.certificate, code="code-1", role=CARole.DEVICE, actor=ACTOR
     )
     assert record.role is CARole.DEVICE
     with pytest.raises(RegistrationCodeError, match="already used"):
         registry.register_ca_with_code(
-            factory_ca.cert, code="code-1", role=CARole.FACTORY, actor=ACTOR
+            factory_ca.certificate, code="code-1", role=CARole.FACTORY, actor=ACTOR
         )
     # A refused registration leaves its code unspent.
     with pytest.raises(CAExistsError):
         registry.register_ca_with_code(
-            device_ca.cert, code="code-2", role=CARole.DEVICE, actor=ACTOR
+            device_ca.certificate, code="code-2", role=CARole.DEVICE, actor=ACTOR
         )
     used = {row[1]: row[5] for row in _rows(db_path, "registration_codes")}
     assert used["code-1"] is not None and used["code-2"] is None
     registry._clock = lambda: soon + timedelta(seconds=1)  # type: ignore[method-assign]
     with pytest.raises(RegistrationCodeError, match="expired"):
         registry.register_ca_with_code(
-            factory_ca.cert, code="code-2", role=CARole.FACTORY, actor=ACTOR
+            factory_ca.certificate, code="code-2", role=CARole.FACTORY, actor=ACTOR
         )
 
 
@@ -122,11 +122,11 @@ def test_admins_are_unique_and_found_by_token_id(registry: Registry) -> None:
     assert registry.list_audit().items[0].action == "admin.add"
 
 
-def test_published_crls_are_replaced_and_audited(registry: Registry, device_ca: LocalCA) -> None:
+def test_published_crls_are_replaced_and_audited(registry: Registry, device_ca: Issued) -> None:
     assert registry.published_crl(ROOT_CRL_ISSUER) is None
     registry.publish_crl(ROOT_CRL_ISSUER, b"first", actor=ACTOR)
     registry.publish_crl(ROOT_CRL_ISSUER, b"second", actor=ACTOR)
     assert registry.published_crl(ROOT_CRL_ISSUER) == b"second"
     with pytest.raises(CANotRegisteredError):
-        registry.publish_crl(certificate_fingerprint(device_ca.cert), b"x", actor=ACTOR)
+        registry.publish_crl(certificate_fingerprint(device_ca.certificate), b"x", actor=ACTOR)
     assert [e.action for e in registry.list_audit().items] == ["crl.publish", "crl.publish"]

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 from cryptography import x509
 
-from tests.cloud.registry.pki import LocalCA
+from tests.support.pki import Issued
 from tether.cloud.registry import (
     CARole,
     CARoleMismatchError,
@@ -74,10 +74,10 @@ def test_register_ca_refuses_the_root_and_leaves(
 
 
 def test_a_third_party_ca_without_role_markers_fits_client_roles(
-    registry: Registry, factory_ca: LocalCA
+    registry: Registry, factory_ca: Issued
 ) -> None:
     # A vendor factory CA: CN only, no OU, no EKU. Lint warns; the registry accepts it.
-    record = registry.register_ca(factory_ca.cert, role=CARole.FACTORY, actor="a")
+    record = registry.register_ca(factory_ca.certificate, role=CARole.FACTORY, actor="a")
     assert record.role is CARole.FACTORY
 
 

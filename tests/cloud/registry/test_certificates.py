@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 from cryptography import x509
 
-from tests.cloud.registry.pki import LocalCA
+from tests.support.pki import Issued, raw_leaf
 from tether.cloud.registry import (
     CANotRegisteredError,
     CARole,
@@ -30,24 +30,22 @@ Snapshot = Callable[[], dict[str, list[tuple[object, ...]]]]
 
 
 @pytest.fixture
-def ca_fp(registry: Registry, device_ca: LocalCA) -> str:
-    return registry.register_ca(device_ca.cert, role=CARole.DEVICE, actor="a").fingerprint
+def ca_fp(registry: Registry, device_ca: Issued) -> str:
+    return registry.register_ca(device_ca.certificate, role=CARole.DEVICE, actor="a").fingerprint
 
 
-def _add(
-    registry: Registry, ca: LocalCA, ca_fp: str, serial: str, **kw: object
-) -> x509.Certificate:
+def _add(registry: Registry, ca: Issued, ca_fp: str, serial: str, **kw: object) -> x509.Certificate:
     registry.add_device(serial, provisioning=Provisioning.CONSOLE, actor="a")
-    cert = ca.issue(serial, **kw)  # type: ignore[arg-type]
+    cert = raw_leaf(ca, serial, **kw).certificate  # type: ignore[arg-type]
     registry.add_certificate(cert, device_serial=serial, issuer_fingerprint=ca_fp, actor="a")
     return cert
 
 
 def test_add_certificate_records_everything(
-    registry: Registry, device_ca: LocalCA, ca_fp: str
+    registry: Registry, device_ca: Issued, ca_fp: str
 ) -> None:
     registry.add_device("d1", provisioning=Provisioning.CSR, actor="a")
-    cert = device_ca.issue("d1", serial_number=0x00ABCDEF)
+    cert = raw_leaf(device_ca, "d1", serial_number=0x00ABCDEF).certificate
     record = registry.add_certificate(
         cert, device_serial="d1", issuer_fingerprint=ca_fp, actor="api:alice"
     )
@@ -69,10 +67,10 @@ def test_add_certificate_records_everything(
 
 
 def test_add_certificate_pending_and_without_device(
-    registry: Registry, device_ca: LocalCA, ca_fp: str
+    registry: Registry, device_ca: Issued, ca_fp: str
 ) -> None:
     record = registry.add_certificate(
-        device_ca.issue("svc"),
+        raw_leaf(device_ca, "svc").certificate,
         device_serial=None,
         issuer_fingerprint=ca_fp,
         state=CertState.PENDING,
@@ -82,7 +80,7 @@ def test_add_certificate_pending_and_without_device(
 
 
 def test_same_certificate_twice_is_a_conflict(
-    registry: Registry, device_ca: LocalCA, ca_fp: str, snapshot: Snapshot
+    registry: Registry, device_ca: Issued, ca_fp: str, snapshot: Snapshot
 ) -> None:
     cert = _add(registry, device_ca, ca_fp, "d1")
     before = snapshot()
@@ -93,11 +91,11 @@ def test_same_certificate_twice_is_a_conflict(
 
 
 def test_serial_numbers_are_unique_per_issuer(
-    registry: Registry, device_ca: LocalCA, factory_ca: LocalCA, ca_fp: str, snapshot: Snapshot
+    registry: Registry, device_ca: Issued, factory_ca: Issued, ca_fp: str, snapshot: Snapshot
 ) -> None:
     _add(registry, device_ca, ca_fp, "d1", serial_number=4242)
     registry.add_device("d2", provisioning=Provisioning.CONSOLE, actor="a")
-    twin = device_ca.issue("d2", serial_number=4242)
+    twin = raw_leaf(device_ca, "d2", serial_number=4242).certificate
     before = snapshot()
     with pytest.raises(CertificateExistsError, match="serial number 1092"):
         registry.add_certificate(twin, device_serial="d2", issuer_fingerprint=ca_fp, actor="a")
@@ -119,9 +117,11 @@ def test_serial_numbers_are_unique_per_issuer(
                 ("f" * 64, *row),
             )
     # Another issuer may use the same serial number (RFC 5280: unique per issuer).
-    factory_fp = registry.register_ca(factory_ca.cert, role=CARole.FACTORY, actor="a").fingerprint
+    factory_fp = registry.register_ca(
+        factory_ca.certificate, role=CARole.FACTORY, actor="a"
+    ).fingerprint
     other = registry.add_certificate(
-        factory_ca.issue("d2", serial_number=4242),
+        raw_leaf(factory_ca, "d2", serial_number=4242).certificate,
         device_serial="d2",
         issuer_fingerprint=factory_fp,
         actor="a",
@@ -130,10 +130,10 @@ def test_serial_numbers_are_unique_per_issuer(
 
 
 def test_add_certificate_refusals_change_nothing(
-    registry: Registry, device_ca: LocalCA, factory_ca: LocalCA, ca_fp: str, snapshot: Snapshot
+    registry: Registry, device_ca: Issued, factory_ca: Issued, ca_fp: str, snapshot: Snapshot
 ) -> None:
     registry.add_device("d1", provisioning=Provisioning.CONSOLE, actor="a")
-    cert = device_ca.issue("d1")
+    cert = raw_leaf(device_ca, "d1").certificate
     before = snapshot()
     with pytest.raises(CANotRegisteredError):
         registry.add_certificate(cert, device_serial="d1", issuer_fingerprint="ab" * 32, actor="a")
@@ -141,7 +141,10 @@ def test_add_certificate_refusals_change_nothing(
         registry.add_certificate(cert, device_serial="d9", issuer_fingerprint=ca_fp, actor="a")
     with pytest.raises(CertificateIssuerMismatchError) as info:
         registry.add_certificate(
-            factory_ca.issue("d1"), device_serial="d1", issuer_fingerprint=ca_fp, actor="a"
+            raw_leaf(factory_ca, "d1").certificate,
+            device_serial="d1",
+            issuer_fingerprint=ca_fp,
+            actor="a",
         )
     assert isinstance(info.value, InvalidInputError)
     with pytest.raises(InvalidRegistryInputError):
@@ -158,12 +161,14 @@ def test_get_unknown_certificate_is_not_found(registry: Registry) -> None:
 
 
 def test_list_certificates_filters_and_pages(
-    registry: Registry, device_ca: LocalCA, factory_ca: LocalCA, ca_fp: str
+    registry: Registry, device_ca: Issued, factory_ca: Issued, ca_fp: str
 ) -> None:
     certs = [_add(registry, device_ca, ca_fp, f"d{i}") for i in range(5)]
-    extra = device_ca.issue("d0")
+    extra = raw_leaf(device_ca, "d0").certificate
     registry.add_certificate(extra, device_serial="d0", issuer_fingerprint=ca_fp, actor="a")
-    factory_fp = registry.register_ca(factory_ca.cert, role=CARole.FACTORY, actor="a").fingerprint
+    factory_fp = registry.register_ca(
+        factory_ca.certificate, role=CARole.FACTORY, actor="a"
+    ).fingerprint
     _add(registry, factory_ca, factory_fp, "f1")
 
     page = registry.list_certificates(limit=4)
@@ -181,7 +186,7 @@ def test_list_certificates_filters_and_pages(
     assert registry.list_certificates(device_serial="nobody").total == 0
 
 
-def test_revoke_certificate(registry: Registry, device_ca: LocalCA, ca_fp: str) -> None:
+def test_revoke_certificate(registry: Registry, device_ca: Issued, ca_fp: str) -> None:
     fp = certificate_fingerprint(_add(registry, device_ca, ca_fp, "d1"))
     revoked = registry.revoke_certificate(
         fp, reason=x509.ReasonFlags.key_compromise, actor="security"
@@ -199,7 +204,7 @@ def test_revoke_certificate(registry: Registry, device_ca: LocalCA, ca_fp: str) 
 
 
 def test_revoke_unknown_is_not_found_and_changes_nothing(
-    registry: Registry, device_ca: LocalCA, ca_fp: str, snapshot: Snapshot
+    registry: Registry, device_ca: Issued, ca_fp: str, snapshot: Snapshot
 ) -> None:
     _add(registry, device_ca, ca_fp, "d1")
     before = snapshot()
@@ -209,7 +214,7 @@ def test_revoke_unknown_is_not_found_and_changes_nothing(
 
 
 def test_revoke_twice_or_remove_from_crl_is_refused(
-    registry: Registry, device_ca: LocalCA, ca_fp: str, snapshot: Snapshot
+    registry: Registry, device_ca: Issued, ca_fp: str, snapshot: Snapshot
 ) -> None:
     fp = certificate_fingerprint(_add(registry, device_ca, ca_fp, "d1"))
     before = snapshot()
@@ -228,7 +233,7 @@ def test_revoke_twice_or_remove_from_crl_is_refused(
 
 
 def test_set_certificate_state(
-    registry: Registry, device_ca: LocalCA, ca_fp: str, snapshot: Snapshot
+    registry: Registry, device_ca: Issued, ca_fp: str, snapshot: Snapshot
 ) -> None:
     fp = certificate_fingerprint(_add(registry, device_ca, ca_fp, "d1"))
     assert registry.set_certificate_state(fp, CertState.INACTIVE, actor="a").state is (
@@ -247,10 +252,12 @@ def test_set_certificate_state(
 
 
 def test_revoked_certificates_for_crl(
-    registry: Registry, device_ca: LocalCA, factory_ca: LocalCA, ca_fp: str
+    registry: Registry, device_ca: Issued, factory_ca: Issued, ca_fp: str
 ) -> None:
     certs = [_add(registry, device_ca, ca_fp, f"d{i}") for i in range(4)]
-    factory_fp = registry.register_ca(factory_ca.cert, role=CARole.FACTORY, actor="a").fingerprint
+    factory_fp = registry.register_ca(
+        factory_ca.certificate, role=CARole.FACTORY, actor="a"
+    ).fingerprint
     foreign = _add(registry, factory_ca, factory_fp, "f0")
     for cert in (certs[2], certs[0], foreign):
         registry.revoke_certificate(
@@ -263,28 +270,33 @@ def test_revoked_certificates_for_crl(
         registry.revoked_certificates("ab" * 32)
 
 
-def test_device_serial_fallback_from_subject_cn(device_ca: LocalCA) -> None:
-    assert device_serial_from_certificate(device_ca.issue("SN-77")) == "SN-77"
+def test_device_serial_fallback_from_subject_cn(device_ca: Issued) -> None:
+    assert device_serial_from_certificate(raw_leaf(device_ca, "SN-77").certificate) == "SN-77"
     with pytest.raises(InvalidRegistryInputError):
-        device_serial_from_certificate(device_ca.issue("not a serial"))
+        device_serial_from_certificate(raw_leaf(device_ca, "not a serial").certificate)
 
 
 def test_a_serial_belongs_to_the_ca_that_first_vouched_for_it(
-    registry: Registry, device_ca: LocalCA, factory_ca: LocalCA, ca_fp: str, snapshot: Snapshot
+    registry: Registry, device_ca: Issued, factory_ca: Issued, ca_fp: str, snapshot: Snapshot
 ) -> None:
     _add(registry, device_ca, ca_fp, "d1")
-    factory_fp = registry.register_ca(factory_ca.cert, role=CARole.FACTORY, actor="a").fingerprint
+    factory_fp = registry.register_ca(
+        factory_ca.certificate, role=CARole.FACTORY, actor="a"
+    ).fingerprint
     assert registry.get_device("d1").ca_fingerprint == ca_fp
     before = snapshot()
     with pytest.raises(SerialBoundError) as info:
         registry.add_certificate(
-            factory_ca.issue("d1"), device_serial="d1", issuer_fingerprint=factory_fp, actor="a"
+            raw_leaf(factory_ca, "d1").certificate,
+            device_serial="d1",
+            issuer_fingerprint=factory_fp,
+            actor="a",
         )
     assert info.value.code == "serial_bound_to_other_ca"
     assert snapshot() == before
     # A renewal under the same CA is fine.
-    registry.add_certificate(device_ca.issue("d1"), device_serial="d1", issuer_fingerprint=ca_fp,
-                             actor="a")  # fmt: skip
+    renewal = raw_leaf(device_ca, "d1").certificate
+    registry.add_certificate(renewal, device_serial="d1", issuer_fingerprint=ca_fp, actor="a")
     # Moving the device is explicit and audited; then the other CA may vouch for it.
     moved = registry.rebind_device("d1", ca_fingerprint=factory_fp, actor="security")
     assert moved.ca_fingerprint == factory_fp
@@ -293,5 +305,8 @@ def test_a_serial_belongs_to_the_ca_that_first_vouched_for_it(
         "device.rebind", "d1", ca_fp, factory_fp,
     )  # fmt: skip
     registry.add_certificate(
-        factory_ca.issue("d1"), device_serial="d1", issuer_fingerprint=factory_fp, actor="a"
+        raw_leaf(factory_ca, "d1").certificate,
+        device_serial="d1",
+        issuer_fingerprint=factory_fp,
+        actor="a",
     )

@@ -8,7 +8,7 @@ import pytest
 from cryptography import x509
 from sqlalchemy import event
 
-from tests.cloud.registry.pki import LocalCA
+from tests.support.pki import Issued, raw_leaf
 from tether.cloud.registry import (
     CARole,
     CAStatus,
@@ -26,16 +26,18 @@ from tether.cloud.registry import (
 class World:
     """A registry with a strict device CA, a JIT factory CA and a registered device d1."""
 
-    def __init__(self, registry: Registry, device_ca: LocalCA, factory_ca: LocalCA) -> None:
+    def __init__(self, registry: Registry, device_ca: Issued, factory_ca: Issued) -> None:
         self.reg = registry
         self.ca = device_ca
         self.factory = factory_ca
-        self.ca_fp = registry.register_ca(device_ca.cert, role=CARole.DEVICE, actor="a").fingerprint
+        self.ca_fp = registry.register_ca(
+            device_ca.certificate, role=CARole.DEVICE, actor="a"
+        ).fingerprint
         self.jit_fp = registry.register_ca(
-            factory_ca.cert, role=CARole.FACTORY, allow_auto_registration=True, actor="a"
+            factory_ca.certificate, role=CARole.FACTORY, allow_auto_registration=True, actor="a"
         ).fingerprint
         registry.add_device("d1", provisioning=Provisioning.CONSOLE, actor="a")
-        self.cert = device_ca.issue("d1")
+        self.cert = raw_leaf(device_ca, "d1").certificate
         self.fp = registry.add_certificate(
             self.cert, device_serial="d1", issuer_fingerprint=self.ca_fp, actor="a"
         ).fingerprint
@@ -51,7 +53,7 @@ class World:
 
 
 @pytest.fixture
-def world(registry: Registry, device_ca: LocalCA, factory_ca: LocalCA) -> World:
+def world(registry: Registry, device_ca: Issued, factory_ca: Issued) -> World:
     return World(registry, device_ca, factory_ca)
 
 
@@ -88,7 +90,7 @@ def test_certificate_inactive(world: World, state: CertState) -> None:
 
 
 def test_certificate_unknown_under_a_strict_ca(world: World) -> None:
-    stranger = certificate_fingerprint(world.ca.issue("d1"))
+    stranger = certificate_fingerprint(raw_leaf(world.ca, "d1").certificate)
     _is(world.check(fp=stranger), VerdictCode.CERTIFICATE_UNKNOWN, False)
 
 
@@ -99,7 +101,7 @@ def test_certificate_known_under_another_issuer_is_refused(world: World) -> None
 
 def test_jit_never_takes_over_an_existing_device(world: World) -> None:
     # A factory CA that allows JIT presents a fresh certificate for the console device d1.
-    fp = certificate_fingerprint(world.factory.issue("d1"))
+    fp = certificate_fingerprint(raw_leaf(world.factory, "d1").certificate)
     _is(world.check(fp=fp, issuer=world.jit_fp), VerdictCode.SERIAL_BOUND_TO_OTHER_CA, False)
 
 
@@ -110,7 +112,10 @@ def test_device_disabled(world: World) -> None:
 
 def test_device_unknown(world: World) -> None:
     unbound = world.reg.add_certificate(
-        world.ca.issue("d9"), device_serial=None, issuer_fingerprint=world.ca_fp, actor="a"
+        raw_leaf(world.ca, "d9").certificate,
+        device_serial=None,
+        issuer_fingerprint=world.ca_fp,
+        actor="a",
     )
     _is(world.check(fp=unbound.fingerprint, serial="d9"), VerdictCode.DEVICE_UNKNOWN, False)
 
@@ -119,13 +124,16 @@ def test_device_mismatch(world: World) -> None:
     world.reg.add_device("d2", provisioning=Provisioning.CONSOLE, actor="a")
     _is(world.check(serial="d2"), VerdictCode.DEVICE_MISMATCH, False)
     unbound = world.reg.add_certificate(
-        world.ca.issue("d2"), device_serial=None, issuer_fingerprint=world.ca_fp, actor="a"
+        raw_leaf(world.ca, "d2").certificate,
+        device_serial=None,
+        issuer_fingerprint=world.ca_fp,
+        actor="a",
     )
     _is(world.check(fp=unbound.fingerprint, serial="d2"), VerdictCode.DEVICE_MISMATCH, False)
 
 
 def test_jit_allowed_then_ok_after_registration(world: World) -> None:
-    cert = world.factory.issue("new-1")
+    cert = raw_leaf(world.factory, "new-1").certificate
     fp = certificate_fingerprint(cert)
     _is(world.check(fp=fp, serial="new-1", issuer=world.jit_fp), VerdictCode.JIT_ALLOWED, True)
     world.reg.register_device_just_in_time(
@@ -137,7 +145,7 @@ def test_jit_allowed_then_ok_after_registration(world: World) -> None:
 def test_jit_refused_for_a_disabled_device(world: World) -> None:
     world.reg.rebind_device("d1", ca_fingerprint=world.jit_fp, actor="a")
     world.reg.set_device_status("d1", DeviceStatus.DISABLED, actor="a")
-    fp = certificate_fingerprint(world.factory.issue("d1"))
+    fp = certificate_fingerprint(raw_leaf(world.factory, "d1").certificate)
     _is(world.check(fp=fp, issuer=world.jit_fp), VerdictCode.DEVICE_DISABLED, False)
 
 

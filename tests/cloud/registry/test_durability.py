@@ -10,16 +10,19 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests.cloud.registry.pki import LocalCA
+from tests.support.pki import Issued, raw_leaf
 from tether.cloud.registry import CARole, CertState, Provisioning, Registry
 
 
-def test_revocation_survives_close_and_reopen(db_url: str, device_ca: LocalCA) -> None:
+def test_revocation_survives_close_and_reopen(db_url: str, device_ca: Issued) -> None:
     with Registry.open(db_url) as reg:
-        ca_fp = reg.register_ca(device_ca.cert, role=CARole.DEVICE, actor="a").fingerprint
+        ca_fp = reg.register_ca(device_ca.certificate, role=CARole.DEVICE, actor="a").fingerprint
         reg.add_device("d1", provisioning=Provisioning.CONSOLE, actor="a")
         fp = reg.add_certificate(
-            device_ca.issue("d1"), device_serial="d1", issuer_fingerprint=ca_fp, actor="a"
+            raw_leaf(device_ca, "d1").certificate,
+            device_serial="d1",
+            issuer_fingerprint=ca_fp,
+            actor="a",
         ).fingerprint
         reg.revoke_certificate(fp, reason=x509.ReasonFlags.key_compromise, actor="a")
     with Registry.open(db_url) as reg:
@@ -30,12 +33,12 @@ def test_revocation_survives_close_and_reopen(db_url: str, device_ca: LocalCA) -
 
 
 def test_acknowledged_writes_survive_a_killed_process(
-    db_url: str, tmp_path: Path, device_ca: LocalCA
+    db_url: str, tmp_path: Path, device_ca: Issued
 ) -> None:
     """A process that dies right after the call returns (no close, no cleanup) lost nothing."""
     ca_pem = tmp_path / "ca.pem"
-    ca_pem.write_bytes(device_ca.cert.public_bytes(Encoding.PEM))
-    leaf = device_ca.issue("d1")
+    ca_pem.write_bytes(device_ca.certificate.public_bytes(Encoding.PEM))
+    leaf = raw_leaf(device_ca, "d1").certificate
     leaf_pem = tmp_path / "leaf.pem"
     leaf_pem.write_bytes(leaf.public_bytes(Encoding.PEM))
     script = textwrap.dedent(

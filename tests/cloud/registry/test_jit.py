@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.cloud.registry.pki import LocalCA
+from tests.support.pki import Issued, raw_leaf
 from tether.cloud.registry import (
     AutoRegistrationPolicyError,
     CANotRegisteredError,
@@ -28,16 +28,16 @@ Snapshot = Callable[[], dict[str, list[tuple[object, ...]]]]
 
 
 @pytest.fixture
-def jit_fp(registry: Registry, factory_ca: LocalCA) -> str:
+def jit_fp(registry: Registry, factory_ca: Issued) -> str:
     return registry.register_ca(
-        factory_ca.cert, role=CARole.FACTORY, allow_auto_registration=True, actor="a"
+        factory_ca.certificate, role=CARole.FACTORY, allow_auto_registration=True, actor="a"
     ).fingerprint
 
 
 def test_jit_creates_device_and_certificate_atomically(
-    registry: Registry, factory_ca: LocalCA, jit_fp: str
+    registry: Registry, factory_ca: Issued, jit_fp: str
 ) -> None:
-    cert = factory_ca.issue("SN-1")
+    cert = raw_leaf(factory_ca, "SN-1").certificate
     device, record = registry.register_device_just_in_time(
         cert, device_serial="SN-1", issuer_fingerprint=jit_fp
     )
@@ -51,8 +51,8 @@ def test_jit_creates_device_and_certificate_atomically(
     assert entry.details["device_created"] is True
 
 
-def test_jit_is_idempotent(registry: Registry, factory_ca: LocalCA, jit_fp: str) -> None:
-    cert = factory_ca.issue("SN-1")
+def test_jit_is_idempotent(registry: Registry, factory_ca: Issued, jit_fp: str) -> None:
+    cert = raw_leaf(factory_ca, "SN-1").certificate
     first = registry.register_device_just_in_time(
         cert, device_serial="SN-1", issuer_fingerprint=jit_fp
     )
@@ -65,9 +65,9 @@ def test_jit_is_idempotent(registry: Registry, factory_ca: LocalCA, jit_fp: str)
 
 
 def test_jit_race_between_two_threads_yields_one_device(
-    registry: Registry, factory_ca: LocalCA, jit_fp: str
+    registry: Registry, factory_ca: Issued, jit_fp: str
 ) -> None:
-    cert = factory_ca.issue("SN-RACE")
+    cert = raw_leaf(factory_ca, "SN-RACE").certificate
     barrier = threading.Barrier(8)
     results: list[object] = []
     errors: list[BaseException] = []
@@ -97,10 +97,10 @@ def test_jit_race_between_two_threads_yields_one_device(
 
 
 def test_jit_with_two_registries_on_one_file(
-    db_url: str, registry: Registry, factory_ca: LocalCA, jit_fp: str
+    db_url: str, registry: Registry, factory_ca: Issued, jit_fp: str
 ) -> None:
     """Two processes' worth of engines (separate pools) racing on the same SQLite file."""
-    cert = factory_ca.issue("SN-2")
+    cert = raw_leaf(factory_ca, "SN-2").certificate
     other = Registry.open(db_url)
     try:
         barrier = threading.Barrier(2)
@@ -126,18 +126,20 @@ def test_jit_with_two_registries_on_one_file(
 
 
 def test_jit_attaches_to_existing_device_keeping_its_status(
-    registry: Registry, factory_ca: LocalCA, jit_fp: str
+    registry: Registry, factory_ca: Issued, jit_fp: str
 ) -> None:
     registry.add_device("SN-1", provisioning=Provisioning.FACTORY, actor="a")
     registry.set_device_status("SN-1", DeviceStatus.DISABLED, actor="a")
     # JIT only creates devices: a pre-registered one must be bound to the CA explicitly.
     with pytest.raises(SerialBoundError):
         registry.register_device_just_in_time(
-            factory_ca.issue("SN-1"), device_serial="SN-1", issuer_fingerprint=jit_fp
+            raw_leaf(factory_ca, "SN-1").certificate,
+            device_serial="SN-1",
+            issuer_fingerprint=jit_fp,
         )
     registry.rebind_device("SN-1", ca_fingerprint=jit_fp, actor="a")
     device, record = registry.register_device_just_in_time(
-        factory_ca.issue("SN-1"), device_serial="SN-1", issuer_fingerprint=jit_fp
+        raw_leaf(factory_ca, "SN-1").certificate, device_serial="SN-1", issuer_fingerprint=jit_fp
     )
     assert device.status is DeviceStatus.DISABLED
     assert device.provisioning is Provisioning.FACTORY
@@ -147,26 +149,32 @@ def test_jit_attaches_to_existing_device_keeping_its_status(
 
 def test_jit_refusals_change_nothing(
     registry: Registry,
-    factory_ca: LocalCA,
-    device_ca: LocalCA,
+    factory_ca: Issued,
+    device_ca: Issued,
     jit_fp: str,
     snapshot: Snapshot,
 ) -> None:
-    strict_fp = registry.register_ca(device_ca.cert, role=CARole.DEVICE, actor="a").fingerprint
-    taken = factory_ca.issue("SN-1")
+    strict_fp = registry.register_ca(
+        device_ca.certificate, role=CARole.DEVICE, actor="a"
+    ).fingerprint
+    taken = raw_leaf(factory_ca, "SN-1").certificate
     registry.register_device_just_in_time(taken, device_serial="SN-1", issuer_fingerprint=jit_fp)
     before = snapshot()
     with pytest.raises(AutoRegistrationPolicyError):
         registry.register_device_just_in_time(
-            device_ca.issue("SN-2"), device_serial="SN-2", issuer_fingerprint=strict_fp
+            raw_leaf(device_ca, "SN-2").certificate,
+            device_serial="SN-2",
+            issuer_fingerprint=strict_fp,
         )
     with pytest.raises(CANotRegisteredError):
         registry.register_device_just_in_time(
-            factory_ca.issue("SN-2"), device_serial="SN-2", issuer_fingerprint="ab" * 32
+            raw_leaf(factory_ca, "SN-2").certificate,
+            device_serial="SN-2",
+            issuer_fingerprint="ab" * 32,
         )
     with pytest.raises(CertificateIssuerMismatchError):
         registry.register_device_just_in_time(
-            device_ca.issue("SN-2"), device_serial="SN-2", issuer_fingerprint=jit_fp
+            raw_leaf(device_ca, "SN-2").certificate, device_serial="SN-2", issuer_fingerprint=jit_fp
         )
     with pytest.raises(CertificateExistsError):
         registry.register_device_just_in_time(
@@ -177,6 +185,8 @@ def test_jit_refusals_change_nothing(
     before = snapshot()
     with pytest.raises(CAStateError):
         registry.register_device_just_in_time(
-            factory_ca.issue("SN-2"), device_serial="SN-2", issuer_fingerprint=jit_fp
+            raw_leaf(factory_ca, "SN-2").certificate,
+            device_serial="SN-2",
+            issuer_fingerprint=jit_fp,
         )
     assert snapshot() == before

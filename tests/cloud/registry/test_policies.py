@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cloud.registry.pki import LocalCA
+from tests.support.pki import Issued
 from tether.cloud.policy.admin import PolicyAdmin, ReservedPolicyNameError
 from tether.cloud.policy.document import InvalidPolicyError
 from tether.cloud.registry import (
@@ -64,12 +64,12 @@ def test_invalid_and_reserved_documents_change_nothing(registry: Registry) -> No
     assert registry.list_policies() == [] and _actions(registry) == []
 
 
-def test_attachments_to_every_kind_of_target(registry: Registry, device_ca: LocalCA) -> None:
+def test_attachments_to_every_kind_of_target(registry: Registry, device_ca: Issued) -> None:
     ops = Ops(registry)
     ops.put_policy("fleet", DOC, actor="alice")
     registry.add_device("SN1", provisioning=Provisioning.CONSOLE, actor="alice")
-    registry.register_ca(device_ca.cert, role=CARole.DEVICE, actor="alice")
-    fingerprint = sha256_fingerprint(device_ca.cert)
+    registry.register_ca(device_ca.certificate, role=CARole.DEVICE, actor="alice")
+    fingerprint = sha256_fingerprint(device_ca.certificate)
     for kind, target in [
         (TargetKind.DEVICE, "SN1"),
         (TargetKind.GROUP, "line-7"),

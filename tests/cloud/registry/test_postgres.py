@@ -15,8 +15,8 @@ from alembic.runtime.migration import MigrationContext
 from cryptography import x509
 from sqlalchemy import create_engine, text
 
-from tests.cloud.registry.pki import LocalCA
 from tests.postgres import PostgresMissingError, throwaway_postgres
+from tests.support.pki import Issued, raw_leaf
 from tether.cloud.registry import (
     CARole,
     CertState,
@@ -40,17 +40,20 @@ def pg_url() -> Iterator[str]:
         pytest.fail(str(exc))
 
 
-def test_registry_on_postgres(pg_url: str, device_ca: LocalCA, factory_ca: LocalCA) -> None:
+def test_registry_on_postgres(pg_url: str, device_ca: Issued, factory_ca: Issued) -> None:
     with Registry.open(pg_url) as reg:
-        ca_fp = reg.register_ca(device_ca.cert, role=CARole.DEVICE, actor="a").fingerprint
+        ca_fp = reg.register_ca(device_ca.certificate, role=CARole.DEVICE, actor="a").fingerprint
         jit_fp = reg.register_ca(
-            factory_ca.cert, role=CARole.FACTORY, allow_auto_registration=True, actor="a"
+            factory_ca.certificate, role=CARole.FACTORY, allow_auto_registration=True, actor="a"
         ).fingerprint
         reg.add_device("d1", provisioning=Provisioning.CONSOLE, actor="a")
         with pytest.raises(DeviceExistsError):
             reg.add_device("d1", provisioning=Provisioning.CONSOLE, actor="a")
         fp = reg.add_certificate(
-            device_ca.issue("d1"), device_serial="d1", issuer_fingerprint=ca_fp, actor="a"
+            raw_leaf(device_ca, "d1").certificate,
+            device_serial="d1",
+            issuer_fingerprint=ca_fp,
+            actor="a",
         ).fingerprint
         verdict = reg.check_connection(
             cert_fingerprint=fp, device_serial="d1", issuer_fingerprint=ca_fp
@@ -58,7 +61,7 @@ def test_registry_on_postgres(pg_url: str, device_ca: LocalCA, factory_ca: Local
         assert verdict.reason_code is VerdictCode.OK
         reg.revoke_certificate(fp, reason=x509.ReasonFlags.key_compromise, actor="a")
 
-        cert = factory_ca.issue("jit-1")
+        cert = raw_leaf(factory_ca, "jit-1").certificate
         results: list[object] = []
         barrier = threading.Barrier(6)
 

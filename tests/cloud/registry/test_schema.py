@@ -14,7 +14,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from tests.cloud.registry.pki import LocalCA
+from tests.support.pki import Issued, raw_leaf
 from tether.cloud.registry import (
     CARole,
     DatabaseUnavailableError,
@@ -206,12 +206,12 @@ def test_registry_is_a_context_manager_with_a_safe_url(db_url: str) -> None:
 
 
 def test_migration_0003_binds_existing_devices_to_their_first_issuer(
-    db_url: str, device_ca: LocalCA, factory_ca: LocalCA
+    db_url: str, device_ca: Issued, factory_ca: Issued
 ) -> None:
     with Registry.open(db_url) as reg:
-        ca_fp = reg.register_ca(device_ca.cert, role=CARole.DEVICE, actor="t").fingerprint
+        ca_fp = reg.register_ca(device_ca.certificate, role=CARole.DEVICE, actor="t").fingerprint
         reg.add_device("dev-1", provisioning=Provisioning.CONSOLE, actor="t")
-        reg.add_certificate(device_ca.issue("dev-1"), device_serial="dev-1",
+        reg.add_certificate(raw_leaf(device_ca, "dev-1").certificate, device_serial="dev-1",
                             issuer_fingerprint=ca_fp, actor="t")  # fmt: skip
         reg.add_device("dev-2", provisioning=Provisioning.CONSOLE, actor="t")  # no certificate
     # Back to the schema before the binding existed, then forward again as an upgrade would.

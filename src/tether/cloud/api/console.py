@@ -20,6 +20,10 @@ green "enabled"), connected-now from the gateway's ``/sessions`` when reachable,
 "unknown". Deactivating a CA cuts every device under it, so the form needs a ticked
 confirmation box, checked on the server (no script). Times show as ``readable`` distances
 with the exact UTC time as the tooltip (one macro, ``templates/_time.html``).
+
+Why one module of ~450 lines: ``console_router`` is one router whose pages share a closure
+(the session store, the CSRF checks, the templates and the admin service); each route is a
+few lines over ``tether.cloud.operations``, which holds the logic.
 """
 
 from __future__ import annotations

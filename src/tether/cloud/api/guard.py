@@ -32,6 +32,11 @@ route) and ``AdminGuard`` close them:
 Every refusal is logged with a stable ``tether_code`` (``LimitCode``) at most once per address
 and window (global ones at most every ``_GLOBAL_LOG_EVERY`` seconds) and counted; ``report``
 gives the settings and counters to ``GET /api/v1/limits``.
+
+Why one module of ~470 lines: the two guards are one policy in two places (the ASGI
+``RequestGuard`` refuses bodies before a route, ``AdminGuard`` checks credentials for it) that
+share the limit settings, the ``LimitCode`` reasons and the per-address log throttle; the
+sections above are the module's map.
 """
 
 from __future__ import annotations

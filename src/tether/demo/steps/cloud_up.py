@@ -8,12 +8,12 @@ import httpx
 
 from tether.cloud.admin import create_admin
 from tether.cloud.api import ApiServer, create_app
+from tether.cloud.loop_thread import CloudThread
 from tether.cloud.operations import AdminOperations
 from tether.cloud.registry import CARole, Registry
 from tether.cloud.service import CloudService
 from tether.cloud.settings import GatewayOptions
 from tether.cloud.setup import init_data_dir
-from tether.demo.cloud import CloudThread
 from tether.demo.state import DemoState
 from tether.demo.steps.common import (
     ACTOR,

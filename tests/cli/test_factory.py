@@ -4,6 +4,10 @@ Secrets go in by environment only; the assertions read the token (through the se
 and pkcs11-tool) and the manufacturing log, never the command's own claims alone.
 """
 
+# The factory suite's session PKI fixture is composed here, not copied; pytest finds it as a
+# module attribute, so the test parameters "redefine" the import.
+# ruff: noqa: F811
+
 from __future__ import annotations
 
 import json
@@ -15,22 +19,21 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests.factory.conftest import (
+from tests.factory.conftest import (  # noqa: F401 - the factory suite's CA directories
     CA_PASSPHRASE,
     EMULATOR_PASSPHRASE,
     Pki,
     cli_env,
     file_state,
-    tether,
+    pki,
     token_objects,
 )
 from tests.softhsm import SoftHSM, Token
+from tests.support.cli import EXIT_TETHER_ERROR, tether
 from tether.factory import ManufacturingLog
 from tether.pki import Role, RootCA, sha256_fingerprint, verify_chain
 from tether.pki.store import pem
 from tether.secure_element import EmulatedSecureElement, Pkcs11SecureElement
-
-EXIT_TETHER_ERROR = 3
 
 
 def token_args(token: Token) -> list[str]:

@@ -1,13 +1,16 @@
 """``tether cloud`` as an operator runs it: real subprocesses, a real data directory, real peers."""
 
+# The e2e cloud fixtures are composed here, not copied; pytest finds them as module
+# attributes, so the test parameters "redefine" the imports.
+# ruff: noqa: F811
+
 from __future__ import annotations
 
-import os
+import functools
 import re
 import signal
 import stat
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,43 +20,29 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from mqtt5 import DisconnectReasonCode
 
-from tests.cloud.conftest import TIMEOUT, Cloud, CloudPKI
+from tests.cloud.conftest import (  # noqa: F401 - fixtures
+    TIMEOUT,
+    Cloud,
+    CloudPKI,
+    cloud,
+    cloud_pki,
+)
 from tests.cloud.gateway.harness import wait_for_log
+from tests.support.cli import EXIT_TETHER_ERROR, cli_env, tether_command
+from tests.support.cli import tether as run_tether
+from tests.support.pki import CEREMONY_PASSPHRASE
 from tether.cloud.registry import CertState, Registry
 from tether.cloud.settings import CloudSettings
-from tether.pki import RevokedEntry, Role, sha256_fingerprint
-from tether.pki.store import CaDirectory, init_issuing, init_root
+from tether.pki import RevokedEntry, sha256_fingerprint
+from tether.pki.store import CaDirectory
 
-TETHER = str(Path(sys.executable).with_name("tether"))
-PASSPHRASE = "correct horse battery staple 42"
-EXIT_TETHER_ERROR = 3
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(TETHER_CA_PASSPHRASE=PASSPHRASE, COLUMNS="400", PYTHONUNBUFFERED="1")
-    return env
-
-
-def tether(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [TETHER, *map(str, args)], capture_output=True, text=True, timeout=60, env=_env()
-    )
-
-
-@pytest.fixture(scope="module")
-def ca_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A root and a server and a device issuing CA directory, as the ceremony makes them."""
-    base = tmp_path_factory.mktemp("ceremony")
-    root = init_root(base / "root", PASSPHRASE, common_name="CLI Root CA")
-    dirs = {"root": base / "root"}
-    for role in (Role.SERVER, Role.DEVICE):
-        path = base / role.value
-        init_issuing(
-            path, root, PASSPHRASE, PASSPHRASE, common_name=f"CLI {role.value} CA", role=role
-        )
-        dirs[role.value] = path
-    return dirs
+PASSPHRASE = CEREMONY_PASSPHRASE  # of the session's ca_dirs
+SECRETS = {"TETHER_CA_PASSPHRASE": PASSPHRASE}
+# Any free metrics ports: a fixed default (9883) would clash with another serve running at once.
+ANY_METRICS_PORTS = (
+    "--metrics-port", "0", "--api-metrics-port", "0", "--publish-port", "0", "--workers", "1"
+)  # fmt: skip
+tether = functools.partial(run_tether, env=SECRETS)
 
 
 def _snapshot(directory: Path) -> dict[str, bytes]:
@@ -89,25 +78,16 @@ def test_init_register_serve_and_a_real_mqtt_client(
 
     # A device certificate of that CA (made here with the CA directory's key).
     device_ca = CaDirectory.open(ca_dirs["device"]).issuing(PASSPHRASE)
-    identity = CloudPKI.device(cloud_pki, device_ca, "CLI-000001", tmp_path / "device")
+    identity = cloud_pki.device("CLI-000001", ca=device_ca).write(tmp_path / "device", "CLI-000001")
 
     server = subprocess.Popen(
-        [
-            TETHER,
-            "cloud",
-            "serve",
-            str(data),
-            "--port",
-            "0",
-            "--api-port",
-            "0",
-            "--publish-port",
-            "0",
-        ],
+        tether_command(
+            "cloud", "serve", data, "--port", "0", "--api-port", "0", *ANY_METRICS_PORTS
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(),
+        env=cli_env(SECRETS, PYTHONUNBUFFERED="1"),
     )
     try:
         assert server.stdout is not None
@@ -162,7 +142,7 @@ def test_init_with_a_device_ca_as_server_ca_is_refused(
 
 
 def test_register_ca_refuses_a_leaf_and_garbage(cloud: Cloud, tmp_path: Path) -> None:
-    leaf = cloud.pki.device(cloud.pki.device_ca, "CLI-000002", tmp_path)
+    leaf = cloud.pki.device("CLI-000002", ca=cloud.pki.device_ca).write(tmp_path, "CLI-000002")
     garbage = tmp_path / "garbage.pem"
     garbage.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n")
     before = [ca.fingerprint for ca in cloud.registry.list_cas()]
@@ -175,7 +155,7 @@ def test_register_ca_refuses_a_leaf_and_garbage(cloud: Cloud, tmp_path: Path) ->
 
 
 def test_revoke_of_an_unknown_certificate_exits_3(cloud: Cloud, tmp_path: Path) -> None:
-    stranger = cloud.pki.device(cloud.pki.device_ca, "CLI-000003", tmp_path)
+    stranger = cloud.pki.device("CLI-000003", ca=cloud.pki.device_ca).write(tmp_path, "CLI-000003")
     last = cloud.registry.last_audit_id()
     done = tether("cloud", "revoke", cloud.settings.data_dir, stranger.cert_path)
     assert done.returncode == EXIT_TETHER_ERROR
@@ -220,7 +200,7 @@ def test_cli_publish_crl_revokes_and_drops_a_live_session(
     cloud: Cloud, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     factory = cloud.pki.factory_ca  # registered with just-in-time registration
-    device = cloud.pki.device(factory, "CLI-000006", tmp_path)
+    device = cloud.pki.device("CLI-000006", ca=factory).write(tmp_path, "CLI-000006")
     crl = factory.build_crl([RevokedEntry(device.certificate.serial_number, datetime.now(UTC))])
     crl_path = tmp_path / "factory.crl.pem"
     crl_path.write_bytes(crl.public_bytes(Encoding.PEM))

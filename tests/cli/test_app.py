@@ -5,21 +5,17 @@ from __future__ import annotations
 import subprocess
 import sys
 
-
-def run_tether(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tether", *args], capture_output=True, text=True, timeout=60
-    )
+from tests.support.cli import tether
 
 
 def test_version() -> None:
-    result = run_tether("--version")
+    result = tether("--version")
     assert result.returncode == 0
     assert result.stdout.startswith("tether ")
 
 
 def test_no_args_shows_usage() -> None:
-    result = run_tether()
+    result = tether()
     assert result.returncode != 0
     assert "Usage" in result.stdout + result.stderr
 
@@ -58,18 +54,18 @@ def test_ca_and_help_import_no_heavy_dependency() -> None:
 
 
 def test_a_cloud_command_loads_its_group() -> None:
-    result = run_tether("cloud", "--help")
+    result = tether("cloud", "--help")
     assert result.returncode == 0
     assert "serve" in result.stdout
 
 
 def test_usage_errors_exit_2() -> None:
-    result = run_tether("ca", "no-such-command")
+    result = tether("ca", "no-such-command")
     assert result.returncode == 2
 
 
 def test_device_connect_has_no_server_name_option() -> None:
     """awscrt checks the dialled host and nothing else: an option that could only fail is gone."""
-    result = run_tether("device", "connect", "--help")
+    result = tether("device", "connect", "--help")
     assert result.returncode == 0
     assert "--server-name" not in result.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -10,39 +11,30 @@ import socket
 import ssl
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.cloud.api.conftest import PASSPHRASE
+from tests.support.cli import cli_env, tether_command
+from tests.support.cli import tether as run_tether
+from tests.support.pki import CEREMONY_PASSPHRASE
 from tether.cloud.registry import CARole, DeviceStatus, Provisioning, Registry
 from tether.cloud.settings import CloudSettings
 from tether.device import CloudEndpoint, DeviceClient, DeviceIdentity, FileKey
 from tether.pki import sha256_fingerprint
 from tether.pki.store import CaDirectory
 
-TETHER = str(Path(sys.executable).with_name("tether"))
 # Any free metrics ports: a fixed default (9883) would clash with another serve running at once.
-# Any free metrics and CRL/OCSP ports too (publish.port is 8080 by default).
-NO_FIXED_METRICS_PORTS = ("--metrics-port", "0", "--api-metrics-port", "0", "--publish-port", "0")
+# Free metrics and CRL/OCSP ports (publish.port is 8080 by default), and one gateway worker:
+# these tests are about the API beside the gateway (tests/cloud/test_cluster.py: several).
+NO_FIXED_METRICS_PORTS = (
+    "--metrics-port", "0", "--api-metrics-port", "0", "--publish-port", "0", "--workers", "1"
+)  # fmt: skip
 TOKEN_RE = re.compile(r"^tether_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$", re.MULTILINE)
-
-
-def _env() -> dict[str, str]:
-    return {
-        **os.environ,
-        "TETHER_CA_PASSPHRASE": PASSPHRASE,
-        "COLUMNS": "400",
-        "PYTHONUNBUFFERED": "1",
-    }
-
-
-def tether(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [TETHER, *map(str, args)], capture_output=True, text=True, timeout=60, env=_env()
-    )
+PASSPHRASE = CEREMONY_PASSPHRASE  # of the session's ca_dirs
+SECRETS = {"TETHER_CA_PASSPHRASE": PASSPHRASE}
+tether = functools.partial(run_tether, env=SECRETS)
 
 
 def _init(data: Path, ca_dirs: dict[str, Path]) -> str:
@@ -113,9 +105,10 @@ def _serve(data: Path) -> subprocess.Popen[str]:
     covers several workers).
     """
     return subprocess.Popen(
-        [TETHER, "cloud", "serve", str(data), "--port", "0", "--api-port", "0",
-         "--workers", "1", *NO_FIXED_METRICS_PORTS],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+        tether_command("cloud", "serve", data, "--port", "0", "--api-port", "0",
+                       *NO_FIXED_METRICS_PORTS),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=cli_env(SECRETS, PYTHONUNBUFFERED="1"),
     )  # fmt: skip
 
 
@@ -201,14 +194,8 @@ def test_init_takes_the_database_url_from_a_file_or_the_environment(
     assert (tmp_path / "file.db").exists()
 
     from_env = tmp_path / "from-env"
-    env = {**_env(), "TETHER_DATABASE_URL": f"sqlite:///{tmp_path / 'env.db'}"}
-    done = subprocess.run(
-        [TETHER, "cloud", "init", str(from_env), "--server-ca", str(ca_dirs["server"])],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    env = {**SECRETS, "TETHER_DATABASE_URL": f"sqlite:///{tmp_path / 'env.db'}"}
+    done = tether("cloud", "init", from_env, "--server-ca", ca_dirs["server"], env=env)
     assert done.returncode == 0, done.stderr
     assert CloudSettings.load(from_env).database_url == f"sqlite:///{tmp_path / 'env.db'}"
 
@@ -303,23 +290,10 @@ def test_serve_reports_why_the_api_process_could_not_start(
 ) -> None:
     data = tmp_path / "data"
     _init(data, ca_dirs)
-    done = subprocess.run(
-        [
-            TETHER,
-            "cloud",
-            "serve",
-            str(data),
-            "--port",
-            "0",
-            "--api-port",
-            "0",
-            *NO_FIXED_METRICS_PORTS,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        env={**_env(), "TETHER_CA_PASSPHRASE": "not the passphrase"},
-    )
+    done = tether(
+        "cloud", "serve", data, "--port", "0", "--api-port", "0", *NO_FIXED_METRICS_PORTS,
+        env={"TETHER_CA_PASSPHRASE": "not the passphrase"}, timeout=90,
+    )  # fmt: skip
     assert done.returncode == 3, done.stdout
     assert "passphrase" in done.stderr.lower(), done.stderr
 

@@ -1,12 +1,24 @@
 """`tether device connect --explain` shows the five steps with values that match the files."""
 
+# The device suite's fixtures (its PKI, brokers, token device) are composed here, not copied;
+# pytest finds them as module attributes, so the test parameters "redefine" the imports.
+# ruff: noqa: F811
+
 from __future__ import annotations
 
 import subprocess
 
 from tests.device.broker import Broker
-from tests.device.conftest import DevicePKI, TokenDevice
-from tests.device.helpers import openssl_fingerprint, run_cli
+from tests.device.conftest import (  # noqa: F401 - fixtures
+    DevicePKI,
+    TokenDevice,
+    broker,
+    pki,
+    rogue_broker,
+    token_device,
+)
+from tests.device.helpers import openssl_fingerprint
+from tests.support.cli import tether
 
 
 def _common(pki: DevicePKI, broker: Broker) -> list[str]:
@@ -15,7 +27,7 @@ def _common(pki: DevicePKI, broker: Broker) -> list[str]:
 
 
 def test_explain_with_a_key_file(pki: DevicePKI, broker: Broker) -> None:
-    result = run_cli(
+    result = tether(
         *_common(pki, broker), "--cert", str(pki.device_cert), "--key", str(pki.device_key),
         "--publish", "devices/SN-FILE-0001/hello", "--message", "hi",
     )  # fmt: skip
@@ -38,7 +50,7 @@ def test_explain_with_a_key_file(pki: DevicePKI, broker: Broker) -> None:
 def test_explain_with_a_token_key(
     pki: DevicePKI, broker: Broker, token_device: TokenDevice
 ) -> None:
-    result = run_cli(
+    result = tether(
         *_common(pki, broker), "--cert", str(token_device.cert),
         "--pkcs11-module", token_device.token.module, "--token", token_device.token.label,
         "--key-label", token_device.key_label,
@@ -56,7 +68,7 @@ def test_explain_with_a_token_key(
 
 
 def test_cli_untrusted_server_is_one_line_and_exit_3(pki: DevicePKI, rogue_broker: Broker) -> None:
-    result = run_cli(
+    result = tether(
         *_common(pki, rogue_broker), "--cert", str(pki.device_cert), "--key", str(pki.device_key)
     )
     assert result.returncode == 3
@@ -65,7 +77,7 @@ def test_cli_untrusted_server_is_one_line_and_exit_3(pki: DevicePKI, rogue_broke
 
 
 def test_cli_needs_a_key_source(pki: DevicePKI, broker: Broker) -> None:
-    result = run_cli(*_common(pki, broker), "--cert", str(pki.device_cert))
+    result = tether(*_common(pki, broker), "--cert", str(pki.device_cert))
     assert result.returncode == 2  # a usage error
     assert "(usage_error)" in result.stderr and "no device key" in result.stderr
 
@@ -73,7 +85,7 @@ def test_cli_needs_a_key_source(pki: DevicePKI, broker: Broker) -> None:
 def test_cli_without_a_pin_fails_clearly(
     pki: DevicePKI, broker: Broker, token_device: TokenDevice
 ) -> None:
-    result = run_cli(
+    result = tether(
         *_common(pki, broker), "--cert", str(token_device.cert),
         "--pkcs11-module", token_device.token.module, "--token", token_device.token.label,
         "--key-label", token_device.key_label, env={"TETHER_PKCS11_PIN": ""},
@@ -90,7 +102,7 @@ def test_a_token_key_without_cert_uses_the_certificate_in_the_token(
     key_args = ("--pkcs11-module", token.module, "--token", token.label,
                 "--key-label", token_device.key_label)  # fmt: skip
     env = {"TETHER_PKCS11_PIN": token.pin}
-    missing = run_cli(*_common(pki, broker), *key_args, env=env)
+    missing = tether(*_common(pki, broker), *key_args, env=env)
     assert missing.returncode == 3 and "(device_certificate_missing)" in missing.stderr
     written = subprocess.run(
         ["pkcs11-tool", "--module", token.module, "--token-label", token.label, "--login",
@@ -99,7 +111,7 @@ def test_a_token_key_without_cert_uses_the_certificate_in_the_token(
         capture_output=True, timeout=60, check=False,
     )  # fmt: skip
     assert written.returncode == 0, written.stderr.decode(errors="replace")
-    result = run_cli(*_common(pki, broker), *key_args, env=env)
+    result = tether(*_common(pki, broker), *key_args, env=env)
     assert result.returncode == 0, result.stderr + result.stdout
     assert openssl_fingerprint(token_device.cert) in result.stdout
     assert f"connected as {token_device.serial}" in result.stdout
