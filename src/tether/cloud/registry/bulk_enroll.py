@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
@@ -90,6 +91,7 @@ def bulk_record(session: Session, writes: Sequence[object], now: datetime) -> li
     published = session.scalar(
         select(PublishedCRLModel.der).where(PublishedCRLModel.issuer == ca.fingerprint)
     )
+    crl = None if published is None else x509.load_der_x509_crl(published)  # once per group
     tokens = {
         t.token_hash: t
         for t in session.scalars(
@@ -113,12 +115,9 @@ def bulk_record(session: Session, writes: Sequence[object], now: datetime) -> li
         write = items[i]
         try:
             check_issued_by(write.certificate, ca)
-            if published is not None:
-                from cryptography import x509
-
-                crl = x509.load_der_x509_crl(published)
-                if crl.get_revoked_certificate_by_serial_number(write.certificate.serial_number):
-                    raise CertificateListedOnCRLError("the certificate's serial is on the CRL")
+            serial_number = write.certificate.serial_number
+            if crl is not None and crl.get_revoked_certificate_by_serial_number(serial_number):
+                raise CertificateListedOnCRLError("the certificate's serial is on the CRL")
             if write.token_hash is not None:
                 token = tokens.get(write.token_hash)
                 _check_token(token, now)

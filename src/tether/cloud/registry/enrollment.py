@@ -228,6 +228,33 @@ class Enrollments(RegistryBase):
             )
             return None if model is None else _enrollment_record(model, replayed=True)
 
+    def enrollment_precheck(
+        self, request_digest: str, token_hash: str | None
+    ) -> tuple[EnrollmentRecord | None, str | None]:
+        """One read before signing: an earlier request's result, else the token's serial.
+
+        ``(record, None)`` for a retry (the token is not looked at: it was spent by that very
+        request); ``(None, serial)`` for a valid, unspent token; ``(None, None)`` without a
+        token. Raises what ``enrollment_token_serial`` raises for a bad token. The write
+        transaction checks both again; this read only keeps a refusal or a retry from
+        costing a signature.
+        """
+        now = self._clock()
+        with self._read() as session:
+            model = session.scalar(
+                select(EnrollmentModel).where(EnrollmentModel.request_digest == request_digest)
+            )
+            if model is not None:
+                return _enrollment_record(model, replayed=True), None
+            if token_hash is None:
+                return None, None
+            token = session.scalar(
+                select(EnrollmentTokenModel).where(EnrollmentTokenModel.token_hash == token_hash)
+            )
+            _check_token(token, now)
+            assert token is not None
+            return None, token.serial
+
     def record_enrollment(self, write: EnrollmentWrite) -> EnrollmentRecord:
         """Record an issued operational certificate: all or nothing (see the module docstring).
 
