@@ -44,6 +44,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
+from tether.cloud.enrollment.authorize import (
+    REFUSED_ACTION,
+    EnrollDecider,
+    EnrollmentPolicyDeniedError,
+    refusal,
+)
 from tether.cloud.enrollment.hook import HookOutcome, HookRequest, HookRunner
 from tether.cloud.gateway.identity import Identity, IdentityKind
 from tether.cloud.registry import ConcurrentChangeError, Registry
@@ -179,9 +185,12 @@ class EnrollmentService:
         hook: HookRunner | None = None,
         chain_extra: tuple[x509.Certificate, ...] = (),
         actor: str = "enrollment",
+        policy: EnrollDecider | None = None,
     ) -> None:
         """``operational_ca`` must be registered and active; ``chain_extra`` follows it in
-        every answer's chain (e.g. the root)."""
+        every answer's chain (e.g. the root); ``policy`` decides ``enroll`` per identity
+        (``authorize.py``; None: no policy check, as for a bare library use)."""
+        self.policy = policy
         self.registry = registry
         self.ca = operational_ca
         self.ca_fingerprint = sha256_fingerprint(operational_ca.certificate)
@@ -272,6 +281,8 @@ class EnrollmentService:
                 "provisioning hook pick one)"
             )
         target = self._check_serial(target, csr)
+        if credential.identity is not None:
+            self._authorize(credential.identity, target)
         if credential.kind is CredentialKind.CLAIM:
             assert credential.claim is not None
             refusal = credential.claim.refusal(target, self.registry._clock())
@@ -327,6 +338,7 @@ class EnrollmentService:
         if stored is not None:
             return self._outcome(stored)
         serial = self._check_serial(identity.name, csr)
+        self._authorize(identity, serial)
         current = self.registry.get_certificate(identity.certificate_fingerprint)
         same_key = _public_key_der(csr) == current.certificate().public_key().public_bytes(
             Encoding.DER, PublicFormat.SubjectPublicKeyInfo
@@ -399,6 +411,28 @@ class EnrollmentService:
             )
         check_csr_subject(csr, serial)  # no other subject attribute
         return serial
+
+    def _authorize(self, identity: Identity, serial: str) -> None:
+        """EnrollmentPolicyDeniedError (audited) unless the policy allows this enroll."""
+        denied = refusal(self.policy, identity, serial)
+        if denied is None:
+            return
+        self.registry.audit(
+            actor=self.actor,
+            action=REFUSED_ACTION,
+            target=serial,
+            details={
+                "code": EnrollmentPolicyDeniedError.code,
+                "identity": identity.name[:200],
+                "kind": identity.kind.value,
+                "policy": denied.policy,
+                "statement": denied.statement,
+            },
+        )
+        raise EnrollmentPolicyDeniedError(
+            f"{identity.kind.value} {identity.name!r} may not enroll {serial!r}: "
+            f"{denied.explain()}; nothing was issued"
+        )
 
     def _run_hook(
         self, credential: Credential, csr: x509.CertificateSigningRequest, serial: str | None
