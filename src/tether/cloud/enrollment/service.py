@@ -266,8 +266,9 @@ class EnrollmentService:
         target = self._serial_for(credential, asked, token_serial)
         hooked = self._run_hook(credential, csr, target)
         attributes: Mapping[str, str] = {}
+        groups: tuple[str, ...] = ()
         if hooked is not None:
-            attributes = hooked.verdict.attributes
+            attributes, groups = hooked.verdict.attributes, hooked.verdict.groups
             if hooked.verdict.serial is not None:
                 if target is not None and hooked.verdict.serial != target:
                     raise EnrollmentSerialMismatchError(
@@ -311,6 +312,7 @@ class EnrollmentService:
             claim=credential.claim.name if credential.claim is not None else None,
             token_hash=None if credential.token is None else token_hash(credential.token),
             attributes=attributes,
+            groups=groups,
         )
         return self._record(write)
 

@@ -51,6 +51,7 @@ from tether.cloud.registry.enrollment_records import (
     SerialAlreadyEnrolledError,
 )
 from tether.cloud.registry.errors import InvalidRegistryInputError
+from tether.cloud.registry.labels import apply_labels, check_labels
 from tether.cloud.registry.models import (
     CAModel,
     CertificateModel,
@@ -294,6 +295,9 @@ class Enrollments(RegistryBase):
         check_issued_by(write.certificate, ca)
         self._spend_credential(session, write, serial, now)
         device = _device_for(session, write, serial, ca, actor, now)
+        if write.groups or write.attributes:
+            groups, attributes = check_labels(write.groups, write.attributes)
+            apply_labels(session, device, groups, attributes, actor, now)
         cert = insert_certificate(session, write.certificate, ca, device, CertState.ACTIVE, now)
         _audit_added(session, now, actor, cert, ca.fingerprint, serial, CertState.ACTIVE)
         if write.predecessor is not None:
