@@ -24,6 +24,7 @@ from datetime import datetime
 
 from cryptography import x509
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from tether.cloud.registry.audit import AuditAction, change_status, write_audit
@@ -241,20 +242,43 @@ class Enrollments(RegistryBase):
         costing a signature.
         """
         now = self._clock()
-        with self._read() as session:
-            model = session.scalar(
-                select(EnrollmentModel).where(EnrollmentModel.request_digest == request_digest)
-            )
-            if model is not None:
-                return _enrollment_record(model, replayed=True), None
-            if token_hash is None:
-                return None, None
-            token = session.scalar(
-                select(EnrollmentTokenModel).where(EnrollmentTokenModel.token_hash == token_hash)
-            )
-            _check_token(token, now)
-            assert token is not None
-            return None, token.serial
+        try:
+            # A plain connection, one statement each (no ORM session, no BEGIN/ROLLBACK): this
+            # read is on every enrollment's path; the write transaction re-checks both.
+            with self._single_statement_engine.connect() as connection:
+                row = connection.execute(
+                    select(
+                        EnrollmentModel.serial, EnrollmentModel.credential,
+                        EnrollmentModel.result, EnrollmentModel.attributes,
+                        EnrollmentModel.created_at, CertificateModel.pem,
+                        CertificateModel.fingerprint,
+                    )
+                    .join(CertificateModel, EnrollmentModel.certificate_id == CertificateModel.id)
+                    .where(EnrollmentModel.request_digest == request_digest)
+                ).first()  # fmt: skip
+                token = None
+                if row is None and token_hash is not None:
+                    token = connection.execute(
+                        select(
+                            EnrollmentTokenModel.serial, EnrollmentTokenModel.used_at,
+                            EnrollmentTokenModel.expires_at,
+                        ).where(EnrollmentTokenModel.token_hash == token_hash)
+                    ).first()  # fmt: skip
+        except DBAPIError as exc:
+            raise self._unavailable(exc) from exc
+        if row is not None:
+            record = EnrollmentRecord(
+                request_digest=request_digest, serial=row.serial, credential=row.credential,
+                result=row.result, certificate_pem=row.pem,
+                certificate_fingerprint=row.fingerprint, attributes=json.loads(row.attributes),
+                created_at=row.created_at, replayed=True,
+            )  # fmt: skip
+            return record, None
+        if token_hash is None:
+            return None, None
+        _check_token(token, now)  # type: ignore[arg-type] (a row has the model's columns)
+        assert token is not None
+        return None, str(token.serial)
 
     def record_enrollment(self, write: EnrollmentWrite) -> EnrollmentRecord:
         """Record an issued operational certificate: all or nothing (see the module docstring).
