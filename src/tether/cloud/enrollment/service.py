@@ -25,7 +25,7 @@ the same result code and issues nothing. A spent token or a used-up claim refuse
 transaction, so a refusal issues nothing. The serial prefix ``claim.`` is reserved for claim
 certificates.
 
-Slightly over ~400 lines: the one operation with its request classification, serial rules and
+Over ~400 lines (~490): the one operation with its request classification, serial rules and
 hook call, kept together so the order of checks (nothing signed before every refusal) reads in
 one place.
 """
