@@ -36,6 +36,7 @@ BENCHMARKS = (
     "policy",
     "enrollment",
     "workers",
+    "renewal",
 )
 JSON_PATH = REPO / "docs" / "benchmarks.json"
 DOC_PATH = REPO / "docs" / "benchmarks.md"

@@ -63,7 +63,9 @@ def _csrs(prefix: str, count: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def _mqtt_client(conn: Any, port: int, ca: str, cert: str, key: str, requests: list[str]) -> None:
+def _mqtt_client(
+    conn: Any, port: int, ca: str, name: str, cert: str, key: str, requests: list[str]
+) -> None:
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
     from paho.mqtt.packettypes import PacketTypes
@@ -72,7 +74,7 @@ def _mqtt_client(conn: Any, port: int, ca: str, cert: str, key: str, requests: l
     replies: queue.Queue[bool] = queue.Queue()
     client = paho.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id="claim.bench",
+        client_id=f"claim.{name}",
         protocol=paho.MQTTv5,
     )
     client.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
@@ -154,11 +156,12 @@ def _drive(target: Any, args: tuple[Any, ...], processes: int, seconds: float) -
 
 def run(work: Path, repeats: int) -> Result:
     """Library, service, MQTT and EST rates, ``repeats`` times each."""
-    from tests.cloud.conftest import CloudThread, write_identity
+    from tests.support.pki import Issued
 
     from tether.cloud.enrollment import Credential, CredentialKind, EnrollmentService
     from tether.cloud.enrollment.est import EstServer
     from tether.cloud.enrollment.mqtt import MqttEnrollment
+    from tether.cloud.loop_thread import CloudThread
     from tether.cloud.operations import AdminOperations
     from tether.cloud.registry import CARole, Registry
     from tether.cloud.service import CloudService
@@ -174,6 +177,7 @@ def run(work: Path, repeats: int) -> Result:
     enrollment = EnrollmentService(registry, ca, chain_extra=(root.certificate,))
     admin = AdminOperations(registry, root_certificate=root.certificate, online_ca=ca)
     cloud = CloudThread(CloudService(registry, settings.gateway_settings(port=0)))
+    cloud.start()
     handler = MqttEnrollment(enrollment, threads=SERVICE_THREADS, max_in_flight=256)
 
     async def attach() -> None:
@@ -185,11 +189,15 @@ def run(work: Path, repeats: int) -> Result:
         private_key=settings.server_key, port=0, threads=SERVICE_THREADS,
     )  # fmt: skip
     est_port = cloud.call(est.start())
-    claim = admin.create_claim("bench", valid_for=timedelta(days=2), actor="bench")
-    assert claim.private_key_pem is not None
-    claim_key = serialization.load_pem_private_key(claim.private_key_pem.encode(), None)
-    claim_cert = x509.load_pem_x509_certificate(claim.certificate_pem.encode())
-    claim_files = write_identity(work, "claim", claim_cert, claim_key)
+    # One claim per client connection: a claim's sessions share one client id (its name), so
+    # two connections of one claim take each other's session over (see docs/decisions.md).
+    claim_files = []
+    for index in range(MQTT_CLIENTS):
+        claim = admin.create_claim(f"bench{index}", valid_for=timedelta(days=2), actor="bench")
+        assert claim.private_key_pem is not None
+        claim_key = serialization.load_pem_private_key(claim.private_key_pem.encode(), None)
+        claim_cert = x509.load_pem_x509_certificate(claim.certificate_pem.encode())
+        claim_files.append(Issued(claim_cert, claim_key).write(work, f"claim{index}"))
     ca_file = str(settings.pinned_ca)
     try:
         for repeat in range(repeats):
@@ -227,8 +235,9 @@ def run(work: Path, repeats: int) -> Result:
             share = len(requests) // MQTT_CLIENTS
             mqtt = _drive(
                 _mqtt_client,
-                tuple((cloud.port, ca_file, str(claim_files.cert_path), str(claim_files.key_path),
-                       requests[i * share:(i + 1) * share]) for i in range(MQTT_CLIENTS)),
+                tuple((cloud.port, ca_file, f"bench{i}", str(claim_files[i].cert_path),
+                       str(claim_files[i].key_path), requests[i * share:(i + 1) * share])
+                      for i in range(MQTT_CLIENTS)),
                 MQTT_CLIENTS, SECONDS,
             )  # fmt: skip
             result.figure("mqtt_rate", "enroll over MQTT", "certificates/s").runs.append(mqtt)

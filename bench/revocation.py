@@ -36,7 +36,7 @@ from pathlib import Path
 
 import mqtt5
 from cryptography import x509
-from tests.cloud.gateway.harness import RawClient
+from tests.support.mqtt import RawClient
 
 from bench.common import Result, main, percentile, profile
 from bench.peers import tether_server

@@ -102,13 +102,16 @@ def _signer() -> SoftwareSigner:
     return SoftwareSigner(generate_key())
 
 
-def write_identities(directory: Path, ca: IssuingCA, count: int) -> list[x509.Certificate]:
-    """``count`` device keys and certificates as the load generator reads them."""
+def write_identities(
+    directory: Path, ca: IssuingCA, count: int, *, prefix: str = "bench"
+) -> list[x509.Certificate]:
+    """``count`` device keys and certificates (serials ``<prefix>-NNNNNNN``) as the load
+    generator reads them."""
     directory.mkdir(parents=True, exist_ok=True)
     serials = []
     certificates = []
     for index in range(count):
-        serial = f"bench-{index:07d}"
+        serial = f"{prefix}-{index:07d}"
         key = generate_key()
         certificate = ca.issue_device_certificate_for_key(key.public_key(), serial)
         (directory / f"id-{index}.crt").write_bytes(pem(certificate))

@@ -31,7 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from tests.cloud.api.conftest import pinned_context
-from tests.cloud.conftest import ACTOR, Cloud, CloudPKI, CloudThread
+from tests.cloud.conftest import ACTOR, Cloud, CloudPKI, serving
 from tests.natsd import nats_cluster
 from tests.postgres import throwaway_postgres
 from tests.support.mqtt import RawClient, paho_connect
@@ -100,7 +100,7 @@ def _host(
             settings.gateway_settings(port=port, connect_timeout=5.0), reuse_port=True
         )
         service = CloudService(registry, gateway, bus=NatsBus(nats))
-        running = CloudThread(service)
+        running = serving(service)
         stack.callback(running.close)
         port = running.port
         workers.append(Cloud(settings, registry, running, pki, files))

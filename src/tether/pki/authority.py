@@ -296,18 +296,8 @@ class IssuingCA:
         """
         self._require_role(Role.DEVICE, Role.FACTORY)
         serial = validate_serial(serial)
-        try:
-            key = require_p256(csr.public_key(), "CSR key")
-            if not csr.is_signature_valid:
-                raise BadCsrSignatureError(
-                    "the CSR's signature does not verify: the requester did not prove "
-                    "possession of the key; regenerate the CSR with the device key"
-                )
-            if not isinstance(csr.signature_hash_algorithm, _ACCEPTED_CSR_HASHES):
-                raise BadCsrSignatureError("the CSR must be signed with ECDSA and SHA-2")
-            _check_csr_subject(csr.subject, serial)
-        except PARSE_ERRORS as exc:
-            raise MalformedInputError(f"the CSR could not be read: {exc}") from None
+        key = check_device_csr(csr)
+        check_csr_subject(csr, serial)
         return self.issue_device_certificate_for_key(key, serial, validity=validity)
 
     def issue_server_certificate(
@@ -362,6 +352,35 @@ class IssuingCA:
     ) -> x509.CertificateRevocationList:
         """This CA's CRL listing ``revoked``, signed by this CA (AKI and CRL number set)."""
         return _crl(self.certificate, self.signer, revoked, next_update, crl_number)
+
+
+def check_device_csr(csr: x509.CertificateSigningRequest) -> ec.EllipticCurvePublicKey:
+    """The CSR's P-256 key once its self-signature (ECDSA, SHA-2) verifies: proof of possession.
+
+    The one place this is checked; the enroll operation calls it once per request (its
+    signature verification is the expensive part) and then signs with
+    ``issue_device_certificate_for_key`` after ``check_csr_subject``.
+    """
+    try:
+        key = require_p256(csr.public_key(), "CSR key")
+        if not csr.is_signature_valid:
+            raise BadCsrSignatureError(
+                "the CSR's signature does not verify: the requester did not prove "
+                "possession of the key; regenerate the CSR with the device key"
+            )
+        if not isinstance(csr.signature_hash_algorithm, _ACCEPTED_CSR_HASHES):
+            raise BadCsrSignatureError("the CSR must be signed with ECDSA and SHA-2")
+    except PARSE_ERRORS as exc:
+        raise MalformedInputError(f"the CSR could not be read: {exc}") from None
+    return key
+
+
+def check_csr_subject(csr: x509.CertificateSigningRequest, serial: str) -> None:
+    """SubjectNotAllowedError unless the CSR's subject is empty or exactly CN=``serial``."""
+    try:
+        _check_csr_subject(csr.subject, serial)
+    except PARSE_ERRORS as exc:
+        raise MalformedInputError(f"the CSR could not be read: {exc}") from None
 
 
 def _check_csr_subject(subject: x509.Name, serial: str) -> None:

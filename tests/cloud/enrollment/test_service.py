@@ -223,6 +223,48 @@ def test_hook_picks_the_serial_and_sets_attributes_audited_with_latency(world: W
     assert isinstance(hook_rows[0].details["latency_ms"], int)
 
 
+def test_hook_labels_become_the_devices_attributes_and_groups(world: World) -> None:
+    def hook(request: HookRequest) -> HookVerdict:
+        return HookVerdict(
+            allow=True, attributes={"site": "lyon", "line": "l2"}, groups=("line-2", "eu")
+        )
+
+    _hooked(world, hook)
+    issued = world.admin.create_enrollment_token("labelled-1", actor=ACTOR)
+    key = generate_key()
+    credential = Credential(CredentialKind.TOKEN, token=issued.token)
+    outcome = world.enrollment.enroll(csr_pem(key, "labelled-1"), credential)
+    assert outcome.attributes == {"site": "lyon", "line": "l2"}  # still in the answer
+    assert world.registry.device_attributes("labelled-1") == {"site": "lyon", "line": "l2"}
+    assert set(world.registry.device_groups("labelled-1")) == {"line-2", "eu"}
+    rows = [e for e in world.registry.list_audit(limit=40).items if e.target == "labelled-1"]
+    assert {e.action for e in rows} >= {"device.attribute", "device.group_add"}
+    # A retry answers the same and writes no label twice.
+    again = world.enrollment.enroll(csr_pem(key, "labelled-1"), credential)
+    assert again.replayed and again.attributes == outcome.attributes
+    rows_after = [e for e in world.registry.list_audit(limit=40).items if e.target == "labelled-1"]
+    assert len(rows_after) == len(rows)
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [{"attributes": {"Bad Name": "x"}}, {"attributes": {"site": "a/b"}}, {"groups": ["no spaces"]}],
+)
+def test_hook_labels_that_are_not_valid_refuse_and_issue_nothing(
+    world: World, labels: dict[str, object]
+) -> None:
+    _hooked(world, lambda request: {"allow": True, **labels})
+    issued = world.admin.create_enrollment_token("labelled-2", actor=ACTOR)
+    count = world.certificates()
+    with pytest.raises(TetherError) as refused:
+        world.enrollment.enroll(
+            csr_pem(generate_key(), "labelled-2"),
+            Credential(CredentialKind.TOKEN, token=issued.token),
+        )
+    assert refused.value.code == "hook_failed" and "labels" in refused.value.message
+    assert world.certificates() == count
+
+
 @pytest.mark.parametrize("behaviour", ["timeout", "raise", "refuse", "nonsense"])
 def test_a_failing_hook_is_a_clear_refusal_and_issues_nothing(world: World, behaviour: str) -> None:
     def hook(request: HookRequest) -> HookVerdict:

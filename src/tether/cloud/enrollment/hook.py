@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from tether.cloud.registry.labels import check_labels
 from tether.errors import ConfigurationError, PermissionDeniedError, TetherError
 
 HOOK_THREADS = 4
@@ -68,12 +69,14 @@ class HookRequest:
 
 @dataclass(frozen=True, slots=True)
 class HookVerdict:
-    """The hook's answer: allow or not, the serial it picks (None: keep), attributes."""
+    """The hook's answer: allow or not, the serial it picks (None: keep), and the device's
+    attributes and groups (written to the device's labels, which policies substitute)."""
 
     allow: bool
     serial: str | None = None
     attributes: Mapping[str, str] = field(default_factory=dict)
     reason: str = ""
+    groups: tuple[str, ...] = ()
 
 
 class ProvisioningHook(Protocol):
@@ -107,7 +110,14 @@ def verdict_from(value: Any) -> HookVerdict:
         raise HookFailedError(
             f"the hook's attributes must map at most {MAX_ATTRIBUTES} strings to strings"
         )
-    return HookVerdict(allow, serial, dict(attributes), str(reason)[:200])
+    groups = raw.get("groups") or ()
+    if not isinstance(groups, list | tuple) or not all(isinstance(g, str) for g in groups):
+        raise HookFailedError("the hook's groups must be a list of strings")
+    try:
+        check_labels(groups, attributes)
+    except TetherError as exc:
+        raise HookFailedError(f"the hook's labels are not valid: {exc.message}") from None
+    return HookVerdict(allow, serial, dict(attributes), str(reason)[:200], tuple(groups))
 
 
 def load_entry_point(spec: str) -> ProvisioningHook:

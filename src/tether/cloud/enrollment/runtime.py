@@ -47,6 +47,7 @@ class EnrollmentRuntime:
             overlap=options.overlap,
             hook=hook_from(options),
             chain_extra=(settings.root_certificate(),),
+            policy=service.policy,  # the gateway's live policy decides ``enroll``
         )
         self.mqtt = MqttEnrollment(self.enrollment)
         self.service = service

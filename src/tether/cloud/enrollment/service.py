@@ -25,7 +25,7 @@ the same result code and issues nothing. A spent token or a used-up claim refuse
 transaction, so a refusal issues nothing. The serial prefix ``claim.`` is reserved for claim
 certificates.
 
-Slightly over ~400 lines: the one operation with its request classification, serial rules and
+Over ~400 lines (~490): the one operation with its request classification, serial rules and
 hook call, kept together so the order of checks (nothing signed before every refusal) reads in
 one place.
 """
@@ -33,6 +33,8 @@ one place.
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -42,6 +44,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
+from tether.cloud.enrollment.authorize import (
+    REFUSED_ACTION,
+    EnrollDecider,
+    EnrollmentPolicyDeniedError,
+    refusal,
+)
 from tether.cloud.enrollment.hook import HookOutcome, HookRequest, HookRunner
 from tether.cloud.gateway.identity import Identity, IdentityKind
 from tether.cloud.registry import ConcurrentChangeError, Registry
@@ -53,14 +61,13 @@ from tether.cloud.registry.enrollment import (
 )
 from tether.errors import PermissionDeniedError, PolicyViolationError, TetherError
 from tether.pki import IssuingCA, load_csr, sha256_fingerprint, validate_serial
-from tether.pki.errors import BadCsrSignatureError, MalformedInputError
-from tether.pki.keys import require_p256
-from tether.pki.loading import PARSE_ERRORS
+from tether.pki.authority import check_csr_subject, check_device_csr
 from tether.pki.store import pem
 
 CLAIM_PREFIX = "claim."
 DEFAULT_VALIDITY = timedelta(days=30)
 DEFAULT_OVERLAP = timedelta(days=1)
+CLAIM_CACHE_SECONDS = 2.0
 
 
 class CredentialKind(StrEnum):
@@ -148,16 +155,14 @@ def _public_key_der(csr: x509.CertificateSigningRequest) -> bytes:
 
 
 def check_csr(data: bytes) -> x509.CertificateSigningRequest:
-    """A readable, self-signed CSR for a P-256 key, or the refusal for each other case."""
+    """A readable, self-signed CSR for a P-256 key, or the refusal for each other case.
+
+    Its signature is verified here once per request (``pki.check_device_csr``); the
+    certificate is then signed with ``issue_device_certificate_for_key``, which does not
+    verify it again.
+    """
     csr = load_csr(data)
-    try:
-        require_p256(csr.public_key(), "CSR key")
-        if not csr.is_signature_valid:
-            raise BadCsrSignatureError(
-                "the CSR's signature does not verify: make the CSR with the device's own key"
-            )
-    except PARSE_ERRORS as exc:
-        raise MalformedInputError(f"the CSR could not be read: {exc}") from None
+    check_device_csr(csr)
     return csr
 
 
@@ -180,9 +185,12 @@ class EnrollmentService:
         hook: HookRunner | None = None,
         chain_extra: tuple[x509.Certificate, ...] = (),
         actor: str = "enrollment",
+        policy: EnrollDecider | None = None,
     ) -> None:
         """``operational_ca`` must be registered and active; ``chain_extra`` follows it in
-        every answer's chain (e.g. the root)."""
+        every answer's chain (e.g. the root); ``policy`` decides ``enroll`` per identity
+        (``authorize.py``; None: no policy check, as for a bare library use)."""
+        self.policy = policy
         self.registry = registry
         self.ca = operational_ca
         self.ca_fingerprint = sha256_fingerprint(operational_ca.certificate)
@@ -192,19 +200,45 @@ class EnrollmentService:
         self.actor = actor
         self.ca_certificates = (operational_ca.certificate, *chain_extra)
         self._chain_tail = "".join(pem(c).decode("ascii") for c in self.ca_certificates)
+        self._claims: dict[str, tuple[float, ClaimRecord | None]] = {}
+        self._claims_lock = threading.Lock()
 
     # -- classifying what the transport authenticated --------------------------------------
 
     def credential_for(self, identity: Identity) -> Credential:
         """The credential a verified TLS identity is: claim, current (renewal) or factory."""
         if identity.kind is IdentityKind.CLAIM:
-            claim = self.registry.claim_for_certificate(identity.certificate_fingerprint)
+            claim = self._claim(identity.certificate_fingerprint)
             if claim is None:  # a birth certificate in its grace period: a retry
                 return Credential(CredentialKind.FACTORY, identity=identity)
             return Credential(CredentialKind.CLAIM, identity=identity, claim=claim)
         if identity.issuer_fingerprint == self.ca_fingerprint:
             return Credential(CredentialKind.CURRENT, identity=identity)
         return Credential(CredentialKind.FACTORY, identity=identity)
+
+    def _claim(self, fingerprint: str) -> ClaimRecord | None:
+        """The claim of a certificate, read at most every ``CLAIM_CACHE_SECONDS``.
+
+        A storm reuses one claim certificate for every request; reading its row each time
+        was one of the reads per enrollment. The cached record only decides refusals made
+        before signing: the write transaction re-reads the claim row under the write lock
+        (count, expiry), so a stale cache can cost a signature, never issue past the policy.
+        """
+        now = time.monotonic()
+        cached = self._claims.get(fingerprint)
+        if cached is not None and now - cached[0] < CLAIM_CACHE_SECONDS:
+            return cached[1]
+        claim = self.registry.claim_for_certificate(fingerprint)
+        with self._claims_lock:
+            if len(self._claims) > 4096:
+                self._claims.clear()
+            self._claims[fingerprint] = (now, claim)
+        return claim
+
+    def forget_claims(self) -> None:
+        """Drop cached claim records (after a claim changed in this process)."""
+        with self._claims_lock:
+            self._claims.clear()
 
     # -- the operation ---------------------------------------------------------------------
 
@@ -225,14 +259,16 @@ class EnrollmentService:
         csr = check_csr(csr_data)
         asked = serial or csr_serial(csr)
         key = self._request_digest(credential, csr, asked)
-        stored = self.registry.find_enrollment(key)
+        tokened = None if credential.token is None else token_hash(credential.token)
+        stored, token_serial = self.registry.enrollment_precheck(key, tokened)
         if stored is not None:
             return self._outcome(stored)
-        target = self._serial_for(credential, asked)
+        target = self._serial_for(credential, asked, token_serial)
         hooked = self._run_hook(credential, csr, target)
         attributes: Mapping[str, str] = {}
+        groups: tuple[str, ...] = ()
         if hooked is not None:
-            attributes = hooked.verdict.attributes
+            attributes, groups = hooked.verdict.attributes, hooked.verdict.groups
             if hooked.verdict.serial is not None:
                 if target is not None and hooked.verdict.serial != target:
                     raise EnrollmentSerialMismatchError(
@@ -246,6 +282,8 @@ class EnrollmentService:
                 "provisioning hook pick one)"
             )
         target = self._check_serial(target, csr)
+        if credential.identity is not None:
+            self._authorize(credential.identity, target)
         if credential.kind is CredentialKind.CLAIM:
             assert credential.claim is not None
             refusal = credential.claim.refusal(target, self.registry._clock())
@@ -256,7 +294,7 @@ class EnrollmentService:
             serial=target,
             credential=credential.key(),
             result=EnrollResult.ENROLLED.value,
-            certificate=self.ca.issue_device_certificate(csr, target, validity=self.validity),
+            certificate=self._sign(csr, target),
             operational_ca=self.ca_fingerprint,
             actor=self.actor,
             overlap=self.overlap,  # the birth certificate's grace period for a retry
@@ -274,6 +312,7 @@ class EnrollmentService:
             claim=credential.claim.name if credential.claim is not None else None,
             token_hash=None if credential.token is None else token_hash(credential.token),
             attributes=attributes,
+            groups=groups,
         )
         return self._record(write)
 
@@ -297,10 +336,11 @@ class EnrollmentService:
         csr = check_csr(csr_data)
         credential = Credential(CredentialKind.CURRENT, identity=identity)
         key = self._request_digest(credential, csr, identity.name)
-        stored = self.registry.find_enrollment(key)
+        stored, _ = self.registry.enrollment_precheck(key, None)
         if stored is not None:
             return self._outcome(stored)
         serial = self._check_serial(identity.name, csr)
+        self._authorize(identity, serial)
         current = self.registry.get_certificate(identity.certificate_fingerprint)
         same_key = _public_key_der(csr) == current.certificate().public_key().public_bytes(
             Encoding.DER, PublicFormat.SubjectPublicKeyInfo
@@ -311,7 +351,7 @@ class EnrollmentService:
             serial=serial,
             credential=credential.key(),
             result=result.value,
-            certificate=self.ca.issue_device_certificate(csr, serial, validity=self.validity),
+            certificate=self._sign(csr, serial),
             operational_ca=self.ca_fingerprint,
             actor=self.actor,
             overlap=self.overlap,
@@ -334,15 +374,25 @@ class EnrollmentService:
             digest.update(len(part).to_bytes(4, "big") + part)
         return digest.hexdigest()
 
-    def _serial_for(self, credential: Credential, asked: str | None) -> str | None:
+    def _sign(self, csr: x509.CertificateSigningRequest, serial: str) -> x509.Certificate:
+        """Sign for the CSR's key (already verified by ``check_csr``; subject by
+        ``_check_serial``): the library's checks, each once."""
+        return self.ca.issue_device_certificate_for_key(
+            csr.public_key(),  # type: ignore[arg-type] (check_csr: P-256)
+            serial,
+            validity=self.validity,
+        )
+
+    def _serial_for(
+        self, credential: Credential, asked: str | None, token_serial: str | None
+    ) -> str | None:
         """The serial the credential itself fixes, checked against what the request asks."""
         fixed: str | None = None
         if credential.kind is CredentialKind.FACTORY:
             assert credential.identity is not None
             fixed = credential.identity.name
         elif credential.kind is CredentialKind.TOKEN:
-            assert credential.token is not None
-            fixed = self.registry.enrollment_token_serial(token_hash(credential.token))
+            fixed = token_serial
         if fixed is not None and asked is not None and asked != fixed:
             raise EnrollmentSerialMismatchError(
                 f"the request is for the serial {asked!r} but the credential is for {fixed!r}; "
@@ -361,7 +411,30 @@ class EnrollmentService:
             raise EnrollmentSerialMismatchError(
                 f"the CSR asks for the serial {asked!r}, but this enrollment is for {serial!r}"
             )
+        check_csr_subject(csr, serial)  # no other subject attribute
         return serial
+
+    def _authorize(self, identity: Identity, serial: str) -> None:
+        """EnrollmentPolicyDeniedError (audited) unless the policy allows this enroll."""
+        denied = refusal(self.policy, identity, serial)
+        if denied is None:
+            return
+        self.registry.audit(
+            actor=self.actor,
+            action=REFUSED_ACTION,
+            target=serial,
+            details={
+                "code": EnrollmentPolicyDeniedError.code,
+                "identity": identity.name[:200],
+                "kind": identity.kind.value,
+                "policy": denied.policy,
+                "statement": denied.statement,
+            },
+        )
+        raise EnrollmentPolicyDeniedError(
+            f"{identity.kind.value} {identity.name!r} may not enroll {serial!r}: "
+            f"{denied.explain()}; nothing was issued"
+        )
 
     def _run_hook(
         self, credential: Credential, csr: x509.CertificateSigningRequest, serial: str | None
@@ -399,7 +472,7 @@ class EnrollmentService:
             record = self.registry.record_enrollment(write)
         except ConcurrentChangeError:
             # The same request committed first on another thread: hand back its result.
-            stored = self.registry.find_enrollment(write.request_digest)
+            stored, _ = self.registry.enrollment_precheck(write.request_digest, None)
             if stored is None:
                 raise
             record = stored

@@ -3,12 +3,14 @@
 An identity with no policy attached (to it, its groups or its CA) is judged by the built-in
 document of its kind, so nothing changes until an operator writes and attaches a policy:
 
-- a device connects, and publishes, subscribes and receives only under
-  ``devices/<serial>/<something>`` (wildcards inside its subtree, never across devices);
+- a device connects, enrolls (renews) only its own serial, and publishes, subscribes and
+  receives only under ``devices/<serial>/<something>`` (wildcards inside its subtree, never
+  across devices);
 - a service connects, subscribes to and receives any filter under ``devices/`` (at least two
   levels), and publishes only ``devices/<serial>/commands/<...>`` with a non-empty serial;
 - an enroll-only identity (a claim certificate, or a birth certificate in its grace period
-  after enrolling) connects and may ``enroll`` and nothing else: its requests go on the
+  after enrolling) connects and may ``enroll`` (any serial: the claim's own record limits
+  which) and nothing else: its requests go on the
   reserved ``$tether/`` topics, which the gateway answers before any topic policy. No
   attachment applies to it (see ``resolve.Resolver.subject``).
 
@@ -30,6 +32,7 @@ _DEVICE = {
     "version": "1",
     "statements": [
         {"sid": "connect", "effect": "allow", "actions": ["connect"], "resources": ["${serial}"]},
+        {"sid": "renew-self", "effect": "allow", "actions": ["enroll"], "resources": ["${serial}"]},
         {
             "sid": "own-subtree",
             "effect": "allow",
@@ -67,12 +70,10 @@ _SERVICE = {
 _CLAIM = {
     "version": "1",
     "statements": [
-        {
-            "sid": "enroll-only",
-            "effect": "allow",
-            "actions": ["connect", "enroll"],
-            "resources": ["${serial}"],
-        },
+        {"sid": "connect", "effect": "allow", "actions": ["connect"], "resources": ["${serial}"]},
+        # Any serial: the claim's own record (serials, count, expiry) says which, checked in
+        # the enroll operation and again in its write transaction.
+        {"sid": "enroll-only", "effect": "allow", "actions": ["enroll"], "resources": ["+"]},
     ],
 }
 

@@ -7,7 +7,8 @@ a serial no device has yet, not seen before. For those it reads the tokens, clai
 and earlier requests once (``IN`` lists), checks each, then inserts the devices, certificates
 and enrollments and their audit rows with one multi-row ``INSERT`` per table (``RETURNING``
 the ids) and marks the tokens spent with one ``UPDATE``. Everything else (a replay, an
-existing device, a renewal, a serial twice in one group) is returned as ``None`` and goes
+existing device, a renewal, a serial twice in one group, a write with the hook's labels) is
+returned as ``None`` and goes
 through the one-by-one path in its own savepoint, so both paths apply the same rules. A
 refusal found here is that request's error and changes nothing of it. The committer commits
 once for the group, and only then is any certificate returned.
@@ -20,6 +21,7 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
@@ -64,6 +66,7 @@ def bulk_record(session: Session, writes: Sequence[object], now: datetime) -> li
     candidates = [
         i for i, w in enumerate(items)
         if w.predecessor is None and (w.token_hash or w.claim) and serial_counts[w.serial] == 1
+        and not w.attributes and not w.groups  # labels: one by one (labels.apply_labels)
         and len({x.operational_ca for x in items}) == 1
     ]  # fmt: skip
     if not candidates:
@@ -90,6 +93,7 @@ def bulk_record(session: Session, writes: Sequence[object], now: datetime) -> li
     published = session.scalar(
         select(PublishedCRLModel.der).where(PublishedCRLModel.issuer == ca.fingerprint)
     )
+    crl = None if published is None else x509.load_der_x509_crl(published)  # once per group
     tokens = {
         t.token_hash: t
         for t in session.scalars(
@@ -113,12 +117,9 @@ def bulk_record(session: Session, writes: Sequence[object], now: datetime) -> li
         write = items[i]
         try:
             check_issued_by(write.certificate, ca)
-            if published is not None:
-                from cryptography import x509
-
-                crl = x509.load_der_x509_crl(published)
-                if crl.get_revoked_certificate_by_serial_number(write.certificate.serial_number):
-                    raise CertificateListedOnCRLError("the certificate's serial is on the CRL")
+            serial_number = write.certificate.serial_number
+            if crl is not None and crl.get_revoked_certificate_by_serial_number(serial_number):
+                raise CertificateListedOnCRLError("the certificate's serial is on the CRL")
             if write.token_hash is not None:
                 token = tokens.get(write.token_hash)
                 _check_token(token, now)

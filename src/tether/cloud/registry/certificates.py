@@ -8,6 +8,7 @@ first certificate in one transaction (console and CSR provisioning).
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 
 from cryptography import x509
@@ -278,9 +279,15 @@ def revoke(
     write_audit(session, now, actor, AuditAction.CERTIFICATE_REVOKE, model.fingerprint, details)
 
 
+@functools.lru_cache(maxsize=64)
+def _ca_certificate(ca_pem: str) -> x509.Certificate:
+    """A CA row's certificate, parsed once (a CA row's PEM never changes)."""
+    return x509.load_pem_x509_certificate(ca_pem.encode("ascii"))
+
+
 def check_issued_by(cert: x509.Certificate, ca: CAModel) -> None:
     """CertificateIssuerMismatchError unless the registered CA ``ca`` signed ``cert``."""
-    ca_cert = x509.load_pem_x509_certificate(ca.pem.encode("ascii"))
+    ca_cert = _ca_certificate(ca.pem)
     try:
         cert.verify_directly_issued_by(ca_cert)
     except (ValueError, TypeError, InvalidSignature) as exc:

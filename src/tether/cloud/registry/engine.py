@@ -71,7 +71,11 @@ def create_registry_engine(url: URL, *, busy_timeout_s: float = 5.0) -> Engine:
         # A pooled PostgreSQL connection may have been cut by a restart or a proxy: ping it
         # before use. A SQLite "connection" is an open file; a ping would only cost a query
         # on every handshake.
-        engine = create_engine(url, connect_args=connect_args, pool_pre_ping=not sqlite)
+        # SQLite: a pool as large as the threads that read at once (enrollment, EST, the
+        # verdict lane), so a storm does not open and PRAGMA-configure overflow connections
+        # per read (the default 5 + 10 overflow churned under 16 enrollment threads).
+        pool = {"pool_size": 32, "max_overflow": 32} if sqlite else {}
+        engine = create_engine(url, connect_args=connect_args, pool_pre_ping=not sqlite, **pool)
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
         raise DatabaseURLError(
             f"The driver for {safe_url(url)} is not installed; for PostgreSQL install "

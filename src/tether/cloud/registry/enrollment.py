@@ -24,6 +24,7 @@ from datetime import datetime
 
 from cryptography import x509
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from tether.cloud.registry.audit import AuditAction, change_status, write_audit
@@ -51,6 +52,7 @@ from tether.cloud.registry.enrollment_records import (
     SerialAlreadyEnrolledError,
 )
 from tether.cloud.registry.errors import InvalidRegistryInputError
+from tether.cloud.registry.labels import apply_labels, check_labels
 from tether.cloud.registry.models import (
     CAModel,
     CertificateModel,
@@ -228,6 +230,56 @@ class Enrollments(RegistryBase):
             )
             return None if model is None else _enrollment_record(model, replayed=True)
 
+    def enrollment_precheck(
+        self, request_digest: str, token_hash: str | None
+    ) -> tuple[EnrollmentRecord | None, str | None]:
+        """One read before signing: an earlier request's result, else the token's serial.
+
+        ``(record, None)`` for a retry (the token is not looked at: it was spent by that very
+        request); ``(None, serial)`` for a valid, unspent token; ``(None, None)`` without a
+        token. Raises what ``enrollment_token_serial`` raises for a bad token. The write
+        transaction checks both again; this read only keeps a refusal or a retry from
+        costing a signature.
+        """
+        now = self._clock()
+        try:
+            # A plain connection, one statement each (no ORM session, no BEGIN/ROLLBACK): this
+            # read is on every enrollment's path; the write transaction re-checks both.
+            with self._single_statement_engine.connect() as connection:
+                row = connection.execute(
+                    select(
+                        EnrollmentModel.serial, EnrollmentModel.credential,
+                        EnrollmentModel.result, EnrollmentModel.attributes,
+                        EnrollmentModel.created_at, CertificateModel.pem,
+                        CertificateModel.fingerprint,
+                    )
+                    .join(CertificateModel, EnrollmentModel.certificate_id == CertificateModel.id)
+                    .where(EnrollmentModel.request_digest == request_digest)
+                ).first()  # fmt: skip
+                token = None
+                if row is None and token_hash is not None:
+                    token = connection.execute(
+                        select(
+                            EnrollmentTokenModel.serial, EnrollmentTokenModel.used_at,
+                            EnrollmentTokenModel.expires_at,
+                        ).where(EnrollmentTokenModel.token_hash == token_hash)
+                    ).first()  # fmt: skip
+        except DBAPIError as exc:
+            raise self._unavailable(exc) from exc
+        if row is not None:
+            record = EnrollmentRecord(
+                request_digest=request_digest, serial=row.serial, credential=row.credential,
+                result=row.result, certificate_pem=row.pem,
+                certificate_fingerprint=row.fingerprint, attributes=json.loads(row.attributes),
+                created_at=row.created_at, replayed=True,
+            )  # fmt: skip
+            return record, None
+        if token_hash is None:
+            return None, None
+        _check_token(token, now)  # type: ignore[arg-type] (a row has the model's columns)
+        assert token is not None
+        return None, str(token.serial)
+
     def record_enrollment(self, write: EnrollmentWrite) -> EnrollmentRecord:
         """Record an issued operational certificate: all or nothing (see the module docstring).
 
@@ -267,6 +319,9 @@ class Enrollments(RegistryBase):
         check_issued_by(write.certificate, ca)
         self._spend_credential(session, write, serial, now)
         device = _device_for(session, write, serial, ca, actor, now)
+        if write.groups or write.attributes:
+            groups, attributes = check_labels(write.groups, write.attributes)
+            apply_labels(session, device, groups, attributes, actor, now)
         cert = insert_certificate(session, write.certificate, ca, device, CertState.ACTIVE, now)
         _audit_added(session, now, actor, cert, ca.fingerprint, serial, CertState.ACTIVE)
         if write.predecessor is not None:

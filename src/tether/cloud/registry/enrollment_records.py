@@ -101,7 +101,10 @@ class EnrollmentWrite:
     ``previous_owner``: the CA the serial may be moved from (the birth certificate's CA for a
     factory device), else the device must be new, unbound, or (``may_reenroll``) already
     under the operational CA. ``predecessor``: the certificate the new one succeeds (the birth
-    or current certificate), retired ``overlap`` after now.
+    or current certificate), retired ``overlap`` after now. ``attributes`` and ``groups``
+    (the provisioning hook's) become the device's own labels in the same transaction
+    (``labels.apply_labels``), and the attributes stay on the enrollment row for a retry's
+    answer.
     """
 
     request_digest: str
@@ -118,3 +121,4 @@ class EnrollmentWrite:
     claim: str | None = None
     token_hash: str | None = None
     attributes: Mapping[str, str] = field(default_factory=dict)
+    groups: tuple[str, ...] = ()

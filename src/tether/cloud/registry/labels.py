@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -162,44 +163,7 @@ class DeviceLabels(RegistryBase):
         groups, attributes = check_labels(groups, attributes or {})
         now = self._clock()
         with self._write() as session:
-            device = load_device(session, serial)
-            have = set(_groups(session, device))
-            for group in groups:
-                if group in have:
-                    continue
-                have.add(group)
-                session.add(DeviceGroupModel(device_id=device.id, group_name=group))
-                write_audit(
-                    session, now, actor, AuditAction.DEVICE_GROUP_ADD, serial, {"group": group}
-                )
-            if len(have) > MAX_GROUPS_PER_DEVICE:
-                raise InvalidRegistryInputError(
-                    f"A device is in at most {MAX_GROUPS_PER_DEVICE} groups."
-                )
-            current = dict(_attributes(session, device))
-            for name, value in attributes.items():
-                if current.get(name) == value:
-                    continue
-                row = session.scalars(
-                    select(DeviceAttributeModel).where(
-                        (DeviceAttributeModel.device_id == device.id)
-                        & (DeviceAttributeModel.name == name)
-                    )
-                ).first()
-                if row is None:
-                    session.add(DeviceAttributeModel(device_id=device.id, name=name, value=value))
-                else:
-                    row.value = value
-                write_audit(
-                    session, now, actor, AuditAction.DEVICE_ATTRIBUTE, serial,
-                    {"name": name, "from": current.get(name), "to": value},
-                )  # fmt: skip
-                current[name] = value
-            if len(current) > MAX_ATTRIBUTES_PER_DEVICE:
-                raise InvalidRegistryInputError(
-                    f"A device has at most {MAX_ATTRIBUTES_PER_DEVICE} attributes."
-                )
-            flush_or(session, _conflict)
+            apply_labels(session, load_device(session, serial), groups, attributes, actor, now)
 
     def device_groups(self, serial: str) -> tuple[str, ...]:
         """A device's groups, sorted. Raises DeviceNotFoundError."""
@@ -212,6 +176,51 @@ class DeviceLabels(RegistryBase):
         serial = check_serial(serial)
         with self._read() as session:
             return dict(_attributes(session, load_device(session, serial)))
+
+
+def apply_labels(
+    session: Session,
+    device: DeviceModel,
+    groups: Sequence[str],
+    attributes: Mapping[str, str],
+    actor: str,
+    now: datetime,
+) -> None:
+    """Add groups and set attributes of ``device`` inside the caller's transaction (checked
+    labels; ``check_labels``): ``label_device`` and enrollment's write share this one rule."""
+    serial = device.serial
+    have = set(_groups(session, device))
+    for group in groups:
+        if group in have:
+            continue
+        have.add(group)
+        session.add(DeviceGroupModel(device_id=device.id, group_name=group))
+        write_audit(session, now, actor, AuditAction.DEVICE_GROUP_ADD, serial, {"group": group})
+    if len(have) > MAX_GROUPS_PER_DEVICE:
+        raise InvalidRegistryInputError(f"A device is in at most {MAX_GROUPS_PER_DEVICE} groups.")
+    current = dict(_attributes(session, device))
+    for name, value in attributes.items():
+        if current.get(name) == value:
+            continue
+        row = session.scalars(
+            select(DeviceAttributeModel).where(
+                (DeviceAttributeModel.device_id == device.id) & (DeviceAttributeModel.name == name)
+            )
+        ).first()
+        if row is None:
+            session.add(DeviceAttributeModel(device_id=device.id, name=name, value=value))
+        else:
+            row.value = value
+        write_audit(
+            session, now, actor, AuditAction.DEVICE_ATTRIBUTE, serial,
+            {"name": name, "from": current.get(name), "to": value},
+        )  # fmt: skip
+        current[name] = value
+    if len(current) > MAX_ATTRIBUTES_PER_DEVICE:
+        raise InvalidRegistryInputError(
+            f"A device has at most {MAX_ATTRIBUTES_PER_DEVICE} attributes."
+        )
+    flush_or(session, _conflict)
 
 
 def _groups(session: Session, device: DeviceModel) -> tuple[str, ...]:
