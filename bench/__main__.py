@@ -35,6 +35,7 @@ BENCHMARKS = (
     "tokens",
     "policy",
     "enrollment",
+    "messages",
 )
 JSON_PATH = REPO / "docs" / "benchmarks.json"
 DOC_PATH = REPO / "docs" / "benchmarks.md"
