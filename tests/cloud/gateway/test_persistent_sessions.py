@@ -1,7 +1,8 @@
 """Persistent sessions in a real registry database: across a disconnect and a restart.
 
 Queued QoS 1 delivery in order and its bound, Clean Start 1 deleting the session, an
-administrative drop deleting it, MQTT 3.1.1 Clean Session 0, and the Will Delay Interval.
+administrative drop deleting it, MQTT 3.1.1 Clean Session 0, the Will Delay Interval, and
+unacknowledged outgoing QoS 1/2 resent (DUP=1, owed PUBREL) after a reconnect.
 """
 
 from __future__ import annotations
@@ -282,3 +283,54 @@ def test_attach_stores_gives_a_gateway_both_and_restores(gateway, pki, database)
     finally:
         gateway.close()
         detach()
+
+
+def test_unacknowledged_outgoing_is_resent_after_a_reconnect(kept, pki):
+    """MQTT 5 4.4: PUBLISH again with DUP=1 under the same identifier, PUBREL where owed."""
+    device, _ = persistent_device(kept, pki)
+    device.send(mqtt5.SubscribePacket(1, [TopicFilter(COMMANDS, max_qos=QoS.EXACTLY_ONCE)]))
+    assert isinstance(device.recv(), mqtt5.SubAckPacket)
+    command(kept, pki, b"one")
+    service = connect(kept, pki, pki.service, SERVICE_NAME)
+    try:
+        for number, payload in enumerate((b"two", b"three"), 10):
+            service.send(
+                mqtt5.PublishPacket(
+                    f"{OWN}/commands/c", payload, qos=QoS.EXACTLY_ONCE, packet_id=number
+                )
+            )
+            assert isinstance(service.recv(), mqtt5.PubRecPacket)
+            service.send(mqtt5.PubRelPacket(number))
+            assert isinstance(service.recv(), mqtt5.PubCompPacket)
+    finally:
+        service.close()
+    one, two, three = (device.recv() for _ in range(3))
+    assert [p.payload for p in (one, two, three)] == [b"one", b"two", b"three"]
+    assert not one.duplicate
+    device.send(mqtt5.PubRecPacket(two.packet_id))  # PUBREL comes; PUBCOMP never goes
+    pubrel = device.recv()
+    assert isinstance(pubrel, mqtt5.PubRelPacket) and pubrel.packet_id == two.packet_id
+    device.close()  # the connection breaks with one, two and three unacknowledged
+
+    device, ack = persistent_device(kept, pki)
+    try:
+        assert ack.session_present is True
+        again_one, again_two, again_three = (device.recv() for _ in range(3))
+        assert isinstance(again_one, mqtt5.PublishPacket) and again_one.duplicate
+        assert (again_one.packet_id, again_one.payload) == (one.packet_id, b"one")
+        assert again_one.user_properties == [("tether-sender", SERVICE_NAME)]
+        assert isinstance(again_two, mqtt5.PubRelPacket)
+        assert again_two.packet_id == two.packet_id
+        assert isinstance(again_three, mqtt5.PublishPacket) and again_three.duplicate
+        assert (again_three.packet_id, again_three.qos) == (three.packet_id, QoS.EXACTLY_ONCE)
+        device.send(mqtt5.PubAckPacket(one.packet_id))
+        device.send(mqtt5.PubCompPacket(two.packet_id))
+        device.send(mqtt5.PubRecPacket(three.packet_id))
+        assert device.recv().packet_id == three.packet_id  # PUBREL
+        device.send(mqtt5.PubCompPacket(three.packet_id))
+        command(kept, pki, b"live")  # the window is free again, and nothing else is resent
+        live = device.recv()
+        assert (live.payload, live.duplicate) == (b"live", False)
+        device.send(mqtt5.PubAckPacket(live.packet_id))
+    finally:
+        device.close()

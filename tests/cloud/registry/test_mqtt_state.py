@@ -12,6 +12,7 @@ import pytest
 
 from tether.cloud.gateway.stores import (
     StoredMessage,
+    StoredOutgoing,
     StoredSubscription,
     StoreLimits,
     StoreOutcome,
@@ -115,3 +116,15 @@ def test_sessions_expire_are_capped_and_deleted_with_their_queue(state, registry
 )
 def test_literal_prefix(topic_filter, prefix):
     assert literal_prefix(topic_filter) == prefix
+
+
+def test_what_a_session_owes_its_client_is_kept_and_old_rows_still_read(state, registry):
+    owed = (StoredOutgoing(3, message("devices/SN1/commands/a", b"\x00\xff")),
+            StoredOutgoing(4, None))  # fmt: skip
+    state.save_session("device", "SN1", 600, [], [9], owed)
+    loaded = state.load_session("device", "SN1")
+    assert loaded is not None
+    assert (loaded.qos2_received, loaded.outgoing) == ((9,), owed)
+    state.save_session("device", "SN1", 600, [], [9])  # nothing owed: the 0007 list form
+    loaded = state.load_session("device", "SN1")
+    assert loaded is not None and (loaded.qos2_received, loaded.outgoing) == ((9,), ())

@@ -35,6 +35,7 @@ from tether.cloud.gateway.senders import is_view
 from tether.cloud.gateway.stores import (
     SessionStore,
     StoredMessage,
+    StoredOutgoing,
     StoredSession,
     StoredSubscription,
     StoreOutcome,
@@ -134,8 +135,14 @@ class PersistentSessions:
         will: Message | None,
         will_delay: int,
         qos2_received: list[int] | None = None,
+        outgoing: list[StoredOutgoing] | None = None,
+        waiting: list[StoredMessage] | None = None,
     ) -> None:
-        """The connection ended: park the session for ``expiry`` s, or delete it (expiry 0)."""
+        """The connection ended: park the session for ``expiry`` s, or delete it (expiry 0).
+
+        ``outgoing`` (unacknowledged, resent first on resume) and ``waiting`` (never written:
+        queued in the store ahead of what arrives while offline) keep what the client is owed.
+        """
         key = _key(identity)
         if self._live.get(key) is session:
             del self._live[key]
@@ -144,8 +151,16 @@ class PersistentSessions:
             await self.call(self.store.delete_session, kind, name)
             return
         saved = await self.call(
-            self.store.save_session, kind, name, expiry, subscriptions, qos2_received or []
+            self.store.save_session,
+            kind,
+            name,
+            expiry,
+            subscriptions,
+            qos2_received or [],
+            outgoing or [],
         )
+        for message in waiting or []:
+            await self.call(self.store.enqueue, kind, name, message)
         self.park(identity, broker, saved, will=will, will_delay=will_delay, expiry=expiry)
 
     def park(

@@ -175,7 +175,7 @@ class Mqtt311Handler(ProtocolHandler):
                 session.acknowledge(packet.packet_id)
             case PubRec():
                 if session.outbound_in_flight(packet.packet_id):
-                    session.write(encode(PubRel(packet.packet_id)))
+                    session.pubrel(packet.packet_id)
                 else:
                     self._close("mqtt_protocol_error", f"PUBREC for unknown id {packet.packet_id}")
             case PubRel():

@@ -333,7 +333,7 @@ class Mqtt5Handler(ProtocolHandler):
         if int(packet.reason_code) >= 0x80:
             session.acknowledge(packet.packet_id)  # the flow ends here (MQTT 5 4.3.3)
             return
-        session.write(mqtt5.PubRelPacket(packet.packet_id).write())
+        session.pubrel(packet.packet_id)
 
     def _on_subscribe(self, packet: mqtt5.SubscribePacket) -> None:
         session = self.session

@@ -221,7 +221,7 @@ class Session(SessionState):
             return self._outbox.drop(
                 LimitCode.OVERSIZE_FOR_CLIENT, "message exceeds the client's maximum"
             )
-        sent = self._outbox.send(data, qos)
+        sent = self._outbox.send(data, qos, (message, qos))
         if sent:
             self._protocol.written(message)
         return sent is not False
@@ -301,6 +301,11 @@ class Session(SessionState):
     def acknowledge(self, packet_id: int) -> None:
         """PUBACK or PUBCOMP (or a refusing PUBREC): the identifier is free again."""
         self._outbox.acknowledge(packet_id)
+
+    def pubrel(self, packet_id: int) -> None:
+        """PUBREC for an outgoing QoS 2 message: send PUBREL (owed again after a reconnect)."""
+        self._outbox.pubrel_sent(packet_id)
+        self._outbox.write(bytes([0x62, 0x02]) + packet_id.to_bytes(2, "big"))
 
     def write(self, data: bytes) -> None:
         """Write bytes to the client (nothing once the transport is closing)."""

@@ -12,10 +12,17 @@ wildcard) and match the rest with :func:`tether.cloud.gateway.topics.matches`, t
 reading of a filter the broker uses too. Bounds come from ``StoreLimits`` (module docstring of
 ``cloud/gateway/stores.py``); every write is one transaction, so a bound is checked and the
 row written atomically (``BEGIN IMMEDIATE`` on SQLite).
+
+The outgoing messages a session owes its client (unacknowledged QoS 1/2, resent on resume)
+share the ``qos2_received`` column, a JSON text: a list (identifiers only, as migration 0007
+wrote it) or ``{"received": [...], "outgoing": [[id, message or null], ...]}`` with the
+payload in base64. No migration: the column is text, old rows still read, and the size is
+bounded by the client's Receive Maximum times the gateway's maximum packet size.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Sequence
@@ -26,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from tether.cloud.gateway.stores import (
     StoredMessage,
+    StoredOutgoing,
     StoredSession,
     StoredSubscription,
     StoreLimits,
@@ -61,8 +69,39 @@ def _session(row: MqttSessionModel) -> StoredSession:
         StoredSubscription(str(f), int(q), bool(n), None if i is None else int(i))
         for f, q, n, i in json.loads(row.subscriptions)
     )
-    received = tuple(int(packet_id) for packet_id in json.loads(row.qos2_received))
-    return StoredSession(row.kind, row.name, row.expires_at, subscriptions, received)
+    held = json.loads(row.qos2_received)
+    if isinstance(held, list):  # as migration 0007 wrote it: identifiers only
+        held = {"received": held, "outgoing": []}
+    received = tuple(int(packet_id) for packet_id in held["received"])
+    outgoing = tuple(
+        StoredOutgoing(int(packet_id), None if item is None else _decode_message(item))
+        for packet_id, item in held["outgoing"]
+    )
+    return StoredSession(row.kind, row.name, row.expires_at, subscriptions, received, outgoing)
+
+
+def _encode_message(message: StoredMessage) -> list[object]:
+    return [message.topic, base64.b64encode(message.payload).decode(), message.qos,
+            message.sender_kind, message.sender_name,
+            [list(item) for item in message.user_properties]]  # fmt: skip
+
+
+def _decode_message(item: list) -> StoredMessage:
+    topic, payload, qos, kind, name, properties = item
+    return StoredMessage(
+        str(topic), base64.b64decode(payload), int(qos), str(kind), str(name),
+        tuple((str(k), str(v)) for k, v in properties),
+    )  # fmt: skip
+
+
+def _encode_held(received: Sequence[int], outgoing: Sequence[StoredOutgoing]) -> str:
+    if not outgoing:
+        return json.dumps(sorted(received))
+    return json.dumps({
+        "received": sorted(received),
+        "outgoing": [[o.packet_id, None if o.message is None else _encode_message(o.message)]
+                     for o in outgoing],
+    })  # fmt: skip
 
 
 def literal_prefix(topic_filter: str) -> str:
@@ -167,6 +206,7 @@ class RegistryMqttState(RegistryBase):
         expiry: int,
         subscriptions: Sequence[StoredSubscription],
         qos2_received: Sequence[int] = (),
+        outgoing: Sequence[StoredOutgoing] = (),
     ) -> StoredSession:
         """Keep the session for min(expiry, max_session_expiry) seconds from now."""
         expires_at = self._clock() + timedelta(
@@ -182,9 +222,14 @@ class RegistryMqttState(RegistryBase):
                 session.add(row)
             row.expires_at = expires_at
             row.subscriptions = encoded
-            row.qos2_received = json.dumps(sorted(qos2_received))
+            row.qos2_received = _encode_held(qos2_received, outgoing)
         return StoredSession(
-            kind, name, expires_at, tuple(subscriptions), tuple(sorted(qos2_received))
+            kind,
+            name,
+            expires_at,
+            tuple(subscriptions),
+            tuple(sorted(qos2_received)),
+            tuple(outgoing),
         )
 
     def load_session(self, kind: str, name: str) -> StoredSession | None:
