@@ -20,7 +20,7 @@ from tests.cloud.gateway.pki import DEVICE_SERIAL, SERVICE_NAME
 from tests.cloud.gateway.test_mqtt5_strict import connect
 from tether.cloud.gateway.mqtt311 import decode, encode
 from tether.cloud.gateway.mqtt311.packets import ConnAck, Connect, Disconnect, Publish, Subscribe
-from tether.cloud.gateway.persistence import PersistentSessions
+from tether.cloud.gateway.persistence import PersistentSessions, discard_ended
 from tether.cloud.gateway.stores import StoreLimits
 from tether.cloud.registry import Registry
 from tether.cloud.registry.mqtt_state import RegistryMqttState
@@ -334,3 +334,52 @@ def test_unacknowledged_outgoing_is_resent_after_a_reconnect(kept, pki):
         device.send(mqtt5.PubAckPacket(live.packet_id))
     finally:
         device.close()
+
+
+def test_a_revoked_identity_loses_its_stored_session_while_away(kept, pki, database):
+    """What the registry feed calls after dropping the live sessions (discard_ended)."""
+    device, _ = persistent_device(kept, pki)
+    subscribe_commands(device)
+    fingerprint = kept.call(_identity_of(kept))
+    leave(device)
+    store = kept.gateway.broker.sessions.store
+    assert store.load_session("device", DEVICE_SERIAL) is not None
+    unrelated = kept.call(
+        discard_ended(kept.gateway.broker, lambda i: i.name == "someone-else", reason="x")
+    )
+    assert unrelated == 0
+    revoked = kept.call(
+        discard_ended(
+            kept.gateway.broker,
+            lambda i: i.certificate_fingerprint == fingerprint,
+            reason="certificate.revoke",
+        )
+    )
+    assert revoked == 1
+    assert store.load_session("device", DEVICE_SERIAL) is None
+    command(kept, pki, b"not queued")  # the stand-in left the broker
+    device, ack = persistent_device(kept, pki)
+    assert ack.session_present is False
+    device.close()
+
+
+def test_a_disabled_identity_loses_a_session_no_stand_in_holds(gateway, pki, database):
+    """A session stored by another worker (or before a restart) is matched by name."""
+    sessions = keep_sessions(gateway, database)
+    try:
+        sessions.store.save_session("device", DEVICE_SERIAL, 600, [])
+        assert gateway.call(
+            discard_ended(gateway.gateway.broker, lambda i: i.name == DEVICE_SERIAL, reason="off")
+        ) == 1  # fmt: skip
+        assert sessions.store.load_session("device", DEVICE_SERIAL) is None
+        assert gateway.call(
+            discard_ended(gateway.gateway.broker, lambda i: i.name == DEVICE_SERIAL, reason="off")
+        ) == 0  # fmt: skip
+    finally:
+        gateway.close()
+        sessions.close()
+
+
+async def _identity_of(running: GatewayThread) -> str:
+    (identity,) = running.gateway.sessions()
+    return identity.certificate_fingerprint

@@ -12,6 +12,13 @@ which gets ``default_expiry``, one hour as in AWS IoT) keeps its session when it
   subscribed again (through the policy, as it is now) and the queue is delivered in order;
   Clean Start 1 deletes it. A session dropped administratively (revoked, disabled) is
   deleted, never resumed. At expiry it is deleted with its queue.
+- an identity revoked or disabled while its client is away loses its stored session at once
+  (:func:`discard_ended`, called by the registry feed after ``Gateway.drop_sessions`` with the
+  same predicate): the stand-ins this process holds are matched on their full identity
+  (certificate and CA fingerprints as they connected), every other stored session on kind
+  and name only, which is all the store keeps (so a certificate revocation reaches a session
+  restored at start, or parked by another worker, only when its client connects, and a
+  revoked certificate cannot).
 
 Store calls run on one thread (``tether-sessions``) in order. Stored state survives a gateway
 restart and is shared through the database; the offline stand-ins live in the process, so
@@ -204,6 +211,32 @@ class PersistentSessions:
             restored += 1
         return restored
 
+    async def discard(self, ended: Callable[[Identity], bool], *, reason: str) -> int:
+        """Delete the stored sessions of identities a registry change ended; how many.
+
+        Live sessions are not touched here (``Gateway.drop_sessions`` ends them, and an
+        administrative drop deletes their session): this is for clients that are away.
+        """
+        gone = [key for key, offline in self._offline.items() if ended(offline.identity)]
+        for key in gone:
+            self._offline.pop(key).stop()
+        for saved in await self.call(self.store.list_sessions):
+            key = (saved.kind, saved.name)
+            if key in gone or key in self._live:
+                continue
+            if ended(Identity(IdentityKind(saved.kind), saved.name, "", "")):
+                gone.append(key)
+        for kind, name in gone:
+            await self.call(self.store.delete_session, kind, name)
+            log_event(
+                logging.WARNING,
+                "session_discarded",
+                f"stored session deleted: {reason}",
+                peer="-",
+                identity=name,
+            )
+        return len(gone)
+
     def _expire(self, key: tuple[str, str], offline: OfflineSession) -> None:
         if self._offline.get(key) is offline:
             del self._offline[key]
@@ -216,6 +249,17 @@ class PersistentSessions:
             offline.stop()
         self._offline.clear()
         self._thread.shutdown(wait=True)
+
+
+async def discard_ended(broker: Broker, ended: Callable[[Identity], bool], *, reason: str) -> int:
+    """The registry feed's hook: a revoked or disabled identity's stored session goes now.
+
+    Call it right after ``Gateway.drop_sessions`` with the same predicate (the live sessions
+    are dropped first, so none is parked after this ran); 0 when the gateway keeps none.
+    """
+    if broker.sessions is None:
+        return 0
+    return await broker.sessions.discard(ended, reason=reason)
 
 
 def delivered(message: StoredMessage) -> Message:
@@ -238,6 +282,7 @@ class OfflineSession:
     ) -> None:
         self._owner = owner
         self._identity = identity
+        self.identity = identity  # as it connected last (what a registry change is matched on)
         self._broker = broker
         self.timers: list[asyncio.TimerHandle] = []
         for subscription in saved.subscriptions:
