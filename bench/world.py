@@ -231,7 +231,8 @@ def _rows(
 def add_service(world: World, directory: Path, name: str) -> tuple[Path, Path]:
     """A service CA under the world's root, registered, and one service identity ``name``.
 
-    Returns the certificate and key paths (PEM) written under ``directory``.
+    Returns the certificate and key paths (PEM) written under ``directory``; the service CA
+    joins ``world.client_ca_file``, so a peer broker accepts the service as well.
     """
     directory.mkdir(parents=True, exist_ok=True)
     ca = world.root.create_issuing_ca(common_name="Tether Bench Services", role=Role.SERVICE)
@@ -240,6 +241,8 @@ def add_service(world: World, directory: Path, name: str) -> tuple[Path, Path]:
     cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
     cert_path.write_bytes(pem(certificate))
     write_key(key_path, key)
+    with world.client_ca_file.open("ab") as cas:  # Mosquitto trusts the service CA too
+        cas.write(pem(ca.certificate))
     with Registry.open(world.settings.database_url) as registry:
         registry.register_ca(ca.certificate, role=CARole.SERVICE, actor="bench")
         registry.add_device(name, provisioning=Provisioning.CONSOLE, actor="bench")
