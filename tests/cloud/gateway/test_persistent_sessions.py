@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import mqtt5
@@ -383,3 +384,48 @@ def test_a_disabled_identity_loses_a_session_no_stand_in_holds(gateway, pki, dat
 async def _identity_of(running: GatewayThread) -> str:
     (identity,) = running.gateway.sessions()
     return identity.certificate_fingerprint
+
+
+def test_queued_messages_expire_and_are_delivered_with_what_remains(kept, pki):
+    """MQTT 5 3.3.2.3.3, on the store's clock (moved on 60 s instead of waiting)."""
+    store = kept.gateway.broker.sessions.store
+    device, _ = persistent_device(kept, pki)
+    subscribe_commands(device)
+    leave(device)
+    service = connect(kept, pki, pki.service, SERVICE_NAME)
+    try:
+        for number, (payload, interval) in enumerate(((b"short", 5), (b"long", 600)), 1):
+            service.send(
+                mqtt5.PublishPacket(f"{OWN}/commands/c", payload, qos=QoS.AT_LEAST_ONCE,
+                                    packet_id=number, message_expiry_interval=interval)
+            )  # fmt: skip
+            assert isinstance(service.recv(), mqtt5.PubAckPacket)
+    finally:
+        service.close()
+    wait_for_queued(store, 2)
+    start = store._clock()
+    store._clock = lambda: start + timedelta(seconds=60)
+    device, ack = persistent_device(kept, pki)
+    try:
+        assert ack.session_present is True
+        (got,) = receive(device, 1)
+        assert got.payload == b"long"
+        assert 539 <= got.message_expiry_interval <= 540
+        with pytest.raises(TimeoutError):
+            device.recv(timeout=0.5)  # the expired one is not delivered
+    finally:
+        device.close()
+
+
+def wait_for_queued(store: RegistryMqttState, count: int) -> None:
+    """The stand-in queues on the sessions thread: wait (bounded) until ``count`` are stored."""
+    from sqlalchemy import func, select
+
+    from tether.cloud.registry.models import MqttQueuedModel
+
+    for _ in range(250):
+        with store._read() as session:
+            if session.scalar(select(func.count()).select_from(MqttQueuedModel)) >= count:
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"{count} messages were never queued")

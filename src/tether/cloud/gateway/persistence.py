@@ -76,6 +76,7 @@ def stored(message: Message, qos: int) -> StoredMessage:
         sender_kind=message.sender.kind.value,
         sender_name=message.sender.name,
         user_properties=message.user_properties,
+        expiry_interval=message.message_expiry_interval,
     )
 
 
@@ -271,6 +272,7 @@ def delivered(message: StoredMessage) -> Message:
         qos=message.qos,
         sender=sender,
         user_properties=message.user_properties,
+        message_expiry_interval=message.expiry_interval,  # what remains (the store counts)
     )
 
 

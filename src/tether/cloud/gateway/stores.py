@@ -50,6 +50,9 @@ class StoredMessage:
     sender_kind: str
     sender_name: str
     user_properties: tuple[tuple[str, str], ...] = ()
+    # MQTT 5 Message Expiry Interval: as published when stored; as remaining when read back
+    # (the store drops a message whose interval has passed, MQTT 5 3.3.2.3.3).
+    expiry_interval: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
