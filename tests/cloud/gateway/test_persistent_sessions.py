@@ -429,3 +429,34 @@ def wait_for_queued(store: RegistryMqttState, count: int) -> None:
                 return
         time.sleep(0.02)
     raise AssertionError(f"{count} messages were never queued")
+
+
+def test_a_delayed_will_with_retain_is_retained_when_it_is_published(kept, pki, database):
+    from tests.cloud.gateway.test_retained import retained_for, subscribe, with_retained
+
+    retained = with_retained(kept, database)
+    try:
+        will = mqtt5.Will(
+            topic=f"{OWN}/status", payload=b"gone", retain=True, will_delay_interval=1
+        )
+        device, _ = persistent_device(kept, pki, will=will)
+        device.close()  # abnormal: the Will is due in 1 s
+        service = connect(kept, pki, pki.service, SERVICE_NAME)
+        try:
+            assert subscribe(service, "devices/+/status") == [1]
+            assert service.recv(timeout=10).payload == b"gone"  # live, after the delay
+        finally:
+            service.close()
+        for _ in range(250):  # the retained write runs on its thread (bounded wait)
+            if retained._store.retained_matching(f"{OWN}/status", 1):
+                break
+            time.sleep(0.02)
+        late = connect(kept, pki, pki.service, SERVICE_NAME)  # a new subscription
+        try:
+            assert subscribe(late, "devices/+/status") == [1]
+            (got,) = retained_for(late, 1)
+            assert (got.payload, got.retain) == (b"gone", True)
+        finally:
+            late.close()
+    finally:
+        retained.close()

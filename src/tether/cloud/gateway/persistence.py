@@ -145,6 +145,7 @@ class PersistentSessions:
         qos2_received: list[int] | None = None,
         outgoing: list[StoredOutgoing] | None = None,
         waiting: list[StoredMessage] | None = None,
+        will_retain: bool = False,
     ) -> None:
         """The connection ended: park the session for ``expiry`` s, or delete it (expiry 0).
 
@@ -169,7 +170,15 @@ class PersistentSessions:
         )
         for message in waiting or []:
             await self.call(self.store.enqueue, kind, name, message)
-        self.park(identity, broker, saved, will=will, will_delay=will_delay, expiry=expiry)
+        self.park(
+            identity,
+            broker,
+            saved,
+            will=will,
+            will_delay=will_delay,
+            expiry=expiry,
+            will_retain=will_retain,
+        )
 
     def park(
         self,
@@ -180,6 +189,7 @@ class PersistentSessions:
         will: Message | None = None,
         will_delay: int = 0,
         expiry: int,
+        will_retain: bool = False,
     ) -> None:
         """Put an offline stand-in for a saved session into the broker."""
         key = _key(identity)
@@ -192,7 +202,7 @@ class PersistentSessions:
         offline.timers.append(loop.call_later(expiry, self._expire, key, offline))
         if will is not None:
             offline.timers.append(
-                loop.call_later(min(will_delay, expiry), offline.publish_will, will)
+                loop.call_later(min(will_delay, expiry), offline.publish_will, will, will_retain)
             )
 
     async def restore(self, broker: Broker) -> int:
@@ -287,6 +297,7 @@ class OfflineSession:
         self.identity = identity  # as it connected last (what a registry change is matched on)
         self._broker = broker
         self.timers: list[asyncio.TimerHandle] = []
+        self._tasks: set[asyncio.Task[object]] = set()
         for subscription in saved.subscriptions:
             if not is_view(subscription.topic_filter) and not is_shared_subscription(
                 subscription.topic_filter
@@ -314,9 +325,15 @@ class OfflineSession:
                 identity=name,
             )
 
-    def publish_will(self, will: Message) -> None:
-        """The Will Delay passed without a reconnect: publish the Will."""
+    def publish_will(self, will: Message, retain: bool = False) -> None:
+        """The Will Delay passed without a reconnect: publish the Will (and retain it if its
+        Will Retain flag was set, as an undelayed Will is)."""
         self._broker.publish(will)
+        retained = self._broker.retained
+        if retain and retained is not None:
+            task = asyncio.get_running_loop().create_task(retained.store(will))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def stop(self) -> None:
         """Leave the broker and cancel the timers."""

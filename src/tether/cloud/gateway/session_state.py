@@ -136,6 +136,7 @@ class SessionState:
                 qos2_received=self.exactly_once.snapshot(),
                 outgoing=outgoing,
                 waiting=queued,
+                will_retain=self._will_retain,
             )
         except Exception as exc:  # the store is down: the session is lost, and said so
             self._session().log(
