@@ -5,15 +5,16 @@ service) against Mosquitto in the same run; goal >= 1.0x." Tether's gateway (``t
 serve``, log at WARNING) and Mosquitto (``bench.peers``, the same server certificate and client
 CAs) run side by side in one run; each repeat measures both, the order flipping every repeat.
 
-Per measurement two client processes (paho-mqtt, MQTT 5, mutual TLS; the same code for both
-servers) run this module as ``python -m bench.messages client ...``:
+Per measurement, the same clients for both servers (MQTT 5, mutual TLS):
 
-- the service (a service identity) subscribes to ``devices/+/telemetry`` at the QoS measured
-  and records, per message, the receive time minus the send time stamped in the payload (the
-  clocks are one: ``CLOCK_MONOTONIC`` is system-wide on Linux);
-- the device publishes ``MESSAGES`` messages of 64 bytes to ``devices/<serial>/telemetry``:
-  QoS 0 as fast as paho writes them, QoS 1 with ``WINDOW`` messages in flight (the stamp is
-  taken when the message is handed to paho, so paho's own queueing counts as latency).
+- the service (a service identity) is Mosquitto's ``mosquitto_sub`` (C), subscribed to
+  ``devices/+/telemetry`` at the QoS measured with Receive Maximum ``RECEIVE_MAXIMUM``,
+  printing each message's receive time (``%U``, ``CLOCK_REALTIME``) before its payload;
+- ``PUBLISHERS`` devices, each a paho-mqtt process (``python -m bench.messages client ...``),
+  publish ``MESSAGES`` messages of 64 bytes in all to ``devices/<serial>/telemetry``, each
+  stamped with the send time: QoS 0 as fast as paho writes them, QoS 1 with ``WINDOW`` in
+  flight per device (the stamp is taken when the message is handed to paho, so paho's own
+  queueing counts as latency). A QoS 0 probe first shows the subscription is in place.
 
 messages/s = messages received / (last receive - first send); p99 = 99th percentile latency of
 the received messages. With a flood, the latency is mostly queueing in whichever part is the
@@ -22,33 +23,43 @@ bottleneck; the notes say which (the servers' CPU, and a py-spy profile of the g
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from subprocess import Popen
 
 from bench.common import Result, cpu_seconds, main, percentile, profile
 from bench.peers import Server, mosquitto_server, tether_server
 from bench.world import World, add_service, build_world
 
-MESSAGES = 20_000
-WINDOW = 64  # QoS 1 messages in flight (paho's max_inflight_messages)
+MESSAGES = 20_000  # per measurement, split over the publishers
+PUBLISHERS = 3  # device processes (paho in Python: one alone cannot load a broker)
+WINDOW = 64  # QoS 1 messages in flight per publisher (paho's max_inflight_messages)
 PAYLOAD = 64
+# The service's Receive Maximum (mosquitto_sub's default is 20): with 20, the gateway's QoS 1
+# queue to the service (1,000 messages) overflows and it is disconnected with 0x97.
+RECEIVE_MAXIMUM = 1000
 GOAL = 1.0
 SERVICE = "bench-consumer"
-STAMP = struct.Struct("!Q")
+PROBE = b"probe"
 
 
 def _client(argv: list[str]) -> None:
-    """A measuring client process: ``client sub|pub PORT QOS CA CERT KEY CLIENT_ID TOPIC``."""
+    """A publishing device: ``client PORT QOS CA CERT KEY CLIENT_ID TOPIC COUNT PROBE``.
+
+    Connects, says ``connected``; with ``PROBE`` 1 publishes a QoS 0 probe every 0.1 s until
+    the parent writes ``go`` (so the service's subscription is known to be in place); then
+    ``COUNT`` messages stamped with ``CLOCK_REALTIME`` in ns (ASCII, what mosquitto_sub's
+    ``%U`` prints), QoS 1 ones with at most ``WINDOW`` in flight; says ``sent`` at the end.
+    """
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
-    role, port, qos, ca, cert, key, client_id, topic = argv
+    port, qos, ca, cert, key, client_id, topic, count, probe = argv
+    level = int(qos)
     client = paho.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
@@ -57,106 +68,122 @@ def _client(argv: list[str]) -> None:
     client.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
     client.max_inflight_messages_set(WINDOW)
     client.max_queued_messages_set(0)
-    connected, subscribed, done = threading.Event(), threading.Event(), threading.Event()
-    latencies: list[int] = []
-    receive_times = [0, 0]  # first, last
+    connected, go = threading.Event(), threading.Event()
     in_flight = threading.Semaphore(WINDOW)
     client.on_connect = lambda _c, _u, _f, _reason, _p: connected.set()
-    client.on_subscribe = lambda _c, _u, _m, _codes, _p: subscribed.set()
-
-    def received(_c: object, _u: object, message: paho.MQTTMessage) -> None:
-        now = time.monotonic_ns()
-        if not latencies:
-            receive_times[0] = now
-        receive_times[1] = now
-        latencies.append(now - STAMP.unpack_from(message.payload)[0])
-        if len(latencies) >= MESSAGES:
-            done.set()
-
-    client.on_message = received
     client.on_publish = lambda _c, _u, _mid, _reason, _p: in_flight.release()
     client.connect("127.0.0.1", int(port), keepalive=60)
     client.loop_start()
     if not connected.wait(30):
         raise SystemExit("no CONNACK")
-    if role == "sub":
-        client.subscribe(topic, qos=int(qos))
-        if not subscribed.wait(30):
-            raise SystemExit("no SUBACK")
-        print("ready", flush=True)
-        # Ends when every message came, or 5 s after the publisher said it finished.
-        finished = sys.stdin.readline().strip()
-        if finished == "sent":
-            done.wait(5)
-        print(json.dumps({"received": len(latencies), "latencies_ns": latencies,
-                          "first_receive_ns": receive_times[0],
-                          "last_receive_ns": receive_times[1]}), flush=True)  # fmt: skip
+    print("connected", flush=True)
+    if probe == "1":
+        threading.Thread(target=lambda: (sys.stdin.readline(), go.set()), daemon=True).start()
+        while not go.wait(0.1):
+            client.publish(topic, PROBE, qos=0)
     else:
-        filler = b"x" * (PAYLOAD - STAMP.size)
-        print(json.dumps({"first_send_ns": time.monotonic_ns()}), flush=True)
-        for _ in range(MESSAGES):
-            if int(qos):
-                in_flight.acquire()
-            client.publish(topic, STAMP.pack(time.monotonic_ns()) + filler, qos=int(qos))
-        if int(qos):
-            for _ in range(WINDOW):
-                in_flight.acquire(timeout=30)
-        print("sent", flush=True)
+        sys.stdin.readline()
+    for _ in range(int(count)):
+        if level:
+            in_flight.acquire()
+        stamp = str(time.time_ns()).encode()
+        client.publish(topic, stamp + b" " + b"x" * (PAYLOAD - len(stamp) - 1), qos=level)
+    if level:
+        for _ in range(WINDOW):
+            in_flight.acquire(timeout=30)
+    print("sent", flush=True)
     client.disconnect()
     client.loop_stop()
 
 
-def _spawn(args: list[str]) -> subprocess.Popen[str]:
+def _publisher(server: Server, world: World, index: int, qos: int, count: int) -> Popen:
+    serial = world.serials()[index]
     return subprocess.Popen(
-        [sys.executable, "-m", "bench.messages", "client", *args],
+        [sys.executable, "-m", "bench.messages", "client", str(server.port), str(qos),
+         str(world.settings.pinned_ca), str(world.identities / f"id-{index}.crt"),
+         str(world.identities / f"id-{index}.key"), serial, f"devices/{serial}/telemetry",
+         str(count), "1" if index == 0 else "0"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         cwd=Path(__file__).resolve().parent.parent,
     )  # fmt: skip
 
 
+def _subscriber(server: Server, world: World, service: tuple[Path, Path], qos: int) -> Popen:
+    """``mosquitto_sub`` as the service: each line ``<receive time %U> <payload>``."""
+    return subprocess.Popen(
+        ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(server.port), "-V", "mqttv5",
+         "-i", SERVICE, "--cafile", str(world.settings.pinned_ca),
+         "--cert", str(service[0]), "--key", str(service[1]),
+         "-t", "devices/+/telemetry", "-q", str(qos), "-F", "%U %p",
+         "-D", "connect", "receive-maximum", str(RECEIVE_MAXIMUM)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
 def measure(server: Server, world: World, service: tuple[Path, Path], qos: int) -> dict:
     """One flood of ``MESSAGES`` at ``qos`` through ``server``: rate, p99, server CPU."""
-    ca = str(world.settings.pinned_ca)
-    serial = world.serials()[0]
-    sub = _spawn(["sub", str(server.port), str(qos), ca, str(service[0]), str(service[1]),
-                  SERVICE, "devices/+/telemetry"])  # fmt: skip
-    assert sub.stdin is not None and sub.stdout is not None
-    if sub.stdout.readline().strip() != "ready":
-        raise RuntimeError(f"{server.name}: the subscriber failed: {sub.communicate()[1][-500:]}")
-    cpu_before, wall_before = cpu_seconds(server.pid), time.monotonic()
-    pub = _spawn(["pub", str(server.port), str(qos), ca,
-                  str(world.identities / "id-0.crt"), str(world.identities / "id-0.key"),
-                  serial, f"devices/{serial}/telemetry"])  # fmt: skip
+    sub = _subscriber(server, world, service, qos)
+    share = MESSAGES // PUBLISHERS
+    pubs = [_publisher(server, world, i, qos, share) for i in range(PUBLISHERS)]
+    lines: list[str] = []
+    probed = threading.Event()
+
+    def read() -> None:
+        assert sub.stdout is not None
+        for line in sub.stdout:
+            if " probe" in line:
+                probed.set()
+            else:
+                lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        out, err = pub.communicate(timeout=600)
-    except subprocess.TimeoutExpired:
-        pub.kill()
-        sub.kill()
-        raise RuntimeError(f"{server.name}: the publisher did not finish in 600 s") from None
-    if pub.returncode != 0 or "sent" not in out:
-        sub.kill()
-        raise RuntimeError(f"{server.name}: the publisher failed: {err[-500:]}")
-    first_send = json.loads(out.splitlines()[0])["first_send_ns"]
-    sub_out, sub_err = sub.communicate("sent\n", timeout=60)
-    cores = (cpu_seconds(server.pid) - cpu_before) / (time.monotonic() - wall_before)
-    if sub.returncode != 0:
-        raise RuntimeError(f"{server.name}: the subscriber failed: {sub_err[-500:]}")
-    report = json.loads(sub_out.strip().splitlines()[-1])
-    latencies = report["latencies_ns"]
+        for pub in pubs:
+            assert pub.stdout is not None
+            if pub.stdout.readline().strip() != "connected":
+                raise RuntimeError(f"{server.name}: a publisher failed: {pub.communicate()[1]}")
+        if not probed.wait(60):
+            raise RuntimeError(f"{server.name}: the service never received the probe")
+        cpu_before, wall_before = cpu_seconds(server.pid), time.monotonic()
+        first_send = time.time_ns()
+        for pub in pubs:
+            assert pub.stdin is not None
+            pub.stdin.write("go\n")
+            pub.stdin.flush()
+        for pub in pubs:
+            out, err = pub.communicate(timeout=600)
+            if pub.returncode != 0 or "sent" not in out:
+                raise RuntimeError(f"{server.name}: a publisher failed: {err[-500:]}")
+        deadline = time.monotonic() + 10
+        while len(lines) < share * PUBLISHERS and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cores = (cpu_seconds(server.pid) - cpu_before) / (time.monotonic() - wall_before)
+    finally:
+        for child in (*pubs, sub):
+            if child.poll() is None:
+                child.kill()
+        sub.wait(10)
+    latencies, last = [], 0
+    for line in list(lines):
+        received, _, payload = line.partition(" ")
+        seconds, _, nanos = received.partition(".")
+        at = int(seconds) * 1_000_000_000 + int(nanos.ljust(9, "0")[:9])
+        latencies.append(at - int(payload.split(" ", 1)[0]))
+        last = max(last, at)
     if not latencies:
         raise RuntimeError(f"{server.name}: no message arrived at QoS {qos}")
-    last = report["last_receive_ns"]
     return {
         "rate": len(latencies) / ((last - first_send) / 1e9),
         "p99_ms": percentile(latencies, 0.99) / 1e6,
-        "delivered": len(latencies) / MESSAGES,
+        "delivered": len(latencies) / (share * PUBLISHERS),
         "cores": cores,
     }
 
 
 def run(work: Path, repeats: int) -> Result:
     result = Result("messages")
-    world = build_world(work / "world", identities=1)
+    world = build_world(work / "world", identities=PUBLISHERS)
     service = add_service(world, work / "service", SERVICE)
     figures = {}
     for qos in (0, 1):
@@ -169,6 +196,9 @@ def run(work: Path, repeats: int) -> Result:
             )
             figures[(name, qos, "cores")] = result.figure(
                 f"{name}_qos{qos}_cores", f"{name}, QoS {qos}, server CPU", "cores"
+            )
+            figures[(name, qos, "cpu_us")] = result.figure(
+                f"{name}_qos{qos}_cpu_us", f"{name}, QoS {qos}, server CPU per message", "µs"
             )
         figures[("ratio", qos, "rate")] = result.figure(
             f"qos{qos}_rate_ratio", f"QoS {qos} msg/s, Tether / Mosquitto", "x"
@@ -205,6 +235,7 @@ def run(work: Path, repeats: int) -> Result:
                 figures[(name, qos, "rate")].runs.append(outcome["rate"])
                 figures[(name, qos, "p99")].runs.append(outcome["p99_ms"])
                 figures[(name, qos, "cores")].runs.append(outcome["cores"])
+                figures[(name, qos, "cpu_us")].runs.append(1e6 * outcome["cores"] / outcome["rate"])
                 key = f"{name} QoS {qos}"
                 delivered[key] = min(delivered.get(key, 1.0), outcome["delivered"])
             figures[("ratio", qos, "rate")].runs.append(tether["rate"] / mosquitto["rate"])
