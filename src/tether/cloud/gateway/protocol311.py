@@ -227,6 +227,7 @@ class Mqtt311Handler(ProtocolHandler):
             qos=packet.qos,
             sender=session.identity,
             user_properties=attributed_properties(session.identity, []),
+            published_retained=packet.retain,
         )
         packet_id = packet.packet_id
         first: bool | None = True

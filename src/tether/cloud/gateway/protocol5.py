@@ -319,6 +319,7 @@ class Mqtt5Handler(ProtocolHandler):
             content_type=packet.content_type,
             response_topic=packet.response_topic,
             correlation_data=packet.correlation_data,
+            published_retained=packet.retain,
         )
 
     def _on_pubrec(self, packet: mqtt5.PubRecPacket) -> None:
@@ -357,6 +358,7 @@ class Mqtt5Handler(ProtocolHandler):
                 int(f.max_qos),
                 no_local=f.no_local,
                 retain_handling=int(f.retain_handling),
+                retain_as_published=f.retain_as_published,
             )
             for f in packet.topic_filters
         ]

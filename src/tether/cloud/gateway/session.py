@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mqtt5 import ConnAckReasonCode, DisconnectReasonCode
 
@@ -216,6 +216,12 @@ class Session(SessionState):
         """
         if not self.connected or self._protocol is None:
             return False
+        if (
+            message.published_retained
+            and not message.retain
+            and self.subscriptions.retain_as_published(message.topic)
+        ):
+            message = replace(message, retain=True)
         data = self._protocol.encode_publish(message, qos)
         if self._client_max_packet_size is not None and len(data) > self._client_max_packet_size:
             return self._outbox.drop(

@@ -52,6 +52,7 @@ class SubscribeRequest:
     max_qos: int
     no_local: bool = False
     retain_handling: int = 0  # MQTT 5: 0 send retained, 1 only for a new filter, 2 never
+    retain_as_published: bool = False  # MQTT 5: forward live RETAIN as the publisher set it
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,7 @@ class _Held:
     view: ViewSubscriber | None
     no_local: bool = False
     group: SharedGroup | None = None
+    retain_as_published: bool = False
 
     def matches(self, pattern: str, topic: str) -> bool:
         """Whether this held filter matches a delivered topic (a shared one by its filter)."""
@@ -91,6 +93,7 @@ class SessionSubscriptions:
         self._held: dict[str, _Held] = {}
         self._retained_due: list[tuple[Subscriber, str, int]] = []
         self._with_ids = 0  # how many held filters carry a subscription identifier
+        self._with_rap = 0  # how many held filters have Retain As Published
 
     def __len__(self) -> int:
         return len(self._held)
@@ -137,6 +140,8 @@ class SessionSubscriptions:
             return False
         if held.subscription_id is not None:
             self._with_ids -= 1
+        if held.retain_as_published:
+            self._with_rap -= 1
         if held.view is not None:
             self._broker.remove(held.view)
         elif held.group is not None:
@@ -154,6 +159,7 @@ class SessionSubscriptions:
                 shared.leave(self._broker, held.group, self._subscriber)
         self._held.clear()
         self._with_ids = 0
+        self._with_rap = 0
         self._broker.remove(self._subscriber)
 
     def remove_refused(self) -> list[tuple[str, str]]:
@@ -177,6 +183,13 @@ class SessionSubscriptions:
             removed.append((pattern, self._policy.explain(self._identity, "subscribe", inner)))
             self.unsubscribe(pattern)
         return removed
+
+    def retain_as_published(self, topic: str) -> bool:
+        """Whether a held filter matching ``topic`` (delivered topic) has Retain As Published."""
+        return bool(self._with_rap) and any(
+            held.retain_as_published and held.matches(pattern, topic)
+            for pattern, held in self._held.items()
+        )
 
     def subscription_ids(self, topic: str) -> list[int]:
         """The identifiers of the held filters that match ``topic`` (delivered topic)."""
@@ -229,7 +242,11 @@ class SessionSubscriptions:
             self._broker.subscribe(
                 self._subscriber, Subscription(pattern, granted, no_local=request.no_local)
             )
-        self._held[pattern] = _Held(granted, subscription_id, proxy, request.no_local, group)
+        self._held[pattern] = _Held(
+            granted, subscription_id, proxy, request.no_local, group, request.retain_as_published
+        )
+        if request.retain_as_published:
+            self._with_rap += 1
         if group is not None:
             pass  # no retained messages for a shared subscription (spec 3.8.4)
         elif request.retain_handling == 0 or (request.retain_handling == 1 and is_new):
