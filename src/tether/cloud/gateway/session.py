@@ -26,6 +26,10 @@ Every QoS 1 PUBLISH is acknowledged before the next packet is read, and reading 
 the client does not read its acknowledgements, so a client can never have more
 unacknowledged publishes with us than it has sent in one read. There is no retransmission
 (no persistent sessions yet).
+
+Over ~400 lines on purpose: this is the one place a connection's life is read top to bottom;
+what splits along a clean seam already lives apart (protocol handlers, :mod:`.outbox`,
+:mod:`.subscriptions`, :mod:`.session_state`).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from mqtt5 import ConnAckReasonCode, DisconnectReasonCode
 
@@ -216,12 +220,7 @@ class Session(SessionState):
         """
         if not self.connected or self._protocol is None:
             return False
-        if (
-            message.published_retained
-            and not message.retain
-            and self.subscriptions.retain_as_published(message.topic)
-        ):
-            message = replace(message, retain=True)
+        message = self.subscriptions.as_forwarded(message)
         data = self._protocol.encode_publish(message, qos)
         if self._client_max_packet_size is not None and len(data) > self._client_max_packet_size:
             return self._outbox.drop(

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mqtt5 import SubAckReasonCode
 
 from tether.cloud.gateway import shared
-from tether.cloud.gateway.broker import Broker, Subscriber, Subscription
+from tether.cloud.gateway.broker import Broker, Message, Subscriber, Subscription
 from tether.cloud.gateway.events import log_event
 from tether.cloud.gateway.identity import Identity, IdentityKind
 from tether.cloud.gateway.limits import LimitCode, LimitCounters
@@ -184,12 +184,17 @@ class SessionSubscriptions:
             self.unsubscribe(pattern)
         return removed
 
-    def retain_as_published(self, topic: str) -> bool:
-        """Whether a held filter matching ``topic`` (delivered topic) has Retain As Published."""
-        return bool(self._with_rap) and any(
-            held.retain_as_published and held.matches(pattern, topic)
+    def as_forwarded(self, message: Message) -> Message:
+        """``message`` as this session forwards it: RETAIN 1 for a live message published
+        retained only if a held filter matching its topic has Retain As Published (3.3.1.3)."""
+        if not message.published_retained or message.retain or not self._with_rap:
+            return message
+        if any(
+            held.retain_as_published and held.matches(pattern, message.topic)
             for pattern, held in self._held.items()
-        )
+        ):
+            return replace(message, retain=True)
+        return message
 
     def subscription_ids(self, topic: str) -> list[int]:
         """The identifiers of the held filters that match ``topic`` (delivered topic)."""
