@@ -37,6 +37,7 @@ BENCHMARKS = (
     "enrollment",
     "workers",
     "renewal",
+    "messages",
 )
 JSON_PATH = REPO / "docs" / "benchmarks.json"
 DOC_PATH = REPO / "docs" / "benchmarks.md"

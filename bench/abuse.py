@@ -30,14 +30,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.attack.abuse import Identity, Target, running_abuse
-from tests.attack.serve import write_key
 
 from bench.common import TETHER, Result, main, percentile, process, wait_for_port
 from bench.revocation import Device, Trial, _client_context, _devices, _trial, _warm_up
-from bench.world import World, build_world, free_port
-from tether.cloud.registry import CARole, Provisioning, Registry
-from tether.pki import Role, generate_key, sha256_fingerprint
-from tether.pki.store import pem
+from bench.world import World, add_service, build_world, free_port
+from tether.cloud.registry import Registry
 
 TRIALS = 40  # revocations per phase per repeat
 ABUSES = ("subscribe_flood", "idle_connections", "slow_consumer", "token_flood", "huge_body")
@@ -124,23 +121,8 @@ def _identity(device: Device) -> Identity:
 
 
 def _service(world: World, directory: Path) -> Identity:
-    """A service CA under the world's root, registered, and one service identity from it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ca = world.root.create_issuing_ca(common_name="Tether Bench Services", role=Role.SERVICE)
-    key = generate_key()
-    certificate = ca.issue_service_certificate(key.public_key(), name=SERVICE)
-    cert_path, key_path = directory / f"{SERVICE}.crt", directory / f"{SERVICE}.key"
-    cert_path.write_bytes(pem(certificate))
-    write_key(key_path, key)
-    with Registry.open(world.settings.database_url) as registry:
-        registry.register_ca(ca.certificate, role=CARole.SERVICE, actor=ACTOR)
-        registry.add_device(SERVICE, provisioning=Provisioning.CONSOLE, actor=ACTOR)
-        registry.add_certificate(
-            certificate,
-            device_serial=SERVICE,
-            issuer_fingerprint=sha256_fingerprint(ca.certificate),
-            actor=ACTOR,
-        )
+    """The benchmark's service identity (``bench.world.add_service``)."""
+    cert_path, key_path = add_service(world, directory, SERVICE)
     return Identity(SERVICE, cert_path, key_path)
 
 

@@ -23,9 +23,10 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import func, insert, select, text
 
-from tether.cloud.registry import CARole, Registry
+from tether.cloud.registry import CARole, Provisioning, Registry
 from tether.cloud.registry.engine import create_registry_engine, parse_url
 from tether.cloud.registry.models import CAModel, CertificateModel, DeviceModel
 from tether.cloud.settings import ApiOptions, CloudSettings, GatewayOptions
@@ -98,6 +99,18 @@ def build_world(
     return World(base, root, device_ca, settings, directory, identities)
 
 
+def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    """A private key as unencrypted PKCS#8 PEM, readable by its owner only (bench keys)."""
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    os.chmod(path, 0o600)
+
+
 def _signer() -> SoftwareSigner:
     return SoftwareSigner(generate_key())
 
@@ -115,15 +128,7 @@ def write_identities(
         key = generate_key()
         certificate = ca.issue_device_certificate_for_key(key.public_key(), serial)
         (directory / f"id-{index}.crt").write_bytes(pem(certificate))
-        key_path = directory / f"id-{index}.key"
-        key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        os.chmod(key_path, 0o600)
+        write_key(directory / f"id-{index}.key", key)
         serials.append(serial)
         certificates.append(certificate)
     (directory / "serials.txt").write_text("\n".join(serials) + "\n")
@@ -224,3 +229,30 @@ def _rows(
             devices, certs = [], []
     if devices:
         yield devices, certs
+
+
+def add_service(world: World, directory: Path, name: str) -> tuple[Path, Path]:
+    """A service CA under the world's root, registered, and one service identity ``name``.
+
+    Returns the certificate and key paths (PEM) written under ``directory``; the service CA
+    joins ``world.client_ca_file``, so a peer broker accepts the service as well.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = world.root.create_issuing_ca(common_name="Tether Bench Services", role=Role.SERVICE)
+    key = generate_key()
+    certificate = ca.issue_service_certificate(key.public_key(), name=name)
+    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_path.write_bytes(pem(certificate))
+    write_key(key_path, key)
+    with world.client_ca_file.open("ab") as cas:  # Mosquitto trusts the service CA too
+        cas.write(pem(ca.certificate))
+    with Registry.open(world.settings.database_url) as registry:
+        registry.register_ca(ca.certificate, role=CARole.SERVICE, actor="bench")
+        registry.add_device(name, provisioning=Provisioning.CONSOLE, actor="bench")
+        registry.add_certificate(
+            certificate,
+            device_serial=name,
+            issuer_fingerprint=sha256_fingerprint(ca.certificate),
+            actor="bench",
+        )
+    return cert_path, key_path

@@ -7,6 +7,7 @@ CLI would, and reaches the gateway only through its change feed (the audit log).
 from __future__ import annotations
 
 import queue
+import time
 from typing import Any
 
 import pytest
@@ -175,3 +176,51 @@ def test_a_quarantine_applies_to_a_connected_device_without_a_reconnect(
     finally:
         device.stop()
         service.stop()
+
+
+def test_a_policy_change_removes_a_sender_view_and_a_shared_subscription_it_refuses(
+    cloud: Cloud, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``SessionSubscriptions.remove_refused`` judges a view and a share by their inner filter."""
+    ops = _ops(cloud)
+    device = cloud.console_device("VIEW-00001")
+    service_identity = cloud.service_identity(SERVICE)
+    service = cloud.paho(service_identity, SERVICE)
+    sender = cloud.paho(device, "VIEW-00001")
+    view = "$sender/device/+/devices/+/telemetry"
+    shared = "$share/ingest/devices/+/telemetry"
+    try:
+        acks = _pubacks(sender)
+        for pattern in (view, shared, "devices/+/state"):
+            assert _codes(service.subscribe(pattern)) == [1]
+        assert _publish(sender, acks, "devices/VIEW-00001/telemetry") == 0
+        got = {service.messages.get(timeout=TIMEOUT).topic for _ in range(2)}
+        assert got == {"$sender/device/VIEW-00001/devices/VIEW-00001/telemetry",
+                       "devices/VIEW-00001/telemetry"}  # fmt: skip
+        state_only = {"statements": [
+            {"sid": "connect", "effect": "allow", "actions": ["connect"]},
+            {"sid": "state", "effect": "allow", "actions": ["subscribe", "receive"],
+             "resources": ["devices/+/state"]}]}  # fmt: skip
+        ops.put_policy("state-reader", state_only, actor=ACTOR)
+        ops.attach_policy("state-reader", TargetKind.SERVICE, SERVICE, actor=ACTOR)
+        wait_for_log(caplog, "subscription_removed_by_policy")
+        removed: set[str] = set()
+        for _ in range(250):  # both removals are logged by the same re-evaluation (bounded)
+            removed = {
+                r.getMessage().split("'")[1]
+                for r in caplog.records
+                if getattr(r, "tether_code", None) == "subscription_removed_by_policy"
+            }
+            if len(removed) >= 2:
+                break
+            time.sleep(0.02)
+        assert removed == {view, shared}
+        assert _publish(sender, acks, "devices/VIEW-00001/telemetry") == 0x10  # no subscriber
+        assert _publish(sender, acks, "devices/VIEW-00001/state") == 0
+        # The kept plain filter still delivers, and it is the only thing that arrives.
+        assert service.messages.get(timeout=TIMEOUT).topic == "devices/VIEW-00001/state"
+        with pytest.raises(queue.Empty):
+            service.messages.get(timeout=0.5)
+    finally:
+        service.stop()
+        sender.stop()

@@ -39,6 +39,7 @@ from tether.cloud.authority import RegistryAuthority
 from tether.cloud.bus import Bus
 from tether.cloud.changes import SAFETY_INTERVAL, ChangeSignal, signal_for
 from tether.cloud.gateway import Gateway, GatewaySettings, HandshakeRefused, Identity
+from tether.cloud.gateway.persistence import discard_ended
 from tether.cloud.observability.feed import FeedStats
 from tether.cloud.policy.live import LivePolicy
 from tether.cloud.registry import (
@@ -304,9 +305,10 @@ class CloudService:
             # sees the ending; one that landed before is a live session and dropped.
             if self._in_flight:
                 self._recent.append(ending)
-            count = await self.gateway.drop_sessions(
-                ending.matches, reason=f"{entry.action} {entry.target} by {entry.actor}"
-            )
+            reason = f"{entry.action} {entry.target} by {entry.actor}"
+            count = await self.gateway.drop_sessions(ending.matches, reason=reason)
+            # A persistent session parked while its client is away is deleted, not resumed.
+            await discard_ended(self.gateway.broker, ending.matches, reason=reason)
             self.feed.ended(ending.code, count, entry.at)
         # Policy, group and attribute changes re-evaluate the live sessions they touch.
         return count + await self.policy.on_audit_entry(entry, self.gateway)

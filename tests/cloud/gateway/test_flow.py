@@ -6,7 +6,7 @@ import mqtt5
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tether.cloud.gateway.flow import Admission, OutboundFlow, with_packet_id
+from tether.cloud.gateway.flow import Admission, OutboundFlow, as_duplicate, with_packet_id
 from tether.cloud.gateway.framing import PacketFramer
 
 TOPICS = st.text(
@@ -90,3 +90,27 @@ def test_packet_identifiers_skip_those_in_flight() -> None:
     last = decode(outbound.offer(publish(), 1, 0)[1]).packet_id
     assert last == 65535
     assert decode(outbound.offer(publish(), 1, 0)[1]).packet_id == first + 5
+
+
+def test_what_is_owed_after_a_connection_and_taken_back_on_resume() -> None:
+    outbound = flow(receive_maximum=2)
+    first = decode(outbound.offer(publish(), 1, 0, "first")[1]).packet_id
+    second = decode(outbound.offer(publish(2), 2, 0, "second")[1]).packet_id
+    assert outbound.offer(publish(), 1, 0, "third")[0] is Admission.QUEUED
+    outbound.pubrel_sent(second)
+    assert outbound.unacknowledged() == [(first, "first", False), (second, "second", True)]
+    assert outbound.waiting() == ["third"]
+
+    resumed = flow(receive_maximum=2)
+    resumed.resume(first, "first", pubrel_sent=False)
+    resumed.resume(second, None, pubrel_sent=True)
+    assert resumed.offer(publish(), 1, 0)[0] is Admission.QUEUED  # both count in the window
+    assert resumed.acknowledge(second)  # PUBCOMP
+    (data,) = resumed.release(0)
+    assert decode(data).packet_id != first  # a fresh identifier, never one in flight
+    assert resumed.unacknowledged()[0] == (first, "first", False)
+
+
+def test_as_duplicate_sets_only_the_dup_flag() -> None:
+    packet = decode(as_duplicate(with_packet_id(publish(), 7)))
+    assert (packet.duplicate, packet.packet_id, packet.qos) == (True, 7, mqtt5.QoS.AT_LEAST_ONCE)

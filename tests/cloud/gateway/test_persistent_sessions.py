@@ -1,13 +1,15 @@
 """Persistent sessions in a real registry database: across a disconnect and a restart.
 
 Queued QoS 1 delivery in order and its bound, Clean Start 1 deleting the session, an
-administrative drop deleting it, MQTT 3.1.1 Clean Session 0, and the Will Delay Interval.
+administrative drop deleting it, MQTT 3.1.1 Clean Session 0, the Will Delay Interval, and
+unacknowledged outgoing QoS 1/2 resent (DUP=1, owed PUBREL) after a reconnect.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import mqtt5
@@ -20,7 +22,7 @@ from tests.cloud.gateway.test_mqtt5_strict import connect
 from tests.support.mqtt import RawClient
 from tether.cloud.gateway.mqtt311 import decode, encode
 from tether.cloud.gateway.mqtt311.packets import ConnAck, Connect, Disconnect, Publish, Subscribe
-from tether.cloud.gateway.persistence import PersistentSessions
+from tether.cloud.gateway.persistence import PersistentSessions, discard_ended
 from tether.cloud.gateway.stores import StoreLimits
 from tether.cloud.registry import Registry
 from tether.cloud.registry.mqtt_state import RegistryMqttState
@@ -283,3 +285,179 @@ def test_attach_stores_gives_a_gateway_both_and_restores(gateway, pki, database)
     finally:
         gateway.close()
         detach()
+
+
+def test_unacknowledged_outgoing_is_resent_after_a_reconnect(kept, pki):
+    """MQTT 5 4.4: PUBLISH again with DUP=1 under the same identifier, PUBREL where owed."""
+    device, _ = persistent_device(kept, pki)
+    device.send(mqtt5.SubscribePacket(1, [TopicFilter(COMMANDS, max_qos=QoS.EXACTLY_ONCE)]))
+    assert isinstance(device.recv(), mqtt5.SubAckPacket)
+    command(kept, pki, b"one")
+    service = connect(kept, pki, pki.service, SERVICE_NAME)
+    try:
+        for number, payload in enumerate((b"two", b"three"), 10):
+            service.send(
+                mqtt5.PublishPacket(
+                    f"{OWN}/commands/c", payload, qos=QoS.EXACTLY_ONCE, packet_id=number
+                )
+            )
+            assert isinstance(service.recv(), mqtt5.PubRecPacket)
+            service.send(mqtt5.PubRelPacket(number))
+            assert isinstance(service.recv(), mqtt5.PubCompPacket)
+    finally:
+        service.close()
+    one, two, three = (device.recv() for _ in range(3))
+    assert [p.payload for p in (one, two, three)] == [b"one", b"two", b"three"]
+    assert not one.duplicate
+    device.send(mqtt5.PubRecPacket(two.packet_id))  # PUBREL comes; PUBCOMP never goes
+    pubrel = device.recv()
+    assert isinstance(pubrel, mqtt5.PubRelPacket) and pubrel.packet_id == two.packet_id
+    device.close()  # the connection breaks with one, two and three unacknowledged
+
+    device, ack = persistent_device(kept, pki)
+    try:
+        assert ack.session_present is True
+        again_one, again_two, again_three = (device.recv() for _ in range(3))
+        assert isinstance(again_one, mqtt5.PublishPacket) and again_one.duplicate
+        assert (again_one.packet_id, again_one.payload) == (one.packet_id, b"one")
+        assert again_one.user_properties == [("tether-sender", SERVICE_NAME)]
+        assert isinstance(again_two, mqtt5.PubRelPacket)
+        assert again_two.packet_id == two.packet_id
+        assert isinstance(again_three, mqtt5.PublishPacket) and again_three.duplicate
+        assert (again_three.packet_id, again_three.qos) == (three.packet_id, QoS.EXACTLY_ONCE)
+        device.send(mqtt5.PubAckPacket(one.packet_id))
+        device.send(mqtt5.PubCompPacket(two.packet_id))
+        device.send(mqtt5.PubRecPacket(three.packet_id))
+        assert device.recv().packet_id == three.packet_id  # PUBREL
+        device.send(mqtt5.PubCompPacket(three.packet_id))
+        command(kept, pki, b"live")  # the window is free again, and nothing else is resent
+        live = device.recv()
+        assert (live.payload, live.duplicate) == (b"live", False)
+        device.send(mqtt5.PubAckPacket(live.packet_id))
+    finally:
+        device.close()
+
+
+def test_a_revoked_identity_loses_its_stored_session_while_away(kept, pki, database):
+    """What the registry feed calls after dropping the live sessions (discard_ended)."""
+    device, _ = persistent_device(kept, pki)
+    subscribe_commands(device)
+    fingerprint = kept.call(_identity_of(kept))
+    leave(device)
+    store = kept.gateway.broker.sessions.store
+    assert store.load_session("device", DEVICE_SERIAL) is not None
+    unrelated = kept.call(
+        discard_ended(kept.gateway.broker, lambda i: i.name == "someone-else", reason="x")
+    )
+    assert unrelated == 0
+    revoked = kept.call(
+        discard_ended(
+            kept.gateway.broker,
+            lambda i: i.certificate_fingerprint == fingerprint,
+            reason="certificate.revoke",
+        )
+    )
+    assert revoked == 1
+    assert store.load_session("device", DEVICE_SERIAL) is None
+    command(kept, pki, b"not queued")  # the stand-in left the broker
+    device, ack = persistent_device(kept, pki)
+    assert ack.session_present is False
+    device.close()
+
+
+def test_a_disabled_identity_loses_a_session_no_stand_in_holds(gateway, pki, database):
+    """A session stored by another worker (or before a restart) is matched by name."""
+    sessions = keep_sessions(gateway, database)
+    try:
+        sessions.store.save_session("device", DEVICE_SERIAL, 600, [])
+        assert gateway.call(
+            discard_ended(gateway.gateway.broker, lambda i: i.name == DEVICE_SERIAL, reason="off")
+        ) == 1  # fmt: skip
+        assert sessions.store.load_session("device", DEVICE_SERIAL) is None
+        assert gateway.call(
+            discard_ended(gateway.gateway.broker, lambda i: i.name == DEVICE_SERIAL, reason="off")
+        ) == 0  # fmt: skip
+    finally:
+        gateway.close()
+        sessions.close()
+
+
+async def _identity_of(running: GatewayThread) -> str:
+    (identity,) = running.gateway.sessions()
+    return identity.certificate_fingerprint
+
+
+def test_queued_messages_expire_and_are_delivered_with_what_remains(kept, pki):
+    """MQTT 5 3.3.2.3.3, on the store's clock (moved on 60 s instead of waiting)."""
+    store = kept.gateway.broker.sessions.store
+    device, _ = persistent_device(kept, pki)
+    subscribe_commands(device)
+    leave(device)
+    service = connect(kept, pki, pki.service, SERVICE_NAME)
+    try:
+        for number, (payload, interval) in enumerate(((b"short", 5), (b"long", 600)), 1):
+            service.send(
+                mqtt5.PublishPacket(f"{OWN}/commands/c", payload, qos=QoS.AT_LEAST_ONCE,
+                                    packet_id=number, message_expiry_interval=interval)
+            )  # fmt: skip
+            assert isinstance(service.recv(), mqtt5.PubAckPacket)
+    finally:
+        service.close()
+    wait_for_queued(store, 2)
+    start = store._clock()
+    store._clock = lambda: start + timedelta(seconds=60)
+    device, ack = persistent_device(kept, pki)
+    try:
+        assert ack.session_present is True
+        (got,) = receive(device, 1)
+        assert got.payload == b"long"
+        assert 539 <= got.message_expiry_interval <= 540
+        with pytest.raises(TimeoutError):
+            device.recv(timeout=0.5)  # the expired one is not delivered
+    finally:
+        device.close()
+
+
+def wait_for_queued(store: RegistryMqttState, count: int) -> None:
+    """The stand-in queues on the sessions thread: wait (bounded) until ``count`` are stored."""
+    from sqlalchemy import func, select
+
+    from tether.cloud.registry.models import MqttQueuedModel
+
+    for _ in range(250):
+        with store._read() as session:
+            if session.scalar(select(func.count()).select_from(MqttQueuedModel)) >= count:
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"{count} messages were never queued")
+
+
+def test_a_delayed_will_with_retain_is_retained_when_it_is_published(kept, pki, database):
+    from tests.cloud.gateway.test_retained import retained_for, subscribe, with_retained
+
+    retained = with_retained(kept, database)
+    try:
+        will = mqtt5.Will(
+            topic=f"{OWN}/status", payload=b"gone", retain=True, will_delay_interval=1
+        )
+        device, _ = persistent_device(kept, pki, will=will)
+        device.close()  # abnormal: the Will is due in 1 s
+        service = connect(kept, pki, pki.service, SERVICE_NAME)
+        try:
+            assert subscribe(service, "devices/+/status") == [1]
+            assert service.recv(timeout=10).payload == b"gone"  # live, after the delay
+        finally:
+            service.close()
+        for _ in range(250):  # the retained write runs on its thread (bounded wait)
+            if retained._store.retained_matching(f"{OWN}/status", 1):
+                break
+            time.sleep(0.02)
+        late = connect(kept, pki, pki.service, SERVICE_NAME)  # a new subscription
+        try:
+            assert subscribe(late, "devices/+/status") == [1]
+            (got,) = retained_for(late, 1)
+            assert (got.payload, got.retain) == (b"gone", True)
+        finally:
+            late.close()
+    finally:
+        retained.close()

@@ -59,7 +59,16 @@ def publish(client: RawClient, topic: str, payload: bytes, packet_id: int = 1):
 def subscribe(client: RawClient, pattern: str, retain_handling=mqtt5.RetainHandling.SEND_ALWAYS):
     client.send(
         mqtt5.SubscribePacket(
-            5, [TopicFilter(pattern, max_qos=QoS.AT_LEAST_ONCE, retain_handling=retain_handling)]
+            5,
+            [
+                # Retain As Published 0 (the mqtt5 library's default is 1): live RETAIN 0.
+                TopicFilter(
+                    pattern,
+                    max_qos=QoS.AT_LEAST_ONCE,
+                    retain_handling=retain_handling,
+                    retain_as_published=False,
+                )
+            ],
         )
     )
     ack = client.recv()
@@ -191,3 +200,32 @@ def test_retained_messages_survive_a_gateway_restart(gateway_factory, pki, datab
     finally:
         service.close()
         retained.close()
+
+
+def test_retain_as_published_keeps_the_flag_on_live_messages(retained_gateway, pki):
+    """MQTT 5 3.3.1.3: RETAIN as published only for a subscription that asks; else 0."""
+    service = connect(retained_gateway, pki, pki.service, SERVICE_NAME)
+    device = connect(retained_gateway, pki)
+    try:
+        service.send(
+            mqtt5.SubscribePacket(5, [
+                TopicFilter("devices/+/state", max_qos=QoS.AT_LEAST_ONCE,
+                            retain_as_published=True,
+                            retain_handling=mqtt5.RetainHandling.SEND_NEVER),
+                TopicFilter("devices/+/status", max_qos=QoS.AT_LEAST_ONCE,
+                            retain_as_published=False,
+                            retain_handling=mqtt5.RetainHandling.SEND_NEVER),
+            ])
+        )  # fmt: skip
+        assert isinstance(service.recv(), mqtt5.SubAckPacket)
+        for number, topic in enumerate(("state", "status"), 1):
+            device.send(
+                mqtt5.PublishPacket(f"devices/{DEVICE_SERIAL}/{topic}", b"on",
+                                    qos=QoS.AT_LEAST_ONCE, packet_id=number, retain=True)
+            )  # fmt: skip
+            assert isinstance(device.recv(), mqtt5.PubAckPacket)
+        got = {p.topic.rsplit("/", 1)[1]: p.retain for p in retained_for(service, 2)}
+        assert got == {"state": True, "status": False}
+    finally:
+        service.close()
+        device.close()

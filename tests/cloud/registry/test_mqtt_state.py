@@ -6,12 +6,14 @@ registries open on the same file at once.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
 from tether.cloud.gateway.stores import (
     StoredMessage,
+    StoredOutgoing,
     StoredSubscription,
     StoreLimits,
     StoreOutcome,
@@ -115,3 +117,35 @@ def test_sessions_expire_are_capped_and_deleted_with_their_queue(state, registry
 )
 def test_literal_prefix(topic_filter, prefix):
     assert literal_prefix(topic_filter) == prefix
+
+
+def test_what_a_session_owes_its_client_is_kept_and_old_rows_still_read(state, registry):
+    owed = (StoredOutgoing(3, message("devices/SN1/commands/a", b"\x00\xff")),
+            StoredOutgoing(4, None))  # fmt: skip
+    state.save_session("device", "SN1", 600, [], [9], owed)
+    loaded = state.load_session("device", "SN1")
+    assert loaded is not None
+    assert (loaded.qos2_received, loaded.outgoing) == ((9,), owed)
+    state.save_session("device", "SN1", 600, [], [9])  # nothing owed: the 0007 list form
+    loaded = state.load_session("device", "SN1")
+    assert loaded is not None and (loaded.qos2_received, loaded.outgoing) == ((9,), ())
+
+
+def test_message_expiry_is_decremented_and_expired_messages_are_dropped(state):
+    start = state._clock()
+    state._clock = lambda: start
+    state.save_session("device", "SN1", 3600, [])
+    for topic, interval in (("short", 10), ("none", None), ("long", 100)):
+        held = replace(message(f"t/{topic}"), expiry_interval=interval)
+        assert state.enqueue("device", "SN1", held) is StoreOutcome.STORED
+    for topic, interval in (("a/short", 10), ("a/long", 100)):
+        assert state.set_retained(replace(message(topic), expiry_interval=interval)) is (
+            StoreOutcome.STORED
+        )
+    state._clock = lambda: start + timedelta(seconds=20, milliseconds=500)
+    # The expired one is deleted and does not count against the limit of what is taken.
+    taken = state.take_queued("device", "SN1", 2)
+    assert [(m.topic, m.expiry_interval) for m in taken] == [("t/none", None), ("t/long", 80)]
+    assert state.take_queued("device", "SN1", 10) == []
+    found = state.retained_matching("a/#", 10)
+    assert [(m.topic, m.expiry_interval) for m in found] == [("a/long", 80)]

@@ -45,6 +45,9 @@ class Message:
     response_topic: str | None = None
     correlation_data: bytes | None = None
     retain: bool = False  # a retained message delivered to a new subscription (issue 17)
+    # The PUBLISH had RETAIN 1: a subscription with Retain As Published gets RETAIN 1 for it
+    # when it is forwarded live (MQTT 5 3.3.1.3; without it, RETAIN 0 [MQTT-3.3.1-12]).
+    published_retained: bool = False
 
 
 @dataclass(frozen=True)

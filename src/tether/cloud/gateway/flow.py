@@ -22,6 +22,14 @@ Sans-I/O: the session says how many bytes its socket buffer holds, this decides 
 So one session's outgoing memory is bounded by ``write_buffer_limit`` + one packet +
 ``max_queued_bytes``. Packet identifiers are given when a message is written, never while it
 waits, so waiting messages never hold identifiers the window needs.
+
+- **Resend after a reconnect.** Each offered message may carry a ``tag`` (the session passes
+  the message and its QoS): the flow keeps it with the identifier while the message is in
+  flight, and marks a QoS 2 identifier whose PUBREC came (``pubrel_sent``). ``unacknowledged``
+  and ``waiting`` give a persistent session what it still owes when the connection ends;
+  ``resume`` takes an identifier back into the window when the session resumes, so the
+  PUBLISH resent with DUP=1 (or the PUBREL sent again) is acknowledged like any other
+  (MQTT 5 section 4.4, 3.1.1 section 4.4).
 """
 
 from __future__ import annotations
@@ -39,6 +47,11 @@ class Admission(enum.Enum):
     QUEUED = "queued"  # waits for the window (or the buffer); written by ``release``
     DROPPED = "dropped"  # QoS 0 for a full buffer
     OVERFLOW = "overflow"  # QoS 1 that does not fit the queue: end the session with 0x97
+
+
+def as_duplicate(data: bytes) -> bytes:
+    """An encoded PUBLISH with its DUP flag set (fixed header bit 3): a redelivery."""
+    return bytes([data[0] | 0x08]) + data[1:]
 
 
 def with_packet_id(data: bytes, packet_id: int) -> bytes:
@@ -71,9 +84,10 @@ class OutboundFlow:
         self._write_buffer_limit = write_buffer_limit
         self._max_queued_messages = max_queued_messages
         self._max_queued_bytes = max_queued_bytes
-        self._inflight: set[int] = set()
+        self._inflight: dict[int, object] = {}  # identifier -> tag, in the order written
+        self._pubrel_sent: set[int] = set()
         self._next_id = 1
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[tuple[bytes, object]] = deque()
         self._queued_bytes = 0
 
     @property
@@ -95,21 +109,24 @@ class OutboundFlow:
         """Whether a socket buffer holding ``buffered`` bytes takes no more."""
         return buffered >= self._write_buffer_limit
 
-    def offer(self, data: bytes, qos: int, buffered: int) -> tuple[Admission, bytes]:
+    def offer(
+        self, data: bytes, qos: int, buffered: int, tag: object = None
+    ) -> tuple[Admission, bytes]:
         """Decide about one encoded PUBLISH (a QoS 1 one with any packet identifier).
 
         Returns the admission and, for ``WRITE``, the bytes to write (with their identifier).
+        ``tag`` stays with a QoS 1/2 message until it is acknowledged (see ``unacknowledged``).
         """
         if qos == 0:
             return (Admission.DROPPED, b"") if self.full(buffered) else (Admission.WRITE, data)
         if not self._queue and self._window_open() and not self.full(buffered):
-            return Admission.WRITE, self._stamp(data)
+            return Admission.WRITE, self._stamp(data, tag)
         if (
             len(self._queue) >= self._max_queued_messages
             or self._queued_bytes + len(data) > self._max_queued_bytes
         ):
             return Admission.OVERFLOW, b""
-        self._queue.append(data)
+        self._queue.append((data, tag))
         self._queued_bytes += len(data)
         return Admission.QUEUED, b""
 
@@ -120,28 +137,52 @@ class OutboundFlow:
     def acknowledge(self, packet_id: int) -> bool:
         """A PUBACK or PUBCOMP from the client; ``True`` if it acknowledged a message in flight."""
         if packet_id in self._inflight:
-            self._inflight.remove(packet_id)
+            del self._inflight[packet_id]
+            self._pubrel_sent.discard(packet_id)
             return True
         return False
+
+    def pubrel_sent(self, packet_id: int) -> None:
+        """PUBREC came for an outgoing QoS 2 message and PUBREL went: only PUBCOMP is owed."""
+        if packet_id in self._inflight:
+            self._pubrel_sent.add(packet_id)
+
+    def unacknowledged(self) -> list[tuple[int, object, bool]]:
+        """(identifier, tag, PUBREL sent) of every message in flight, oldest first."""
+        return [(i, tag, i in self._pubrel_sent) for i, tag in self._inflight.items()]
+
+    def waiting(self) -> list[object]:
+        """The tags of the messages that wait for the window, in order."""
+        return [tag for _, tag in self._queue]
+
+    def resume(self, packet_id: int, tag: object, *, pubrel_sent: bool) -> None:
+        """Take an identifier owed from the previous connection back into the window.
+
+        It counts against the window like any message in flight (the client's new Receive
+        Maximum may be smaller: then nothing new is written until enough are acknowledged).
+        """
+        self._inflight[packet_id] = tag
+        if pubrel_sent:
+            self._pubrel_sent.add(packet_id)
 
     def release(self, buffered: int) -> list[bytes]:
         """The waiting messages that may be written now, oldest first, with identifiers."""
         out: list[bytes] = []
         while self._queue and self._window_open() and not self.full(buffered):
-            data = self._queue.popleft()
+            data, tag = self._queue.popleft()
             self._queued_bytes -= len(data)
             buffered += len(data)
-            out.append(self._stamp(data))
+            out.append(self._stamp(data, tag))
         return out
 
     def _window_open(self) -> bool:
         return len(self._inflight) < self.receive_maximum
 
-    def _stamp(self, data: bytes) -> bytes:
+    def _stamp(self, data: bytes, tag: object) -> bytes:
         while True:
             packet_id = self._next_id
             self._next_id = packet_id % MAX_PACKET_ID + 1
             if packet_id not in self._inflight:
                 break
-        self._inflight.add(packet_id)
+        self._inflight[packet_id] = tag
         return with_packet_id(data, packet_id)

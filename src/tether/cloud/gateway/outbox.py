@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from tether.cloud.gateway.flow import Admission, OutboundFlow
+from tether.cloud.gateway.flow import Admission, OutboundFlow, as_duplicate, with_packet_id
 from tether.cloud.gateway.limits import LimitCode, LimitCounters
 from tether.cloud.gateway.settings import GatewaySettings
 
@@ -59,14 +59,14 @@ class Outbox:
         """Bytes in the socket's write buffer."""
         return int(self._writer.transport.get_write_buffer_size())
 
-    def send(self, data: bytes, qos: int) -> bool | None:
+    def send(self, data: bytes, qos: int, tag: object = None) -> bool | None:
         """Offer one encoded PUBLISH: ``True`` written now, ``None`` waits, ``False`` dropped.
 
         A QoS 1/2 message that does not fit the queue calls ``overflow`` (the session ends
         with DISCONNECT 0x97) and counts as dropped.
         """
         flow = self._flow
-        admission, ready = flow.offer(data, qos, self.buffered())
+        admission, ready = flow.offer(data, qos, self.buffered(), tag)
         if admission is Admission.WRITE:
             self.write(ready)
             return True
@@ -107,6 +107,25 @@ class Outbox:
         """PUBACK, PUBCOMP or a refusing PUBREC: free the identifier, release what waits."""
         if self._flow.acknowledge(packet_id):
             self._release()
+
+    def pubrel_sent(self, packet_id: int) -> None:
+        """PUBREL went for an outgoing QoS 2 identifier: only PUBCOMP is owed now."""
+        self._flow.pubrel_sent(packet_id)
+
+    def owed(self) -> tuple[list[tuple[int, object, bool]], list[object]]:
+        """What the client is still owed: (identifier, tag, PUBREL sent) in flight, then the
+        tags of the messages waiting for the window (see :mod:`.flow`)."""
+        return self._flow.unacknowledged(), self._flow.waiting()
+
+    def resend(self, packet_id: int, data: bytes | None, tag: object) -> None:
+        """After a reconnect: the PUBLISH ``data`` again with DUP=1 under ``packet_id``, or
+        (``data`` None) PUBREL again; either way the identifier is in flight once more."""
+        self._flow.resume(packet_id, tag, pubrel_sent=data is None)
+        if data is None:
+            # PUBREL, reason Success: the same four bytes in 3.1.1 and MQTT 5 (MQTT 5 3.6.2.1).
+            self.write(bytes([0x62, 0x02]) + packet_id.to_bytes(2, "big"))
+        else:
+            self.write(as_duplicate(with_packet_id(data, packet_id)))
 
     def stop(self) -> None:
         """The session ends: stop the pump."""

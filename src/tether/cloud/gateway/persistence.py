@@ -12,6 +12,13 @@ which gets ``default_expiry``, one hour as in AWS IoT) keeps its session when it
   subscribed again (through the policy, as it is now) and the queue is delivered in order;
   Clean Start 1 deletes it. A session dropped administratively (revoked, disabled) is
   deleted, never resumed. At expiry it is deleted with its queue.
+- an identity revoked or disabled while its client is away loses its stored session at once
+  (:func:`discard_ended`, called by the registry feed after ``Gateway.drop_sessions`` with the
+  same predicate): the stand-ins this process holds are matched on their full identity
+  (certificate and CA fingerprints as they connected), every other stored session on kind
+  and name only, which is all the store keeps (so a certificate revocation reaches a session
+  restored at start, or parked by another worker, only when its client connects, and a
+  revoked certificate cannot).
 
 Store calls run on one thread (``tether-sessions``) in order. Stored state survives a gateway
 restart and is shared through the database; the offline stand-ins live in the process, so
@@ -35,6 +42,7 @@ from tether.cloud.gateway.senders import is_view
 from tether.cloud.gateway.stores import (
     SessionStore,
     StoredMessage,
+    StoredOutgoing,
     StoredSession,
     StoredSubscription,
     StoreOutcome,
@@ -68,6 +76,7 @@ def stored(message: Message, qos: int) -> StoredMessage:
         sender_kind=message.sender.kind.value,
         sender_name=message.sender.name,
         user_properties=message.user_properties,
+        expiry_interval=message.message_expiry_interval,
     )
 
 
@@ -134,8 +143,15 @@ class PersistentSessions:
         will: Message | None,
         will_delay: int,
         qos2_received: list[int] | None = None,
+        outgoing: list[StoredOutgoing] | None = None,
+        waiting: list[StoredMessage] | None = None,
+        will_retain: bool = False,
     ) -> None:
-        """The connection ended: park the session for ``expiry`` s, or delete it (expiry 0)."""
+        """The connection ended: park the session for ``expiry`` s, or delete it (expiry 0).
+
+        ``outgoing`` (unacknowledged, resent first on resume) and ``waiting`` (never written:
+        queued in the store ahead of what arrives while offline) keep what the client is owed.
+        """
         key = _key(identity)
         if self._live.get(key) is session:
             del self._live[key]
@@ -144,9 +160,25 @@ class PersistentSessions:
             await self.call(self.store.delete_session, kind, name)
             return
         saved = await self.call(
-            self.store.save_session, kind, name, expiry, subscriptions, qos2_received or []
+            self.store.save_session,
+            kind,
+            name,
+            expiry,
+            subscriptions,
+            qos2_received or [],
+            outgoing or [],
         )
-        self.park(identity, broker, saved, will=will, will_delay=will_delay, expiry=expiry)
+        for message in waiting or []:
+            await self.call(self.store.enqueue, kind, name, message)
+        self.park(
+            identity,
+            broker,
+            saved,
+            will=will,
+            will_delay=will_delay,
+            expiry=expiry,
+            will_retain=will_retain,
+        )
 
     def park(
         self,
@@ -157,6 +189,7 @@ class PersistentSessions:
         will: Message | None = None,
         will_delay: int = 0,
         expiry: int,
+        will_retain: bool = False,
     ) -> None:
         """Put an offline stand-in for a saved session into the broker."""
         key = _key(identity)
@@ -169,7 +202,7 @@ class PersistentSessions:
         offline.timers.append(loop.call_later(expiry, self._expire, key, offline))
         if will is not None:
             offline.timers.append(
-                loop.call_later(min(will_delay, expiry), offline.publish_will, will)
+                loop.call_later(min(will_delay, expiry), offline.publish_will, will, will_retain)
             )
 
     async def restore(self, broker: Broker) -> int:
@@ -189,6 +222,32 @@ class PersistentSessions:
             restored += 1
         return restored
 
+    async def discard(self, ended: Callable[[Identity], bool], *, reason: str) -> int:
+        """Delete the stored sessions of identities a registry change ended; how many.
+
+        Live sessions are not touched here (``Gateway.drop_sessions`` ends them, and an
+        administrative drop deletes their session): this is for clients that are away.
+        """
+        gone = [key for key, offline in self._offline.items() if ended(offline.identity)]
+        for key in gone:
+            self._offline.pop(key).stop()
+        for saved in await self.call(self.store.list_sessions):
+            key = (saved.kind, saved.name)
+            if key in gone or key in self._live:
+                continue
+            if ended(Identity(IdentityKind(saved.kind), saved.name, "", "")):
+                gone.append(key)
+        for kind, name in gone:
+            await self.call(self.store.delete_session, kind, name)
+            log_event(
+                logging.WARNING,
+                "session_discarded",
+                f"stored session deleted: {reason}",
+                peer="-",
+                identity=name,
+            )
+        return len(gone)
+
     def _expire(self, key: tuple[str, str], offline: OfflineSession) -> None:
         if self._offline.get(key) is offline:
             del self._offline[key]
@@ -203,6 +262,17 @@ class PersistentSessions:
         self._thread.shutdown(wait=True)
 
 
+async def discard_ended(broker: Broker, ended: Callable[[Identity], bool], *, reason: str) -> int:
+    """The registry feed's hook: a revoked or disabled identity's stored session goes now.
+
+    Call it right after ``Gateway.drop_sessions`` with the same predicate (the live sessions
+    are dropped first, so none is parked after this ran); 0 when the gateway keeps none.
+    """
+    if broker.sessions is None:
+        return 0
+    return await broker.sessions.discard(ended, reason=reason)
+
+
 def delivered(message: StoredMessage) -> Message:
     """A queued message as the session delivers it, attributed as it was when published."""
     sender = Identity(IdentityKind(message.sender_kind), message.sender_name, "", "")
@@ -212,6 +282,7 @@ def delivered(message: StoredMessage) -> Message:
         qos=message.qos,
         sender=sender,
         user_properties=message.user_properties,
+        message_expiry_interval=message.expiry_interval,  # what remains (the store counts)
     )
 
 
@@ -223,8 +294,10 @@ class OfflineSession:
     ) -> None:
         self._owner = owner
         self._identity = identity
+        self.identity = identity  # as it connected last (what a registry change is matched on)
         self._broker = broker
         self.timers: list[asyncio.TimerHandle] = []
+        self._tasks: set[asyncio.Task[object]] = set()
         for subscription in saved.subscriptions:
             if not is_view(subscription.topic_filter) and not is_shared_subscription(
                 subscription.topic_filter
@@ -252,9 +325,15 @@ class OfflineSession:
                 identity=name,
             )
 
-    def publish_will(self, will: Message) -> None:
-        """The Will Delay passed without a reconnect: publish the Will."""
+    def publish_will(self, will: Message, retain: bool = False) -> None:
+        """The Will Delay passed without a reconnect: publish the Will (and retain it if its
+        Will Retain flag was set, as an undelayed Will is)."""
         self._broker.publish(will)
+        retained = self._broker.retained
+        if retain and retained is not None:
+            task = asyncio.get_running_loop().create_task(retained.store(will))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def stop(self) -> None:
         """Leave the broker and cancel the timers."""

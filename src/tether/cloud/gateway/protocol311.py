@@ -175,7 +175,7 @@ class Mqtt311Handler(ProtocolHandler):
                 session.acknowledge(packet.packet_id)
             case PubRec():
                 if session.outbound_in_flight(packet.packet_id):
-                    session.write(encode(PubRel(packet.packet_id)))
+                    session.pubrel(packet.packet_id)
                 else:
                     self._close("mqtt_protocol_error", f"PUBREC for unknown id {packet.packet_id}")
             case PubRel():
@@ -227,6 +227,7 @@ class Mqtt311Handler(ProtocolHandler):
             qos=packet.qos,
             sender=session.identity,
             user_properties=attributed_properties(session.identity, []),
+            published_retained=packet.retain,
         )
         packet_id = packet.packet_id
         first: bool | None = True

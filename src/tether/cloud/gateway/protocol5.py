@@ -319,6 +319,7 @@ class Mqtt5Handler(ProtocolHandler):
             content_type=packet.content_type,
             response_topic=packet.response_topic,
             correlation_data=packet.correlation_data,
+            published_retained=packet.retain,
         )
 
     def _on_pubrec(self, packet: mqtt5.PubRecPacket) -> None:
@@ -333,7 +334,7 @@ class Mqtt5Handler(ProtocolHandler):
         if int(packet.reason_code) >= 0x80:
             session.acknowledge(packet.packet_id)  # the flow ends here (MQTT 5 4.3.3)
             return
-        session.write(mqtt5.PubRelPacket(packet.packet_id).write())
+        session.pubrel(packet.packet_id)
 
     def _on_subscribe(self, packet: mqtt5.SubscribePacket) -> None:
         session = self.session
@@ -357,6 +358,7 @@ class Mqtt5Handler(ProtocolHandler):
                 int(f.max_qos),
                 no_local=f.no_local,
                 retain_handling=int(f.retain_handling),
+                retain_as_published=f.retain_as_published,
             )
             for f in packet.topic_filters
         ]

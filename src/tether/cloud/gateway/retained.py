@@ -7,9 +7,10 @@ event loop. A session awaits the write before it reads the next packet, so its P
 in order [MQTT-4.6.0-2] and a client that floods retained messages is paced by the store.
 
 What is stored is what was routed: the topic, the payload, the QoS, the sender's identity
-and the attributed user properties (``tether-sender`` included); other MQTT 5 properties are
-not kept. A retained message is delivered after SUBACK to a new subscription whose filter
-(already checked against the subscriber's policy) matches it, at most
+and the attributed user properties (``tether-sender`` included) and the Message Expiry
+Interval (delivered decremented, dropped once passed: ``cloud/registry/mqtt_state.py``);
+other MQTT 5 properties are not kept. A retained message is delivered after SUBACK to a new
+subscription whose filter (already checked against the subscriber's policy) matches it, at most
 ``max_retained_per_subscribe`` per filter, with the RETAIN flag set.
 """
 
@@ -43,6 +44,7 @@ class RetainedMessages:
             sender_kind=message.sender.kind.value,
             sender_name=message.sender.name,
             user_properties=message.user_properties,
+            expiry_interval=message.message_expiry_interval,
         )
         loop = asyncio.get_running_loop()
         outcome = await loop.run_in_executor(self._thread, self._store.set_retained, stored)
@@ -111,5 +113,6 @@ def _message(stored: StoredMessage) -> Message:
         qos=stored.qos,
         sender=sender,
         user_properties=stored.user_properties,
+        message_expiry_interval=stored.expiry_interval,  # what remains (the store counts)
     )
     return replace(message, retain=True)

@@ -26,6 +26,10 @@ Every QoS 1 PUBLISH is acknowledged before the next packet is read, and reading 
 the client does not read its acknowledgements, so a client can never have more
 unacknowledged publishes with us than it has sent in one read. There is no retransmission
 (no persistent sessions yet).
+
+Over ~400 lines on purpose: this is the one place a connection's life is read top to bottom;
+what splits along a clean seam already lives apart (protocol handlers, :mod:`.outbox`,
+:mod:`.subscriptions`, :mod:`.session_state`).
 """
 
 from __future__ import annotations
@@ -216,12 +220,13 @@ class Session(SessionState):
         """
         if not self.connected or self._protocol is None:
             return False
+        message = self.subscriptions.as_forwarded(message)
         data = self._protocol.encode_publish(message, qos)
         if self._client_max_packet_size is not None and len(data) > self._client_max_packet_size:
             return self._outbox.drop(
                 LimitCode.OVERSIZE_FOR_CLIENT, "message exceeds the client's maximum"
             )
-        sent = self._outbox.send(data, qos)
+        sent = self._outbox.send(data, qos, (message, qos))
         if sent:
             self._protocol.written(message)
         return sent is not False
@@ -301,6 +306,11 @@ class Session(SessionState):
     def acknowledge(self, packet_id: int) -> None:
         """PUBACK or PUBCOMP (or a refusing PUBREC): the identifier is free again."""
         self._outbox.acknowledge(packet_id)
+
+    def pubrel(self, packet_id: int) -> None:
+        """PUBREC for an outgoing QoS 2 message: send PUBREL (owed again after a reconnect)."""
+        self._outbox.pubrel_sent(packet_id)
+        self._outbox.write(bytes([0x62, 0x02]) + packet_id.to_bytes(2, "big"))
 
     def write(self, data: bytes) -> None:
         """Write bytes to the client (nothing once the transport is closing)."""

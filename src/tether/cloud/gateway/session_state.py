@@ -17,11 +17,17 @@ from typing import TYPE_CHECKING
 from tether.cloud.gateway.broker import Broker, Message
 from tether.cloud.gateway.exactly_once import ExactlyOnce
 from tether.cloud.gateway.identity import Identity
-from tether.cloud.gateway.persistence import PersistentSessions, delivered
+from tether.cloud.gateway.outbox import Outbox
+from tether.cloud.gateway.persistence import PersistentSessions, delivered, stored
 from tether.cloud.gateway.reserved import ReservedTopics
 from tether.cloud.gateway.retained import RetainedMessages
 from tether.cloud.gateway.settings import GatewaySettings
-from tether.cloud.gateway.stores import StoredSession, StoredSubscription
+from tether.cloud.gateway.stores import (
+    StoredMessage,
+    StoredOutgoing,
+    StoredSession,
+    StoredSubscription,
+)
 from tether.cloud.gateway.subscriptions import SessionSubscriptions, SubscribeRequest
 
 if TYPE_CHECKING:
@@ -49,6 +55,7 @@ class SessionState:
     _will: Message | None
     _will_delay: int
     _will_retain: bool
+    _outbox: Outbox
     exactly_once: ExactlyOnce
 
     @property
@@ -111,6 +118,12 @@ class SessionState:
         if not parked:
             persistence.forget(self._session(), self.identity)
             return
+        in_flight, waiting = self._outbox.owed()
+        outgoing = [
+            StoredOutgoing(packet_id, None if pubrel_sent else stored(*tag))  # type: ignore[misc]
+            for packet_id, tag, pubrel_sent in in_flight
+        ]
+        queued: list[StoredMessage] = [stored(*tag) for tag in waiting]  # type: ignore[misc]
         try:
             await persistence.end(
                 self._session(),
@@ -121,6 +134,9 @@ class SessionState:
                 will=will if delay else None,
                 will_delay=delay,
                 qos2_received=self.exactly_once.snapshot(),
+                outgoing=outgoing,
+                waiting=queued,
+                will_retain=self._will_retain,
             )
         except Exception as exc:  # the store is down: the session is lost, and said so
             self._session().log(
@@ -128,12 +144,25 @@ class SessionState:
             )
 
     async def _resume(self) -> None:
-        """After CONNACK with Session Present 1: the stored filters, then the queue."""
-        stored, persistence = self._resumed, self.sessions
-        if stored is None or persistence is None:
+        """After CONNACK with Session Present 1: what was in flight, the filters, the queue.
+
+        Unacknowledged outgoing QoS 1/2 PUBLISH packets go again with DUP=1 under their
+        identifiers, and PUBREL where PUBREC had come, before anything new (MQTT 5 4.4).
+        """
+        resumed, persistence = self._resumed, self.sessions
+        if resumed is None or persistence is None:
             return
-        self.exactly_once.restore(stored.qos2_received)
-        for held in stored.subscriptions:  # through the policy as it is now
+        self.exactly_once.restore(resumed.qos2_received)
+        protocol = self._session()._protocol
+        for owed in resumed.outgoing:
+            if owed.message is None or protocol is None:
+                self._outbox.resend(owed.packet_id, None, None)
+                continue
+            message = delivered(owed.message)
+            data = protocol.encode_publish(message, owed.message.qos)
+            self._outbox.resend(owed.packet_id, data, (message, owed.message.qos))
+            protocol.written(message)
+        for held in resumed.subscriptions:  # through the policy as it is now
             request = SubscribeRequest(held.topic_filter, held.max_qos, held.no_local, 2)
             self.subscriptions.subscribe([request], held.subscription_id)
         kind, name = self.identity.kind.value, self.identity.name

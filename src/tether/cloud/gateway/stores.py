@@ -50,6 +50,9 @@ class StoredMessage:
     sender_kind: str
     sender_name: str
     user_properties: tuple[tuple[str, str], ...] = ()
+    # MQTT 5 Message Expiry Interval: as published when stored; as remaining when read back
+    # (the store drops a message whose interval has passed, MQTT 5 3.3.2.3.3).
+    expiry_interval: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,18 @@ class StoredSubscription:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredOutgoing:
+    """An outgoing QoS 1/2 message the client had not acknowledged when it went.
+
+    ``message`` is resent with DUP=1 under ``packet_id`` on resume; ``message`` None means
+    PUBREC had come and PUBREL is owed again (MQTT 5 section 4.4).
+    """
+
+    packet_id: int
+    message: StoredMessage | None
+
+
+@dataclass(frozen=True, slots=True)
 class StoredSession:
     """A persistent session of one identity, while it is offline."""
 
@@ -71,6 +86,7 @@ class StoredSession:
     expires_at: datetime
     subscriptions: tuple[StoredSubscription, ...]
     qos2_received: tuple[int, ...] = ()  # incoming QoS 2 identifiers routed, not yet released
+    outgoing: tuple[StoredOutgoing, ...] = ()  # unacknowledged outgoing QoS 1/2, oldest first
 
 
 class StoreOutcome(enum.Enum):
@@ -105,11 +121,13 @@ class SessionStore(Protocol):
         expiry: int,
         subscriptions: Sequence[StoredSubscription],
         qos2_received: Sequence[int] = (),
+        outgoing: Sequence[StoredOutgoing] = (),
     ) -> StoredSession:
         """Keep the session for ``expiry`` seconds (capped) from now, replacing an older one.
 
         ``qos2_received`` keeps exactly-once across a reconnect mid-flow: a PUBLISH resent
-        after it is acknowledged, not routed again, and its PUBREL completes.
+        after it is acknowledged, not routed again, and its PUBREL completes. ``outgoing``
+        is what the gateway owes the client (resent on resume, MQTT 5 section 4.4).
         """
         ...
 

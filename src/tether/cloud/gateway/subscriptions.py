@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mqtt5 import SubAckReasonCode
 
 from tether.cloud.gateway import shared
-from tether.cloud.gateway.broker import Broker, Subscriber, Subscription
+from tether.cloud.gateway.broker import Broker, Message, Subscriber, Subscription
 from tether.cloud.gateway.events import log_event
 from tether.cloud.gateway.identity import Identity, IdentityKind
 from tether.cloud.gateway.limits import LimitCode, LimitCounters
@@ -52,6 +52,7 @@ class SubscribeRequest:
     max_qos: int
     no_local: bool = False
     retain_handling: int = 0  # MQTT 5: 0 send retained, 1 only for a new filter, 2 never
+    retain_as_published: bool = False  # MQTT 5: forward live RETAIN as the publisher set it
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,7 @@ class _Held:
     view: ViewSubscriber | None
     no_local: bool = False
     group: SharedGroup | None = None
+    retain_as_published: bool = False
 
     def matches(self, pattern: str, topic: str) -> bool:
         """Whether this held filter matches a delivered topic (a shared one by its filter)."""
@@ -91,6 +93,7 @@ class SessionSubscriptions:
         self._held: dict[str, _Held] = {}
         self._retained_due: list[tuple[Subscriber, str, int]] = []
         self._with_ids = 0  # how many held filters carry a subscription identifier
+        self._with_rap = 0  # how many held filters have Retain As Published
 
     def __len__(self) -> int:
         return len(self._held)
@@ -137,6 +140,8 @@ class SessionSubscriptions:
             return False
         if held.subscription_id is not None:
             self._with_ids -= 1
+        if held.retain_as_published:
+            self._with_rap -= 1
         if held.view is not None:
             self._broker.remove(held.view)
         elif held.group is not None:
@@ -154,6 +159,7 @@ class SessionSubscriptions:
                 shared.leave(self._broker, held.group, self._subscriber)
         self._held.clear()
         self._with_ids = 0
+        self._with_rap = 0
         self._broker.remove(self._subscriber)
 
     def remove_refused(self) -> list[tuple[str, str]]:
@@ -177,6 +183,18 @@ class SessionSubscriptions:
             removed.append((pattern, self._policy.explain(self._identity, "subscribe", inner)))
             self.unsubscribe(pattern)
         return removed
+
+    def as_forwarded(self, message: Message) -> Message:
+        """``message`` as this session forwards it: RETAIN 1 for a live message published
+        retained only if a held filter matching its topic has Retain As Published (3.3.1.3)."""
+        if not message.published_retained or message.retain or not self._with_rap:
+            return message
+        if any(
+            held.retain_as_published and held.matches(pattern, message.topic)
+            for pattern, held in self._held.items()
+        ):
+            return replace(message, retain=True)
+        return message
 
     def subscription_ids(self, topic: str) -> list[int]:
         """The identifiers of the held filters that match ``topic`` (delivered topic)."""
@@ -229,7 +247,11 @@ class SessionSubscriptions:
             self._broker.subscribe(
                 self._subscriber, Subscription(pattern, granted, no_local=request.no_local)
             )
-        self._held[pattern] = _Held(granted, subscription_id, proxy, request.no_local, group)
+        self._held[pattern] = _Held(
+            granted, subscription_id, proxy, request.no_local, group, request.retain_as_published
+        )
+        if request.retain_as_published:
+            self._with_rap += 1
         if group is not None:
             pass  # no retained messages for a shared subscription (spec 3.8.4)
         elif request.retain_handling == 0 or (request.retain_handling == 1 and is_new):

@@ -378,6 +378,7 @@ class RetainedMessageModel(Base):
     user_properties: Mapped[str] = mapped_column(Text)
     size: Mapped[int] = mapped_column(Integer)
     stored_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expiry_interval: Mapped[int | None] = mapped_column(Integer, nullable=True)  # 0010
 
 
 class MqttSessionModel(Base):
@@ -411,3 +412,4 @@ class MqttQueuedModel(Base):
     user_properties: Mapped[str] = mapped_column(Text)
     size: Mapped[int] = mapped_column(Integer)
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expiry_interval: Mapped[int | None] = mapped_column(Integer, nullable=True)  # 0010

@@ -12,20 +12,35 @@ wildcard) and match the rest with :func:`tether.cloud.gateway.topics.matches`, t
 reading of a filter the broker uses too. Bounds come from ``StoreLimits`` (module docstring of
 ``cloud/gateway/stores.py``); every write is one transaction, so a bound is checked and the
 row written atomically (``BEGIN IMMEDIATE`` on SQLite).
+
+Message Expiry (MQTT 5 3.3.2.3.3, migration 0010): a retained or queued message keeps the
+interval it was published with; read back, it carries what remains (whole seconds, rounded
+up) and one whose interval has passed is not returned: a queued one is deleted as it is
+taken, an expired retained one is skipped by lookups and deleted when its topic is next set
+(until then it still counts against its sender's bounds).
+
+The outgoing messages a session owes its client (unacknowledged QoS 1/2, resent on resume)
+share the ``qos2_received`` column, a JSON text: a list (identifiers only, as migration 0007
+wrote it) or ``{"received": [...], "outgoing": [[id, message or null], ...]}`` with the
+payload in base64. No migration: the column is text, old rows still read, and the size is
+bounded by the client's Receive Maximum times the gateway's maximum packet size.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import math
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from tether.cloud.gateway.stores import (
     StoredMessage,
+    StoredOutgoing,
     StoredSession,
     StoredSubscription,
     StoreLimits,
@@ -41,8 +56,17 @@ def _properties(message: StoredMessage) -> str:
     return json.dumps([list(item) for item in message.user_properties])
 
 
-def _message(row: RetainedMessageModel | MqttQueuedModel) -> StoredMessage:
+def _remaining(row: RetainedMessageModel | MqttQueuedModel, now: datetime) -> int | None:
+    """Seconds left of the row's Message Expiry Interval (<= 0: expired), None for none."""
+    if row.expiry_interval is None:
+        return None
+    since = row.stored_at if isinstance(row, RetainedMessageModel) else row.queued_at
+    return row.expiry_interval - math.floor((now - since).total_seconds())
+
+
+def _message(row: RetainedMessageModel | MqttQueuedModel, remaining: int | None) -> StoredMessage:
     return StoredMessage(
+        expiry_interval=remaining,
         topic=row.topic,
         payload=row.payload,
         qos=row.qos,
@@ -61,8 +85,39 @@ def _session(row: MqttSessionModel) -> StoredSession:
         StoredSubscription(str(f), int(q), bool(n), None if i is None else int(i))
         for f, q, n, i in json.loads(row.subscriptions)
     )
-    received = tuple(int(packet_id) for packet_id in json.loads(row.qos2_received))
-    return StoredSession(row.kind, row.name, row.expires_at, subscriptions, received)
+    held = json.loads(row.qos2_received)
+    if isinstance(held, list):  # as migration 0007 wrote it: identifiers only
+        held = {"received": held, "outgoing": []}
+    received = tuple(int(packet_id) for packet_id in held["received"])
+    outgoing = tuple(
+        StoredOutgoing(int(packet_id), None if item is None else _decode_message(item))
+        for packet_id, item in held["outgoing"]
+    )
+    return StoredSession(row.kind, row.name, row.expires_at, subscriptions, received, outgoing)
+
+
+def _encode_message(message: StoredMessage) -> list[object]:
+    return [message.topic, base64.b64encode(message.payload).decode(), message.qos,
+            message.sender_kind, message.sender_name,
+            [list(item) for item in message.user_properties]]  # fmt: skip
+
+
+def _decode_message(item: list) -> StoredMessage:
+    topic, payload, qos, kind, name, properties = item
+    return StoredMessage(
+        str(topic), base64.b64decode(payload), int(qos), str(kind), str(name),
+        tuple((str(k), str(v)) for k, v in properties),
+    )  # fmt: skip
+
+
+def _encode_held(received: Sequence[int], outgoing: Sequence[StoredOutgoing]) -> str:
+    if not outgoing:
+        return json.dumps(sorted(received))
+    return json.dumps({
+        "received": sorted(received),
+        "outgoing": [[o.packet_id, None if o.message is None else _encode_message(o.message)]
+                     for o in outgoing],
+    })  # fmt: skip
 
 
 def literal_prefix(topic_filter: str) -> str:
@@ -118,6 +173,7 @@ class RegistryMqttState(RegistryBase):
             row.user_properties = _properties(message)
             row.size = _size(message)
             row.stored_at = self._clock()
+            row.expiry_interval = message.expiry_interval
         return StoreOutcome.STORED
 
     def _retained_room(
@@ -150,10 +206,14 @@ class RegistryMqttState(RegistryBase):
         if prefix:
             query = query.where(func.substr(RetainedMessageModel.topic, 1, len(prefix)) == prefix)
         found: list[StoredMessage] = []
+        now = self._clock()
         with self._read() as session:
             for row in session.scalars(query):
+                remaining = _remaining(row, now)
+                if remaining is not None and remaining <= 0:
+                    continue  # expired: not delivered (MQTT 5 3.3.2.3.3)
                 if matches(topic_filter, row.topic):
-                    found.append(_message(row))
+                    found.append(_message(row, remaining))
                     if len(found) >= limit:
                         break
         return found
@@ -167,6 +227,7 @@ class RegistryMqttState(RegistryBase):
         expiry: int,
         subscriptions: Sequence[StoredSubscription],
         qos2_received: Sequence[int] = (),
+        outgoing: Sequence[StoredOutgoing] = (),
     ) -> StoredSession:
         """Keep the session for min(expiry, max_session_expiry) seconds from now."""
         expires_at = self._clock() + timedelta(
@@ -182,9 +243,14 @@ class RegistryMqttState(RegistryBase):
                 session.add(row)
             row.expires_at = expires_at
             row.subscriptions = encoded
-            row.qos2_received = json.dumps(sorted(qos2_received))
+            row.qos2_received = _encode_held(qos2_received, outgoing)
         return StoredSession(
-            kind, name, expires_at, tuple(subscriptions), tuple(sorted(qos2_received))
+            kind,
+            name,
+            expires_at,
+            tuple(subscriptions),
+            tuple(sorted(qos2_received)),
+            tuple(outgoing),
         )
 
     def load_session(self, kind: str, name: str) -> StoredSession | None:
@@ -243,6 +309,7 @@ class RegistryMqttState(RegistryBase):
                     user_properties=_properties(message),
                     size=_size(message),
                     queued_at=self._clock(),
+                    expiry_interval=message.expiry_interval,
                 )
             )
         return StoreOutcome.STORED
@@ -253,17 +320,27 @@ class RegistryMqttState(RegistryBase):
             row = self._session_row(session, kind, name)
             if row is None:
                 return []
-            rows = list(
-                session.scalars(
-                    select(MqttQueuedModel)
-                    .where(MqttQueuedModel.session_id == row.id)
-                    .order_by(MqttQueuedModel.id)
-                    .limit(limit)
+            now = self._clock()
+            taken: list[StoredMessage] = []
+            while len(taken) < limit:  # expired ones are deleted and do not count
+                want = limit - len(taken)
+                rows = list(
+                    session.scalars(
+                        select(MqttQueuedModel)
+                        .where(MqttQueuedModel.session_id == row.id)
+                        .order_by(MqttQueuedModel.id)
+                        .limit(want)
+                    )
                 )
-            )
-            for queued in rows:
-                session.delete(queued)
-            return [_message(queued) for queued in rows]
+                for queued in rows:
+                    session.delete(queued)
+                    remaining = _remaining(queued, now)
+                    if remaining is None or remaining > 0:
+                        taken.append(_message(queued, remaining))
+                session.flush()
+                if len(rows) < want:
+                    break
+            return taken
 
     def _session_row(self, session: Session, kind: str, name: str) -> MqttSessionModel | None:
         return session.scalars(
