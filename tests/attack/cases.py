@@ -324,8 +324,9 @@ def malformed_length(a: Attack) -> Observation:
     return a.after_session(_raw(b"\x30\xff\xff\xff\xff\x7f"))
 
 
-def qos2_publish(a: Attack) -> Observation:
-    return a.after_session(_publish(f"devices/{SERIAL}/telemetry", 2))
+def qos2_publish_other(a: Attack) -> Observation:
+    # QoS 2 is served (issue 17); exactly-once must not be a way around the topic policy.
+    return a.after_session(_publish(f"devices/{OTHER}/telemetry", 2))
 
 
 def retained_publish(a: Attack) -> Observation:
@@ -926,15 +927,15 @@ CASES: tuple[Case, ...] = (
         malformed_length,
     ),
     _case(
-        "mqtt-qos2",
-        "QoS 2 PUBLISH (not supported)",
-        "disconnect:0x9b",
-        "mqtt_qos_unsupported",
-        qos2_publish,
+        "mqtt-qos2-other",
+        "QoS 2 PUBLISH to another device's topic",
+        "pubrec:0x87",
+        "publish_not_authorized",
+        qos2_publish_other,
     ),
     _case(
         "mqtt-retain",
-        "retained PUBLISH (not supported)",
+        "retained PUBLISH where the gateway keeps none (Retain Available 0)",
         "disconnect:0x9a",
         "mqtt_retain_unsupported",
         retained_publish,

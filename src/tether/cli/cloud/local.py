@@ -67,17 +67,7 @@ class LocalCloud:
             partial(read_live_view, metrics.host, metrics.port) if metrics.enabled else None
         )
         states = device_states(self.registry, page.items, live_view=live)  # type: ignore[arg-type]
-        listing = DevicePage.of(page)
-        items = [
-            item.model_copy(
-                update={
-                    "state": states[item.serial].label,
-                    "connection": states[item.serial].connection,
-                }
-            )
-            for item in listing.items
-        ]
-        return listing.model_copy(update={"items": items})
+        return DevicePage.of(page).with_states(states)
 
     def device(self, serial: str) -> DeviceDetailOut:
         device = self.registry.get_device(serial)

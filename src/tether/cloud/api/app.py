@@ -247,17 +247,7 @@ def create_app(
             registry.list_devices, search=search, status=status, offset=offset, limit=limit
         )
         states = await run(device_states, registry, page.items, live_view=live_view)
-        listing = DevicePage.of(page)
-        items = [
-            item.model_copy(
-                update={
-                    "state": states[item.serial].label,
-                    "connection": states[item.serial].connection,
-                }
-            )
-            for item in listing.items
-        ]
-        return listing.model_copy(update={"items": items})
+        return DevicePage.of(page).with_states(states)
 
     @app.post(
         "/api/v1/devices",

@@ -8,12 +8,14 @@ difference is written once, next to the field, with why.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Self
 
 from cryptography import x509
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
 
+from tether.cloud.device_state import DeviceState
 from tether.cloud.registry import (
     AdminStatus,
     CARole,
@@ -125,6 +127,19 @@ class _PageOut(_Out):
 
 class DevicePage(_PageOut):
     items: list[DeviceListItemOut]
+
+    def with_states(self, states: Mapping[str, DeviceState]) -> Self:
+        """This page with each device's derived state and connection (API and CLI alike)."""
+        items = [
+            item.model_copy(
+                update={
+                    "state": states[item.serial].label,
+                    "connection": states[item.serial].connection,
+                }
+            )
+            for item in self.items
+        ]
+        return self.model_copy(update={"items": items})
 
 
 class CertificatePage(_PageOut):
