@@ -10,7 +10,6 @@ here is returned once, with the console bundle's key escrow warning; a token lik
 # No `from __future__ import annotations`: FastAPI resolves the route signatures at runtime.
 
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
@@ -23,6 +22,7 @@ from tether.cloud.api.schemas import (
     NewEnrollmentTokenIn,
     RenewRequestedOut,
 )
+from tether.cloud.enrollment.admin import valid_for_hours
 from tether.cloud.operations import AdminOperations
 from tether.cloud.registry import AdminRecord
 
@@ -45,7 +45,7 @@ def enrollment_router(
             body.name,
             serials=body.serials,
             max_enrollments=body.max_enrollments,
-            valid_for=timedelta(hours=body.valid_for),
+            valid_for=valid_for_hours(body.valid_for),
             csr_pem=None if body.csr_pem is None else body.csr_pem.encode(),
             actor=who.name,
         )
@@ -62,7 +62,7 @@ def enrollment_router(
         issued = await run(
             ops.create_enrollment_token,
             body.serial,
-            valid_for=timedelta(hours=body.valid_for),
+            valid_for=valid_for_hours(body.valid_for),
             actor=who.name,
         )
         return EnrollmentTokenOut.of(issued)

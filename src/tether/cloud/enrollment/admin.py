@@ -45,6 +45,15 @@ class ValidityInvalidError(InvalidInputError):
     code = "valid_for_invalid"
 
 
+def valid_for_hours(hours: int) -> timedelta:
+    """``valid_for`` as the API and the CLI take it (whole hours); too large to represent is
+    refused like any other out-of-range value, not an OverflowError."""
+    try:
+        return timedelta(hours=hours)
+    except OverflowError:
+        raise ValidityInvalidError(f"valid_for must be a number of hours, not {hours}") from None
+
+
 def check_valid_for(valid_for: timedelta, most: timedelta, what: str) -> timedelta:
     """``valid_for`` if it is in (0, most]; else a refusal naming the bound in hours."""
     if not timedelta(0) < valid_for <= most:
