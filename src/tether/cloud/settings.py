@@ -55,13 +55,16 @@ import json
 import stat
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
 from tether.cloud.enrollment.settings import EnrollmentOptions
 from tether.cloud.gateway import GatewaySettings
 from tether.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from tether.pki import IssuingCA
 
 SETTINGS_FILE = "cloud.json"
 SERVER_CHAIN = "server.chain.pem"
@@ -238,6 +241,25 @@ class CloudSettings:
     @property
     def pinned_ca(self) -> Path:
         return self.data_dir / PINNED_CA
+
+    def online_ca(self, passphrase: str) -> IssuingCA | None:
+        """The online device issuing CA (``api.device_ca``) opened with its passphrase, or None.
+
+        One place for what it signs to carry: where its revocation data is published (when
+        ``publish`` is on). ``tether cloud serve`` and the CLI on the cloud host both use it.
+        """
+        if self.api.device_ca is None:
+            return None
+        from tether.pki import sha256_fingerprint
+        from tether.pki.store import CaDirectory
+
+        online = CaDirectory.open(Path(self.api.device_ca)).issuing(passphrase)
+        if self.publish.enabled:
+            online.crl_distribution_point = self.publish.crl_url(
+                sha256_fingerprint(online.certificate)
+            )
+            online.ocsp_url = self.publish.ocsp_url
+        return online
 
     def root_certificate(self) -> x509.Certificate:
         """The root certificate: ``root-ca.pem``, else the self-signed one in the pinned file."""

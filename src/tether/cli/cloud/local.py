@@ -22,16 +22,21 @@ from tether.cloud.api.schemas import (
     CAOut,
     CertificateOut,
     CertificatePage,
+    ClaimCreatedOut,
+    ClaimOut,
     CrlEffectOut,
     DeviceDetailOut,
     DeviceOut,
     DevicePage,
+    EnrollmentTokenOut,
     RegisteredCertificateOut,
     RegistrationCodeOut,
+    RenewRequestedOut,
 )
 from tether.cloud.device_state import device_states
+from tether.cloud.enrollment.admin import valid_for_hours
 from tether.cloud.observability.live import read_live_view
-from tether.cloud.operations import AdminOperations
+from tether.cloud.operations import AdminOperations, check_online_ca
 from tether.cloud.registry import ROOT_CRL_ISSUER, CARole, CAStatus, DeviceStatus, Registry
 from tether.cloud.settings import CloudSettings
 from tether.pki import load_certificate
@@ -168,3 +173,49 @@ class LocalCloud:
 
     def revoke_admin(self, name: str) -> AdminOut:
         return AdminOut.of(self.ops.revoke_admin(name, actor=self.actor))
+
+    # -- enrollment: claims, one-time tokens, renew now ------------------------------------
+
+    def create_claim(
+        self,
+        name: str,
+        *,
+        serials: list[str] | None,
+        max_enrollments: int | None,
+        valid_for: int,
+        csr_pem: bytes | None,
+        passphrase: Callable[[], str],
+    ) -> ClaimCreatedOut:
+        # A claim is signed by the online device CA, whose key is here only encrypted: it is
+        # opened (``passphrase`` asked) for this one signature, as `serve` opens it.
+        hours = valid_for_hours(valid_for)
+        online = None
+        if self.settings.api.device_ca is not None:
+            online = self.settings.online_ca(passphrase())
+        if online is not None:
+            check_online_ca(self.registry, online)
+        signer = AdminOperations(
+            self.registry, root_certificate=self.ops.root_certificate, online_ca=online
+        )
+        bundle = signer.create_claim(
+            name,
+            serials=serials,
+            max_enrollments=max_enrollments,
+            valid_for=hours,
+            csr_pem=csr_pem,
+            actor=self.actor,
+        )
+        return ClaimCreatedOut.of_bundle(bundle)
+
+    def claims(self) -> list[ClaimOut]:
+        return [ClaimOut.of(c) for c in self.ops.list_claims()]
+
+    def create_enrollment_token(self, serial: str, *, valid_for: int) -> EnrollmentTokenOut:
+        issued = self.ops.create_enrollment_token(
+            serial, valid_for=valid_for_hours(valid_for), actor=self.actor
+        )
+        return EnrollmentTokenOut.of(issued)
+
+    def renew_now(self, serial: str) -> RenewRequestedOut:
+        self.ops.request_renewal(serial, actor=self.actor)
+        return RenewRequestedOut(serial=serial)

@@ -26,12 +26,16 @@ from tether.cloud.api.schemas import (
     CAOut,
     CertificateOut,
     CertificatePage,
+    ClaimCreatedOut,
+    ClaimOut,
     CrlEffectOut,
     DeviceDetailOut,
     DeviceOut,
     DevicePage,
+    EnrollmentTokenOut,
     RegisteredCertificateOut,
     RegistrationCodeOut,
+    RenewRequestedOut,
 )
 from tether.cloud.registry import CARole, CAStatus, DeviceStatus
 from tether.errors import ConfigurationError, UsageError
@@ -206,6 +210,39 @@ class RemoteCloud:
 
     def revoke_admin(self, name: str) -> AdminOut:
         return self._post(AdminOut, f"/api/v1/admins/{_path(name)}/revoke")
+
+    # -- enrollment: claims, one-time tokens, renew now ------------------------------------
+
+    def create_claim(
+        self,
+        name: str,
+        *,
+        serials: list[str] | None,
+        max_enrollments: int | None,
+        valid_for: int,
+        csr_pem: bytes | None,
+        passphrase: Callable[[], str],
+    ) -> ClaimCreatedOut:
+        # ``passphrase`` is not asked: the API's process holds the online CA open already.
+        body: dict[str, Any] = {
+            "name": name,
+            "serials": serials,
+            "max_enrollments": max_enrollments,
+            "valid_for": valid_for,
+        }
+        if csr_pem is not None:
+            body["csr_pem"] = csr_pem.decode("ascii", "replace")
+        return self._post(ClaimCreatedOut, "/api/v1/claims", body)
+
+    def claims(self) -> list[ClaimOut]:
+        return TypeAdapter(list[ClaimOut]).validate_python(self._call("GET", "/api/v1/claims"))
+
+    def create_enrollment_token(self, serial: str, *, valid_for: int) -> EnrollmentTokenOut:
+        body = {"serial": serial, "valid_for": valid_for}
+        return self._post(EnrollmentTokenOut, "/api/v1/enrollment-tokens", body)
+
+    def renew_now(self, serial: str) -> RenewRequestedOut:
+        return self._post(RenewRequestedOut, f"/api/v1/devices/{_path(serial)}/renew-now")
 
 
 def _crl_pem(crl: bytes) -> str:

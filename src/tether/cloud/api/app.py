@@ -35,6 +35,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from tether import __version__
 from tether.cloud.admin import AdminCredentialError
 from tether.cloud.api.console import console_router
+from tether.cloud.api.enrollment import enrollment_router
 from tether.cloud.api.errors import LimitExceededError, status_for
 from tether.cloud.api.guard import ADMIN_STATE_KEY, AdminGuard, RequestGuard
 from tether.cloud.api.policies import policy_router
@@ -488,6 +489,7 @@ def create_app(
         return AuditPage.of(page)
 
     app.include_router(policy_router(registry, ops, run=run, admin=admin))
+    app.include_router(enrollment_router(ops, run=run, admin=admin))
 
     history = RefusalHistory()
     app.include_router(

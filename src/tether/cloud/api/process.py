@@ -89,21 +89,14 @@ async def _serve_child(args: ApiProcessArgs, conn: Connection, parent_alive: Con
     from tether.cloud.operations import AdminOperations, check_online_ca
     from tether.cloud.registry import Registry
     from tether.cloud.settings import CloudSettings
-    from tether.pki import sha256_fingerprint
-    from tether.pki.store import CaDirectory
 
     settings = CloudSettings.load(args.data_dir)
     online = None
     if settings.api.device_ca is not None:
         if args.ca_passphrase is None:
             raise ConfigurationError("the online device CA needs its passphrase")
-        online = CaDirectory.open(Path(settings.api.device_ca)).issuing(args.ca_passphrase)
-        if settings.publish.enabled:
-            # Everything the online CA signs names where its revocation data is published.
-            online.crl_distribution_point = settings.publish.crl_url(
-                sha256_fingerprint(online.certificate)
-            )
-            online.ocsp_url = settings.publish.ocsp_url
+        # Everything the online CA signs names where its revocation data is published.
+        online = settings.online_ca(args.ca_passphrase)
     registry = Registry.open(settings.database_url)
     try:
         if online is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Self
+from typing import TYPE_CHECKING, Annotated, Self
 
 from cryptography import x509
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
@@ -26,6 +26,9 @@ from tether.cloud.registry import (
 )
 from tether.cloud.registry.records import DetailValue
 from tether.pki import MAX_INPUT_BYTES
+
+if TYPE_CHECKING:
+    from tether.cloud.enrollment.admin import ClaimBundle
 
 Pem = Annotated[str, Field(min_length=1, max_length=MAX_INPUT_BYTES)]
 KEY_ESCROW_WARNING = (
@@ -293,3 +296,71 @@ class LimitsOut(_Out):
     kdf_runs: int
     token_lane: TokenLaneOut
     tracked_addresses: int
+
+
+# -- enrollment: claims, one-time tokens, renew now (routes in api/enrollment.py) ------------
+
+
+class NewClaimIn(BaseModel):
+    """A claim for a batch: which serials (or how many) it may enroll, for how many hours.
+
+    ``valid_for`` is in hours; its bounds are the admin service's (``valid_for_invalid``).
+    Without ``csr_pem`` the cloud makes the claim key and returns it once.
+    """
+
+    name: str = Field(min_length=1, max_length=64)
+    serials: list[str] | None = Field(default=None, min_length=1, max_length=100_000)
+    max_enrollments: int | None = None
+    valid_for: int = 720
+    csr_pem: Pem | None = None
+
+
+class ClaimOut(_Out):
+    name: str
+    certificate_fingerprint: str
+    serials: list[str] | None
+    max_enrollments: int | None
+    enrollments: int
+    expires_at: datetime
+
+
+class ClaimCreatedOut(_Out):
+    """A new claim: its certificate, and its key (once) with the escrow warning if made here."""
+
+    claim: ClaimOut
+    certificate_pem: str
+    private_key_pem: str | None
+    key_escrow_warning: str | None
+
+    @classmethod
+    def of_bundle(cls, bundle: ClaimBundle) -> ClaimCreatedOut:
+        """From the admin service's bundle: the warning goes with a key, and only then."""
+        key = bundle.private_key_pem
+        return cls(
+            claim=ClaimOut.of(bundle.claim),
+            certificate_pem=bundle.certificate_pem,
+            private_key_pem=key,
+            key_escrow_warning=None if key is None else KEY_ESCROW_WARNING,
+        )
+
+
+class NewEnrollmentTokenIn(BaseModel):
+    """A one-time token for one serial; ``valid_for`` in hours."""
+
+    serial: str = Field(min_length=1, max_length=128)
+    valid_for: int = 168
+
+
+class EnrollmentTokenOut(_Out):
+    """The token, shown once: the registry keeps only its SHA-256."""
+
+    serial: str
+    token: str
+    expires_at: datetime
+
+
+class RenewRequestedOut(_Out):
+    """A "renew now" push was recorded; a connected device receives it on its session."""
+
+    serial: str
+    requested: bool = True

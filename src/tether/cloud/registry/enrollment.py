@@ -146,6 +146,12 @@ class Enrollments(RegistryBase):
             write_audit(session, now, actor, "claim.add", name, details)
             return _claim_record(model)
 
+    def list_claims(self) -> list[ClaimRecord]:
+        """Every claim and its policy and use so far, by name."""
+        with self._read() as session:
+            models = session.scalars(select(ClaimModel).order_by(ClaimModel.name))
+            return [_claim_record(m) for m in models]
+
     def claim_for_certificate(self, fingerprint: str) -> ClaimRecord | None:
         """The claim whose certificate this is, or None (the gateway asks on a handshake)."""
         fingerprint = check_fingerprint(fingerprint)
