@@ -61,7 +61,7 @@ def test_enroll_and_rotate_with_a_pkcs11_key(
 
 def test_renew_at_two_thirds_of_the_lifetime(enrolling: Enrolling) -> None:
     cloud = enrolling.cloud
-    certificate = cloud.pki.device(cloud.pki.device_ca, "ra-1", cloud.files).certificate
+    certificate = cloud.pki.device("ra-1", ca=cloud.pki.device_ca).certificate
     lifetime = certificate.not_valid_after_utc - certificate.not_valid_before_utc
     begin = certificate.not_valid_before_utc
     assert not due_for_renewal(certificate, fraction=2 / 3, now=begin + lifetime / 2)
