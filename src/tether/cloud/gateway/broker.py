@@ -1,7 +1,9 @@
 """Subscription routing: who receives a message published to a topic.
 
-No retained messages, no persistent sessions, no shared subscriptions: a subscription lives
-as long as its session. Routing walks a :class:`~tether.cloud.gateway.topictree.TopicTree`, so
+Retained messages and persistent sessions are not routing state: they hang off the broker as
+``retained`` and ``sessions`` (gateway/retained.py, gateway/persistence.py), shared groups are
+extra subscribers (gateway/shared.py), and other workers are reached through ``bus``.
+Routing walks a :class:`~tether.cloud.gateway.topictree.TopicTree`, so
 a publish costs the filters that match it, not every filter of every session; how many filters
 a session may hold is the session's business (:mod:`tether.cloud.gateway.limits`). Everything
 runs on the gateway's event loop; nothing here blocks or awaits.
