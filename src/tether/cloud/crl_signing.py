@@ -13,6 +13,7 @@ cost one registry read and, at most once per change, one signature.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -42,6 +43,7 @@ class OnlineCrl:
         self._lock = threading.Lock()
         self._cached: tuple[tuple[tuple[int, str], ...], datetime, bytes] | None = None
         self.signed = 0  # how many CRLs this process signed (tests, logs)
+        self._last_number = 0  # the CRL number of the last CRL signed here
 
     def der(self, revoked: Sequence[RevokedEntry], *, now: datetime | None = None) -> bytes:
         """The DER CRL listing ``revoked``: the cached one if still current, else a new one."""
@@ -53,7 +55,11 @@ class OnlineCrl:
             cached = self._cached
             if cached is not None and cached[0] == content and now < cached[1] - self.resign_before:
                 return cached[2]
-            crl = self.ca.build_crl(revoked, next_update=self.validity)
+            # The issue time in ms (pki.authority), but strictly above the last one: two CRLs
+            # signed within one millisecond must still carry increasing numbers (RFC 5280 5.2.3).
+            number = max(time.time_ns() // 1_000_000, self._last_number + 1)
+            self._last_number = number
+            crl = self.ca.build_crl(revoked, next_update=self.validity, crl_number=number)
             der = crl.public_bytes(Encoding.DER)
             next_update = crl.next_update_utc
             assert next_update is not None  # build_crl always sets it
