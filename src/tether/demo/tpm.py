@@ -162,9 +162,12 @@ class SimulatedTpm:
             deadline = time.monotonic() + START_TIMEOUT
             while process.poll() is None and time.monotonic() < deadline:
                 with socket.socket() as probe:
-                    if probe.connect_ex(("127.0.0.1", port + 1)) == 0:
-                        return port
-                time.sleep(0.02)
+                    answered = probe.connect_ex(("127.0.0.1", port + 1)) == 0
+                # Someone else may own port + 1 while swtpm lost ``port`` and is exiting: the
+                # answer counts only if swtpm is still running a moment later.
+                time.sleep(0.1 if answered else 0.02)
+                if answered and process.poll() is None:
+                    return port
             # Lost the port to someone else (or too slow): try another pair.
             self._processes.remove(process)
             if process.poll() is None:
