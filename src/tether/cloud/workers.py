@@ -25,7 +25,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -122,22 +121,11 @@ def _stop_orphaned_nats(pid: int | None) -> None:
 
 
 def _worker_main(args: WorkerArgs, conn: Connection, parent_alive: Connection) -> None:
-    import uvloop
-
-    from tether.cloud.api.process import _configure_child_logging
+    from tether.cloud.api.process import _configure_child_logging, run_child
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor stops workers in order
     _configure_child_logging(args.log_level, args.log_format)
-    try:
-        uvloop.run(_serve_worker(args, conn, parent_alive))
-    except TetherError as exc:
-        with contextlib.suppress(OSError):
-            conn.send(("error", exc.code, exc.message))
-        sys.exit(3)
-    except Exception as exc:
-        with contextlib.suppress(OSError):
-            conn.send(("error", "worker_start_failed", f"{type(exc).__name__}: {exc}"))
-        raise
+    run_child(_serve_worker(args, conn, parent_alive), conn, "worker_start_failed")
 
 
 class _Worker:

@@ -29,13 +29,13 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tether.errors import ConfigurationError, TetherError
 
@@ -205,10 +205,28 @@ def _gateway_metrics(settings: CloudSettings) -> Callable[[], str] | None:
     return partial(read_gateway_metrics, settings.metrics.host, settings.metrics.port)
 
 
-def _child_main(args: ApiProcessArgs, conn: Connection, parent_alive: Connection) -> None:
-    """The API process: serve until SIGTERM or the parent's exit."""
+def run_child(main: Coroutine[Any, Any, None], conn: Connection, failure_code: str) -> None:
+    """Run a child process's loop; a failure to start goes up ``conn`` as (error, code, text).
+
+    Shared by the API process and the gateway workers (``tether.cloud.workers``): a
+    ``TetherError`` keeps its own code and exits 3, anything else is ``failure_code``.
+    """
     import uvloop
 
+    try:
+        uvloop.run(main)
+    except TetherError as exc:
+        with contextlib.suppress(OSError):
+            conn.send(("error", exc.code, exc.message))
+        sys.exit(3)
+    except Exception as exc:
+        with contextlib.suppress(OSError):
+            conn.send(("error", failure_code, f"{type(exc).__name__}: {exc}"))
+        raise
+
+
+def _child_main(args: ApiProcessArgs, conn: Connection, parent_alive: Connection) -> None:
+    """The API process: serve until SIGTERM or the parent's exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The admin API yields the CPU to the gateway and to whoever commits a revocation: on a
     # small machine a flood of (refused) API requests must not take the cores a revocation
@@ -216,16 +234,7 @@ def _child_main(args: ApiProcessArgs, conn: Connection, parent_alive: Connection
     with contextlib.suppress(OSError):
         os.nice(API_NICENESS)
     _configure_child_logging(args.log_level, args.log_format)
-    try:
-        uvloop.run(_serve_child(args, conn, parent_alive))
-    except TetherError as exc:
-        with contextlib.suppress(OSError):
-            conn.send(("error", exc.code, exc.message))
-        sys.exit(3)
-    except Exception as exc:
-        with contextlib.suppress(OSError):
-            conn.send(("error", "api_start_failed", f"{type(exc).__name__}: {exc}"))
-        raise
+    run_child(_serve_child(args, conn, parent_alive), conn, "api_start_failed")
 
 
 class ApiProcess:
