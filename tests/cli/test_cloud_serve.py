@@ -337,3 +337,42 @@ def test_devices_table_shows_the_honest_state_and_unknown_connection(
     }
     assert "no valid certificate" in rows["CLI-NOCERT"] and "unknown" in rows["CLI-NOCERT"]
     assert "disabled" in rows["CLI-OFF"] and "enabled" not in rows["CLI-OFF"]
+
+
+def _gone(pid: int, seconds: float) -> bool:
+    """Whether ``pid`` exits (or is a zombie) within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _state(pid) in ("gone", "Z"):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_the_local_nats_server_stops_when_serve_and_every_worker_are_killed(
+    ca_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """``kill -9`` of the whole service (supervisor and workers at once) leaves no nats-server."""
+    data = tmp_path / "data"
+    _init(data, ca_dirs)
+    server = subprocess.Popen(
+        tether_command("cloud", "serve", data, "--port", "0", "--role", "gateway",
+                       "--workers", "2", "--metrics-port", "0", "--publish-port", "0"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=cli_env(SECRETS, PYTHONUNBUFFERED="1"),
+    )  # fmt: skip
+    try:
+        ready = _read_until(
+            server.stdout,
+            r"2 workers, pids (\d+), (\d+); bus .*local nats-server pid (\d+)",
+            time.monotonic() + 60,
+        )
+        workers, nats = [int(ready[1]), int(ready[2])], int(ready[3])
+        assert Path(f"/proc/{nats}/comm").read_text().strip() == "nats-server"
+        for pid in (server.pid, *workers):
+            os.kill(pid, signal.SIGKILL)
+        server.wait(10)
+        assert _gone(nats, 15), "the local nats-server outlived the killed service"
+        assert all(_gone(pid, 15) for pid in workers)
+    finally:
+        _kill(server)

@@ -43,6 +43,7 @@ def serve_cluster(
             settings.data_dir / "run",
             name="tether-nats",
             max_payload=max(settings.gateway.max_packet_size + 4096, 1024 * 1024),
+            stop_with_parent=True,
         )
         servers = (local.start(),)
     try:
@@ -56,7 +57,6 @@ def serve_cluster(
                 log_level=log_level,
                 log_format=log_format,
                 metrics_port=metrics_port,
-                nats_pid=local.pid if local is not None else None,
             )
 
         def ready(

@@ -10,8 +10,8 @@ and hosts. One worker crashing does not stop the others: the supervisor restarts
 
 Children start with ``spawn`` (a fresh interpreter, nothing inherited) and report their bound
 port on a pipe, like the API process (:mod:`tether.cloud.api.process`), and exit by themselves
-when the supervisor goes away (the first one then also stops the supervisor's local
-nats-server, which nothing else would stop after a SIGKILL). The first worker binds the
+when the supervisor goes away (its local nats-server has a watcher of its own:
+:mod:`tether.cloud.bus.natsd`). The first worker binds the
 configured port (``0``: any free port); the others bind the port it got. The first
 worker's ``/metrics`` listener is on ``metrics.port`` (what the API's ``/sessions`` and the
 console read); the others take a free port each.
@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -58,7 +57,6 @@ class WorkerArgs:
     log_level: str
     log_format: str = "text"
     metrics_port: int | None = None  # None: metrics.port from cloud.json (worker 0)
-    nats_pid: int | None = None  # the supervisor's local nats-server (worker 0 only)
 
 
 async def _serve_worker(args: WorkerArgs, conn: Connection, parent_alive: Connection) -> None:
@@ -78,13 +76,8 @@ async def _serve_worker(args: WorkerArgs, conn: Connection, parent_alive: Connec
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
 
-        def orphaned() -> None:
-            # The supervisor is gone without stopping us (SIGKILL): nothing else will stop
-            # the nats-server it started, so the first worker does, then stops itself.
-            _stop_orphaned_nats(args.nats_pid)
-            stop.set()
-
-        loop.add_reader(parent_alive.fileno(), orphaned)
+        # The supervisor is gone without stopping us (SIGKILL): stop by ourselves.
+        loop.add_reader(parent_alive.fileno(), stop.set)
         port = await service.start()
         endpoints = None
         metrics_port = None
@@ -109,15 +102,6 @@ async def _serve_worker(args: WorkerArgs, conn: Connection, parent_alive: Connec
             await service.stop()
     finally:
         registry.close()
-
-
-def _stop_orphaned_nats(pid: int | None) -> None:
-    """SIGTERM the supervisor's nats-server, if ``pid`` still is one (pids are reused)."""
-    if pid is None:
-        return
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/comm").read_text().strip() == "nats-server":
-            os.kill(pid, signal.SIGTERM)
 
 
 def _worker_main(args: WorkerArgs, conn: Connection, parent_alive: Connection) -> None:
@@ -194,7 +178,6 @@ class GatewayWorkers:
         log_level: str,
         log_format: str = "text",
         metrics_port: int | None = None,
-        nats_pid: int | None = None,
     ) -> None:
         if count < 1:
             raise ConfigurationError(
@@ -209,7 +192,6 @@ class GatewayWorkers:
                 log_level,
                 log_format,
                 metrics_port,
-                nats_pid if index == 0 else None,
             )
             for index in range(count)
         ]

@@ -5,6 +5,14 @@ embedded default must still need no set-up: the service writes a config (loopbac
 JetStream, no monitoring port, a small maximum payload matching the gateway's packet bound)
 into its data directory's ``run/`` folder, starts Debian's ``nats-server`` on it, waits until
 it accepts connections, and stops it with the service (SIGTERM, then SIGKILL after a bound).
+
+It must also stop when the service is killed outright (``kill -9`` of ``serve`` and of every
+worker at once), which no handler in those processes can see. ``PR_SET_PDEATHSIG`` did not
+fire on this platform, so ``stop_with_parent`` starts a watcher beside it: a ``sh`` (no
+interpreter to load) blocked reading a pipe whose only write end this process holds. The
+kernel closes that end however the process ends; the read returns and the watcher SIGTERMs
+the server if the pid still is a nats-server (pids are reused). A normal stop closes the pipe
+after the server is gone, so the watcher finds nothing to do.
 The same class runs the nodes of a test cluster (``routes``). Synchronous: it is called from
 the supervisor, never from an event loop.
 """
@@ -21,6 +29,12 @@ from tether.errors import ConfigurationError
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
+# The watcher of ``stop_with_parent``: $1 is the server's pid. It ignores SIGINT (Ctrl-C goes
+# to the whole process group; the service stops the server in order) and waits for EOF.
+_WATCH = (
+    "trap '' INT; read -r _; "
+    '[ "$(cat /proc/$1/comm 2>/dev/null)" = nats-server ] && kill -TERM "$1"; exit 0'
+)
 
 
 class NatsServerError(ConfigurationError):
@@ -49,6 +63,7 @@ class LocalNatsServer:
         cluster_port: int | None = None,
         routes: tuple[int, ...] = (),
         max_payload: int = 1024 * 1024,
+        stop_with_parent: bool = False,
     ) -> None:
         self.directory = directory
         self.name = name
@@ -57,7 +72,9 @@ class LocalNatsServer:
         self.cluster_port = cluster_port
         self.routes = routes
         self.max_payload = max_payload
+        self.stop_with_parent = stop_with_parent
         self._process: subprocess.Popen[bytes] | None = None
+        self._watcher: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -110,6 +127,13 @@ class LocalNatsServer:
             stdin=subprocess.DEVNULL,
         )
         log.close()
+        if self.stop_with_parent:
+            self._watcher = subprocess.Popen(
+                ["sh", "-c", _WATCH, "tether-nats-watch", str(self._process.pid)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -128,14 +152,27 @@ class LocalNatsServer:
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after a bound; idempotent."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(STOP_TIMEOUT)
+        self._release_watcher()
+
+    def _release_watcher(self) -> None:
+        """Close the watcher's pipe (the server is already gone) and reap it."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is None:
             return
-        process.terminate()
+        assert watcher.stdin is not None
+        watcher.stdin.close()
         try:
-            process.wait(STOP_TIMEOUT)
+            watcher.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(STOP_TIMEOUT)
+            watcher.kill()
+            watcher.wait(STOP_TIMEOUT)
 
     def kill(self) -> None:
         """SIGKILL at once (tests: a node dies mid-stream)."""
@@ -143,3 +180,4 @@ class LocalNatsServer:
             self._process.kill()
             self._process.wait(STOP_TIMEOUT)
             self._process = None
+        self._release_watcher()
