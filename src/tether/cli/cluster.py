@@ -34,8 +34,12 @@ def serve_cluster(
     log_level: str,
     log_format: str,
     metrics_port: int | None,
+    ca_passphrase: str | None = None,
 ) -> None:
-    """Run ``count`` workers (0: none) and ``api`` (None: none) until interrupted."""
+    """Run ``count`` workers (0: none) and ``api`` (None: none) until interrupted.
+
+    ``ca_passphrase`` opens the operational CA in each worker when enrollment is on.
+    """
     local: LocalNatsServer | None = None
     servers = settings.nats_servers
     if count and not servers:
@@ -57,6 +61,7 @@ def serve_cluster(
                 log_level=log_level,
                 log_format=log_format,
                 metrics_port=metrics_port,
+                ca_passphrase=ca_passphrase,
             )
 
         def ready(

@@ -12,7 +12,9 @@ Children start with ``spawn`` (a fresh interpreter, nothing inherited) and repor
 port on a pipe, like the API process (:mod:`tether.cloud.api.process`), and exit by themselves
 when the supervisor goes away (its local nats-server has a watcher of its own:
 :mod:`tether.cloud.bus.natsd`). The first worker binds the
-configured port (``0``: any free port); the others bind the port it got. The first
+configured port (``0``: any free port); the others bind the port it got. With enrollment on,
+every worker answers ``$tether/`` requests with the operational CA's key (its passphrase comes
+over the spawn pipe) and the first one also listens for EST. The first
 worker's ``/metrics`` listener is on ``metrics.port`` (what the API's ``/sessions`` and the
 console read); the others take a free port each.
 """
@@ -26,12 +28,15 @@ import multiprocessing
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tether.errors import ConfigurationError, TetherError
+
+if TYPE_CHECKING:
+    from tether.cloud.enrollment.runtime import EnrollmentRuntime
 
 log = logging.getLogger("tether.cloud")
 
@@ -57,6 +62,9 @@ class WorkerArgs:
     log_level: str
     log_format: str = "text"
     metrics_port: int | None = None  # None: metrics.port from cloud.json (worker 0)
+    # The operational CA's passphrase when enrollment is on (each worker signs what it
+    # enrolls, as the one gateway process does). Sent over the spawn pipe, never in argv/env.
+    ca_passphrase: str | None = field(default=None, repr=False)
 
 
 async def _serve_worker(args: WorkerArgs, conn: Connection, parent_alive: Connection) -> None:
@@ -81,7 +89,16 @@ async def _serve_worker(args: WorkerArgs, conn: Connection, parent_alive: Connec
         port = await service.start()
         endpoints = None
         metrics_port = None
+        started: list[EnrollmentRuntime] = []
         try:
+            if settings.enrollment.enabled:
+                from tether.cloud.enrollment.runtime import enrollment_companions
+
+                for extra in enrollment_companions(
+                    settings, service, args.ca_passphrase, est=args.index == 0
+                ):
+                    await extra.start()
+                    started.append(extra)
             if settings.metrics.enabled:
                 from tether.cloud.observability.endpoints import GatewayEndpoints
 
@@ -99,6 +116,8 @@ async def _serve_worker(args: WorkerArgs, conn: Connection, parent_alive: Connec
             loop.remove_reader(parent_alive.fileno())
             if endpoints is not None:
                 await endpoints.stop()
+            for extra in reversed(started):
+                await extra.stop()
             await service.stop()
     finally:
         registry.close()
@@ -178,6 +197,7 @@ class GatewayWorkers:
         log_level: str,
         log_format: str = "text",
         metrics_port: int | None = None,
+        ca_passphrase: str | None = None,
     ) -> None:
         if count < 1:
             raise ConfigurationError(
@@ -192,6 +212,7 @@ class GatewayWorkers:
                 log_level,
                 log_format,
                 metrics_port,
+                ca_passphrase,
             )
             for index in range(count)
         ]

@@ -286,12 +286,6 @@ def serve(
         )
     )
     if role == "api" or count > 1 or settings.nats_servers:
-        if settings.enrollment.enabled and role != "api":
-            raise InvalidInputError(
-                "enrollment (EST and $tether/ over MQTT) runs in a single gateway process for "
-                "now: serve with --workers 1 and no nats_url, or turn enrollment off",
-                code="enrollment_needs_one_worker",
-            )
         serve_cluster(
             settings,
             api if role != "gateway" else None,
@@ -300,6 +294,7 @@ def serve(
             log_level=log_level,
             log_format=log_format,
             metrics_port=metrics_port,
+            ca_passphrase=passphrase if settings.enrollment.enabled else None,
         )
         return
     registry = Registry.open(settings.database_url)

@@ -229,10 +229,14 @@ class MqttEnrollment:
         return [e.target for e in entries if e.action == RENEW_REQUESTED]
 
     def push_renew_now(self, serial: str) -> int:
-        """Tell a connected device to renew now; returns how many sessions got it."""
+        """Tell a connected device to renew now; returns how many sessions got it.
+
+        Every gateway worker reads the request from the audit log and tells its own sessions
+        (``publish_here``), so the device gets it once whichever worker holds its session.
+        """
         if self._broker is None:
             return 0
         message = Message(
             topic=f"devices/{serial}/{RENEW_NOW_LEVEL}", payload=b"{}", qos=1, sender=CLOUD
         )
-        return self._broker.publish(message)
+        return self._broker.publish_here(message)

@@ -1,5 +1,6 @@
 """Enrollment inside ``tether cloud serve``: the MQTT handler on the gateway and the EST
-listener, started after the gateway and stopped before it (a ``Companion``)."""
+listener, started after the gateway and stopped before it (a ``Companion``), in the one
+gateway process or in each gateway worker (:mod:`tether.cloud.workers`)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,12 @@ class EnrollmentRuntime:
     """MQTT enrollment on ``service``'s gateway and, if enabled, the EST listener."""
 
     def __init__(
-        self, settings: CloudSettings, service: CloudService, operational_ca: IssuingCA
+        self,
+        settings: CloudSettings,
+        service: CloudService,
+        operational_ca: IssuingCA,
+        *,
+        est: bool = True,
     ) -> None:
         options = settings.enrollment
         self.enrollment = EnrollmentService(
@@ -52,7 +58,7 @@ class EnrollmentRuntime:
         self.mqtt = MqttEnrollment(self.enrollment)
         self.service = service
         self.est: EstServer | None = None
-        if options.est_enabled:
+        if options.est_enabled and est:
             self.est = EstServer(
                 self.enrollment,
                 service.authority,
@@ -77,9 +83,14 @@ class EnrollmentRuntime:
 
 
 def enrollment_companions(
-    settings: CloudSettings, service: CloudService, passphrase: str | None
+    settings: CloudSettings, service: CloudService, passphrase: str | None, *, est: bool = True
 ) -> list[EnrollmentRuntime]:
-    """Enrollment (MQTT ``$tether/`` topics and EST) when ``enrollment.enabled`` is set."""
+    """Enrollment (MQTT ``$tether/`` topics and EST) when ``enrollment.enabled`` is set.
+
+    With several gateway workers every worker answers ``$tether/`` requests on its own
+    sessions and only the first listens for EST (``est``): one port, one listener, and a
+    worker restarted by the supervisor binds it again.
+    """
     if not settings.enrollment.enabled:
         return []
     directory = settings.enrollment.operational_ca or settings.api.device_ca
@@ -91,4 +102,4 @@ def enrollment_companions(
         )
     ca = CaDirectory.open(Path(directory)).issuing(passphrase)
     check_online_ca(service.registry, ca)
-    return [EnrollmentRuntime(settings, service, ca)]
+    return [EnrollmentRuntime(settings, service, ca, est=est)]

@@ -144,6 +144,15 @@ class Broker:
             return matched + 1
         return matched
 
+    def publish_here(self, message: Message) -> int:
+        """Deliver to this worker's sessions only, never handing the message to the bus.
+
+        For messages every worker makes for itself from the registry (enrollment's "renew
+        now", read from the audit log by each worker): through the bus each would arrive once
+        per worker.
+        """
+        return self._route(message, None)
+
     def deliver_from_bus(self, message: Message) -> int:
         """Route a message another worker published to this worker's sessions only."""
         return self._route(message, None)

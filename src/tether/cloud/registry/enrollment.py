@@ -397,10 +397,15 @@ class Enrollments(RegistryBase):
         retired: list[str] = []
         with self._write() as session:
             due = session.scalars(
-                select(CertificateSuccessionModel).where(
+                select(CertificateSuccessionModel)
+                .where(
                     CertificateSuccessionModel.retired_at.is_(None),
                     CertificateSuccessionModel.retire_at <= now,
                 )
+                # Every gateway worker runs enrollment's clock: on PostgreSQL a row another
+                # worker is retiring is skipped, not retired (and audited) twice. SQLite's one
+                # writer already serialises the clocks.
+                .with_for_update(skip_locked=True)
             ).all()
             for succession in due:
                 old = session.get(CertificateModel, succession.predecessor_id)
