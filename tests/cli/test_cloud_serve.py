@@ -112,6 +112,16 @@ def _serve(data: Path) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+def serve_gateway_workers(data: Path, count: int = 2) -> subprocess.Popen[str]:
+    """``tether cloud serve DATA --role gateway --workers COUNT`` (no API) on free ports."""
+    return subprocess.Popen(
+        tether_command("cloud", "serve", data, "--port", "0", "--role", "gateway",
+                       "--workers", str(count), "--metrics-port", "0", "--publish-port", "0"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=cli_env(SECRETS, PYTHONUNBUFFERED="1"),
+    )  # fmt: skip
+
+
 def _kill(server: subprocess.Popen[str]) -> None:
     """End a ``serve`` that a failed assertion left running."""
     if server.poll() is None:
@@ -355,12 +365,7 @@ def test_the_local_nats_server_stops_when_serve_and_every_worker_are_killed(
     """``kill -9`` of the whole service (supervisor and workers at once) leaves no nats-server."""
     data = tmp_path / "data"
     _init(data, ca_dirs)
-    server = subprocess.Popen(
-        tether_command("cloud", "serve", data, "--port", "0", "--role", "gateway",
-                       "--workers", "2", "--metrics-port", "0", "--publish-port", "0"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=cli_env(SECRETS, PYTHONUNBUFFERED="1"),
-    )  # fmt: skip
+    server = serve_gateway_workers(data)
     try:
         ready = _read_until(
             server.stdout,

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import queue
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
-from tests.cli.test_cloud_serve import SECRETS, _init, _kill, _read_until, tether
-from tests.support.cli import cli_env, tether_command
+from tests.cli.test_cloud_serve import _init, _kill, _read_until, serve_gateway_workers, tether
 from tests.support.mqtt import paho_connect
 from tests.support.pki import CEREMONY_PASSPHRASE, Issued
 from tether.pki import generate_key
@@ -43,12 +41,7 @@ def test_two_workers_enroll_and_push_renew_now_once(
     enrolling_cloud: Path, ca_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
     data = enrolling_cloud
-    server = subprocess.Popen(
-        tether_command("cloud", "serve", data, "--port", "0", "--role", "gateway",
-                       "--workers", "2", "--metrics-port", "0", "--publish-port", "0"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=cli_env(SECRETS, PYTHONUNBUFFERED="1"),
-    )  # fmt: skip
+    server = serve_gateway_workers(data)
     try:
         ready = _read_until(
             server.stdout, r"listening on 127\.0\.0\.1:(\d+) \(2 workers", time.monotonic() + 60
