@@ -77,6 +77,49 @@ def test_refusals_name_the_statement_and_change_nothing(api: Api) -> None:
     assert snapshot(api.registry) == before
 
 
+def test_labels_attachments_and_a_services_policy_are_readable_and_reads_audit_nothing(
+    api: Api,
+) -> None:
+    api.registry.add_device("API-POL-9", provisioning=Provisioning.CONSOLE, actor="t")
+    assert api.http.get("/api/v1/devices/API-POL-9/groups").json() == []
+    assert api.http.get("/api/v1/devices/API-POL-9/attributes").json() == {}
+    assert api.http.put("/api/v1/devices/API-POL-9/groups/line-9").status_code == 200
+    api.http.put("/api/v1/devices/API-POL-9/attributes/line", json={"value": "L9"})
+    assert api.http.put("/api/v1/policies/fleet", json=DOC).status_code == 200
+    for kind, target in (("device", "API-POL-9"), ("service", "reporting")):
+        attached = api.http.post(
+            "/api/v1/policies/fleet/attachments", json={"kind": kind, "target": target}
+        )
+        assert attached.status_code == 201, attached.text
+
+    before = api.registry.last_audit_id()
+    assert api.http.get("/api/v1/devices/API-POL-9/groups").json() == ["line-9"]
+    assert api.http.get("/api/v1/devices/API-POL-9/attributes").json() == {"line": "L9"}
+    every = api.http.get("/api/v1/policy-attachments").json()
+    assert {(a["policy"], a["kind"], a["target"]) for a in every} == {
+        ("fleet", "device", "API-POL-9"),
+        ("fleet", "service", "reporting"),
+    }
+    services = api.http.get("/api/v1/policy-attachments", params={"kind": "service"}).json()
+    assert [a["target"] for a in services] == ["reporting"]
+    service = api.http.get("/api/v1/services/reporting/policy").json()
+    assert (service["kind"], service["name"], service["policies"]) == (
+        "service",
+        "reporting",
+        ["fleet"],
+    )
+    assert api.registry.last_audit_id() == before
+
+    reads = ("/api/v1/devices/API-POL-9/groups", "/api/v1/devices/API-POL-9/attributes",
+             "/api/v1/policy-attachments", "/api/v1/services/reporting/policy")  # fmt: skip
+    assert all(api.anonymous.get(path).status_code == 401 for path in reads)
+    for path in ("/api/v1/devices/NOPE-9/groups", "/api/v1/devices/NOPE-9/attributes"):
+        missing = api.http.get(path)
+        assert missing.status_code == 404 and missing.json()["code"] == "device_not_found"
+    bad_kind = api.http.get("/api/v1/policy-attachments", params={"kind": "planet"})
+    assert bad_kind.status_code in (400, 422), bad_kind.text
+
+
 def test_the_provisioning_path_sets_groups_and_attributes_or_refuses_before_anything(
     api: Api,
 ) -> None:

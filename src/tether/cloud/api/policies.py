@@ -5,6 +5,10 @@ Writes go through the admin service (:class:`~tether.cloud.policy.admin.PolicyAd
 ``AdminOperations``); every one is audited and reaches live sessions through the change
 feed. The document schema is published at ``GET /api/v1/policies/schema``. A document that
 fails validation is a 400 ``policy_invalid`` whose message names the statement.
+
+The response models here are also what ``tether policy`` prints on the cloud host
+(``tether.cli.cloud.local``), so a command's table and ``--json`` are the same either way in.
+Reads (``GET``) are not audited, as everywhere in the API.
 """
 
 # No `from __future__ import annotations`: FastAPI resolves the route signatures at runtime.
@@ -17,6 +21,7 @@ from fastapi import APIRouter, Body, Depends, Query, Response
 from pydantic import BaseModel, Field
 
 from tether.cloud.operations import AdminOperations
+from tether.cloud.policy.admin import EffectivePolicy
 from tether.cloud.policy.document import POLICY_SCHEMA, Action, parse_document
 from tether.cloud.policy.evaluate import Decision
 from tether.cloud.registry import AdminRecord, Registry
@@ -137,6 +142,24 @@ class EffectivePolicyOut(BaseModel):
     policies: list[str]
     rules: list[RuleOut]
 
+    @classmethod
+    def of(cls, found: EffectivePolicy) -> "EffectivePolicyOut":
+        """From the admin service's answer."""
+        subject = found.subject
+        return cls(
+            kind=subject.kind,
+            name=subject.name,
+            groups=list(subject.groups),
+            attributes=dict(subject.attributes),
+            policies=[p.name for p in subject.policies],
+            rules=[
+                RuleOut(
+                    policy=p, version=v, statement=sid, effect=effect, action=action, pattern=pat
+                )
+                for p, v, sid, effect, action, pat in found.rules
+            ],
+        )
+
 
 def policy_router(
     registry: Registry,
@@ -184,6 +207,17 @@ def policy_router(
         """Where a policy is attached."""
         return [AttachmentOut.of(a) for a in await run(registry.list_attachments, policy=name)]
 
+    @router.get("/policy-attachments", response_model=list[AttachmentOut])
+    async def all_attachments(
+        who: Admin,
+        kind: TargetKind | None = None,
+        target: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    ) -> list[AttachmentOut]:
+        """Every attachment, optionally to one kind of target or one target (not under
+        ``/policies/``, where the segment would be a policy's name)."""
+        found = await run(registry.list_attachments, kind=kind, target=target)
+        return [AttachmentOut.of(a) for a in found]
+
     @router.post("/policies/{name}/attachments", status_code=201, response_model=AttachmentOut)
     async def attach(who: Admin, name: str, body: AttachmentIn) -> AttachmentOut:
         """Attach a policy to a device, group, CA or service."""
@@ -201,6 +235,16 @@ def policy_router(
         """The decision the gateway would make now, and the statement that made it."""
         decision = await run(ops.test_policy, body.kind, body.name, body.action, body.resource)
         return DecisionOut.of(decision)
+
+    @router.get("/devices/{serial}/groups", response_model=list[str], tags=["devices"])
+    async def groups(who: Admin, serial: str) -> list[str]:
+        """A device's groups, sorted."""
+        return list(await run(registry.device_groups, serial))
+
+    @router.get("/devices/{serial}/attributes", response_model=dict[str, str], tags=["devices"])
+    async def attributes(who: Admin, serial: str) -> dict[str, str]:
+        """A device's attributes."""
+        return await run(registry.device_attributes, serial)
 
     @router.put("/devices/{serial}/groups/{group}", response_model=list[str], tags=["devices"])
     async def add_group(who: Admin, serial: str, group: str) -> list[str]:
@@ -231,20 +275,11 @@ def policy_router(
     @router.get("/devices/{serial}/policy", response_model=EffectivePolicyOut, tags=["devices"])
     async def effective(who: Admin, serial: str) -> EffectivePolicyOut:
         """A device's effective policy: groups, attributes, policies and compiled rules."""
-        found = await run(ops.effective_policy, "device", serial)
-        subject = found.subject
-        return EffectivePolicyOut(
-            kind=subject.kind,
-            name=subject.name,
-            groups=list(subject.groups),
-            attributes=dict(subject.attributes),
-            policies=[p.name for p in subject.policies],
-            rules=[
-                RuleOut(
-                    policy=p, version=v, statement=sid, effect=effect, action=action, pattern=pat
-                )
-                for p, v, sid, effect, action, pat in found.rules
-            ],
-        )
+        return EffectivePolicyOut.of(await run(ops.effective_policy, "device", serial))
+
+    @router.get("/services/{name}/policy", response_model=EffectivePolicyOut, tags=["policies"])
+    async def service_effective(who: Admin, name: str) -> EffectivePolicyOut:
+        """A service's effective policy (a service not in the registry: its own attachments)."""
+        return EffectivePolicyOut.of(await run(ops.effective_policy, "service", name))
 
     return router
