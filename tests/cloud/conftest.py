@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import ssl
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,13 +151,21 @@ def serving(service: CloudService) -> CloudThread:
     return running
 
 
+@contextmanager
+def running_cloud(directory: Path, pki: CloudPKI) -> Iterator[Cloud]:
+    """A started cloud under ``directory``, stopped at the end (a module-scoped fixture's way
+    to one cloud for many tests)."""
+    settings, registry, running = start_cloud(directory, pki)
+    try:
+        yield Cloud(settings, registry, running, pki, directory / "identities")
+    finally:
+        running.close()
+        registry.close()
+
+
 @pytest.fixture
 def cloud(cloud_pki: CloudPKI, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Cloud]:
     caplog.set_level(logging.INFO, logger="tether.gateway")
     caplog.set_level(logging.INFO, logger="tether.cloud")
-    settings, registry, running = start_cloud(tmp_path, cloud_pki)
-    try:
-        yield Cloud(settings, registry, running, cloud_pki, tmp_path / "identities")
-    finally:
-        running.close()
-        registry.close()
+    with running_cloud(tmp_path, cloud_pki) as started:
+        yield started

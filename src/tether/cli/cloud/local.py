@@ -15,6 +15,12 @@ from types import TracebackType
 
 from cryptography import x509
 
+from tether.cloud.api.policies import (
+    AttachmentOut,
+    DecisionOut,
+    EffectivePolicyOut,
+    PolicyOut,
+)
 from tether.cloud.api.schemas import (
     AdminOut,
     AdminTokenOut,
@@ -37,7 +43,9 @@ from tether.cloud.device_state import device_states
 from tether.cloud.enrollment.admin import valid_for_hours
 from tether.cloud.observability.live import read_live_view
 from tether.cloud.operations import AdminOperations, check_online_ca
+from tether.cloud.policy.document import Action
 from tether.cloud.registry import ROOT_CRL_ISSUER, CARole, CAStatus, DeviceStatus, Registry
+from tether.cloud.registry.policies import TargetKind
 from tether.cloud.settings import CloudSettings
 from tether.pki import load_certificate
 
@@ -219,3 +227,50 @@ class LocalCloud:
     def renew_now(self, serial: str) -> RenewRequestedOut:
         self.ops.request_renewal(serial, actor=self.actor)
         return RenewRequestedOut(serial=serial)
+
+    # -- policies: documents, attachments, groups and attributes, questions ----------------
+
+    def policies(self) -> list[PolicyOut]:
+        return [PolicyOut.of(r) for r in self.registry.list_policies()]
+
+    def policy(self, name: str, *, version: int | None = None) -> PolicyOut:
+        return PolicyOut.of(self.registry.get_policy(name, version=version))
+
+    def put_policy(self, name: str, document: bytes) -> PolicyOut:
+        return PolicyOut.of(self.ops.put_policy(name, document, actor=self.actor))
+
+    def delete_policy(self, name: str) -> None:
+        self.ops.delete_policy(name, actor=self.actor)
+
+    def attachments(
+        self, *, kind: TargetKind | None = None, target: str | None = None
+    ) -> list[AttachmentOut]:
+        found = self.registry.list_attachments(kind=kind, target=target)
+        return [AttachmentOut.of(a) for a in found]
+
+    def attach_policy(self, name: str, kind: TargetKind, target: str) -> AttachmentOut:
+        return AttachmentOut.of(self.ops.attach_policy(name, kind, target, actor=self.actor))
+
+    def detach_policy(self, name: str, kind: TargetKind, target: str) -> None:
+        self.ops.detach_policy(name, kind, target, actor=self.actor)
+
+    def device_groups(self, serial: str) -> list[str]:
+        return list(self.registry.device_groups(serial))
+
+    def add_device_group(self, serial: str, group: str) -> list[str]:
+        return list(self.ops.add_device_group(serial, group, actor=self.actor))
+
+    def remove_device_group(self, serial: str, group: str) -> list[str]:
+        return list(self.ops.remove_device_group(serial, group, actor=self.actor))
+
+    def device_attributes(self, serial: str) -> dict[str, str]:
+        return self.registry.device_attributes(serial)
+
+    def set_device_attribute(self, serial: str, name: str, value: str | None) -> dict[str, str]:
+        return self.ops.set_device_attribute(serial, name, value, actor=self.actor)
+
+    def test_policy(self, kind: str, name: str, action: Action, resource: str) -> DecisionOut:
+        return DecisionOut.of(self.ops.test_policy(kind, name, action, resource))
+
+    def effective_policy(self, kind: str, name: str) -> EffectivePolicyOut:
+        return EffectivePolicyOut.of(self.ops.effective_policy(kind, name))

@@ -8,6 +8,7 @@ same codes whichever way it runs.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -19,6 +20,12 @@ from cryptography import x509
 from pydantic import BaseModel, TypeAdapter
 
 from tether.cli.cloud.target import RemoteError, pinned_context
+from tether.cloud.api.policies import (
+    AttachmentOut,
+    DecisionOut,
+    EffectivePolicyOut,
+    PolicyOut,
+)
 from tether.cloud.api.schemas import (
     AdminOut,
     AdminTokenOut,
@@ -37,7 +44,9 @@ from tether.cloud.api.schemas import (
     RegistrationCodeOut,
     RenewRequestedOut,
 )
+from tether.cloud.policy.document import MAX_DOCUMENT_BYTES, Action, parse_document
 from tether.cloud.registry import CARole, CAStatus, DeviceStatus
+from tether.cloud.registry.policies import TargetKind
 from tether.errors import ConfigurationError, UsageError
 
 M = TypeVar("M", bound=BaseModel)
@@ -86,6 +95,8 @@ class RemoteCloud:
             except (ValueError, KeyError, TypeError):
                 code, message = "api_refused", f"HTTP {response.status_code}: {response.text[:200]}"
             raise RemoteError(message, code=code)
+        if response.status_code == 204:  # a delete: nothing to return
+            return None
         return response.json()
 
     def _get(self, model: type[M], path: str, **params: Any) -> M:
@@ -243,6 +254,87 @@ class RemoteCloud:
 
     def renew_now(self, serial: str) -> RenewRequestedOut:
         return self._post(RenewRequestedOut, f"/api/v1/devices/{_path(serial)}/renew-now")
+
+    # -- policies: documents, attachments, groups and attributes, questions ----------------
+
+    def policies(self) -> list[PolicyOut]:
+        return TypeAdapter(list[PolicyOut]).validate_python(self._call("GET", "/api/v1/policies"))
+
+    def policy(self, name: str, *, version: int | None = None) -> PolicyOut:
+        return self._get(PolicyOut, f"/api/v1/policies/{_path(name)}", version=version)
+
+    def put_policy(self, name: str, document: bytes) -> PolicyOut:
+        body = _document(document)
+        return PolicyOut.model_validate(
+            self._call("PUT", f"/api/v1/policies/{_path(name)}", json=body)
+        )
+
+    def delete_policy(self, name: str) -> None:
+        self._call("DELETE", f"/api/v1/policies/{_path(name)}")
+
+    def attachments(
+        self, *, kind: TargetKind | None = None, target: str | None = None
+    ) -> list[AttachmentOut]:
+        query = {k: v for k, v in {"kind": kind, "target": target}.items() if v is not None}
+        found = self._call("GET", "/api/v1/policy-attachments", params=query)
+        return TypeAdapter(list[AttachmentOut]).validate_python(found)
+
+    def attach_policy(self, name: str, kind: TargetKind, target: str) -> AttachmentOut:
+        body = {"kind": kind.value, "target": target}
+        return self._post(AttachmentOut, f"/api/v1/policies/{_path(name)}/attachments", body)
+
+    def detach_policy(self, name: str, kind: TargetKind, target: str) -> None:
+        path = f"/api/v1/policies/{_path(name)}/attachments/{kind.value}/{_path(target)}"
+        self._call("DELETE", path)
+
+    def device_groups(self, serial: str) -> list[str]:
+        return _strings(self._call("GET", f"/api/v1/devices/{_path(serial)}/groups"))
+
+    def add_device_group(self, serial: str, group: str) -> list[str]:
+        path = f"/api/v1/devices/{_path(serial)}/groups/{_path(group)}"
+        return _strings(self._call("PUT", path))
+
+    def remove_device_group(self, serial: str, group: str) -> list[str]:
+        path = f"/api/v1/devices/{_path(serial)}/groups/{_path(group)}"
+        return _strings(self._call("DELETE", path))
+
+    def device_attributes(self, serial: str) -> dict[str, str]:
+        return _labels(self._call("GET", f"/api/v1/devices/{_path(serial)}/attributes"))
+
+    def set_device_attribute(self, serial: str, name: str, value: str | None) -> dict[str, str]:
+        path = f"/api/v1/devices/{_path(serial)}/attributes/{_path(name)}"
+        if value is None:
+            return _labels(self._call("DELETE", path))
+        return _labels(self._call("PUT", path, json={"value": value}))
+
+    def test_policy(self, kind: str, name: str, action: Action, resource: str) -> DecisionOut:
+        body = {"kind": kind, "name": name, "action": action.value, "resource": resource}
+        return self._post(DecisionOut, "/api/v1/policies/test", body)
+
+    def effective_policy(self, kind: str, name: str) -> EffectivePolicyOut:
+        plural = "services" if kind == "service" else "devices"
+        return self._get(EffectivePolicyOut, f"/api/v1/{plural}/{_path(name)}/policy")
+
+
+def _strings(data: Any) -> list[str]:
+    return TypeAdapter(list[str]).validate_python(data)
+
+
+def _labels(data: Any) -> dict[str, str]:
+    return TypeAdapter(dict[str, str]).validate_python(data)
+
+
+def _document(raw: bytes) -> dict[str, Any]:
+    """A policy file as the API's JSON body; what is not a JSON object (or is too big) is
+    refused here with the validator's own error (``policy_invalid``), as on the cloud host."""
+    try:
+        body = json.loads(raw) if len(raw) <= MAX_DOCUMENT_BYTES else None
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        parse_document(raw)  # raises InvalidPolicyError saying what is wrong
+        raise AssertionError("unreachable: a non-object document always fails validation")
+    return body
 
 
 def _crl_pem(crl: bytes) -> str:
