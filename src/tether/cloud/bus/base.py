@@ -15,6 +15,14 @@ filter matching it, at most once, in publish order per publishing worker; the re
 applies MQTT's matching rules itself (the bus may over-deliver, never decide). Control
 messages (``announce``/``listen``) reach every other worker, for cluster-wide facts such as
 "this client id connected here" (session takeover).
+
+Shared subscriptions (``$share/<group>/<filter>``, issue 17) ride the same ``publish``: a
+worker holding members of a group declares it with ``share``; each published message is
+offered once to every (group, filter) in the cluster whose filter matches it, and exactly one
+worker holding that group gets it (this worker included: with a bus the broker does not
+deliver to its shared groups itself), through the ``attach_shared`` receiver. The receiver
+answers whether a member took it; if none did, the bus passes it on to another worker of the
+group (bounded). With one worker this is today's local round robin, synchronously.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ if TYPE_CHECKING:
 
 Receiver = Callable[["Message"], None]
 ControlHandler = Callable[[bytes], None]
+# (group, filter, message) -> whether a member of this worker took it
+SharedReceiver = Callable[[str, str, "Message"], bool]
 
 
 class Bus(Protocol):
@@ -48,6 +58,18 @@ class Bus(Protocol):
 
     def unwant(self, topic_filter: str) -> None:
         """No session of this worker holds ``topic_filter`` any more."""
+        ...
+
+    def attach_shared(self, receiver: SharedReceiver) -> None:
+        """Where copies for this worker's shared groups go (the broker's ``deliver_shared``)."""
+        ...
+
+    def share(self, group: str, topic_filter: str) -> None:
+        """This worker has a member of ``$share/<group>/<topic_filter>`` (first one)."""
+        ...
+
+    def unshare(self, group: str, topic_filter: str) -> None:
+        """The last member of that group on this worker left."""
         ...
 
     def announce(self, channel: str, payload: bytes) -> None:
