@@ -145,3 +145,23 @@ def test_a_session_parked_on_one_worker_resumes_on_the_other(
             device.recv(timeout=0.5)  # nothing twice
     finally:
         device.close()
+
+
+def test_a_stopping_worker_lets_go_of_what_it_holds(
+    workers: list[GatewayThread], pki: GatewayPKI
+) -> None:
+    a, b = workers
+    key = ("device", DEVICE_SERIAL)
+    device, _ = persistent_device(a, pki)
+    subscribe_commands(device)
+    leave(device)
+    handover = b.gateway.broker.sessions.handover  # type: ignore[union-attr]
+    assert handover is not None
+    _until(lambda: handover.holder(key) == a.gateway.bus.worker_id)  # type: ignore[union-attr]
+    a.call(a.gateway.stop(), timeout=15)  # its bus says "gone" as it closes
+    _until(lambda: handover.holder(key) is None)  # so a connect to B need not wait for A
+    device, ack = persistent_device(b, pki)
+    try:
+        assert ack.session_present is True
+    finally:
+        device.close()

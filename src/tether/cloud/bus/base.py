@@ -27,7 +27,7 @@ group (bounded). With one worker this is today's local round robin, synchronousl
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ Receiver = Callable[["Message"], None]
 ControlHandler = Callable[[bytes], None]
 # (group, filter, message) -> whether a member of this worker took it
 SharedReceiver = Callable[[str, str, "Message"], bool]
+ClosingHook = Callable[[], Awaitable[None]]
 
 
 class Bus(Protocol):
@@ -78,6 +79,11 @@ class Bus(Protocol):
 
     def listen(self, channel: str, handler: ControlHandler) -> None:
         """Call ``handler(payload)`` for every other worker's ``announce`` on ``channel``."""
+        ...
+
+    def on_closing(self, hook: ClosingHook) -> None:
+        """Await ``hook()`` first thing in ``close``, while the bus still carries (bounded):
+        a stopping worker's last word (gateway/handover.py: "I hold no session any more")."""
         ...
 
     async def start(self) -> None:

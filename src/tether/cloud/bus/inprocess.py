@@ -16,18 +16,20 @@ endpoint is exactly the broker's former local round robin), the others on their 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from tether.cloud.bus.base import ControlHandler, Receiver, SharedReceiver
+from tether.cloud.bus.base import ClosingHook, ControlHandler, Receiver, SharedReceiver
 from tether.cloud.gateway.topics import matches
 
 if TYPE_CHECKING:
     from tether.cloud.gateway.broker import Message
 
 _ids = itertools.count(1)
+CLOSING_TIMEOUT = 5.0  # seconds a closing hook may take
 
 
 class InProcessHub:
@@ -62,6 +64,7 @@ class InProcessBus:
         self.worker_id = f"inprocess-{next(_ids)}"
         self._receiver: Receiver | None = None
         self._shared_receiver: SharedReceiver | None = None
+        self._closing: list[ClosingHook] = []
         self._wanted: Counter[str] = Counter()
         self._handlers: dict[str, list[ControlHandler]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -124,8 +127,16 @@ class InProcessBus:
         """Note the loop this endpoint's broker runs on (deliveries are scheduled there)."""
         self._loop = asyncio.get_running_loop()
 
+    def on_closing(self, hook: ClosingHook) -> None:
+        """Await ``hook()`` at the start of ``close``."""
+        self._closing.append(hook)
+
     async def close(self) -> None:
-        """Leave the hub."""
+        """Run the closing hooks (bounded), then leave the hub."""
+        hooks, self._closing = self._closing, []
+        for hook in hooks:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(hook(), CLOSING_TIMEOUT)
         if self in self.hub.endpoints:
             self.hub.endpoints.remove(self)
         for group, topic_filter in list(self.hub.shares):

@@ -53,7 +53,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
 from tether.cloud.bus import codec
-from tether.cloud.bus.base import ControlHandler, Receiver, SharedReceiver
+from tether.cloud.bus.base import ClosingHook, ControlHandler, Receiver, SharedReceiver
 from tether.cloud.bus.subjects import (
     filter_subjects,
     passed_subject,
@@ -107,6 +107,7 @@ class NatsBus:
         self._receiver: Receiver | None = None
         self._shared_receiver: SharedReceiver | None = None
         self._shares: dict[tuple[str, str], list[NatsSubscription]] = {}
+        self._closing: list[ClosingHook] = []
         self._handlers: dict[str, list[ControlHandler]] = {}
         self._queue: deque[tuple[str, Any]] = deque()
         self._wake = asyncio.Event()
@@ -154,7 +155,14 @@ class NatsBus:
         self._pump = asyncio.create_task(self._write(), name="tether-bus-writer")
 
     async def close(self) -> None:
-        """Write what is queued (bounded by a few seconds), then close the connection."""
+        """Run the closing hooks, write what is queued (each bounded by a few seconds), then
+        close the connection."""
+        hooks, self._closing = self._closing, []
+        for hook in hooks if self._pump is not None else ():
+            try:
+                await asyncio.wait_for(hook(), 5.0)
+            except Exception:
+                log.exception("a bus closing hook failed")
         if self._pump is not None:
             self._queue.append(("stop", None))
             self._wake.set()
@@ -214,6 +222,10 @@ class NatsBus:
         """Send ``payload`` to every other worker's ``channel``."""
         self._queue.append(("ctl", (CONTROL_PREFIX + channel, self._control(payload))))
         self._wake.set()
+
+    def on_closing(self, hook: ClosingHook) -> None:
+        """Await ``hook()`` at the start of ``close`` (the connection still carries)."""
+        self._closing.append(hook)
 
     def listen(self, channel: str, handler: ControlHandler) -> None:
         """Call ``handler`` for other workers' announcements on ``channel``.

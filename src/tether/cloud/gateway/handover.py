@@ -18,12 +18,15 @@ a stand-in that never stopped). The protocol, on two bus channels:
   elsewhere for its key stops (one stand-in per key in the cluster: the latest parker's).
 - the connecting worker, before it reads the store (``PersistentSessions.begin``), waits for
   the recorded holder's ``released``, at most ``HANDOVER_WAIT`` seconds.
+- ``gone``: a worker stopping (its bus closing) stops its stand-ins, waits for its store
+  writes, and says it holds nothing any more, so no connect waits for it.
 
 Guarantee: with both workers alive and the bus up, every message the old holder queued is in
 the store before the new one reads it, and the old one queues nothing after; so each queued
 QoS 1/2 message is delivered once, in order. Limits: a holder that is dead (or whose bus is
 down) never answers, so the connect waits ``HANDOVER_WAIT`` and reads what is there (what the
-dead worker had not written is lost; it queues nothing more); a worker started after a
+dead worker had not written is lost; it queues nothing more; a worker that stops normally
+says ``gone``, see above); a worker started after a
 stand-in was parked elsewhere has not heard of it (no wait: the pre-handover race); messages
 published between the old stand-in stopping and the new session subscribing again are not
 queued (the same gap as a reconnect to the same worker); two stand-ins restored at once by
@@ -67,8 +70,13 @@ class Handover:
         self._loop: asyncio.AbstractEventLoop | None = None
         bus.listen(CLAIM_CHANNEL, self._claimed)
         bus.listen(CHANNEL, self._heard)
+        bus.on_closing(self._leaving)
 
     # -- what this worker does ---------------------------------------------------------------
+
+    def holder(self, key: Key) -> str | None:
+        """The other worker this one believes holds ``key``'s session, if any."""
+        return self._holders.get(key)
 
     def connected(self, key: Key) -> None:
         """A session of ``key`` was accepted here (its claim went out just before)."""
@@ -121,7 +129,15 @@ class Handover:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
                 loop.call_soon_threadsafe(self._announce, "released", key, time.time())
 
-        self._owner.submit(after_writes)
+        with contextlib.suppress(RuntimeError):  # the sessions thread is shut down: stopping
+            self._owner.submit(after_writes)
+
+    async def _leaving(self) -> None:
+        """The bus is closing (the worker stops): stop the stand-ins, commit, say ``gone``."""
+        for key in self._owner.parked_keys():
+            self._owner.stop_offline(key)
+        await self._owner.call(lambda: None)  # every store write queued before is committed
+        self._announce("gone", ("", ""), time.time())
 
     # -- what the other workers say ----------------------------------------------------------
 
@@ -155,10 +171,17 @@ class Handover:
                 self.release(key)
             self._remember(key, str(worker))
         elif what == "released" and self._holders.get(key) == worker:
-            del self._holders[key]
-            waiter = self._waiters.get(key)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            self._let_go(key)
+        elif what == "gone":
+            for held, holder in list(self._holders.items()):
+                if holder == worker:
+                    self._let_go(held)
+
+    def _let_go(self, key: Key) -> None:
+        del self._holders[key]
+        waiter = self._waiters.get(key)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _remember(self, key: Key, worker: str) -> None:
         self._holders.pop(key, None)

@@ -119,6 +119,10 @@ class PersistentSessions:
         offline.stop()
         return True
 
+    def parked_keys(self) -> list[tuple[str, str]]:
+        """The sessions this worker holds a stand-in for."""
+        return list(self._offline)
+
     def parked_at(self, key: tuple[str, str]) -> float | None:
         """When this worker parked its stand-in for ``key``; ``None`` if it holds none."""
         offline = self._offline.get(key)
