@@ -115,14 +115,13 @@ class Handover:
 
     def parked(self, key: Key, at: float) -> None:
         """A stand-in for ``key`` was parked here at ``at``."""
-        self._live_since.pop(key, None)
+        self._ended(key)
         self._holders.pop(key, None)
         self._announce("parked", key, at)
 
     def release(self, key: Key) -> None:
         """This worker let go of ``key``: announce it once every store write before is done."""
-        self._live_since.pop(key, None)
-        self._claimed_away.discard(key)
+        self._ended(key)
         loop = self._loop or asyncio.get_running_loop()
 
         def after_writes() -> None:  # on the sessions thread, after what was queued before
@@ -131,6 +130,11 @@ class Handover:
 
         with contextlib.suppress(RuntimeError):  # the sessions thread is shut down: stopping
             self._owner.submit(after_writes)
+
+    def _ended(self, key: Key) -> None:
+        if not self._owner.is_live(key):  # else a newer connection of it lives here now
+            self._live_since.pop(key, None)
+            self._claimed_away.discard(key)
 
     async def _leaving(self) -> None:
         """The bus is closing (the worker stops): stop the stand-ins, commit, say ``gone``."""

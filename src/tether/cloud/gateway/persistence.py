@@ -119,6 +119,10 @@ class PersistentSessions:
         offline.stop()
         return True
 
+    def is_live(self, key: tuple[str, str]) -> bool:
+        """Whether a connected session of ``key`` is on this worker."""
+        return key in self._live
+
     def parked_keys(self) -> list[tuple[str, str]]:
         """The sessions this worker holds a stand-in for."""
         return list(self._offline)
@@ -193,7 +197,6 @@ class PersistentSessions:
             del self._live[key]
         kind, name = key
         handover = self.handover
-        away = handover is not None and handover.claimed_away(key)
         if expiry <= 0:
             await self.call(self.store.delete_session, kind, name)
             if handover is not None:
@@ -210,7 +213,8 @@ class PersistentSessions:
         )
         for message in waiting or []:
             await self.call(self.store.enqueue, kind, name, message)
-        if away and handover is not None:
+        # Asked after the writes: a claim may have come while they ran.
+        if handover is not None and handover.claimed_away(key):
             handover.release(key)  # its client is on another worker now: saved, not parked
             return
         self.park(
