@@ -165,3 +165,28 @@ def test_a_stopping_worker_lets_go_of_what_it_holds(
         assert ack.session_present is True
     finally:
         device.close()
+
+
+def test_a_live_session_taken_over_from_another_worker_is_handed_not_parked(
+    workers: list[GatewayThread], pki: GatewayPKI
+) -> None:
+    a, b = workers
+    first, _ = persistent_device(a, pki)
+    subscribe_commands(first)
+    second = None
+    try:
+        second, ack = persistent_device(b, pki)  # takes the live session over from A
+        assert ack.session_present is True  # A saved it before B read the store
+        seen = first.wait_closed()
+        assert [p.reason_code for p in seen] == [mqtt5.DisconnectReasonCode.SESSION_TAKEN_OVER]
+        parked = a.gateway.broker.sessions
+        assert parked is not None
+        assert parked.parked_keys() == []  # saved, not parked: A queues nothing for it
+        command(a, pki, b"after")
+        assert [p.payload for p in receive(second, 1)] == [b"after"]
+        with pytest.raises(TimeoutError):
+            second.recv(timeout=0.5)
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
