@@ -10,7 +10,7 @@ theirs in. Two implementations (the transport seam of httpcore, STYLE.md):
   and several hosts (an existing, clusterable engine, not a home-made one).
 
 Contract, identical on both: ``publish`` never blocks and never delivers to the publishing
-worker (it already did); a message reaches every other worker that has declared interest in a
+worker's plain subscriptions (it already did; shared groups are below); a message reaches every other worker that has declared interest in a
 filter matching it, at most once, in publish order per publishing worker; the receiving broker
 applies MQTT's matching rules itself (the bus may over-deliver, never decide). Control
 messages (``announce``/``listen``) reach every other worker, for cluster-wide facts such as
