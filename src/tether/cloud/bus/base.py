@@ -10,11 +10,12 @@ theirs in. Two implementations (the transport seam of httpcore, STYLE.md):
   and several hosts (an existing, clusterable engine, not a home-made one).
 
 Contract, identical on both: ``publish`` never blocks and never delivers to the publishing
-worker's plain subscriptions (it already did; shared groups are below); a message reaches every other worker that has declared interest in a
-filter matching it, at most once, in publish order per publishing worker; the receiving broker
-applies MQTT's matching rules itself (the bus may over-deliver, never decide). Control
-messages (``announce``/``listen``) reach every other worker, for cluster-wide facts such as
-"this client id connected here" (session takeover).
+worker's plain subscriptions (it already did; shared groups are below); a message reaches
+every other worker that has declared interest in a filter matching it, at most once, in
+publish order per publishing worker; the receiving broker applies MQTT's matching rules itself
+(the bus may over-deliver, never decide). Control messages (``announce``/``listen``) reach
+every other worker, for cluster-wide facts such as "this client id connected here" (session
+takeover).
 
 Shared subscriptions (``$share/<group>/<filter>``, issue 17) ride the same ``publish``: a
 worker holding members of a group declares it with ``share``; each published message is
