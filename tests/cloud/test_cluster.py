@@ -12,7 +12,10 @@ it with the right ``tether-sender``, and the service's command comes back; a rev
 through host B's API drops the device's live session on host A; a client id taking over a
 session across hosts sends the old one DISCONNECT 0x8E; killing a NATS node mid-stream keeps
 what the README promises for QoS 1 (no duplicate, per-publisher order, every message
-published once the worker has failed over arrives) and loses no revocation.
+published once the worker has failed over arrives) and loses no revocation. Issue 17 across
+workers: a shared group with a member on each host gets each message once in total, and a
+persistent session parked on host A resumes on host B with its queue once, in order, while
+A's stand-in stops queueing.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from tests.cloud.api.conftest import pinned_context
 from tests.cloud.conftest import ACTOR, Cloud, CloudPKI, serving
 from tests.natsd import nats_cluster
 from tests.postgres import throwaway_postgres
-from tests.support.mqtt import RawClient, paho_connect
+from tests.support.mqtt import PahoClient, RawClient, paho_connect
 from tests.support.pki import Issued
 from tether.cloud.admin import create_admin
 from tether.cloud.api import ApiServer, create_app
@@ -99,7 +102,7 @@ def _host(
         gateway = replace(
             settings.gateway_settings(port=port, connect_timeout=5.0), reuse_port=True
         )
-        service = CloudService(registry, gateway, bus=NatsBus(nats))
+        service = CloudService(registry, gateway, bus=NatsBus(nats), mqtt_state=True)
         running = serving(service)
         stack.callback(running.close)
         port = running.port
@@ -236,6 +239,126 @@ def test_a_client_id_takes_over_its_session_across_hosts(cluster: Cluster) -> No
         first.close()
         if second is not None:
             second.close()
+
+
+def _shared_members(cluster: Cluster, group: str, *names: str) -> list[PahoClient]:
+    members = []
+    for name, host in zip(names, (cluster.a, cluster.b), strict=False):
+        member = cluster.paho(host, cluster.service(name), name)
+        members.append(member)
+        assert member.subscribe(f"$share/{group}/devices/+/telemetry")[0].value == 1
+    return members
+
+
+def _collect(members: list[PahoClient], into: list[list[bytes]], total: int) -> bool:
+    for member, got in zip(members, into, strict=True):
+        while not member.messages.empty():
+            got.append(member.messages.get().payload)
+    return sum(len(got) for got in into) >= total
+
+
+def test_a_shared_group_across_hosts_gets_each_message_once(cluster: Cluster) -> None:
+    device = cluster.paho(cluster.a, cluster.device("CL-0006"), "CL-0006")
+    members = _shared_members(cluster, "ingest", "share-a", "share-b")
+    solo = _shared_members(cluster, "solo", "solo-a")[0]  # a group on host A only
+    topic = "devices/CL-0006/telemetry"
+    try:
+        # Queue-group interest crosses the NATS route asynchronously: warm up until both
+        # members of "ingest" have had one message (NATS picks one worker per message).
+        warm: list[list[bytes]] = [[], []]
+        deadline = time.monotonic() + 10
+        while not all(warm) and time.monotonic() < deadline:
+            device.client.publish(topic, b"w", qos=1).wait_for_publish(timeout=10)
+            _collect(members, warm, 0)
+            time.sleep(0.05)
+        assert all(warm), "a member never got a message"
+        time.sleep(0.3)  # the warm-up's last copies
+        _collect([*members, solo], [[], [], []], 0)
+
+        count = 40
+        for number in range(count):
+            device.client.publish(topic, b"%d" % number, qos=1).wait_for_publish(timeout=10)
+        got: list[list[bytes]] = [[], []]
+        _until(lambda: _collect(members, got, count), what="every shared message")
+        solo_got: list[list[bytes]] = [[]]
+        _until(lambda: _collect([solo], solo_got, count), what="the one-host group")
+        time.sleep(0.3)  # a duplicate would arrive now
+        _collect(members, got, count)
+        assert sorted(got[0] + got[1], key=int) == [b"%d" % n for n in range(count)]
+        assert got[0] and got[1]  # both members got some
+        assert sorted(solo_got[0], key=int) == [b"%d" % n for n in range(count)]
+
+        members[1].stop()  # a member leaving: the other gets all
+        _until(lambda: "share-b" not in cluster.sessions(cluster.b), what="share-b gone")
+        for number in range(count, count + 10):
+            device.client.publish(topic, b"%d" % number, qos=1).wait_for_publish(timeout=10)
+        rest: list[list[bytes]] = [[]]
+        _until(lambda: _collect(members[:1], rest, 10), what="the remaining member")
+        assert sorted(rest[0], key=int) == [b"%d" % n for n in range(count, count + 10)]
+    finally:
+        for client in (device, *members, solo):
+            client.stop()
+
+
+def _persistent(cluster: Cluster, host: Host, identity: Issued, serial: str) -> RawClient:
+    client = RawClient(host.port, host.workers[0].tls_context(identity))
+    client.send(
+        mqtt5.ConnectPacket(serial, clean_start=False, session_expiry_interval=600, keep_alive=30)
+    )
+    ack = client.recv()
+    assert ack.reason_code == 0
+    client.session_present = ack.session_present  # type: ignore[attr-defined]
+    return client
+
+
+def test_a_session_parked_on_host_a_resumes_on_host_b(cluster: Cluster) -> None:
+    serial = "CL-0007"
+    key = ("device", serial)
+    identity = cluster.device(serial)
+    device = _persistent(cluster, cluster.a, identity, serial)
+    commands = mqtt5.TopicFilter(f"devices/{serial}/commands/#", max_qos=mqtt5.QoS.AT_LEAST_ONCE)
+    device.send(mqtt5.SubscribePacket(1, [commands]))
+    assert isinstance(device.recv(), mqtt5.SubAckPacket)
+    device.send(mqtt5.DisconnectPacket())
+    device.wait_closed()
+    device.close()
+
+    def holders(host: Host) -> list[Cloud]:
+        return [
+            w for w in host.workers
+            if w.service.gateway.broker.sessions.parked_at(key) is not None  # type: ignore[union-attr]
+        ]  # fmt: skip
+
+    _until(lambda: len(holders(cluster.a)) == 1, what="the stand-in on host A")
+    time.sleep(1.0)  # its interest crosses the NATS route asynchronously
+    service = cluster.paho(cluster.b, cluster.service("commander"), "commander")
+    resumed = None
+    try:
+        for number in range(5):
+            info = service.client.publish(f"devices/{serial}/commands/c", b"%d" % number, qos=1)
+            info.wait_for_publish(timeout=10)
+        resumed = _persistent(cluster, cluster.b, identity, serial)
+        assert resumed.session_present is True  # type: ignore[attr-defined]
+        payloads = []
+        for _ in range(5):
+            packet = resumed.recv()
+            assert isinstance(packet, mqtt5.PublishPacket), packet
+            payloads.append(packet.payload)
+            resumed.send(mqtt5.PubAckPacket(packet.packet_id))
+        assert payloads == [b"%d" % n for n in range(5)]  # every one, once, in order
+        assert holders(cluster.a) == []  # A's stand-in is gone: it queues nothing more
+        service.client.publish(f"devices/{serial}/commands/c", b"live", qos=1).wait_for_publish(
+            timeout=10
+        )
+        packet = resumed.recv()
+        assert isinstance(packet, mqtt5.PublishPacket) and packet.payload == b"live"
+        resumed.send(mqtt5.PubAckPacket(packet.packet_id))
+        with pytest.raises(TimeoutError):
+            resumed.recv(timeout=0.5)  # nothing twice
+    finally:
+        service.stop()
+        if resumed is not None:
+            resumed.close()
 
 
 def test_a_nats_node_killed_mid_stream(cluster: Cluster) -> None:

@@ -17,6 +17,11 @@ from tether.cloud.bus.subjects import (
     decode_level,
     encode_level,
     filter_subjects,
+    parse_shared_queue,
+    passed_subject,
+    shared_filter_subjects,
+    shared_queue,
+    shared_topic_subject,
     subject_topic,
     topic_subject,
 )
@@ -90,3 +95,34 @@ def test_wildcards_map_as_nats_mqtt_does() -> None:
     assert filter_subjects("devices/#") == ("mqtt.devices.>", "mqtt.devices")
     assert filter_subjects("#") == ("mqtt.>",)
     assert topic_subject("a.b/ /") == "mqtt.a%2Eb.%20.%"
+
+
+GROUPS = st.one_of(NASTY, ANY_LEVEL).filter(bool)
+
+
+@settings(max_examples=300)
+@given(GROUPS, topic_filters())
+def test_a_shared_queue_name_round_trips_and_is_valid_for_nats(group: str, pattern: str) -> None:
+    queue = shared_queue(group, pattern)
+    assert all(TOKEN.fullmatch(token) for token in queue.split("."))  # no wildcard, no space
+    assert parse_shared_queue(queue) == (group, pattern)
+    assert all(TOKEN.fullmatch(t) for t in passed_subject(queue).split("."))
+
+
+@settings(max_examples=300)
+@given(GROUPS, topic_filters(), GROUPS, topic_filters())
+def test_distinct_shared_subscriptions_get_distinct_queues(
+    group: str, pattern: str, other_group: str, other_pattern: str
+) -> None:
+    same = (group, pattern) == (other_group, other_pattern)
+    assert (shared_queue(group, pattern) == shared_queue(other_group, other_pattern)) == same
+
+
+def test_shared_copies_have_their_own_subjects() -> None:
+    assert shared_topic_subject("devices/a.b/t") == "tether.shared.devices.a%2Eb.t"
+    assert shared_filter_subjects("devices/#") == (
+        "tether.shared.devices.>",
+        "tether.shared.devices",
+    )
+    assert shared_queue("in gest", "devices/+/#") == "in%20gest.devices.%2B.%23"
+    assert passed_subject("g.a") == "tether.passed.g.a"

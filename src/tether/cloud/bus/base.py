@@ -10,16 +10,25 @@ theirs in. Two implementations (the transport seam of httpcore, STYLE.md):
   and several hosts (an existing, clusterable engine, not a home-made one).
 
 Contract, identical on both: ``publish`` never blocks and never delivers to the publishing
-worker (it already did); a message reaches every other worker that has declared interest in a
-filter matching it, at most once, in publish order per publishing worker; the receiving broker
-applies MQTT's matching rules itself (the bus may over-deliver, never decide). Control
-messages (``announce``/``listen``) reach every other worker, for cluster-wide facts such as
-"this client id connected here" (session takeover).
+worker's plain subscriptions (it already did; shared groups are below); a message reaches
+every other worker that has declared interest in a filter matching it, at most once, in
+publish order per publishing worker; the receiving broker applies MQTT's matching rules itself
+(the bus may over-deliver, never decide). Control messages (``announce``/``listen``) reach
+every other worker, for cluster-wide facts such as "this client id connected here" (session
+takeover).
+
+Shared subscriptions (``$share/<group>/<filter>``, issue 17) ride the same ``publish``: a
+worker holding members of a group declares it with ``share``; each published message is
+offered once to every (group, filter) in the cluster whose filter matches it, and exactly one
+worker holding that group gets it (this worker included: with a bus the broker does not
+deliver to its shared groups itself), through the ``attach_shared`` receiver. The receiver
+answers whether a member took it; if none did, the bus passes it on to another worker of the
+group (bounded). With one worker this is today's local round robin, synchronously.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -27,6 +36,9 @@ if TYPE_CHECKING:
 
 Receiver = Callable[["Message"], None]
 ControlHandler = Callable[[bytes], None]
+# (group, filter, message) -> whether a member of this worker took it
+SharedReceiver = Callable[[str, str, "Message"], bool]
+ClosingHook = Callable[[], Awaitable[None]]
 
 
 class Bus(Protocol):
@@ -50,12 +62,29 @@ class Bus(Protocol):
         """No session of this worker holds ``topic_filter`` any more."""
         ...
 
+    def attach_shared(self, receiver: SharedReceiver) -> None:
+        """Where copies for this worker's shared groups go (the broker's ``deliver_shared``)."""
+        ...
+
+    def share(self, group: str, topic_filter: str) -> None:
+        """This worker has a member of ``$share/<group>/<topic_filter>`` (first one)."""
+        ...
+
+    def unshare(self, group: str, topic_filter: str) -> None:
+        """The last member of that group on this worker left."""
+        ...
+
     def announce(self, channel: str, payload: bytes) -> None:
         """Tell every other worker ``payload`` on ``channel`` (a lowercase word)."""
         ...
 
     def listen(self, channel: str, handler: ControlHandler) -> None:
         """Call ``handler(payload)`` for every other worker's ``announce`` on ``channel``."""
+        ...
+
+    def on_closing(self, hook: ClosingHook) -> None:
+        """Await ``hook()`` first thing in ``close``, while the bus still carries (bounded):
+        a stopping worker's last word (gateway/handover.py: "I hold no session any more")."""
         ...
 
     async def start(self) -> None:

@@ -5,6 +5,8 @@ The sender identity travels with the message (the receiving worker attributes no
 identity is what policy on the receiving side may consult). The origin worker and a sequence
 number let a receiver drop a second copy (NATS delivers once per matching subscription, and a
 worker holding ``a/#`` and ``a/+`` has two) and never route a message back to its publisher.
+``hops`` counts how often a copy for a shared subscription was passed on by a worker whose
+members all dropped it (bounded, see :mod:`tether.cloud.bus.nats`); absent means 0.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ class Envelope:
     origin: str
     sequence: int
     message: Message
+    hops: int = 0
 
 
-def encode(message: Message, origin: str, sequence: int) -> bytes:
+def encode(message: Message, origin: str, sequence: int, hops: int = 0) -> bytes:
     """The bytes of one message for the bus."""
     sender = message.sender
     meta: dict[str, Any] = {
@@ -44,6 +47,8 @@ def encode(message: Message, origin: str, sequence: int) -> bytes:
         ],
         "u": message.user_properties,
     }
+    if hops:
+        meta["h"] = hops
     if message.payload_format_indicator:
         meta["pf"] = message.payload_format_indicator
     if message.message_expiry_interval is not None:
@@ -85,7 +90,7 @@ def decode(data: bytes) -> Envelope:
             response_topic=meta.get("rt"),
             correlation_data=None if correlation is None else base64.b64decode(correlation),
         )
-        return Envelope(str(meta["o"]), int(meta["s"]), message)
+        return Envelope(str(meta["o"]), int(meta["s"]), message, int(meta.get("h", 0)))
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"malformed bus message ({exc})") from exc
 

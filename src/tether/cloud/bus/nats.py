@@ -7,6 +7,19 @@ message to :func:`~tether.cloud.bus.subjects.topic_subject`. The header of each 
 and a second copy (one per matching NATS subscription). Control messages go to
 ``tether.ctl.<channel>``.
 
+Shared subscriptions (issue 17): every routed message is also published once to
+:func:`~tether.cloud.bus.subjects.shared_topic_subject`; a worker holding members of
+``$share/<group>/<filter>`` subscribes to the filter's shared subjects in the NATS queue
+group :func:`~tether.cloud.bus.subjects.shared_queue`, so NATS gives each copy to exactly one
+worker per (group, filter), the publisher included (no origin check on this path). The
+worker hands it to its own members in turn (the broker's ``deliver_shared``); if every one of
+them drops it (closing, slow, queue full) or the group just emptied, the copy is passed on to
+:func:`~tether.cloud.bus.subjects.passed_subject` of that queue group only, at most
+``MAX_HOPS`` times, then dropped and counted (``shared_lost``). Passing on may land on the
+same worker again (NATS picks): the bound keeps a group whose every member is slow from
+spinning. The cost is one more NATS message per routed message, whether or not a group
+exists (the publisher cannot know the groups of the other workers without a race).
+
 ``publish`` is synchronous, as the broker's is: messages and (un)subscriptions go into one
 ordered queue that a single task writes to the connection, so a subscription made before a
 publish on this worker is on the wire before it. The queue is bounded (``max_queued``); past
@@ -40,8 +53,16 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
 from tether.cloud.bus import codec
-from tether.cloud.bus.base import ControlHandler, Receiver
-from tether.cloud.bus.subjects import filter_subjects, topic_subject
+from tether.cloud.bus.base import ClosingHook, ControlHandler, Receiver, SharedReceiver
+from tether.cloud.bus.subjects import (
+    filter_subjects,
+    passed_subject,
+    shared_filter_subjects,
+    shared_queue,
+    shared_topic_subject,
+    topic_subject,
+)
+from tether.cloud.gateway.topics import matches
 from tether.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -52,6 +73,7 @@ log = logging.getLogger("tether.bus")
 CONTROL_PREFIX = "tether.ctl."
 DEFAULT_MAX_QUEUED = 100_000
 DEFAULT_PENDING_BYTES = 8 * 1024 * 1024
+MAX_HOPS = 3  # times a shared copy is passed on before it is dropped
 
 
 class BusUnavailableError(ConfigurationError):
@@ -78,10 +100,14 @@ class NatsBus:
         self.dropped = 0  # messages refused because the queue was full
         self.malformed = 0  # bus messages that did not decode
         self.failed_writes = 0  # queue items the connection refused (logged sparsely)
+        self.shared_lost = 0  # shared copies no member took after MAX_HOPS passes
         self._max_queued = max_queued
         self._pending_bytes = pending_bytes
         self._connect_timeout = connect_timeout
         self._receiver: Receiver | None = None
+        self._shared_receiver: SharedReceiver | None = None
+        self._shares: dict[tuple[str, str], list[NatsSubscription]] = {}
+        self._closing: list[ClosingHook] = []
         self._handlers: dict[str, list[ControlHandler]] = {}
         self._queue: deque[tuple[str, Any]] = deque()
         self._wake = asyncio.Event()
@@ -129,7 +155,14 @@ class NatsBus:
         self._pump = asyncio.create_task(self._write(), name="tether-bus-writer")
 
     async def close(self) -> None:
-        """Write what is queued (bounded by a few seconds), then close the connection."""
+        """Run the closing hooks, write what is queued (each bounded by a few seconds), then
+        close the connection."""
+        hooks, self._closing = self._closing, []
+        for hook in hooks if self._pump is not None else ():
+            try:
+                await asyncio.wait_for(hook(), 5.0)
+            except Exception:
+                log.exception("a bus closing hook failed")
         if self._pump is not None:
             self._queue.append(("stop", None))
             self._wake.set()
@@ -158,7 +191,22 @@ class NatsBus:
     def publish(self, message: Message) -> None:
         """Queue ``message`` for the other workers (dropped and counted if the queue is full)."""
         data = codec.encode(message, self.worker_id, next(self._sequence))
-        self._enqueue("pub", (topic_subject(message.topic), data))
+        topic = message.topic
+        self._enqueue("pubs", (topic_subject(topic), shared_topic_subject(topic), data))
+
+    def attach_shared(self, receiver: SharedReceiver) -> None:
+        """Where copies for this worker's shared groups go."""
+        self._shared_receiver = receiver
+
+    def share(self, group: str, topic_filter: str) -> None:
+        """Join the NATS queue group of ``$share/<group>/<topic_filter>``."""
+        self._queue.append(("share", (group, topic_filter)))  # never dropped, as ``want``
+        self._wake.set()
+
+    def unshare(self, group: str, topic_filter: str) -> None:
+        """Leave that queue group (copies already here are passed on)."""
+        self._queue.append(("unshare", (group, topic_filter)))
+        self._wake.set()
 
     def want(self, topic_filter: str) -> None:
         """Subscribe to the subjects that cover ``topic_filter``."""
@@ -175,9 +223,20 @@ class NatsBus:
         self._queue.append(("ctl", (CONTROL_PREFIX + channel, self._control(payload))))
         self._wake.set()
 
+    def on_closing(self, hook: ClosingHook) -> None:
+        """Await ``hook()`` at the start of ``close`` (the connection still carries)."""
+        self._closing.append(hook)
+
     def listen(self, channel: str, handler: ControlHandler) -> None:
-        """Call ``handler`` for other workers' announcements on ``channel`` (before start)."""
+        """Call ``handler`` for other workers' announcements on ``channel``.
+
+        Before ``start`` the channel is subscribed at connect; after, through the writer.
+        """
+        first = channel not in self._handlers
         self._handlers.setdefault(channel, []).append(handler)
+        if first and self._nc is not None:
+            self._queue.append(("listen", channel))
+            self._wake.set()
 
     # -- inside ------------------------------------------------------------------------------
 
@@ -207,8 +266,19 @@ class NatsBus:
             while self._queue:
                 kind, item = self._queue.popleft()
                 try:
-                    if kind == "pub" or kind == "ctl":
+                    if kind == "pubs":
+                        subject, shared_subject, data = item
+                        await nc.publish(subject, data)
+                        await nc.publish(shared_subject, data)
+                    elif kind == "pub" or kind == "ctl":
                         await nc.publish(*item)
+                    elif kind == "share":
+                        await self._join(nc, *item)
+                    elif kind == "unshare":
+                        for sub in self._shares.pop(item, []):
+                            await sub.unsubscribe()
+                    elif kind == "listen":
+                        await nc.subscribe(CONTROL_PREFIX + item, cb=self._on_control)
                     elif kind == "sub":
                         await self._subscribe(nc, item)
                     elif kind == "unsub":
@@ -229,7 +299,7 @@ class NatsBus:
                         return
                 except Exception as exc:  # buffer full while disconnected, connection closed
                     self.failed_writes += 1
-                    self.dropped += kind == "pub"
+                    self.dropped += kind in ("pub", "pubs")
                     if self.failed_writes != 1 and self.failed_writes % 10_000:
                         continue  # one line per 10,000 failures, not one per message
                     log.warning(
@@ -246,6 +316,46 @@ class NatsBus:
             await nc.subscribe(subject, cb=self._on_message)
             for subject in filter_subjects(topic_filter)
         ]
+
+    async def _join(self, nc: Client, group: str, topic_filter: str) -> None:
+        key = (group, topic_filter)
+        if key in self._shares:
+            return
+        queue = shared_queue(group, topic_filter)
+
+        async def on_copy(msg: Msg) -> None:
+            self._on_shared(group, topic_filter, queue, msg)
+
+        subjects = (*shared_filter_subjects(topic_filter), passed_subject(queue))
+        self._shares[key] = [
+            await nc.subscribe(subject, queue=queue, cb=on_copy) for subject in subjects
+        ]
+
+    def _on_shared(self, group: str, topic_filter: str, queue: str, msg: Msg) -> None:
+        try:
+            envelope = codec.decode(msg.data)
+        except ValueError as exc:
+            self.malformed += 1
+            log.warning("dropped a malformed shared bus message on %s: %s", msg.subject, exc)
+            return
+        message = envelope.message
+        if not matches(topic_filter, message.topic):
+            return  # NATS over-matched ($ topics): no worker's group of this filter wants it
+        receiver = self._shared_receiver
+        if receiver is not None and receiver(group, topic_filter, message):
+            return
+        if envelope.hops >= MAX_HOPS:
+            self.shared_lost += 1
+            log.warning(
+                "shared message on %r dropped: no member of $share/%s/%s took it",
+                message.topic,
+                group,
+                topic_filter,
+                extra={"tether_code": "shared_message_dropped"},
+            )
+            return
+        data = codec.encode(message, envelope.origin, envelope.sequence, envelope.hops + 1)
+        self._enqueue("pub", (passed_subject(queue), data))
 
     async def _on_message(self, msg: Msg) -> None:
         try:

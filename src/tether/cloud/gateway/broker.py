@@ -93,8 +93,11 @@ class Broker:
         self.sessions: PersistentSessions | None = None
         self.bus = bus
         self._holders: Counter[str] = Counter()  # filter -> sessions holding it (bus interest)
+        # Shared groups reached through the bus (gateway/shared.py): (group, filter) -> group.
+        self._shared: dict[tuple[str, str], Subscriber] = {}
         if bus is not None:
             bus.attach(self.deliver_from_bus)
+            bus.attach_shared(self.deliver_shared)
 
     def subscribe(self, subscriber: Subscriber, subscription: Subscription) -> bool:
         """Add or replace a subscription; ``True`` if it replaced one with the same filter."""
@@ -156,6 +159,30 @@ class Broker:
     def deliver_from_bus(self, message: Message) -> int:
         """Route a message another worker published to this worker's sessions only."""
         return self._route(message, None)
+
+    def share(self, group: str, topic_filter: str, members: Subscriber) -> None:
+        """With a bus: ``members`` (a shared group) takes the copies the bus hands this worker
+        for ``$share/<group>/<topic_filter>``; it is not routed locally (the bus picks one
+        worker per message, this one included). Without a bus, use ``subscribe``."""
+        assert self.bus is not None
+        self._shared[(group, topic_filter)] = members
+        self.bus.share(group, topic_filter)
+
+    def unshare(self, group: str, topic_filter: str) -> None:
+        """The group of ``share`` emptied on this worker."""
+        if self._shared.pop((group, topic_filter), None) is not None and self.bus is not None:
+            self.bus.unshare(group, topic_filter)
+
+    def deliver_shared(self, group: str, topic_filter: str, message: Message) -> bool:
+        """The bus chose this worker for a shared group's copy: ``True`` if a member took it."""
+        members = self._shared.get((group, topic_filter))
+        if members is None:
+            return False  # the group emptied meanwhile: the bus passes it on
+        if members.deliver(message, message.qos):
+            self.stats.messages_delivered += 1
+            return True
+        self.stats.messages_dropped += 1
+        return False
 
     def _hold(self, topic_filter: str) -> None:
         self._holders[topic_filter] += 1

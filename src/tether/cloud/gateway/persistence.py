@@ -23,17 +23,20 @@ which gets ``default_expiry``, one hour as in AWS IoT) keeps its session when it
 Store calls run on one thread (``tether-sessions``) in order. Stored state survives a gateway
 restart and is shared through the database; the offline stand-ins live in the process, so
 messages published while no gateway holds one are not queued (``restore`` puts them back at
-start). See docs/decisions.md (issue 17) for what is left: cross-worker handover, QoS 2 state.
+start). Across workers a session is handed over through the bus (:mod:`.handover`, wired by
+``attach_bus``): the worker a client reconnects to reads the store only after the one that
+held the session stopped its stand-in and committed its writes (bounded wait).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from tether.cloud.gateway.broker import Broker, Message, Subscription
 from tether.cloud.gateway.events import log_event
@@ -48,6 +51,10 @@ from tether.cloud.gateway.stores import (
     StoreOutcome,
 )
 from tether.cloud.gateway.topics import is_shared_subscription
+
+if TYPE_CHECKING:
+    from tether.cloud.bus.base import Bus
+    from tether.cloud.gateway.handover import Handover
 
 T = TypeVar("T")
 TAKEOVER_WAIT = 5.0  # seconds a resuming session waits for the one it took over to park
@@ -96,6 +103,34 @@ class PersistentSessions:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-sessions")
         self._offline: dict[tuple[str, str], OfflineSession] = {}
         self._live: dict[tuple[str, str], Closable] = {}
+        self.handover: Handover | None = None  # set by attach_bus when workers share a bus
+
+    def attach_bus(self, bus: Bus) -> None:
+        """Hand sessions between the workers of ``bus`` (call before ``restore`` and start)."""
+        from tether.cloud.gateway.handover import Handover
+
+        self.handover = Handover(self, bus)
+
+    def stop_offline(self, key: tuple[str, str]) -> bool:
+        """Stop this worker's stand-in for ``key``, if it has one (no Will, no queueing)."""
+        offline = self._offline.pop(key, None)
+        if offline is None:
+            return False
+        offline.stop()
+        return True
+
+    def is_live(self, key: tuple[str, str]) -> bool:
+        """Whether a connected session of ``key`` is on this worker."""
+        return key in self._live
+
+    def parked_keys(self) -> list[tuple[str, str]]:
+        """The sessions this worker holds a stand-in for."""
+        return list(self._offline)
+
+    def parked_at(self, key: tuple[str, str]) -> float | None:
+        """When this worker parked its stand-in for ``key``; ``None`` if it holds none."""
+        offline = self._offline.get(key)
+        return None if offline is None else offline.parked_at
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a store call on the sessions thread."""
@@ -110,16 +145,19 @@ class PersistentSessions:
     ) -> StoredSession | None:
         """A CONNECT was accepted: the stored session to resume, or ``None`` (deleted if clean).
 
-        Waits for a session it took over to park first, and stops the offline stand-in.
+        Waits for a session it took over to park first, and stops the offline stand-in; with
+        other workers, waits (bounded) until the one that held the session released it.
         """
         key = _key(identity)
+        if self.handover is not None:
+            self.handover.connected(key)
         previous = self._live.get(key)
         self._live[key] = session
         if previous is not None and previous is not session:
             await previous.wait_closed(TAKEOVER_WAIT)
-        offline = self._offline.pop(key, None)
-        if offline is not None:
-            offline.stop()  # back in time: no Will, no more queueing
+        self.stop_offline(key)  # back in time: no Will, no more queueing
+        if self.handover is not None:
+            await self.handover.wait_released(key)
         kind, name = key
         if clean:
             await self.call(self.store.delete_session, kind, name)
@@ -131,6 +169,8 @@ class PersistentSessions:
         key = _key(identity)
         if self._live.get(key) is session:
             del self._live[key]
+            if self.handover is not None:
+                self.handover.release(key)
 
     async def end(
         self,
@@ -156,8 +196,11 @@ class PersistentSessions:
         if self._live.get(key) is session:
             del self._live[key]
         kind, name = key
+        handover = self.handover
         if expiry <= 0:
             await self.call(self.store.delete_session, kind, name)
+            if handover is not None:
+                handover.release(key)
             return
         saved = await self.call(
             self.store.save_session,
@@ -170,6 +213,10 @@ class PersistentSessions:
         )
         for message in waiting or []:
             await self.call(self.store.enqueue, kind, name, message)
+        # Asked after the writes: a claim may have come while they ran.
+        if handover is not None and handover.claimed_away(key):
+            handover.release(key)  # its client is on another worker now: saved, not parked
+            return
         self.park(
             identity,
             broker,
@@ -198,6 +245,8 @@ class PersistentSessions:
             old.stop()
         offline = OfflineSession(self, identity, broker, saved)
         self._offline[key] = offline
+        if self.handover is not None:
+            self.handover.parked(key, offline.parked_at)
         loop = asyncio.get_running_loop()
         offline.timers.append(loop.call_later(expiry, self._expire, key, offline))
         if will is not None:
@@ -231,6 +280,8 @@ class PersistentSessions:
         gone = [key for key, offline in self._offline.items() if ended(offline.identity)]
         for key in gone:
             self._offline.pop(key).stop()
+            if self.handover is not None:
+                self.handover.release(key)
         for saved in await self.call(self.store.list_sessions):
             key = (saved.kind, saved.name)
             if key in gone or key in self._live:
@@ -253,6 +304,8 @@ class PersistentSessions:
             del self._offline[key]
             offline.stop()
             self.submit(self.store.delete_session, *key)
+            if self.handover is not None:
+                self.handover.release(key)
 
     def close(self) -> None:
         """Stop the stand-ins' timers and the thread (pending calls finish first)."""
@@ -297,6 +350,7 @@ class OfflineSession:
         self.identity = identity  # as it connected last (what a registry change is matched on)
         self._broker = broker
         self.timers: list[asyncio.TimerHandle] = []
+        self.parked_at = time.time()  # which of two stand-ins is newer (gateway/handover.py)
         self._tasks: set[asyncio.Task[object]] = set()
         for subscription in saved.subscriptions:
             if not is_view(subscription.topic_filter) and not is_shared_subscription(

@@ -9,8 +9,15 @@ Each (broker, group, filter) is one :class:`SharedGroup`, a subscriber of its ow
 broker: every matching message goes to exactly one member, in turn (round robin); a member
 that drops it (closing, slow, too big) passes it to the next, so a message is lost only if
 every member drops it. No retained messages are sent for a shared subscription (spec
-3.8.4). Within one process this is the group; across workers the same grouping is NATS's
-queue groups (issue 15), which is where it must move when routing does.
+3.8.4).
+
+Across workers (a broker with a bus), the group is not a subscriber in the broker's tree:
+it is registered with ``Broker.share`` and the bus (NATS queue groups, or the in-process
+hub) hands each matching message to exactly one worker holding the group, the publishing
+one included; that worker's group picks the member as above. If every member of that worker
+drops it, the bus passes it on to another worker of the group (bounded: see
+:mod:`tether.cloud.bus.nats`). So a message is delivered once in the whole cluster, and lost
+only if no member anywhere takes it. Attribution and policy are those of any delivery.
 """
 
 from __future__ import annotations
@@ -51,7 +58,10 @@ class SharedGroup:
         self.key = key
         self._members: dict[Subscriber, int] = {}  # member -> granted QoS
         self._turn = 0
-        broker.subscribe(self, Subscription(key.inner, MAX_QOS))
+        if broker.bus is None:
+            broker.subscribe(self, Subscription(key.inner, MAX_QOS))
+        else:
+            broker.share(key.group, key.inner, self)
 
     def join(self, member: Subscriber, granted: int) -> None:
         """Add (or update) a member."""
@@ -62,7 +72,10 @@ class SharedGroup:
         self._members.pop(member, None)
         if self._members:
             return False
-        self._broker.remove(self)
+        if self._broker.bus is None:
+            self._broker.remove(self)
+        else:
+            self._broker.unshare(self.key.group, self.key.inner)
         return True
 
     def deliver(self, message: Message, qos: int) -> bool:

@@ -34,6 +34,8 @@ async def attach_stores(broker: Broker, store: MqttStateStore) -> Callable[[], N
     sessions = PersistentSessions(store)
     broker.retained = retained
     broker.sessions = sessions
+    if broker.bus is not None:
+        sessions.attach_bus(broker.bus)  # hand sessions between workers (gateway/handover.py)
     await sessions.restore(broker)
 
     def detach() -> None:
