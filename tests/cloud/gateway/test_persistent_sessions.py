@@ -382,6 +382,40 @@ def test_a_disabled_identity_loses_a_session_no_stand_in_holds(gateway, pki, dat
         sessions.close()
 
 
+def test_a_revoked_certificate_or_ca_loses_a_session_no_stand_in_holds(gateway, pki, database):
+    """Stored by another worker (or before a restart): matched on the certificate and CA it
+    was made under, so a revocation deletes it and the device's next certificate starts clean."""
+    sessions = keep_sessions(gateway, database)
+    broker = gateway.gateway.broker
+    try:
+        store = sessions.store
+        for name, cert, ca in ((DEVICE_SERIAL, "aa", "ca"), ("OTHER-1", "bb", "cb")):
+            store.save_session(
+                "device",
+                name,
+                600,
+                [],
+                certificate_fingerprint=cert * 32,
+                issuer_fingerprint=ca * 32,
+            )
+        assert store.load_session("device", DEVICE_SERIAL).certificate_fingerprint == "aa" * 32
+        assert gateway.call(
+            discard_ended(broker, lambda i: i.certificate_fingerprint == "ff" * 32, reason="r")
+        ) == 0  # fmt: skip
+        assert gateway.call(
+            discard_ended(broker, lambda i: i.certificate_fingerprint == "aa" * 32, reason="r")
+        ) == 1  # fmt: skip
+        assert store.load_session("device", DEVICE_SERIAL) is None
+        assert store.load_session("device", "OTHER-1") is not None
+        assert gateway.call(
+            discard_ended(broker, lambda i: i.issuer_fingerprint == "cb" * 32, reason="ca")
+        ) == 1  # fmt: skip
+        assert store.load_session("device", "OTHER-1") is None
+    finally:
+        gateway.close()
+        sessions.close()
+
+
 async def _identity_of(running: GatewayThread) -> str:
     (identity,) = running.gateway.sessions()
     return identity.certificate_fingerprint

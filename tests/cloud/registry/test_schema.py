@@ -37,7 +37,7 @@ def test_open_upgrades_an_empty_database_to_head(db_path: Path) -> None:
     assert not db_path.exists()
     with Registry.open(f"sqlite:///{db_path}"):
         pass
-    assert _revision(db_path) == head_revision() == "0010"
+    assert _revision(db_path) == head_revision() == "0011"
     tables = set(inspect(create_engine(f"sqlite:///{db_path}")).get_table_names())
     assert {"cas", "devices", "certificates", "audit_log", "alembic_version"} <= tables
 

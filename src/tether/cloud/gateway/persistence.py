@@ -14,11 +14,10 @@ which gets ``default_expiry``, one hour as in AWS IoT) keeps its session when it
   deleted, never resumed. At expiry it is deleted with its queue.
 - an identity revoked or disabled while its client is away loses its stored session at once
   (:func:`discard_ended`, called by the registry feed after ``Gateway.drop_sessions`` with the
-  same predicate): the stand-ins this process holds are matched on their full identity
-  (certificate and CA fingerprints as they connected), every other stored session on kind
-  and name only, which is all the store keeps (so a certificate revocation reaches a session
-  restored at start, or parked by another worker, only when its client connects, and a
-  revoked certificate cannot).
+  same predicate): every session, held here as a stand-in or only in the store (parked by
+  another worker, or before a restart), is matched on the identity it was made under: kind,
+  name, certificate and CA fingerprints (:func:`stored_identity`; the store keeps them since
+  migration 0011, and older rows match by name only).
 
 Store calls run on one thread (``tether-sessions``) in order. Stored state survives a gateway
 restart and is shared through the database; the offline stand-ins live in the process, so
@@ -31,6 +30,7 @@ held the session stopped its stand-in and committed its writes (bounded wait).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -203,7 +203,11 @@ class PersistentSessions:
                 handover.release(key)
             return
         saved = await self.call(
-            self.store.save_session,
+            functools.partial(
+                self.store.save_session,
+                certificate_fingerprint=identity.certificate_fingerprint,
+                issuer_fingerprint=identity.issuer_fingerprint,
+            ),
             kind,
             name,
             expiry,
@@ -266,8 +270,7 @@ class PersistentSessions:
             remaining = int((saved.expires_at - now).total_seconds())
             if remaining <= 0 or key in self._offline or key in self._live:
                 continue
-            identity = Identity(IdentityKind(saved.kind), saved.name, "", "")
-            self.park(identity, broker, saved, expiry=remaining)
+            self.park(stored_identity(saved), broker, saved, expiry=remaining)
             restored += 1
         return restored
 
@@ -286,7 +289,7 @@ class PersistentSessions:
             key = (saved.kind, saved.name)
             if key in gone or key in self._live:
                 continue
-            if ended(Identity(IdentityKind(saved.kind), saved.name, "", "")):
+            if ended(stored_identity(saved)):
                 gone.append(key)
         for kind, name in gone:
             await self.call(self.store.delete_session, kind, name)
@@ -313,6 +316,23 @@ class PersistentSessions:
             offline.stop()
         self._offline.clear()
         self._thread.shutdown(wait=True)
+
+
+def stored_identity(saved: StoredSession) -> Identity:
+    """The identity a stored session was made under, as far as the store keeps it.
+
+    Kind, name and the certificate and CA fingerprints (migration 0011): enough for every
+    registry change that ends sessions (revocation, disable, CA deactivation, rebinding) to
+    find a session whose client is away. Sessions stored before 0011 carry no fingerprints
+    and are matched by name only.
+    """
+    return Identity(
+        IdentityKind(saved.kind),
+        saved.name,
+        saved.certificate_fingerprint,
+        "",
+        issuer_fingerprint=saved.issuer_fingerprint,
+    )
 
 
 async def discard_ended(broker: Broker, ended: Callable[[Identity], bool], *, reason: str) -> int:

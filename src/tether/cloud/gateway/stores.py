@@ -87,6 +87,10 @@ class StoredSession:
     subscriptions: tuple[StoredSubscription, ...]
     qos2_received: tuple[int, ...] = ()  # incoming QoS 2 identifiers routed, not yet released
     outgoing: tuple[StoredOutgoing, ...] = ()  # unacknowledged outgoing QoS 1/2, oldest first
+    # The certificate and CA it was last connected with ("" if stored before they were kept):
+    # what a revocation or a CA deactivation is matched on while the client is away.
+    certificate_fingerprint: str = ""
+    issuer_fingerprint: str = ""
 
 
 class StoreOutcome(enum.Enum):
@@ -122,6 +126,9 @@ class SessionStore(Protocol):
         subscriptions: Sequence[StoredSubscription],
         qos2_received: Sequence[int] = (),
         outgoing: Sequence[StoredOutgoing] = (),
+        *,
+        certificate_fingerprint: str = "",
+        issuer_fingerprint: str = "",
     ) -> StoredSession:
         """Keep the session for ``expiry`` seconds (capped) from now, replacing an older one.
 

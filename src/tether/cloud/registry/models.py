@@ -393,6 +393,9 @@ class MqttSessionModel(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     subscriptions: Mapped[str] = mapped_column(Text)
     qos2_received: Mapped[str] = mapped_column(Text)  # JSON list of packet identifiers
+    # What the session was made under (0011; NULL before): a revocation matches on these.
+    certificate_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    issuer_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class MqttQueuedModel(Base):

@@ -93,7 +93,16 @@ def _session(row: MqttSessionModel) -> StoredSession:
         StoredOutgoing(int(packet_id), None if item is None else _decode_message(item))
         for packet_id, item in held["outgoing"]
     )
-    return StoredSession(row.kind, row.name, row.expires_at, subscriptions, received, outgoing)
+    return StoredSession(
+        row.kind,
+        row.name,
+        row.expires_at,
+        subscriptions,
+        received,
+        outgoing,
+        row.certificate_fingerprint or "",
+        row.issuer_fingerprint or "",
+    )
 
 
 def _encode_message(message: StoredMessage) -> list[object]:
@@ -228,6 +237,9 @@ class RegistryMqttState(RegistryBase):
         subscriptions: Sequence[StoredSubscription],
         qos2_received: Sequence[int] = (),
         outgoing: Sequence[StoredOutgoing] = (),
+        *,
+        certificate_fingerprint: str = "",
+        issuer_fingerprint: str = "",
     ) -> StoredSession:
         """Keep the session for min(expiry, max_session_expiry) seconds from now."""
         expires_at = self._clock() + timedelta(
@@ -244,6 +256,8 @@ class RegistryMqttState(RegistryBase):
             row.expires_at = expires_at
             row.subscriptions = encoded
             row.qos2_received = _encode_held(qos2_received, outgoing)
+            row.certificate_fingerprint = certificate_fingerprint or None
+            row.issuer_fingerprint = issuer_fingerprint or None
         return StoredSession(
             kind,
             name,
@@ -251,6 +265,8 @@ class RegistryMqttState(RegistryBase):
             tuple(subscriptions),
             tuple(sorted(qos2_received)),
             tuple(outgoing),
+            certificate_fingerprint,
+            issuer_fingerprint,
         )
 
     def load_session(self, kind: str, name: str) -> StoredSession | None:
