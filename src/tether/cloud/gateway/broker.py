@@ -73,6 +73,8 @@ def attributed_properties(
     sender: Identity, client_properties: list[tuple[str, str]]
 ) -> tuple[tuple[str, str], ...]:
     """The client's user properties minus any ``tether-sender``, plus the real sender last."""
+    if not client_properties:  # the common case: nothing to filter
+        return ((SENDER_PROPERTY, sender.name),)
     kept = tuple(item for item in client_properties if item[0] != SENDER_PROPERTY)
     return (*kept, (SENDER_PROPERTY, sender.name))
 
