@@ -164,7 +164,7 @@ class Broker:
 
     def _route(self, message: Message, origin: Subscriber | None) -> int:
         best: dict[Subscriber, int] = {}
-        for subscriber, subscription in self._tree.match(message.topic):
+        for subscriber, subscription in self._tree.matching(message.topic):
             if subscription.no_local and subscriber is origin:
                 continue
             best[subscriber] = max(best.get(subscriber, 0), subscription.max_qos)
