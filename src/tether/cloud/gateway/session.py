@@ -22,8 +22,9 @@ checks and answers every packet; the session keeps what both versions share:
   (no session outlives its connection yet), so the session ends with the connection and the
   Will is published then (MQTT 5 3.1.3.2.2).
 
-Every QoS 1 PUBLISH is acknowledged before the next packet is read, and reading stops while
-the client does not read its acknowledgements, so a client can never have more
+Every QoS 1 PUBLISH is acknowledged before the next packet is read (the PUBACK goes into the
+outbox, which hands a loop iteration's writes to the transport at once), and reading stops
+while the client does not read its acknowledgements, so a client can never have more
 unacknowledged publishes with us than it has sent in one read. There is no retransmission
 (no persistent sessions yet).
 
