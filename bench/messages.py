@@ -81,11 +81,13 @@ READING = [
     "move by 2x between runs; the server CPU per message moves least). With bench/publisher.c "
     "and before the hot-path work the gateway spent 121 µs (QoS 0) and 159 µs (QoS 1) of CPU "
     "per message (Mosquitto 13 and 40) and reached 0.33x / 0.55x Mosquitto's msg/s. After it, "
-    "over four repeats: 25-44 µs and 50-64 µs (Mosquitto 12-48 and 44-56: with room for the "
+    "over five repeats: 25-44 µs and 50-64 µs (Mosquitto 12-48 and 44-56: with room for the "
     "whole QoS 1 flood in its queue it costs as much as the gateway), msg/s 0.41-1.20x "
-    "(QoS 0) and 0.58-1.06x (QoS 1), medians ~0.94x both: the goal of 1.0x is missed by "
-    "~6%, within the noise of this machine; the paced p99 ratio is 0.4-0.9x at QoS 0 and "
-    "0.3-1.9x at QoS 1 (Mosquitto's p50 is ~0.2 ms, the gateway's 0.6-2.4 ms).",
+    "(QoS 0, median 0.69x) and 0.58-1.06x (QoS 1, median 0.95x): the goal of 1.0x is missed, "
+    "by ~30% at QoS 0 and ~5% at QoS 1. Paced p99, Mosquitto / Tether: 0.4-2.35x (QoS 0) and "
+    "0.27-1.9x (QoS 1); Mosquitto's paced p50 is ~0.2 ms, the gateway's 0.6-2.4 ms. The "
+    "gateway's tail is likely its registry threads (audit feed polling, last-seen flushes) "
+    "holding the GIL, which py-spy catches in the gateway process; not verified.",
     "Where the time goes now (profile below): 'self StreamWriter.write' is uvloop's TLS write "
     "and the loopback send (C, ~20%), SSLObject.read the TLS reads (~5-10%), then the "
     "per-message Python: Message construction (a frozen dataclass: ~10-17%), the codec's "
