@@ -80,8 +80,11 @@ def tether_server(world: World, *, log_level: str = "INFO", workers: int = 1) ->
 
 
 @contextmanager
-def mosquitto_server(world: World) -> Iterator[Server]:
-    """Debian Mosquitto configured like the gateway, until the block ends."""
+def mosquitto_server(world: World, *, extra: tuple[str, ...] = ()) -> Iterator[Server]:
+    """Debian Mosquitto configured like the gateway, until the block ends.
+
+    ``extra``: more configuration lines a benchmark needs (e.g. a queue bound).
+    """
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(mosquitto).exists():
         raise RuntimeError("mosquitto is not installed; run scripts/install-system-deps")
@@ -101,6 +104,7 @@ def mosquitto_server(world: World) -> Iterator[Server]:
         "allow_anonymous false",
         "set_tcp_nodelay true",
     ]
+    lines += extra
     if os.geteuid() == 0:
         lines.insert(0, "user root")  # else it drops to 'mosquitto', who cannot read the key
     config = world.base / "mosquitto.conf"

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from paho.mqtt.client import topic_matches_sub
 
 from tether.cloud.gateway.topics import is_valid_topic_filter, is_valid_topic_name, matches
-from tether.cloud.gateway.topictree import TopicTree
+from tether.cloud.gateway.topictree import MATCH_CACHE_SIZE, TopicTree
 
 LEVELS = st.sampled_from(["", "a", "b", "ab", "$SYS", "$x", "é", "日本", "devices", "SN0001"])
 TOPICS = st.lists(LEVELS, min_size=1, max_size=5).map("/".join).filter(is_valid_topic_name)
@@ -111,3 +111,30 @@ def test_many_filters_under_one_subtree_are_not_visited_for_another_topic() -> N
     # Walked: root -> devices -> SN0002 -> telemetry. No list of 10,000 is looked at.
     assert list(tree.match("devices/SN0002/telemetry")) == [("victim", "y")]
     assert len(tree._root.children["devices"].children) == 2
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.tuples(st.booleans(), FILTERS, st.sampled_from(["s1", "s2"]), TOPICS), max_size=20)
+)
+def test_the_remembered_matches_follow_every_add_and_remove(
+    steps: list[tuple[bool, str, str, str]],
+) -> None:
+    """``matching`` (the routing cache) answers what ``match`` answers after any change."""
+    tree: TopicTree[str, str] = TopicTree()
+    for add, topic_filter, key, topic in steps:
+        tree.matching(topic)  # remember an answer the change may make stale
+        if add:
+            tree.add(topic_filter, key, topic_filter + key)
+        else:
+            tree.remove(topic_filter, key)
+        assert set(tree.matching(topic)) == matched(tree, topic)
+        assert tree.matching(topic) is tree.matching(topic)  # remembered, not walked again
+
+
+def test_the_remembered_matches_are_bounded() -> None:
+    tree: TopicTree[str, str] = TopicTree()
+    tree.add("#", "s", "all")
+    for n in range(MATCH_CACHE_SIZE + 10):
+        assert tree.matching(f"t/{n}") == (("s", "all"),)
+    assert len(tree._matches) <= MATCH_CACHE_SIZE

@@ -73,6 +73,8 @@ def attributed_properties(
     sender: Identity, client_properties: list[tuple[str, str]]
 ) -> tuple[tuple[str, str], ...]:
     """The client's user properties minus any ``tether-sender``, plus the real sender last."""
+    if not client_properties:  # the common case: nothing to filter
+        return ((SENDER_PROPERTY, sender.name),)
     kept = tuple(item for item in client_properties if item[0] != SENDER_PROPERTY)
     return (*kept, (SENDER_PROPERTY, sender.name))
 
@@ -198,7 +200,7 @@ class Broker:
 
     def _route(self, message: Message, origin: Subscriber | None) -> int:
         best: dict[Subscriber, int] = {}
-        for subscriber, subscription in self._tree.match(message.topic):
+        for subscriber, subscription in self._tree.matching(message.topic):
             if subscription.no_local and subscriber is origin:
                 continue
             best[subscriber] = max(best.get(subscriber, 0), subscription.max_qos)

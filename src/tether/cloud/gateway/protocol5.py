@@ -55,6 +55,8 @@ SUCCESS = 0x00
 NO_MATCHING_SUBSCRIBERS = 0x10
 NOT_AUTHORIZED = 0x87
 QUOTA_EXCEEDED = 0x97
+PUBACK_HEADER, PUBREC_HEADER = 0x40, 0x50  # fixed header byte 1 (MQTT 5 3.4.1, 3.5.1)
+QOS_LEVELS = (QoS.AT_MOST_ONCE, QoS.AT_LEAST_ONCE, QoS.EXACTLY_ONCE)  # QoS(n) without a call
 
 
 class Mqtt5Handler(ProtocolHandler):
@@ -208,18 +210,20 @@ class Mqtt5Handler(ProtocolHandler):
 
     def _on_publish(self, packet: mqtt5.PublishPacket) -> Awaitable[None] | None:
         session = self.session
-        if packet.retain and session.retained is None:
+        # Each attribute of a codec packet is a call into the codec: read each once.
+        qos, retain = packet.qos, packet.retain
+        if retain and session.retained is None:
             self._refuse(
                 DisconnectReasonCode.RETAIN_NOT_SUPPORTED,
                 "mqtt_retain_unsupported",
                 "PUBLISH with retain (Retain Available is 0)",
             )
             return None
-        if packet.qos != QoS.AT_MOST_ONCE and not packet.packet_id:
+        if qos != QoS.AT_MOST_ONCE and not packet.packet_id:
             self._refuse(
                 DisconnectReasonCode.PROTOCOL_ERROR,
                 "mqtt_protocol_error",
-                f"QoS {int(packet.qos)} PUBLISH with packet identifier 0 [MQTT-2.2.1-3]",
+                f"QoS {int(qos)} PUBLISH with packet identifier 0 [MQTT-2.2.1-3]",
             )
             return None
         if packet.subscription_ids:
@@ -246,13 +250,13 @@ class Mqtt5Handler(ProtocolHandler):
         if refusal is not None:
             code, text = refusal
             session.log(logging.WARNING, code, f"PUBLISH refused by policy: {text}")
-            if packet.qos == QoS.AT_MOST_ONCE:
+            if qos == QoS.AT_MOST_ONCE:
                 session.disconnect(DisconnectReasonCode.NOT_AUTHORIZED, code)
             else:
                 session.write(self._ack(packet, NOT_AUTHORIZED, self._reason(code)))
             return None
         first = True
-        if packet.qos == QoS.EXACTLY_ONCE:
+        if qos == QoS.EXACTLY_ONCE:
             new = session.exactly_once.receive(packet.packet_id)
             if new is None:
                 self._refuse(
@@ -265,9 +269,9 @@ class Mqtt5Handler(ProtocolHandler):
         message = self._message(packet, topic)
         matched = session.route(message) if first else 1  # a resend was routed already
         reason = SUCCESS if matched else NO_MATCHING_SUBSCRIBERS
-        if packet.retain and first:
+        if retain and first:
             return self._retain_then_ack(packet, message, reason)
-        if packet.qos != QoS.AT_MOST_ONCE:
+        if qos != QoS.AT_MOST_ONCE:
             session.write(self._ack(packet, reason))
         return None
 
@@ -298,7 +302,14 @@ class Mqtt5Handler(ProtocolHandler):
 
     def _ack(self, packet: mqtt5.PublishPacket, reason: int, text: str | None = None) -> bytes:
         """PUBACK (QoS 1) or PUBREC (QoS 2) with ``reason`` (the codes are the same)."""
-        if packet.qos == QoS.AT_LEAST_ONCE:
+        qos = packet.qos
+        if reason == SUCCESS and text is None:
+            # The codec's own bytes for Success without properties (the reason code may be
+            # left out, MQTT 5 3.4.2.1), without building a packet object per message.
+            packet_id = packet.packet_id
+            kind = PUBACK_HEADER if qos == QoS.AT_LEAST_ONCE else PUBREC_HEADER
+            return bytes((kind, 2, packet_id >> 8, packet_id & 0xFF))
+        if qos == QoS.AT_LEAST_ONCE:
             return mqtt5.PubAckPacket(
                 packet.packet_id, reason_code=mqtt5.PubAckReasonCode(reason), reason_str=text
             ).write()
@@ -375,7 +386,7 @@ class Mqtt5Handler(ProtocolHandler):
         return mqtt5.PublishPacket(
             topic,
             message.payload,
-            qos=QoS(qos),
+            qos=QOS_LEVELS[qos],
             retain=message.retain,
             packet_id=PLACEHOLDER_PACKET_ID if qos >= 1 else None,
             payload_format_indicator=message.payload_format_indicator,

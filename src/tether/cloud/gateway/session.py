@@ -22,8 +22,9 @@ checks and answers every packet; the session keeps what both versions share:
   (no session outlives its connection yet), so the session ends with the connection and the
   Will is published then (MQTT 5 3.1.3.2.2).
 
-Every QoS 1 PUBLISH is acknowledged before the next packet is read, and reading stops while
-the client does not read its acknowledgements, so a client can never have more
+Every QoS 1 PUBLISH is acknowledged before the next packet is read (the PUBACK goes into the
+outbox, which hands a loop iteration's writes to the transport at once), and reading stops
+while the client does not read its acknowledgements, so a client can never have more
 unacknowledged publishes with us than it has sent in one read. There is no retransmission
 (no persistent sessions yet).
 
@@ -178,6 +179,7 @@ class Session(SessionState):
             snapshot = self.subscriptions.snapshot()
             self.subscriptions.clear()
             await self._finish(snapshot)
+            self._outbox.flush()
             await close_writer(self._writer)
             self._closed.set()
 
@@ -195,6 +197,7 @@ class Session(SessionState):
             data = self._protocol.disconnect_packet(reason, reason_str)
             if data is not None:
                 self.write(data)
+        self._outbox.flush()  # what was written goes before the close (outbox.py)
         with contextlib.suppress(Exception):
             self._writer.close()
         # close() waits for the peer's close_notify before the read side ends; do not let a
@@ -395,17 +398,25 @@ class Session(SessionState):
         assert protocol is not None  # set by _handshake
         while not self._closing:
             try:
-                async with asyncio.timeout(self._keep_alive * KEEP_ALIVE_GRACE):
-                    frame = await self._stream.read_frame()
-                    if frame is not None and not self._closing:
-                        pending = protocol.handle(protocol.decode(frame))
+                # A frame already read needs no keep-alive timer (a timer per packet is most
+                # of a small PUBLISH's cost in the loop): the timer covers every wait.
+                frame = self._stream.buffered_frame()
+                pending = None
+                if frame is None:
+                    async with asyncio.timeout(self._keep_alive * KEEP_ALIVE_GRACE):
+                        frame = await self._stream.read_frame()
+                if frame is not None and not self._closing:
+                    pending = protocol.handle(protocol.decode(frame))
+                stuck = self._outbox.buffered() > self.settings.max_packet_size
+                if pending is not None or stuck:
+                    async with asyncio.timeout(self._keep_alive * KEEP_ALIVE_GRACE):
                         if pending is not None:
                             # A retained message is being stored: its acknowledgement (and
                             # the next packet) waits, so PUBACKs stay in order.
                             await pending
-                    if self._outbox.buffered() > self.settings.max_packet_size:
-                        # Stop reading while the client does not read its acknowledgements.
-                        await self._writer.drain()
+                        if stuck:
+                            # Stop reading while the client does not read its acknowledgements.
+                            await self._outbox.drain()
                 if self.over_quota:
                     # Told 0x97 and asking for more: read its next packet later, so a client
                     # that floods SUBSCRIBE gets a bounded share of the loop (not counted as

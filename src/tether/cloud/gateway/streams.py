@@ -43,6 +43,13 @@ class PacketStream:
         frame = await self.read_frame()
         return None if frame is None else decode(frame)
 
+    def buffered_frame(self) -> bytes | None:
+        """The next complete packet's bytes if already read, else ``None`` (never waits).
+
+        Raises like ``read_frame`` when a fixed header proves the stream bad.
+        """
+        return self.framer.next_frame()
+
     async def read_frame(self) -> bytes | None:
         """The next complete packet's bytes, undecoded (the session picks the codec).
 

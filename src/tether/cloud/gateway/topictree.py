@@ -13,6 +13,11 @@ Matching follows MQTT 5 section 4.7 exactly (and agrees with paho-mqtt's
 matched by a filter whose first level is ``+`` or ``#``. Filters and topics are assumed valid
 (see :mod:`tether.cloud.gateway.topics`). Not thread-safe: the gateway uses it from its event
 loop only.
+
+``matching(topic)`` is ``match`` remembered (issue 17, messages hot path): a device publishes
+to the same few topics again and again, so the answer per topic name is kept until the tree
+changes (any ``add`` or ``remove`` forgets every answer), for at most ``MATCH_CACHE_SIZE``
+topics (then it starts over). A publish to a known topic costs one dictionary lookup.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ V = TypeVar("V")
 
 SINGLE = "+"
 MULTI = "#"
+MATCH_CACHE_SIZE = 4096  # topic names whose matches are remembered
 
 
 class _Node(Generic[K, V]):
@@ -47,6 +53,7 @@ class TopicTree(Generic[K, V]):
     def __init__(self) -> None:
         self._root: _Node[K, V] = _Node()
         self._size = 0
+        self._matches: dict[str, tuple[tuple[K, V], ...]] = {}
 
     def __len__(self) -> int:
         """How many (filter, key) entries are stored."""
@@ -62,6 +69,7 @@ class TopicTree(Generic[K, V]):
             node = child
         replaced = key in node.values
         node.values[key] = value
+        self._matches.clear()
         if not replaced:
             self._size += 1
         return replaced
@@ -84,12 +92,22 @@ class TopicTree(Generic[K, V]):
             return False
         del node.values[key]
         self._size -= 1
+        self._matches.clear()
         for parent, level in reversed(path):
             child = parent.children[level]
             if child.values or child.children:
                 break
             del parent.children[level]
         return True
+
+    def matching(self, topic: str) -> tuple[tuple[K, V], ...]:
+        """``match(topic)`` as a tuple, remembered until the tree changes (module docstring)."""
+        found = self._matches.get(topic)
+        if found is None:
+            if len(self._matches) >= MATCH_CACHE_SIZE:
+                self._matches.clear()
+            found = self._matches[topic] = tuple(self.match(topic))
+        return found
 
     def match(self, topic: str) -> Iterator[tuple[K, V]]:
         """Every (key, value) whose filter matches topic name ``topic``.
