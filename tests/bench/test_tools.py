@@ -14,11 +14,13 @@ from bench.__main__ import END, START, publish, render
 from bench.common import Figure, Result
 from bench.peers import (
     build_loadgen,
+    build_tlsmin,
     handshake_crypto_limit,
     mosquitto_server,
     openssl_speed,
     run_loadgen,
     tether_server,
+    tlsmin_server,
 )
 from bench.world import build_world
 
@@ -53,6 +55,20 @@ def test_the_gateway_refuses_the_load_generator_with_an_unregistered_identity(
         outcome = run_loadgen(loadgen, server.port, stranger.identities, threads=1, duration=1)
     assert outcome["connections"] == 0
     assert outcome["errors"]["tls"] + outcome["errors"]["mqtt"] > 0
+
+
+def test_the_minimal_tls_server_requires_a_client_certificate_of_the_world(
+    tmp_path: Path, world, loadgen
+) -> None:
+    tlsmin = build_tlsmin(tmp_path)
+    stranger = build_world(tmp_path / "other", identities=1)  # another PKI entirely
+    with tlsmin_server(world, tlsmin) as server:
+        accepted = run_loadgen(loadgen, server.port, world.identities, threads=2, duration=1)
+        refused = run_loadgen(loadgen, server.port, stranger.identities, threads=1, duration=1)
+    assert accepted["errors"] == {"tcp": 0, "tls": 0, "mqtt": 0, "refused": 0}
+    assert accepted["connections"] > 0
+    assert refused["connections"] == 0
+    assert refused["errors"]["tls"] + refused["errors"]["mqtt"] > 0
 
 
 def test_the_crypto_limit_comes_from_openssl_speed() -> None:
