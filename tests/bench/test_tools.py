@@ -7,6 +7,7 @@ both servers with zero errors, ``openssl speed`` is read, and the report renders
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,11 @@ from bench.peers import (
     run_loadgen,
     tether_server,
     tlsmin_server,
+    worker_pids,
 )
 from bench.world import build_world
 
-from bench import tokens
+from bench import cluster, tokens
 from tests.softhsm import Token
 
 
@@ -69,6 +71,15 @@ def test_the_minimal_tls_server_requires_a_client_certificate_of_the_world(
     assert accepted["connections"] > 0
     assert refused["connections"] == 0
     assert refused["errors"]["tls"] + refused["errors"]["mqtt"] > 0
+
+
+def test_the_cluster_benchmark_finds_the_worker_holding_a_connection(world) -> None:
+    with tether_server(world, workers=2, log_level="WARNING") as server:
+        workers = worker_pids(server)
+        assert len(workers) == 2
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            held_by = cluster._worker_of(sock.getsockname()[1], server.port, workers)
+    assert held_by in workers
 
 
 def test_the_crypto_limit_comes_from_openssl_speed() -> None:
