@@ -43,7 +43,14 @@ from tests.postgres import throwaway_postgres
 
 from bench import memory, messages, revocation
 from bench.common import Result, main, percentile, profile, rss_bytes
-from bench.peers import Server, build_loadgen, mosquitto_server, tether_server, worker_pids
+from bench.peers import (
+    Server,
+    build_loadgen,
+    mosquitto_server,
+    process_tree,
+    tether_server,
+    worker_pids,
+)
 from bench.world import World, add_service, build_world, free_port
 from tether.cloud.admin import create_admin
 from tether.cloud.registry import Registry
@@ -332,28 +339,10 @@ def _latency(result: Result, work: Path, repeats: int) -> None:
 # -- 2. memory per idle session with workers ------------------------------------------------
 
 
-def _tree(pid: int) -> set[int]:
-    """A process and its live descendants (parent links in /proc/*/stat)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError):
-            continue
-    tree, frontier = {pid}, [pid]
-    while frontier:
-        current = frontier.pop()
-        for child, parent in parents.items():
-            if parent == current and child not in tree:
-                tree.add(child)
-                frontier.append(child)
-    return tree
-
-
 def _tree_rss(pid: int) -> tuple[int, int]:
     """RSS bytes summed over the tree of ``pid``, and how many processes that is."""
     total, count = 0, 0
-    for member in _tree(pid):
+    for member in process_tree(pid):
         try:
             total += rss_bytes(member)
             count += 1

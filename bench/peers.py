@@ -18,7 +18,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -102,9 +104,48 @@ def tether_server(
                "--metrics-port", "0", "--api-metrics-port", "0",
                "--log-level", log_level, "--workers", str(workers), "--role", role]  # fmt: skip
     port = api_port if role == "api" else settings.gateway.port
-    with process(command, log=log) as child:
-        wait_for_port(port, child=child, timeout=120)
-        yield Server("tether", child.pid, port, log)
+    tree: set[int] = set()
+    try:
+        with process(command, log=log) as child:
+            try:
+                wait_for_port(port, child=child, timeout=120)
+                yield Server("tether", child.pid, port, log)
+            finally:
+                tree = process_tree(child.pid) - {child.pid}
+    finally:
+        _stop_leftovers(tree, log)
+
+
+def _stop_leftovers(pids: set[int], log: Path) -> None:
+    """SIGKILL what a stopped ``serve`` left running (say, its nats-server, when the
+    supervisor had to be killed); named on stderr, since a clean stop leaves nothing."""
+    for pid in sorted(pids):
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue  # exited, not yet reaped
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, UnicodeDecodeError, IndexError):
+            continue  # gone already, as it should be
+        print(f"bench: killed a leftover of {log.name}: {pid} {command[:120]}", file=sys.stderr)
+
+
+def process_tree(pid: int) -> set[int]:
+    """A process and its live descendants (parent links in /proc/*/stat)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        current = frontier.pop()
+        for child, parent in parents.items():
+            if parent == current and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return tree
 
 
 def worker_pids(server: Server, timeout: float = 60.0) -> list[int]:
