@@ -20,6 +20,10 @@ connect rate, CPU per connect, scaling and idle CPU are ``bench/workers.py``. In
    with the devices' live sessions, host B = ``serve --role api`` on its own data directory
    and ports; each trial of ``bench/revocation.py`` (live session, revoke, drop seen,
    reconnect refused) with the revoke made through host B's HTTPS admin API.
+
+A missed target adds a profile taken during one extra, unreported round (py-spy on the
+workers or on host B's API process and a host A worker; tracemalloc for memory), so the
+sampler never disturbs the figures it explains.
 """
 
 from __future__ import annotations
