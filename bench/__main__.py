@@ -36,6 +36,7 @@ BENCHMARKS = (
     "policy",
     "enrollment",
     "workers",
+    "cluster",
     "renewal",
     "messages",
 )

@@ -6,16 +6,22 @@
   device CA, ``require_certificate true``, ``use_identity_as_username true``,
   ``set_tcp_nodelay true`` (Tether sets TCP_NODELAY too; without it Mosquitto's small writes
   wait out a 40 ms delayed ACK) and its default connection logging.
+- The minimal TLS server: ``bench/tlsmin.c`` (the handshake and a fixed CONNACK, nothing
+  else) with the same certificate, key and client CAs: the practical limit of the TLS stack.
 - The load generator: ``bench/loadgen.c``, built here with the system compiler and OpenSSL.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,8 +29,11 @@ from pathlib import Path
 
 from bench.common import TETHER, process, wait_for_port
 from bench.world import World, free_port
+from tether.cloud.settings import CloudSettings
 
 LOADGEN_SOURCE = Path(__file__).with_name("loadgen.c")
+TLSMIN_SOURCE = Path(__file__).with_name("tlsmin.c")
+_STARTS = itertools.count(1)  # one log file per server start: worker_pids reads its own
 
 
 @dataclass(frozen=True)
@@ -39,12 +48,20 @@ class Server:
 
 def build_loadgen(work: Path) -> Path:
     """Compile the load generator (gcc and libssl-dev come from scripts/system-packages.txt)."""
-    binary = work / "loadgen"
+    return _build_c(LOADGEN_SOURCE, work / "loadgen")
+
+
+def build_tlsmin(work: Path) -> Path:
+    """Compile the minimal C TLS server, like the load generator."""
+    return _build_c(TLSMIN_SOURCE, work / "tlsmin")
+
+
+def _build_c(source: Path, binary: Path) -> Path:
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        raise RuntimeError("no C compiler (cc/gcc) to build bench/loadgen.c; install gcc")
+        raise RuntimeError(f"no C compiler (cc/gcc) to build {source.name}; install gcc")
     subprocess.run(
-        [compiler, "-O2", "-pthread", "-o", str(binary), str(LOADGEN_SOURCE), "-lssl", "-lcrypto"],
+        [compiler, "-O2", "-pthread", "-o", str(binary), str(source), "-lssl", "-lcrypto"],
         check=True,
     )
     return binary
@@ -63,20 +80,88 @@ def run_loadgen(
 
 
 @contextmanager
-def tether_server(world: World, *, log_level: str = "INFO", workers: int = 1) -> Iterator[Server]:
+def tether_server(
+    world: World,
+    *,
+    log_level: str = "INFO",
+    workers: int = 1,
+    role: str = "all",
+    data_dir: Path | None = None,
+) -> Iterator[Server]:
     """``tether cloud serve --workers N`` on the world's data directory, until the block ends.
 
     One worker (the default here) is the single process the older benchmarks measure; with
-    more, ``pid`` is the supervisor: measure its whole tree (``tree_cpu_seconds``).
+    more, ``pid`` is the supervisor: measure its whole tree (``tree_cpu_seconds``). ``role``
+    and ``data_dir`` (another host's data directory on the world's registry) serve the
+    several-host benchmarks; with ``role="api"`` the server's ``port`` is the API's. The
+    metrics listeners take any free port, so two hosts on one machine do not collide.
     """
-    log = world.base / "tether-serve.log"
-    port = world.settings.gateway.port
-    command = [str(TETHER), "cloud", "serve", str(world.settings.data_dir),
-               "--api-port", str(free_port()), "--publish-port", "0",
-               "--log-level", log_level, "--workers", str(workers)]  # fmt: skip
-    with process(command, log=log) as child:
-        wait_for_port(port, child=child, timeout=120)
-        yield Server("tether", child.pid, port, log)
+    settings = world.settings if data_dir is None else CloudSettings.load(data_dir)
+    log = world.base / f"tether-serve-{settings.data_dir.name}-{role}-{next(_STARTS)}.log"
+    api_port = free_port()
+    command = [str(TETHER), "cloud", "serve", str(settings.data_dir),
+               "--api-port", str(api_port), "--publish-port", "0",
+               "--metrics-port", "0", "--api-metrics-port", "0",
+               "--log-level", log_level, "--workers", str(workers), "--role", role]  # fmt: skip
+    port = api_port if role == "api" else settings.gateway.port
+    tree: set[int] = set()
+    try:
+        with process(command, log=log) as child:
+            try:
+                wait_for_port(port, child=child, timeout=120)
+                yield Server("tether", child.pid, port, log)
+            finally:
+                tree = process_tree(child.pid) - {child.pid}
+    finally:
+        _stop_leftovers(tree, log)
+
+
+def _stop_leftovers(pids: set[int], log: Path) -> None:
+    """SIGKILL what a stopped ``serve`` left running (say, its nats-server, when the
+    supervisor had to be killed); named on stderr, since a clean stop leaves nothing."""
+    for pid in sorted(pids):
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue  # exited, not yet reaped
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, UnicodeDecodeError, IndexError):
+            continue  # gone already, as it should be
+        print(f"bench: killed a leftover of {log.name}: {pid} {command[:120]}", file=sys.stderr)
+
+
+def process_tree(pid: int) -> set[int]:
+    """A process and its live descendants (parent links in /proc/*/stat)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        current = frontier.pop()
+        for child, parent in parents.items():
+            if parent == current and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return tree
+
+
+def worker_pids(server: Server, timeout: float = 60.0) -> list[int]:
+    """The gateway worker processes of a ``tether cloud serve --workers N``.
+
+    Read from its ready line (printed once every worker listens), waited for up to ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        text = server.log.read_text(errors="replace")
+        lines = re.findall(r"workers, pids ([\d, ]+);", text)
+        if lines:
+            return [int(pid) for pid in lines[-1].split(",")]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no worker pids in {server.log} within {timeout:g} s")
+        time.sleep(0.1)
 
 
 @contextmanager
@@ -113,6 +198,19 @@ def mosquitto_server(world: World, *, extra: tuple[str, ...] = ()) -> Iterator[S
     with process([mosquitto, "-c", str(config)], log=log) as child:
         wait_for_port(port, child=child)
         yield Server("mosquitto", child.pid, port, log)
+
+
+@contextmanager
+def tlsmin_server(world: World, binary: Path) -> Iterator[Server]:
+    """``bench/tlsmin.c`` with the gateway's server chain and key and Mosquitto's client CAs."""
+    settings = world.settings
+    port = free_port()
+    log = world.base / "tlsmin.log"
+    command = [str(binary), "--port", str(port), "--cert", str(settings.server_chain),
+               "--key", str(settings.server_key), "--ca", str(world.client_ca_file)]  # fmt: skip
+    with process(command, log=log) as child:
+        wait_for_port(port, child=child)
+        yield Server("tlsmin", child.pid, port, log)
 
 
 def mosquitto_version() -> str:

@@ -7,6 +7,7 @@ both servers with zero errors, ``openssl speed`` is read, and the report renders
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -14,15 +15,18 @@ from bench.__main__ import END, START, publish, render
 from bench.common import Figure, Result
 from bench.peers import (
     build_loadgen,
+    build_tlsmin,
     handshake_crypto_limit,
     mosquitto_server,
     openssl_speed,
     run_loadgen,
     tether_server,
+    tlsmin_server,
+    worker_pids,
 )
 from bench.world import build_world
 
-from bench import tokens
+from bench import cluster, tokens
 from tests.softhsm import Token
 
 
@@ -53,6 +57,29 @@ def test_the_gateway_refuses_the_load_generator_with_an_unregistered_identity(
         outcome = run_loadgen(loadgen, server.port, stranger.identities, threads=1, duration=1)
     assert outcome["connections"] == 0
     assert outcome["errors"]["tls"] + outcome["errors"]["mqtt"] > 0
+
+
+def test_the_minimal_tls_server_requires_a_client_certificate_of_the_world(
+    tmp_path: Path, world, loadgen
+) -> None:
+    tlsmin = build_tlsmin(tmp_path)
+    stranger = build_world(tmp_path / "other", identities=1)  # another PKI entirely
+    with tlsmin_server(world, tlsmin) as server:
+        accepted = run_loadgen(loadgen, server.port, world.identities, threads=2, duration=1)
+        refused = run_loadgen(loadgen, server.port, stranger.identities, threads=1, duration=1)
+    assert accepted["errors"] == {"tcp": 0, "tls": 0, "mqtt": 0, "refused": 0}
+    assert accepted["connections"] > 0
+    assert refused["connections"] == 0
+    assert refused["errors"]["tls"] + refused["errors"]["mqtt"] > 0
+
+
+def test_the_cluster_benchmark_finds_the_worker_holding_a_connection(world) -> None:
+    with tether_server(world, workers=2, log_level="WARNING") as server:
+        workers = worker_pids(server)
+        assert len(workers) == 2
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            held_by = cluster._worker_of(sock.getsockname()[1], server.port, workers)
+    assert held_by in workers
 
 
 def test_the_crypto_limit_comes_from_openssl_speed() -> None:
