@@ -49,6 +49,7 @@ MESSAGES = 30_000  # per flood, split over the publishers
 PUBLISHERS = 3  # device processes
 WINDOW = 64  # QoS 1 messages in flight per publisher
 PAYLOAD = 64
+PROBE = b"probe"  # the QoS 0 payload publisher.c sends until the service has it
 PACED_SHARE = 0.5  # the paced load, as a share of the slower server's flood rate
 PACED_SECONDS = 4.0
 # The service's Receive Maximum (mosquitto_sub's default is 20): with 20, the gateway's QoS 1
@@ -159,7 +160,7 @@ def measure(
     def read() -> None:
         assert sub.stdout is not None
         for line in sub.stdout:
-            if " probe" in line:
+            if " " + PROBE.decode() in line:
                 probed.set()
             else:
                 lines.append(line)
