@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.cloud.conftest import ACTOR, TIMEOUT, Cloud, CloudPKI
+from tests.cloud.test_changes import _Deaf
 from tests.support.mqtt import RawClient
 from tether.cloud.changes import Interval
 from tether.cloud.gateway import HandshakeRefused, Identity
@@ -127,6 +128,22 @@ def test_a_feed_that_cannot_read_the_registry_empties_the_view_and_refuses(
         time.sleep(0.01)
     connack = _connack(cloud, device, "CON-000120")
     assert connack is not None and connack.reason_str == "registry_unavailable"  # type: ignore[attr-defined]
+    assert len(cloud.service.view) == 0
+
+
+def test_a_deaf_change_signal_bypasses_the_view_at_once(cloud: Cloud) -> None:
+    """A lost LISTEN is noticed by the feed's next read; the view is not used even before."""
+    device = _cached(cloud, "CON-000130")
+    hits = cloud.service.view.hits
+    cloud.service.changes = _Deaf()  # type: ignore[assignment]
+    _connack(cloud, device, "CON-000130")  # the registry's answer, or feed_behind: not the view
+    assert cloud.service.view.hits == hits
+    deadline = time.monotonic() + TIMEOUT
+    while cloud.service.feed_current:
+        assert time.monotonic() < deadline, "the feed never noticed"
+        time.sleep(0.01)
+    connack = _connack(cloud, device, "CON-000130")
+    assert connack is not None and connack.reason_str == "registry_feed_behind"  # type: ignore[attr-defined]
     assert len(cloud.service.view) == 0
 
 

@@ -149,7 +149,9 @@ class CloudService:
             )
         now = dt.datetime.now(dt.UTC)
         fingerprint = certificate_fingerprint(leaf)
-        cached = self.view.get(fingerprint, now)
+        # The signal itself must still be listening: a lost LISTEN is noticed by the feed's
+        # next read, and until then a change may already be missing from the view.
+        cached = self.view.get(fingerprint, now) if self.changes.current else None
         if cached is not None and self._ending_after(cached.position, cached.identity) is None:
             # Every change after ``cached.position`` that could end it would have dropped it.
             self.authority.note_seen(cached.identity.name, now)
