@@ -5,6 +5,13 @@ caches and allocator arenas a first session pays for are not charged to the 10,0
 resident set size is read; the load generator opens 10,000 sessions with 10,000 distinct
 device certificates and holds them idle; after a 2 s settle the RSS is read again. Per session
 = (RSS with sessions - RSS before) / sessions. Tether and Mosquitto alternate first.
+
+The same run measures the floor of Tether's TLS stack: a bare uvloop server on the same stdlib
+``ssl`` context (``build_server_context``) whose protocol answers CONNECT with a fixed CONNACK
+and keeps nothing else, held idle by the same load generator (``FLOOR_SESSIONS`` connections,
+in this process). What is above it is Tether's own (the session's Python objects); what is in
+it is uvloop's and CPython's ssl (the OpenSSL connection with its peer certificate, uvloop's
+256 KiB read buffer as far as it was touched, the transport objects).
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from bench.peers import Server, build_loadgen, mosquitto_server, tether_server
 from bench.world import World, build_world
 
 SESSIONS = 10_000
+FLOOR_SESSIONS = 2_000
+CONNACK = bytes([0x20, 3, 0, 0, 0])  # MQTT 5 CONNACK: success, no properties
 WARM_UP = 200
 THREADS = 16
 
@@ -86,6 +95,8 @@ def run(work: Path, repeats: int) -> Result:
     tether_kib = result.figure("tether_kib", "Tether, RSS per idle session", "KiB")
     mosquitto_kib = result.figure("mosquitto_kib", "Mosquitto, RSS per idle session", "KiB")
     ratio = result.figure("tether_vs_mosquitto", "Tether / Mosquitto", "x")
+    floor_kib = result.figure("floor_kib", "uvloop + ssl floor, RSS per idle connection", "KiB")
+    floor_ratio = result.figure("floor_vs_mosquitto", "Floor / Mosquitto", "x")
     for repeat in range(repeats):
         measured: dict[str, float] = {}
         order = [tether_server, mosquitto_server]
@@ -97,15 +108,72 @@ def run(work: Path, repeats: int) -> Result:
         tether_kib.runs.append(measured["tether"] / 1024)
         mosquitto_kib.runs.append(measured["mosquitto"] / 1024)
         ratio.runs.append(measured["tether"] / measured["mosquitto"])
+        floor = tls_floor(world, loadgen)
+        floor_kib.runs.append(floor / 1024)
+        floor_ratio.runs.append(floor / measured["mosquitto"])
     result.target("Tether / Mosquitto, per session", ratio.median, "x", "<= 1.2",
                   ratio.median <= 1.2)  # fmt: skip
     result.notes.append(
         f"{SESSIONS:,} sessions, each its own device certificate, TLS 1.3, MQTT 5 with "
-        "keep-alive 600 s, idle; RSS from /proc/<pid>/status of the one server process."
+        "keep-alive 600 s, idle; RSS from /proc/<pid>/status of the one server process.",
+        f"Floor: {FLOOR_SESSIONS:,} idle connections to a bare uvloop + stdlib ssl server "
+        "(same TLS context, fixed CONNACK, nothing kept), in the benchmark's process. "
+        "CPython already sets SSL_MODE_RELEASE_BUFFERS on every SSLContext (mode 0x14), so "
+        "OpenSSL's record buffers are not held by idle connections.",
     )
     if ratio.median > 1.2:
         result.notes += python_heap_profile(world, loadgen, tether_kib.median)
     return result
+
+
+def tls_floor(world: World, loadgen: Path, count: int = FLOOR_SESSIONS) -> float:
+    """Bytes of RSS per idle connection of a bare uvloop TLS server (see the docstring)."""
+    import asyncio
+    import threading
+
+    import uvloop
+    from cryptography import x509
+
+    from tether.cloud.gateway.tls import build_server_context
+
+    context = build_server_context(
+        certificate_chain=world.settings.server_chain,
+        private_key=world.settings.server_key,
+        trusted_cas=x509.load_pem_x509_certificates(Path(world.client_ca_file).read_bytes()),
+    )
+
+    class Bare(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            if data[:1] == b"\x10":  # CONNECT
+                self.transport.write(CONNACK)  # type: ignore[attr-defined]
+
+    loop = uvloop.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    try:
+        listening = asyncio.run_coroutine_threadsafe(
+            loop.create_server(Bare, "127.0.0.1", 0, ssl=context), loop
+        ).result(30)
+        port = listening.sockets[0].getsockname()[1]
+        server = Server("uvloop floor", os.getpid(), port, world.base / "floor.log")
+        warm, _ = hold(loadgen, server, world, WARM_UP)
+        release(warm)
+        time.sleep(1)
+        before = rss_bytes(os.getpid())
+        holder, _ = hold(loadgen, server, world, count)
+        try:
+            time.sleep(2)
+            after = rss_bytes(os.getpid())
+        finally:
+            release(holder)
+        listening.close()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(10)
+    return (after - before) / count
 
 
 def _short(filename: str) -> str:

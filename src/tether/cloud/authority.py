@@ -7,9 +7,10 @@ it, is the certificate known and not revoked (or unknown, under a factory CA tha
 units register on first contact), and is the device enabled. Only then does the gateway see
 an ``Identity``.
 
-Two things are kept in memory because every handshake needs them and neither decides a
+Three things are kept in memory because every handshake needs them and none decides a
 verdict on its own: the registered CA certificates by key identifier (a certificate never
-changes; the CA's *status* is read by the verdict's query every time), and the "last seen"
+changes; the CA's *status* is read by the verdict's query every time), the (leaf, CA) pairs
+whose signature verified (both fingerprints cover what the check reads), and the "last seen"
 times of connected devices, written to the registry in one transaction per ``flush_seen``
 (the service flushes every second and at shutdown) instead of one commit per handshake. A
 crash can lose at most that second of "last seen" times; it is bookkeeping, not security.
@@ -17,6 +18,9 @@ crash can lose at most that second of "last seen" times; it is bookkeeping, not 
 Verdicts run on the authority's own thread pool (``verdict_threads`` threads named
 ``tether-verdict``), never on the event loop's default executor: the API's work (admin-token
 KDFs, provisioning) runs there, and a flood of it must not queue a device's verdict behind it.
+
+Whole allowed verdicts are cached one level up, by the feed's owner (``CloudService`` and
+:mod:`tether.cloud.verdict_view`); ``authorize_for_view`` says which verdicts may be.
 
 A service identity (a back-end application) is a certificate from a registered *service* CA;
 it is kept in the registry like a device (so it can be disabled and revoked the same way) and
@@ -61,6 +65,7 @@ DEFAULT_VERDICT_THREADS = 4
 T = TypeVar("T")
 _BOUND_AUDIT_INTERVAL = 60.0  # seconds between audit rows for one (serial, CA) refusal
 _BOUND_AUDIT_ENTRIES = 10_000  # remembered pairs before the memory is reset
+_VERIFIED_ENTRIES = 100_000  # (leaf, CA) signature checks remembered before a reset
 
 log = logging.getLogger("tether.cloud")
 
@@ -84,6 +89,7 @@ class RegistryAuthority:
         self._cas: dict[bytes, tuple[CARecord, x509.Certificate, str]] = {}
         self._seen: dict[str, dt.datetime] = {}
         self._bound_audited: dict[tuple[str, str], float] = {}
+        self._verified: set[tuple[str, str]] = set()  # (leaf, CA) fingerprints that verified
 
     def trusted_ca_certificates(self) -> Sequence[x509.Certificate]:
         """The active registered client CAs (device, factory, service): what TLS accepts."""
@@ -119,6 +125,16 @@ class RegistryAuthority:
         it may not be, so a caller following the audit log (``CloudService``) re-checks the
         identity against the changes after it. Raises ``HandshakeRefused``.
         """
+        position, identity, _ = self.authorize_for_view(leaf)
+        return position, identity
+
+    def authorize_for_view(self, leaf: x509.Certificate) -> tuple[int, Identity, bool]:
+        """``authorize_at_position`` plus whether the verdict may be cached (``verdict_view``).
+
+        Only a plain allowed verdict (``VerdictCode.OK``) may: never a claim, a just-in-time
+        registration or a birth certificate in its enrollment grace. Raises
+        ``HandshakeRefused``.
+        """
         try:
             return self._authorize(leaf)
         except StorageError as exc:
@@ -131,6 +147,7 @@ class RegistryAuthority:
         """Drop the CA cache (after a registry change to CAs; the next handshake reloads)."""
         with self._lock:
             self._cas.clear()
+            self._verified.clear()
 
     def flush_seen(self) -> int:
         """Write the buffered "last seen" times in one transaction; returns how many.
@@ -150,24 +167,29 @@ class RegistryAuthority:
                         self._seen[serial] = at
             raise
 
-    def _authorize(self, leaf: x509.Certificate) -> tuple[int, Identity]:
+    def note_seen(self, name: str, at: dt.datetime) -> None:
+        """Buffer a "last seen" time (written by ``flush_seen``); for verdicts from the view."""
+        with self._lock:
+            self._seen[name] = at
+
+    def _authorize(self, leaf: x509.Certificate) -> tuple[int, Identity, bool]:
         now = dt.datetime.now(dt.UTC)
         check_client_profile(leaf, now=now)
         name = subject_name(leaf)
-        ca, _, issuer = self._issuer_of(leaf)
+        fingerprint = sha256_fingerprint(leaf)
+        ca, _, issuer = self._issuer_of(leaf, fingerprint)
         if ca.role is CARole.SERVER:
             raise HandshakeRefused(
                 f"{ca.subject} issues server certificates, not client identities.",
                 code="profile_violation",
             )
-        fingerprint = sha256_fingerprint(leaf)
         verdict = self.registry.check_connection(
             cert_fingerprint=fingerprint, device_serial=name, issuer_fingerprint=ca.fingerprint
         )
         if not verdict.allowed and verdict.reason_code is VerdictCode.DEVICE_UNKNOWN:
             claim = self._claim_identity(name, ca, issuer, fingerprint, now)
             if claim is not None:
-                return verdict.audit_position, claim
+                return verdict.audit_position, claim, False
         if (
             not verdict.allowed
             and verdict.reason_code is VerdictCode.SERIAL_BOUND_TO_OTHER_CA
@@ -175,13 +197,14 @@ class RegistryAuthority:
         ):
             # A birth certificate whose device just enrolled: enroll-only until the overlap
             # ends, so a device whose reply was lost can retry (enrollment/service.py).
-            return verdict.audit_position, Identity(
+            grace = Identity(
                 kind=IdentityKind.CLAIM,
                 name=name,
                 certificate_fingerprint=fingerprint,
                 issuer=issuer,
                 issuer_fingerprint=ca.fingerprint,
             )
+            return verdict.audit_position, grace, False
         if not verdict.allowed:
             if verdict.reason_code is VerdictCode.SERIAL_BOUND_TO_OTHER_CA:
                 self._audit_bound_refusal(name, ca.fingerprint, fingerprint)
@@ -196,8 +219,7 @@ class RegistryAuthority:
                 raise HandshakeRefused(exc.message, code=exc.code) from exc
             except CertificateListedOnCRLError as exc:
                 raise HandshakeRefused(exc.message, code=exc.code) from exc
-        with self._lock:
-            self._seen[name] = now
+        self.note_seen(name, now)
         kind = IdentityKind.SERVICE if ca.role is CARole.SERVICE else IdentityKind.DEVICE
         identity = Identity(
             kind=kind,
@@ -206,7 +228,7 @@ class RegistryAuthority:
             issuer=issuer,
             issuer_fingerprint=ca.fingerprint,
         )
-        return verdict.audit_position, identity
+        return verdict.audit_position, identity, verdict.reason_code is VerdictCode.OK
 
     def _claim_identity(
         self,
@@ -267,10 +289,14 @@ class RegistryAuthority:
         except TetherError as exc:  # auditing a refusal must not turn it into an error
             log.error("cannot audit a refused handshake (%s): %s", exc.code, exc.message)
 
-    def _issuer_of(self, leaf: x509.Certificate) -> tuple[CARecord, x509.Certificate, str]:
+    def _issuer_of(
+        self, leaf: x509.Certificate, fingerprint: str
+    ) -> tuple[CARecord, x509.Certificate, str]:
         """The registered CA that signed ``leaf`` (record, certificate, subject DN).
 
-        Found by key identifier (cached) and checked by signature on every call.
+        Found by key identifier (cached) and checked by signature, once per (leaf, CA) pair:
+        the leaf's fingerprint covers its signature and the CA's its key, so a pair that
+        verified once always verifies (the set is bounded, and emptied with the CA cache).
         """
         try:
             aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
@@ -293,6 +319,11 @@ class RegistryAuthority:
                 code="ca_not_registered",
             )
         ca, certificate, _ = cached
+        pair = (fingerprint, ca.fingerprint)
+        with self._lock:
+            verified = pair in self._verified
+        if verified:
+            return cached
         try:
             leaf.verify_directly_issued_by(certificate)
         except (InvalidSignature, ValueError, TypeError) as exc:
@@ -301,4 +332,8 @@ class RegistryAuthority:
                 "verify with that CA's key.",
                 code="certificate_signature_invalid",
             ) from exc
+        with self._lock:
+            if len(self._verified) >= _VERIFIED_ENTRIES:
+                self._verified.clear()
+            self._verified.add(pair)
         return cached

@@ -9,8 +9,11 @@ PostgreSQL ``LISTEN/NOTIFY``, or a ``stat`` of the SQLite files), and at least e
 ``SAFETY_INTERVAL``, instead of every 10 ms: an idle service costs next to nothing. A
 revocation, a disabled device or a deactivated CA then drops the matching sessions; a CA
 change also rebuilds the TLS trust store. Each entry is dispatched in one place
-(:meth:`CloudService.dispatch`). The handshake path itself always asks the registry, so a new
-connection is refused even before the feed catches up.
+(:meth:`CloudService.dispatch`), which first drops what it may change from the verdict view
+(:mod:`tether.cloud.verdict_view`): a known device coming back is answered from memory, every
+other handshake asks the registry. A verdict from the view sees a change once this worker's
+feed has read it (milliseconds after the commit with NOTIFY or inotify), and a session it let
+in just before is dropped by that same entry.
 
 Fail closed: while the change signal cannot promise to wake the feed (the LISTEN connection is
 lost) or the last read of the log failed, the worker refuses new verdicts
@@ -27,10 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from cryptography import x509
@@ -38,20 +41,18 @@ from cryptography import x509
 from tether.cloud.authority import RegistryAuthority
 from tether.cloud.bus import Bus
 from tether.cloud.changes import SAFETY_INTERVAL, ChangeSignal, signal_for
+from tether.cloud.endings import Ending, ended_sessions
 from tether.cloud.gateway import Gateway, GatewaySettings, HandshakeRefused, Identity
+from tether.cloud.gateway.identity import certificate_fingerprint
 from tether.cloud.gateway.persistence import discard_ended
 from tether.cloud.observability.feed import FeedStats
 from tether.cloud.policy.live import LivePolicy
 from tether.cloud.registry import (
-    AuditAction,
     AuditEntry,
-    CAStatus,
-    CertState,
-    DeviceStatus,
     Registry,
-    VerdictCode,
 )
 from tether.cloud.rotation import SERVER_CERTIFICATE_ROTATED
+from tether.cloud.verdict_view import DEFAULT_CAPACITY, Cached, VerdictView
 from tether.errors import TetherError
 
 log = logging.getLogger("tether.cloud")
@@ -61,53 +62,6 @@ RETRY_INTERVAL = 0.2  # seconds between reads while the feed is not current
 AUDIT_PAGE = 500  # entries per read (Registry.audit_after's default limit)
 SEEN_FLUSH_INTERVAL = 1.0  # seconds between writes of the devices' "last seen" times
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class _Ending:
-    """A registry change that ends sessions: its audit id, refusal code and which identities."""
-
-    audit_id: int
-    code: str
-    matches: Callable[[Identity], bool]
-
-
-def _ended_sessions(entry: AuditEntry) -> _Ending | None:
-    """Which live sessions an audit entry ends, or None if it ends none."""
-    details = entry.details
-    target = entry.target
-    if entry.action == AuditAction.CERTIFICATE_REVOKE:
-        return _Ending(
-            entry.id,
-            VerdictCode.CERTIFICATE_REVOKED.value,
-            lambda identity: identity.certificate_fingerprint == target,
-        )
-    if entry.action == AuditAction.CERTIFICATE_STATE and details.get("to") != CertState.ACTIVE:
-        return _Ending(
-            entry.id,
-            VerdictCode.CERTIFICATE_INACTIVE.value,
-            lambda identity: identity.certificate_fingerprint == target,
-        )
-    if entry.action == AuditAction.DEVICE_STATUS and details.get("to") == DeviceStatus.DISABLED:
-        return _Ending(
-            entry.id, VerdictCode.DEVICE_DISABLED.value, lambda identity: identity.name == target
-        )
-    if entry.action == AuditAction.CA_STATUS and details.get("to") != CAStatus.ACTIVE:
-        # By the CA's fingerprint, never its name: another CA may carry the same subject.
-        return _Ending(
-            entry.id,
-            VerdictCode.CA_INACTIVE.value,
-            lambda identity: identity.issuer_fingerprint == target,
-        )
-    if entry.action == AuditAction.DEVICE_REBIND:
-        # The serial now belongs to another CA: certificates from the old one stop here.
-        moved_to = details.get("to")
-        return _Ending(
-            entry.id,
-            VerdictCode.SERIAL_BOUND_TO_OTHER_CA.value,
-            lambda identity: identity.name == target and identity.issuer_fingerprint != moved_to,
-        )
-    return None
 
 
 class CloudService:
@@ -131,10 +85,12 @@ class CloudService:
         bus: Bus | None = None,
         changes: ChangeSignal | None = None,
         mqtt_state: bool = False,
+        verdict_view: int = DEFAULT_CAPACITY,
     ) -> None:
         # ``mqtt_state``: retained messages and persistent sessions in the registry
         # (gateway/state.py). ``tether cloud serve`` turns them on; a service built without
         # them answers Retain Available 0 and keeps no session past its connection.
+        # ``verdict_view``: how many allowed verdicts to keep in memory (0: ask every time).
         self.registry = registry
         self._mqtt_state = mqtt_state
         self._detach_stores: Callable[[], None] | None = None
@@ -155,9 +111,10 @@ class CloudService:
         self._last_seen = 0
         self._in_flight: dict[int, int] = {}  # handshake number -> feed position at its start
         self._next_handshake = 0
-        self._recent: list[_Ending] = []  # endings applied while handshakes were in flight
+        self._recent: list[Ending] = []  # endings applied while handshakes were in flight
         self._trust_stale = False  # the last TLS trust reload failed; retried by the feed
         self.feed = FeedStats()  # lag, endings, time to drop (for metrics and /readyz)
+        self.view = VerdictView(verdict_view)  # emptied whenever the feed is not current
 
     @property
     def feed_current(self) -> bool:
@@ -178,6 +135,7 @@ class CloudService:
         ``device_disabled``, ``ca_inactive``...).
         """
         if not self._current:
+            self.view.clear()
             if self._feed_error:
                 raise HandshakeRefused(
                     "The registry is unreachable (this worker cannot read its audit log); "
@@ -189,18 +147,25 @@ class CloudService:
                 "it has listened again and caught up from the audit log.",
                 code="registry_feed_behind",
             )
+        now = dt.datetime.now(dt.UTC)
+        fingerprint = certificate_fingerprint(leaf)
+        # The signal itself must still be listening: a lost LISTEN is noticed by the feed's
+        # next read, and until then a change may already be missing from the view.
+        cached = self.view.get(fingerprint, now) if self.changes.current else None
+        if cached is not None and self._ending_after(cached.position, cached.identity) is None:
+            # Every change after ``cached.position`` that could end it would have dropped it.
+            self.authority.note_seen(cached.identity.name, now)
+            return cached.identity
         handshake = self._next_handshake
         self._next_handshake += 1
         self._in_flight[handshake] = self._last_seen
         try:
-            position, identity = await self.authority.in_verdict_lane(
-                self.authority.authorize_at_position, leaf
+            position, identity, cacheable = await self.authority.in_verdict_lane(
+                self.authority.authorize_for_view, leaf
             )
         finally:
             del self._in_flight[handshake]
-        ended = next(
-            (e for e in self._recent if e.audit_id > position and e.matches(identity)), None
-        )
+        ended = self._ending_after(position, identity)
         self._forget_old_endings()
         if ended is not None:
             raise HandshakeRefused(
@@ -208,7 +173,17 @@ class CloudService:
                 f"(audit entry {ended.audit_id}) made while its handshake was checked.",
                 code=ended.code,
             )
+        if cacheable and self._current and position >= self._last_seen:
+            # Read at or after every change the feed applied: the feed drops it from here on.
+            not_before, not_after = leaf.not_valid_before_utc, leaf.not_valid_after_utc
+            self.view.put(Cached(identity, position, not_before, not_after))
         return identity
+
+    def _ending_after(self, position: int, identity: Identity) -> Ending | None:
+        """An ending the feed applied after ``position`` that matches ``identity``, if any."""
+        return next(
+            (e for e in self._recent if e.audit_id > position and e.matches(identity)), None
+        )
 
     def _forget_old_endings(self) -> None:
         """Keep only endings that a handshake still in flight may not have seen."""
@@ -280,11 +255,14 @@ class CloudService:
                 break
         self._current = listening and self.changes.current and epoch == self.changes.epoch
         self._feed_error = False
+        if not self._current:
+            self.view.clear()
         self.feed.polled(self._last_seen)
         return dropped
 
     async def dispatch(self, entry: AuditEntry) -> int:
         """The one place an audit entry acts on this worker; returns the sessions dropped."""
+        self.view.apply(entry)  # first: no verdict it may change is served after this line
         if entry.action.startswith("ca."):
             self.authority.forget_cas()
             self._reload_trust()
@@ -297,7 +275,7 @@ class CloudService:
                 entry.actor,
                 extra={"tether_code": "server_certificate_reloaded"},
             )
-        ending = _ended_sessions(entry)
+        ending = ended_sessions(entry)
         self._last_seen = entry.id
         count = 0
         if ending is not None:
@@ -339,12 +317,14 @@ class CloudService:
                 # The registry is unreachable: new handshakes fail closed; keep trying.
                 self._current = False
                 self._feed_error = True
+                self.view.clear()
                 self.feed.failed()
                 log.error("cannot read registry changes (%s): %s", exc.code, exc.message)
             except Exception:
                 # A bug must not silently end revocation for the life of the process.
                 self._current = False
                 self._feed_error = True
+                self.view.clear()
                 self.feed.failed()
                 log.exception("applying registry changes failed; retrying")
             await self.changes.wait(self.poll_interval if self._current else RETRY_INTERVAL)

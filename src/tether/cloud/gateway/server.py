@@ -344,6 +344,9 @@ class Gateway:
             self._admission.tls_done(task)
             stream = PacketStream(reader, self.settings.max_packet_size)
             identity = await self._authorize(leaf, stream, writer, peer, deadline)
+            # This frame lives as long as the session: the parsed leaf (its DER, names and
+            # extensions, ~5 KB) is not needed past the verdict (bench/memory.py's profile).
+            del opened, leaf
             if identity is None:
                 return
             session = Session(
