@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -91,6 +92,29 @@ def test_a_cached_device_is_refused_after_its_registry_change(cloud: Cloud, chan
         assert connack is not None and connack.reason_str == expected  # type: ignore[attr-defined]
     assert not cloud.running.call(_view_holds(cloud.service, fingerprint))
     assert cloud.service.view.hits == hits  # the refusal did not come from the view
+
+
+def test_a_revocation_the_feed_has_not_read_yet_still_refuses_the_next_handshake(
+    cloud: Cloud,
+) -> None:
+    """Invariant 6 with the view: the next handshake after the commit, not after the feed."""
+    device = _cached(cloud, "CON-000105")
+    fingerprint = sha256_fingerprint(device.certificate)
+    hold = threading.Event()
+    # The feed reads on its own lane: keep it busy so the revocation stays unread by it.
+    cloud.service._feed_lane.submit(hold.wait, TIMEOUT)
+    try:
+        seen = cloud.service._last_seen
+        with Registry.open(cloud.settings.database_url) as other:
+            other.revoke_certificate(
+                fingerprint, reason=x509.ReasonFlags.key_compromise, actor=ACTOR
+            )
+        connack = _connack(cloud, device, "CON-000105")
+        assert cloud.service._last_seen == seen  # the feed has still not applied it
+        assert cloud.running.call(_view_holds(cloud.service, fingerprint))  # nor dropped it
+        assert connack is not None and connack.reason_str == "certificate_revoked"  # type: ignore[attr-defined]
+    finally:
+        hold.set()
 
 
 def test_a_verdict_from_the_view_still_records_last_seen(cloud: Cloud) -> None:

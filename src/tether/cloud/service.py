@@ -11,9 +11,10 @@ revocation, a disabled device or a deactivated CA then drops the matching sessio
 change also rebuilds the TLS trust store. Each entry is dispatched in one place
 (:meth:`CloudService.dispatch`), which first drops what it may change from the verdict view
 (:mod:`tether.cloud.verdict_view`): a known device coming back is answered from memory, every
-other handshake asks the registry. A verdict from the view sees a change once this worker's
-feed has read it (milliseconds after the commit with NOTIFY or inotify), and a session it let
-in just before is dropped by that same entry.
+other handshake asks the registry. A verdict from the view is used only while the audit log
+holds nothing this worker's feed has not applied (one ``max(id)`` read per handshake), so a
+change committed a moment ago, whose notification is still on its way, already sends the next
+handshake to the registry.
 
 Fail closed: while the change signal cannot promise to wake the feed (the LISTEN connection is
 lost) or the last read of the log failed, the worker refuses new verdicts
@@ -152,7 +153,7 @@ class CloudService:
         # The signal itself must still be listening: a lost LISTEN is noticed by the feed's
         # next read, and until then a change may already be missing from the view.
         cached = self.view.get(fingerprint, now) if self.changes.current else None
-        if cached is not None and self._ending_after(cached.position, cached.identity) is None:
+        if cached is not None and await self._still_current(cached, fingerprint, now):
             # Every change after ``cached.position`` that could end it would have dropped it.
             self.authority.note_seen(cached.identity.name, now)
             return cached.identity
@@ -178,6 +179,24 @@ class CloudService:
             not_before, not_after = leaf.not_valid_before_utc, leaf.not_valid_after_utc
             self.view.put(Cached(identity, position, not_before, not_after))
         return identity
+
+    async def _still_current(self, cached: Cached, fingerprint: str, now: dt.datetime) -> bool:
+        """Whether a verdict from the view may answer this handshake.
+
+        Only if the audit log has nothing the feed has not applied yet: a change committed a
+        moment ago (a revocation whose NOTIFY is still on its way) sends the handshake down the
+        registry path, so a revocation refuses the very next handshake (invariant 6), not the
+        one after the feed has read it. ``max(id)`` of the log is one indexed read, far cheaper
+        than a verdict; a registry that cannot answer takes the registry path (which refuses).
+        """
+        if self._ending_after(cached.position, cached.identity) is not None:
+            return False
+        try:
+            latest = await self.authority.in_verdict_lane(self.registry.last_audit_id)
+        except TetherError:
+            return False
+        # The feed may have applied entries (and dropped this one) while the log was read.
+        return latest <= self._last_seen and self.view.holds(fingerprint, cached)
 
     def _ending_after(self, position: int, identity: Identity) -> Ending | None:
         """An ending the feed applied after ``position`` that matches ``identity``, if any."""

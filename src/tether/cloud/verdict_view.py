@@ -22,12 +22,11 @@ the enrollment grace of a birth certificate; they all take the registry path eve
 When the view is used (see ``CloudService.authorize``): only while the feed is current (it is
 emptied the moment the feed stops being current, fail closed stays), and an entry is stored only
 if its verdict was read at or after the feed's position, so no applied change can be missing
-from it. The cost is stated in docs/decisions.md: a handshake served from the view sees a
-registry change once this worker's feed has read it (a PostgreSQL NOTIFY or a SQLite file event:
-milliseconds; a writer that does not notify: at most ``SAFETY_INTERVAL``), not at its commit,
-and a session let in within that window is dropped by the same feed entry, like a session that
-connected just before the change. The certificate's validity period is checked on every hit (it
-is the one part of a verdict that changes with time alone).
+from it. A hit answers only while the audit log's newest id is one the feed has applied
+(``CloudService._still_current``): a change committed but not yet read by this worker's feed
+(its NOTIFY or file event still on the way) sends the handshake to the registry, so a
+revocation refuses the very next handshake, as without the view. The certificate's validity
+period is checked on every hit (it is the one part of a verdict that changes with time alone).
 
 All methods run on the event loop (the feed and ``CloudService.authorize`` both do); nothing
 here is thread-safe, and nothing needs to be.
@@ -112,6 +111,10 @@ class VerdictView:
             return None
         self.hits += 1
         return cached
+
+    def holds(self, fingerprint: str, cached: Cached) -> bool:
+        """Whether ``cached`` is still the entry for ``fingerprint`` (the feed did not drop it)."""
+        return self._entries.get(fingerprint) is cached
 
     def put(self, cached: Cached) -> None:
         """Remember an allowed verdict (the caller checked it may: see the module docstring)."""
