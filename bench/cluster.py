@@ -46,15 +46,8 @@ from tests.natsd import nats_cluster
 from tests.postgres import throwaway_postgres
 
 from bench import memory, messages, revocation
-from bench.common import Result, main, percentile, profile, rss_bytes
-from bench.peers import (
-    Server,
-    build_loadgen,
-    mosquitto_server,
-    process_tree,
-    tether_server,
-    worker_pids,
-)
+from bench.common import Result, main, percentile, process_tree, profile, rss_bytes
+from bench.peers import Server, build_loadgen, mosquitto_server, tether_server, worker_pids
 from bench.world import World, add_service, build_world, free_port
 from tether.cloud.admin import create_admin
 from tether.cloud.registry import Registry

@@ -115,19 +115,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds of a process and every live descendant (workers, nats-server, the API).
-
-    Descendants are found through ``/proc/*/stat`` parent links at the time of the call, so
-    call it on a tree that does not change between two readings.
-    """
+def process_tree(pid: int) -> set[int]:
+    """A process and its live descendants (parent links in /proc/*/stat)."""
     parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
             continue
-        parents[int(stat.parent.name)] = int(fields[1])
     tree, frontier = {pid}, [pid]
     while frontier:
         current = frontier.pop()
@@ -135,8 +130,17 @@ def tree_cpu_seconds(pid: int) -> float:
             if parent == current and child not in tree:
                 tree.add(child)
                 frontier.append(child)
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and every live descendant (workers, nats-server, the API).
+
+    Descendants are found at the time of the call (:func:`process_tree`), so call it on a
+    tree that does not change between two readings.
+    """
     total = 0.0
-    for member in tree:
+    for member in process_tree(pid):
         try:
             total += cpu_seconds(member)
         except OSError:

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import TETHER, process, wait_for_port
+from bench.common import TETHER, process, process_tree, wait_for_port
 from bench.world import World, free_port
 from tether.cloud.settings import CloudSettings
 
@@ -128,24 +128,6 @@ def _stop_leftovers(pids: set[int], log: Path) -> None:
         except (OSError, UnicodeDecodeError, IndexError):
             continue  # gone already, as it should be
         print(f"bench: killed a leftover of {log.name}: {pid} {command[:120]}", file=sys.stderr)
-
-
-def process_tree(pid: int) -> set[int]:
-    """A process and its live descendants (parent links in /proc/*/stat)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError):
-            continue
-    tree, frontier = {pid}, [pid]
-    while frontier:
-        current = frontier.pop()
-        for child, parent in parents.items():
-            if parent == current and child not in tree:
-                tree.add(child)
-                frontier.append(child)
-    return tree
 
 
 def worker_pids(server: Server, timeout: float = 60.0) -> list[int]:
