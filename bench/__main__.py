@@ -98,8 +98,9 @@ def render(data: dict) -> str:
     """The markdown between the markers: machine, then per benchmark its targets and figures."""
     info = data["machine"]
     out = [
-        f"Measured {data['when']} by `make bench` (commit {info['tether']}), "
-        f"{data['repeats']} repeats per figure; spread = (max - min) / median.",
+        f"Last run {data['when']} (commit {info['tether']}). A benchmark not run that time keeps "
+        "its earlier result: each heading says when, on which commit and with how many repeats "
+        "it was measured; spread = (max - min) / median.",
         "",
         "| machine | |",
         "|---|---|",
@@ -109,7 +110,16 @@ def render(data: dict) -> str:
         result = data["results"].get(name)
         if result is None:
             continue
-        out += ["", f"### {name} ({result['seconds']:.0f} s)", ""]
+        measured = ", ".join(
+            f"{label} {result[key]}"
+            for key, label in (("when", "measured"), ("commit", "commit"), ("repeats", "repeats"))
+            if key in result
+        )
+        out += [
+            "",
+            f"### {name} ({result['seconds']:.0f} s{'; ' + measured if measured else ''})",
+            "",
+        ]
         if result["targets"]:
             out += ["| target | measured | goal | met |", "|---|---|---|---|"]
             for target in result["targets"]:
@@ -167,7 +177,12 @@ def main() -> None:
         print(f"== {name}", file=sys.stderr, flush=True)
         module = importlib.import_module(f"bench.{name}")
         result = run_one(module.run, args.repeats)
-        data["results"][name] = result.to_json()
+        data["results"][name] = {
+            **result.to_json(),
+            "when": data["when"],
+            "commit": data["machine"]["tether"],
+            "repeats": args.repeats,
+        }
         for target in result.targets:
             verdict = "met" if target.met else "MISSED"
             print(f"   {target.label}: {target.measured:.3g} {target.unit} "

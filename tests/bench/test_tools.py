@@ -99,9 +99,14 @@ def test_the_report_renders_figures_targets_and_refuses_a_page_without_markers(
         "when": "today",
         "repeats": 3,
         "machine": {"cpu": "test", "tether": "abc"},
-        "results": {"connect": result.to_json()},
+        "results": {
+            "connect": {**result.to_json(), "when": "today", "commit": "abc", "repeats": 3},
+            "memory": Result("memory").to_json(),  # measured before runs carried these
+        },
     }
     text = render(data)
+    assert "### connect (0 s; measured today, commit abc, repeats 3)" in text
+    assert "### memory (0 s)" in text
     assert "| rate | 110 /s | 100 | 120 | 18% |" in text
     assert "| Tether / Mosquitto | 0.50 x | >= 1.5 | **no** |" in text
     page = tmp_path / "benchmarks.md"

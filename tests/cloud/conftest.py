@@ -15,10 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.support.mqtt import PahoClient, paho_connect, tls_context
+from tests.support.mqtt import PahoClient, RawClient, paho_connect, tls_context
 from tests.support.pki import Issued, TestPKI, hostile_leaf
 from tether.cloud.loop_thread import CloudThread
 from tether.cloud.registry import CARole, Provisioning, Registry
@@ -110,6 +111,15 @@ class Cloud:
     def tls_context(self, identity: Issued) -> ssl.SSLContext:
         """A stdlib client context pinned to the root, presenting ``identity``."""
         return tls_context(self.pki.root_path, identity)
+
+    def connack(self, identity: Issued, client_id: str) -> Any:
+        """Connect once with a raw MQTT 5 client: the CONNACK (None if the connection closed
+        without one, as a TLS refusal does), then close."""
+        client = RawClient(self.port, self.tls_context(identity))
+        try:
+            return client.connect(client_id)
+        finally:
+            client.close()
 
     def paho(self, identity: Issued, client_id: str) -> PahoClient:
         """A connected paho MQTT 5 client (the CONNACK must be a success)."""

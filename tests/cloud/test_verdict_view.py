@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 
 from tests.cloud.conftest import ACTOR, TIMEOUT, Cloud, CloudPKI
 from tests.cloud.test_changes import _Deaf
-from tests.support.mqtt import RawClient
 from tether.cloud.changes import Interval
 from tether.cloud.gateway import HandshakeRefused, Identity
 from tether.cloud.registry import CARole, CAStatus, CertState, DeviceStatus, Provisioning, Registry
@@ -35,19 +34,11 @@ from tether.pki import sha256_fingerprint
 from tether.pki.store import pem
 
 
-def _connack(cloud: Cloud, identity: object, client_id: str) -> object:
-    client = RawClient(cloud.port, cloud.tls_context(identity))  # type: ignore[arg-type]
-    try:
-        return client.connect(client_id)
-    finally:
-        client.close()
-
-
 def _cached(cloud: Cloud, serial: str) -> object:
     """Connect twice; the second answer must come from the view. Returns the identity."""
     device = cloud.console_device(serial)
     for _ in range(2):
-        connack = _connack(cloud, device, serial)
+        connack = cloud.connack(device, serial)
         assert connack is not None and connack.reason_code == 0  # type: ignore[attr-defined]
     fingerprint = sha256_fingerprint(device.certificate)
     assert cloud.running.call(_view_holds(cloud.service, fingerprint))
@@ -84,7 +75,7 @@ def test_a_cached_device_is_refused_after_its_registry_change(cloud: Cloud, chan
                 cloud.fingerprint(cloud.pki.device_ca), CAStatus.INACTIVE, actor=ACTOR
             )
         _feed_reached(cloud, other)
-    connack = _connack(cloud, device, "CON-000100")
+    connack = cloud.connack(device, "CON-000100")
     if change == "deactivate_ca":
         assert connack is None  # the trust store no longer holds the CA: refused in TLS
     else:
@@ -109,7 +100,7 @@ def test_a_revocation_the_feed_has_not_read_yet_still_refuses_the_next_handshake
             other.revoke_certificate(
                 fingerprint, reason=x509.ReasonFlags.key_compromise, actor=ACTOR
             )
-        connack = _connack(cloud, device, "CON-000105")
+        connack = cloud.connack(device, "CON-000105")
         assert cloud.service._last_seen == seen  # the feed has still not applied it
         assert cloud.running.call(_view_holds(cloud.service, fingerprint))  # nor dropped it
         assert connack is not None and connack.reason_str == "certificate_revoked"  # type: ignore[attr-defined]
@@ -121,7 +112,7 @@ def test_a_verdict_from_the_view_still_records_last_seen(cloud: Cloud) -> None:
     device = _cached(cloud, "CON-000110")
     first = _wait_last_seen(cloud, "CON-000110", after=None)
     hits = cloud.service.view.hits
-    again = _connack(cloud, device, "CON-000110")
+    again = cloud.connack(device, "CON-000110")
     assert again is not None and again.reason_code == 0  # type: ignore[attr-defined]
     assert cloud.service.view.hits == hits + 1
     assert _wait_last_seen(cloud, "CON-000110", after=first) > first  # type: ignore[operator]
@@ -150,7 +141,7 @@ def test_a_feed_that_cannot_read_the_registry_empties_the_view_and_refuses(
     while cloud.service.feed_current:
         assert time.monotonic() < deadline, "the feed never noticed"
         time.sleep(0.01)
-    connack = _connack(cloud, device, "CON-000120")
+    connack = cloud.connack(device, "CON-000120")
     assert connack is not None and connack.reason_str == "registry_unavailable"  # type: ignore[attr-defined]
     assert len(cloud.service.view) == 0
 
@@ -160,13 +151,13 @@ def test_a_deaf_change_signal_bypasses_the_view_at_once(cloud: Cloud) -> None:
     device = _cached(cloud, "CON-000130")
     hits = cloud.service.view.hits
     cloud.service.changes = _Deaf()  # type: ignore[assignment]
-    _connack(cloud, device, "CON-000130")  # the registry's answer, or feed_behind: not the view
+    cloud.connack(device, "CON-000130")  # the registry's answer, or feed_behind: not the view
     assert cloud.service.view.hits == hits
     deadline = time.monotonic() + TIMEOUT
     while cloud.service.feed_current:
         assert time.monotonic() < deadline, "the feed never noticed"
         time.sleep(0.01)
-    connack = _connack(cloud, device, "CON-000130")
+    connack = cloud.connack(device, "CON-000130")
     assert connack is not None and connack.reason_str == "registry_feed_behind"  # type: ignore[attr-defined]
     assert len(cloud.service.view) == 0
 
