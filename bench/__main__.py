@@ -188,12 +188,13 @@ def main() -> None:
             print(f"   {target.label}: {target.measured:.3g} {target.unit} "
                   f"(goal {target.goal}) {verdict}", file=sys.stderr, flush=True)  # fmt: skip
         print(f"   {result.seconds:.0f} s", file=sys.stderr, flush=True)
-    data["total_seconds"] = round(time.monotonic() - started, 1)
+        data["total_seconds"] = round(time.monotonic() - started, 1)
+        if not args.no_publish:
+            publish(data)  # after each one: a later benchmark that fails loses only itself
     print(f"== all done in {data['total_seconds']:.0f} s", file=sys.stderr)
     if args.no_publish:
         print(json.dumps(data, indent=2))
     else:
-        publish(data)
         print(f"wrote {JSON_PATH.relative_to(REPO)} and {DOC_PATH.relative_to(REPO)}")
 
 

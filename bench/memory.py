@@ -113,14 +113,14 @@ def run(work: Path, repeats: int) -> Result:
         floor_ratio.runs.append(floor / measured["mosquitto"])
     result.target("Tether / Mosquitto, per session", ratio.median, "x", "<= 1.2",
                   ratio.median <= 1.2)  # fmt: skip
-    result.notes.append(
+    result.notes += [
         f"{SESSIONS:,} sessions, each its own device certificate, TLS 1.3, MQTT 5 with "
         "keep-alive 600 s, idle; RSS from /proc/<pid>/status of the one server process.",
         f"Floor: {FLOOR_SESSIONS:,} idle connections to a bare uvloop + stdlib ssl server "
         "(same TLS context, fixed CONNACK, nothing kept), in the benchmark's process. "
         "CPython already sets SSL_MODE_RELEASE_BUFFERS on every SSLContext (mode 0x14), so "
         "OpenSSL's record buffers are not held by idle connections.",
-    )
+    ]
     if ratio.median > 1.2:
         result.notes += python_heap_profile(world, loadgen, tether_kib.median)
     return result
