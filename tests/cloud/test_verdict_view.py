@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import threading
 import time
 from collections.abc import Iterator
@@ -26,9 +27,11 @@ from tests.cloud.conftest import ACTOR, TIMEOUT, Cloud, CloudPKI
 from tests.cloud.test_changes import _Deaf
 from tether.cloud.changes import Interval
 from tether.cloud.gateway import HandshakeRefused, Identity
+from tether.cloud.gateway.identity import IdentityKind
 from tether.cloud.registry import CARole, CAStatus, CertState, DeviceStatus, Provisioning, Registry
 from tether.cloud.service import CloudService
 from tether.cloud.setup import init_data_dir
+from tether.cloud.verdict_view import Cached, VerdictView
 from tether.errors import TetherError
 from tether.pki import sha256_fingerprint
 from tether.pki.store import pem
@@ -319,3 +322,25 @@ def test_the_view_answers_a_known_device_and_forgets_it_when_revoked(world: Worl
     *allowed, refused = asyncio.run(run())
     assert all(isinstance(a, Identity) and a.name == "DEV-000009" for a in allowed)
     assert refused == "certificate_revoked"
+
+
+def test_the_view_is_bounded_and_forgets_its_oldest_first() -> None:
+    """Past ``capacity`` the oldest verdict goes (and its device's index with it); 0 is off."""
+    now = dt.datetime.now(dt.UTC)
+    day = dt.timedelta(days=1)
+
+    def cached(index: int) -> Cached:
+        identity = Identity(IdentityKind.DEVICE, f"SN{index}", f"{index:064x}", "CN=ca")
+        return Cached(identity, index, now - day, now + day)
+
+    view = VerdictView(capacity=3)
+    for index in range(5):
+        view.put(cached(index))
+    assert len(view) == 3
+    assert [view.get(f"{i:064x}", now) is not None for i in range(5)] == [False] * 2 + [True] * 3
+    view.drop_serial("SN0")  # evicted: nothing left to drop, and no error
+    view.drop_serial("SN4")
+    assert len(view) == 2
+    off = VerdictView(capacity=0)
+    off.put(cached(9))
+    assert len(off) == 0
