@@ -23,6 +23,9 @@ from tether.cloud.bus import InProcessHub
 from tether.cloud.gateway import StaticAuthority
 from tether.cloud.gateway.takeover import CHANNEL
 
+# Not JSON, JSON of the wrong shape, and the right shape with a field of the wrong type.
+MALFORMED = (b"not json", b"null", b"{}", b"[1]", b'["parked", "device", "SN", "w", "soon"]')
+
 
 @pytest.fixture
 def workers(pki: GatewayPKI, authority: StaticAuthority) -> Iterator[list[GatewayThread]]:
@@ -91,15 +94,20 @@ def test_a_message_crosses_to_the_other_worker_with_its_sender(
         device.close()
 
 
-def test_a_malformed_claim_changes_nothing(workers: list[GatewayThread], pki: GatewayPKI) -> None:
+@pytest.mark.parametrize("payload", MALFORMED)
+def test_a_malformed_claim_changes_nothing(
+    workers: list[GatewayThread], pki: GatewayPKI, payload: bytes
+) -> None:
     a, b = workers
     client = RawClient(a.port, client_context(pki, pki.device))
     try:
         assert client.connect(DEVICE_SERIAL).reason_code == 0
         bus = b.gateway.bus
         assert bus is not None
-        b.sync(lambda: bus.announce(CHANNEL, b"not json"))
+        b.sync(lambda: bus.announce(CHANNEL, payload))
         time.sleep(0.2)
         assert [i.name for i in a.gateway.sessions()] == [DEVICE_SERIAL]
+        client.send(mqtt5.PingReqPacket())
+        assert isinstance(client.recv(), mqtt5.PingRespPacket)  # a's loop is still serving
     finally:
         client.close()

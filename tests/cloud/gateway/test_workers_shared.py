@@ -29,10 +29,12 @@ from tests.cloud.gateway.test_persistent_sessions import (
     subscribe_commands,
 )
 from tests.cloud.gateway.test_shared_subscriptions import TELEMETRY, drain, subscribe
+from tests.cloud.gateway.test_workers_bus import MALFORMED
 from tests.support.mqtt import RawClient
 from tests.support.pki import raw_leaf
 from tether.cloud.bus import InProcessHub
 from tether.cloud.gateway import StaticAuthority
+from tether.cloud.gateway.handover import CHANNEL as HANDOVER_CHANNEL
 from tether.cloud.gateway.state import attach_stores
 from tether.cloud.registry import Registry
 from tether.cloud.registry.mqtt_state import RegistryMqttState
@@ -143,6 +145,32 @@ def test_a_session_parked_on_one_worker_resumes_on_the_other(
         assert [p.payload for p in receive(device, 1)] == [b"live"]
         with pytest.raises(TimeoutError):
             device.recv(timeout=0.5)  # nothing twice
+    finally:
+        device.close()
+
+
+@pytest.mark.parametrize("payload", MALFORMED)
+def test_a_malformed_handover_message_changes_nothing(
+    workers: list[GatewayThread], pki: GatewayPKI, payload: bytes
+) -> None:
+    a, b = workers
+    key = ("device", DEVICE_SERIAL)
+    device, _ = persistent_device(a, pki)
+    subscribe_commands(device)
+    leave(device)
+    parked = a.gateway.broker.sessions
+    assert parked is not None
+    _until(lambda: parked.parked_at(key) is not None)
+    bus = b.gateway.bus
+    assert bus is not None
+    b.sync(lambda: bus.announce(HANDOVER_CHANNEL, payload))
+    time.sleep(0.2)
+    assert parked.parked_at(key) is not None  # A's stand-in still holds the session
+    command(b, pki, b"kept")
+    device, ack = persistent_device(a, pki)
+    try:
+        assert ack.session_present is True
+        assert [p.payload for p in receive(device, 1)] == [b"kept"]
     finally:
         device.close()
 
